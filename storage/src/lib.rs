@@ -1,0 +1,20 @@
+//! raftkv's storage: the Raft log on disk and the MVCC state machine derived from it.
+//!
+//! - `wal/`: the segmented write-ahead log (framing, segments, group-commit writer)
+//! - `raft_log.rs`: openraft's log storage over the WAL
+//! - `mvcc/`: etcd's key space on sled (see its module comment for the file map)
+//! - `state_machine.rs`: openraft's state machine over the MVCC store, and snapshots
+//! - `raft_types.rs`: the openraft type configuration
+//! - `error.rs`: typed errors, etcd's messages for the ones clients see
+//!
+//! This crate knows nothing of gRPC or protobuf: the server converts wire messages into
+//! `mvcc::types` and back. The log is the only thing fsynced on the write path.
+
+pub mod error;
+pub mod mvcc;
+pub mod raft_log;
+pub mod raft_types;
+pub mod state_machine;
+pub mod wal;
+
+pub use error::{Error, MvccError, StoreError};

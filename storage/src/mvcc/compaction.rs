@@ -1,0 +1,186 @@
+//! Physical compaction: dropping history below the compacted revision, in the background.
+//!
+//! Compact(N) is applied instantly: it records N, after which reads below N fail. A
+//! background thread then walks the change log up to N in batches of
+//! `compaction_batch_revisions`: each change at revision r <= N removes the version it
+//! superseded (its prev_revision), removes r itself if r is a tombstone, and removes the
+//! change record if r < N (records at N stay, so a watch from N still sees them). Each
+//! batch is one sled batch; the thread pauses between batches so writers always get in.
+//!
+//! Invariant: for every key, the newest version at or below the compacted revision (if
+//! not a tombstone) and every newer version survive. The thread never touches a version
+//! above the compacted revision, and every step is idempotent, so a crash mid-way is
+//! resumed by simply running again.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::Duration;
+
+use super::keys::{self, ChangeRecord, KvRecord};
+use super::kvstore::{read_i64, Inner};
+use crate::error::StoreError;
+
+#[derive(Default)]
+struct State {
+    pending: bool,
+    running: bool,
+    shutdown: bool,
+}
+
+/// The handle the store keeps to its compaction thread.
+#[derive(Default)]
+pub struct Compactor {
+    shared: Arc<(Mutex<State>, Condvar)>,
+}
+
+impl Drop for Compactor {
+    fn drop(&mut self) {
+        let (lock, cv) = &*self.shared;
+        lock.lock().unwrap_or_else(|e| e.into_inner()).shutdown = true;
+        cv.notify_all();
+    }
+}
+
+impl Compactor {
+    pub(crate) fn wake(&self) {
+        let (lock, cv) = &*self.shared;
+        lock.lock().unwrap_or_else(|e| e.into_inner()).pending = true;
+        cv.notify_all();
+    }
+
+    pub(crate) fn start(inner: &Arc<Inner>) {
+        let shared = inner.compactor.shared.clone();
+        let weak: Weak<Inner> = Arc::downgrade(inner);
+        // Resume a compaction a restart interrupted.
+        let done = read_i64(
+            &inner.tree.read().unwrap_or_else(|e| e.into_inner()),
+            keys::META_COMPACT_DONE,
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(-1);
+        if done < inner.compact_revision.load(Ordering::SeqCst) {
+            inner.compactor.wake();
+        }
+        let spawned = std::thread::Builder::new()
+            .name("raftkv-compactor".into())
+            .spawn(move || run(shared, weak));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "mvcc: could not start the compaction thread; history will not be reclaimed");
+        }
+    }
+
+    /// Blocks until no compaction is pending or running.
+    pub(crate) fn wait_idle(&self, inner: &Inner) {
+        let (lock, cv) = &*self.shared;
+        let mut state = lock.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let done = read_i64(
+                &inner.tree.read().unwrap_or_else(|e| e.into_inner()),
+                keys::META_COMPACT_DONE,
+            )
+            .ok()
+            .flatten()
+            .unwrap_or(-1);
+            let caught_up = done >= inner.compact_revision.load(Ordering::SeqCst);
+            if !state.pending && !state.running && caught_up {
+                return;
+            }
+            state = cv
+                .wait_timeout(state, Duration::from_millis(50))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+fn run(shared: Arc<(Mutex<State>, Condvar)>, weak: Weak<Inner>) {
+    let (lock, cv) = &*shared;
+    loop {
+        {
+            let mut state = lock.lock().unwrap_or_else(|e| e.into_inner());
+            while !state.pending && !state.shutdown {
+                state = cv.wait(state).unwrap_or_else(|e| e.into_inner());
+            }
+            if state.shutdown {
+                return;
+            }
+            state.pending = false;
+            state.running = true;
+        }
+        if let Some(inner) = weak.upgrade() {
+            if let Err(e) = compact(&inner) {
+                tracing::error!(error = %e, "mvcc: compaction failed; it will be retried at the next Compact");
+            }
+        }
+        lock.lock().unwrap_or_else(|e| e.into_inner()).running = false;
+        cv.notify_all();
+    }
+}
+
+/// Runs compaction up to the current compacted revision.
+fn compact(inner: &Inner) -> Result<(), StoreError> {
+    let target = inner.compact_revision.load(Ordering::SeqCst);
+    if target <= 0 {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let end = keys::change_key(target, u32::MAX);
+    let mut from = keys::change_key(0, 0).to_vec();
+    let mut include_from = true;
+    let mut changes_total = 0usize;
+    loop {
+        let guard = inner
+            .compaction_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let tree = inner.tree.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let lower = if include_from {
+            std::ops::Bound::Included(from.clone())
+        } else {
+            std::ops::Bound::Excluded(from.clone())
+        };
+        let mut batch = sled::Batch::default();
+        let mut seen = 0usize;
+        for item in tree.range((lower, std::ops::Bound::Included(end.to_vec()))) {
+            let (k, v) = item?;
+            let (rev, _) = keys::split_change_key(&k)
+                .ok_or_else(|| StoreError::Corrupt(format!("bad change key {k:?}")))?;
+            let change = ChangeRecord::decode(&v)
+                .ok_or_else(|| StoreError::Corrupt(format!("bad change at {k:?}")))?;
+            if change.prev_revision > 0 {
+                batch.remove(keys::kv_key(&change.key, change.prev_revision));
+            }
+            let this = keys::kv_key(&change.key, rev);
+            if let Some(record) = tree.get(&this)? {
+                if KvRecord::decode(&record, false).is_some_and(|r| r.tombstone) {
+                    batch.remove(this);
+                }
+            }
+            if rev < target {
+                batch.remove(k.clone());
+            }
+            from = k.to_vec();
+            include_from = false;
+            seen += 1;
+            if seen >= inner.options.compaction_batch_revisions {
+                break;
+            }
+        }
+        if seen == 0 {
+            tree.insert(keys::META_COMPACT_DONE, &target.to_be_bytes()[..])?;
+            drop(guard);
+            tracing::info!(
+                compact_revision = target,
+                changes = changes_total,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "mvcc: compaction finished"
+            );
+            return Ok(());
+        }
+        tree.apply_batch(batch)?;
+        drop(guard);
+        changes_total += seen;
+        std::thread::sleep(Duration::from_millis(inner.options.compaction_pause_ms));
+    }
+}

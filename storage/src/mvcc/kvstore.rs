@@ -1,0 +1,285 @@
+//! The MVCC store: opening sled, the store's counters (revision, compacted revision),
+//! the lease cache and the event feed, and the read entry points.
+//!
+//! Writes go through `kvstore_txn.rs`, compaction through `compaction.rs`, watchers
+//! through `watch.rs`, snapshots through `snapshot.rs`. This file must never fsync on a
+//! request path: sled flushes on its own timer, and the Raft log is what makes writes
+//! durable.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::broadcast;
+
+use super::compaction::Compactor;
+use super::keys::{self, KvRecord};
+use super::range::{self, View};
+use super::types::*;
+use super::{Command, CommandResult, EventBatch};
+use crate::error::{Error, MvccError, StoreError};
+
+/// Limits and tuning of the store.
+#[derive(Debug, Clone)]
+pub struct MvccOptions {
+    /// sled's page cache.
+    pub cache_capacity_bytes: u64,
+    /// How often sled writes its state out in the background.
+    pub flush_every_ms: u64,
+    /// Revisions compacted per sled batch; bounds how long one batch holds the tree.
+    pub compaction_batch_revisions: usize,
+    /// Pause between compaction batches, so that writers always get the tree.
+    pub compaction_pause_ms: u64,
+    /// Event batches (one per changing revision) the live feed holds for slow watchers
+    /// before they fall back to reading history.
+    pub feed_capacity_batches: usize,
+}
+
+impl Default for MvccOptions {
+    fn default() -> Self {
+        MvccOptions {
+            cache_capacity_bytes: 128 << 20,
+            flush_every_ms: 500,
+            compaction_batch_revisions: 1000,
+            compaction_pause_ms: 1,
+            feed_capacity_batches: 4096,
+        }
+    }
+}
+
+/// The applied log id and membership as stored (opaque bytes of the Raft layer).
+pub type StoredMeta = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// Opaque bytes the Raft layer stores with every applied entry, in the same batch.
+#[derive(Debug, Clone, Default)]
+pub struct AppliedMeta {
+    pub applied: Vec<u8>,
+    pub membership: Option<Vec<u8>>,
+}
+
+pub(crate) const DATA_TREE_POINTER: &[u8] = b"data_tree";
+pub(crate) const FIRST_DATA_TREE: &[u8] = b"mvcc-0";
+
+pub(crate) struct Inner {
+    pub db: sled::Db,
+    pub tree: RwLock<sled::Tree>,
+    pub revision: AtomicI64,
+    pub compact_revision: AtomicI64,
+    pub leases: RwLock<BTreeMap<LeaseId, Lease>>,
+    pub feed: broadcast::Sender<Arc<EventBatch>>,
+    /// Serialises writers: one apply at a time.
+    pub apply_lock: Mutex<()>,
+    /// Held by a compaction batch, a snapshot export and a snapshot install.
+    pub compaction_lock: Mutex<()>,
+    pub compactor: Compactor,
+    pub options: MvccOptions,
+}
+
+/// A handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct MvccStore {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl MvccStore {
+    pub fn open(path: &Path, options: MvccOptions) -> Result<MvccStore, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(options.cache_capacity_bytes)
+            .flush_every_ms(Some(options.flush_every_ms))
+            .open()?;
+        let tree_name = db
+            .get(DATA_TREE_POINTER)?
+            .map(|v| v.to_vec())
+            .unwrap_or_else(|| FIRST_DATA_TREE.to_vec());
+        // Trees left by an interrupted snapshot install are garbage.
+        for name in db.tree_names() {
+            if name.starts_with(b"mvcc-") && name.as_ref() != tree_name.as_slice() {
+                db.drop_tree(&name)?;
+            }
+        }
+        let tree = db.open_tree(&tree_name)?;
+        let (feed, _) = broadcast::channel(options.feed_capacity_batches);
+        let inner = Arc::new(Inner {
+            db,
+            tree: RwLock::new(tree),
+            revision: AtomicI64::new(1),
+            compact_revision: AtomicI64::new(-1),
+            leases: RwLock::new(BTreeMap::new()),
+            feed,
+            apply_lock: Mutex::new(()),
+            compaction_lock: Mutex::new(()),
+            compactor: Compactor::default(),
+            options,
+        });
+        let store = MvccStore { inner };
+        store.load_counters()?;
+        Compactor::start(&store.inner);
+        Ok(store)
+    }
+
+    /// Reads the counters and the lease table from the current tree into memory.
+    pub(crate) fn load_counters(&self) -> Result<(), StoreError> {
+        let tree = self.tree();
+        let revision = read_i64(&tree, keys::META_REVISION)?.unwrap_or(1);
+        let compact = read_i64(&tree, keys::META_COMPACT)?.unwrap_or(-1);
+        let mut leases = BTreeMap::new();
+        for item in tree.scan_prefix([keys::LEASE]) {
+            let (_, value) = item?;
+            let lease: Lease = postcard::from_bytes(&value)
+                .map_err(|e| StoreError::Corrupt(format!("undecodable lease record: {e}")))?;
+            leases.insert(lease.id, lease);
+        }
+        self.inner.revision.store(revision, Ordering::SeqCst);
+        self.inner.compact_revision.store(compact, Ordering::SeqCst);
+        *self.inner.leases.write().unwrap_or_else(|e| e.into_inner()) = leases;
+        Ok(())
+    }
+
+    pub(crate) fn tree(&self) -> sled::Tree {
+        self.inner
+            .tree
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The store's current revision: that of the last changing write.
+    pub fn revision(&self) -> Revision {
+        self.inner.revision.load(Ordering::SeqCst)
+    }
+
+    /// Reads below this revision fail as compacted; -1 before any compaction.
+    pub fn compact_revision(&self) -> Revision {
+        self.inner.compact_revision.load(Ordering::SeqCst)
+    }
+
+    /// A Range at a revision of the committed store (not inside a write).
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, Error> {
+        let tree = self.tree();
+        let current = self.revision();
+        let rev = if req.revision <= 0 {
+            current
+        } else {
+            req.revision
+        };
+        if rev > current {
+            return Err(MvccError::FutureRevision.into());
+        }
+        if rev < self.compact_revision() {
+            return Err(MvccError::Compacted.into());
+        }
+        let view = View::committed(&tree, rev);
+        let mut response = range::execute(&view, req)?;
+        response.revision = current;
+        Ok(response)
+    }
+
+    /// Applies one command, writing `meta` in the same atomic batch. A client error
+    /// (lease not found, say) is a normal result: the entry is applied all the same.
+    pub fn apply(
+        &self,
+        command: &Command,
+        meta: &AppliedMeta,
+    ) -> Result<CommandResult, StoreError> {
+        super::kvstore_txn::apply(self, Some(command), meta)
+    }
+
+    /// Records an entry that changes no key (a blank or membership entry).
+    pub fn apply_meta(&self, meta: &AppliedMeta) -> Result<(), StoreError> {
+        super::kvstore_txn::apply(self, None, meta).map(|_| ())
+    }
+
+    /// The applied log id and membership last written with `apply`, as given.
+    pub fn applied_meta(&self) -> Result<StoredMeta, StoreError> {
+        let tree = self.tree();
+        Ok((
+            tree.get(keys::META_APPLIED)?.map(|v| v.to_vec()),
+            tree.get(keys::META_MEMBERSHIP)?.map(|v| v.to_vec()),
+        ))
+    }
+
+    pub fn lease(&self, id: LeaseId) -> Option<Lease> {
+        self.inner
+            .leases
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    pub fn leases(&self) -> Vec<Lease> {
+        self.inner
+            .leases
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The keys attached to a lease, in key order.
+    pub fn lease_keys(&self, id: LeaseId) -> Result<Vec<bytes::Bytes>, StoreError> {
+        let prefix = keys::attach_prefix(id);
+        let mut out = Vec::new();
+        for item in self.tree().scan_prefix(prefix) {
+            let (k, _) = item?;
+            out.push(bytes::Bytes::copy_from_slice(&k[prefix.len()..]));
+        }
+        Ok(out)
+    }
+
+    /// Makes everything applied so far durable in sled. Off the request path: the
+    /// snapshot builder calls it before the log may be purged.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.inner.db.flush()?;
+        Ok(())
+    }
+
+    pub fn size_on_disk_bytes(&self) -> Result<u64, StoreError> {
+        Ok(self.inner.db.size_on_disk()?)
+    }
+
+    /// Waits until physical compaction has caught up with the compacted revision.
+    pub fn wait_for_compaction(&self) {
+        self.inner.compactor.wait_idle(&self.inner);
+    }
+}
+
+pub(crate) fn read_i64(tree: &sled::Tree, key: &[u8]) -> Result<Option<i64>, StoreError> {
+    match tree.get(key)? {
+        None => Ok(None),
+        Some(v) => {
+            let bytes: [u8; 8] = v
+                .as_ref()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt(format!("meta {key:?} is not 8 bytes")))?;
+            Ok(Some(i64::from_be_bytes(bytes)))
+        }
+    }
+}
+
+/// The newest stored version of `key` at or below `rev`, tombstones included.
+pub(crate) fn version_at(
+    tree: &sled::Tree,
+    key: &[u8],
+    rev: i64,
+) -> Result<Option<(i64, KvRecord)>, StoreError> {
+    let prefix = keys::kv_prefix(key);
+    let mut from = prefix.clone();
+    from.extend_from_slice(&keys::rev_desc(rev));
+    let Some(item) = tree.range(from..).next() else {
+        return Ok(None);
+    };
+    let (k, v) = item?;
+    let Some((found_prefix, found_rev)) = keys::split_kv_key(&k) else {
+        return Ok(None);
+    };
+    if found_prefix != prefix.as_slice() {
+        return Ok(None);
+    }
+    let record = KvRecord::decode(&v, true)
+        .ok_or_else(|| StoreError::Corrupt(format!("undecodable record for {k:?}")))?;
+    Ok(Some((found_rev, record)))
+}

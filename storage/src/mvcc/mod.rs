@@ -1,0 +1,80 @@
+//! etcd's MVCC key space on sled: revisions, versions, tombstones, Range and Txn,
+//! leases, compaction, the watch feed and snapshots.
+//!
+//! One job per file, as in etcd's mvcc package:
+//! - `types.rs`: the plain data (requests, responses, key-values, events)
+//! - `keys.rs`: how that data is laid out in sled
+//! - `kvstore.rs`: the store, its counters and read entry points
+//! - `range.rs`: which versions a read sees, and etcd's Range semantics
+//! - `kvstore_txn.rs`: the write path (Put, DeleteRange, Txn, leases, Compact)
+//! - `validate.rs`: request checks etcd makes before proposing
+//! - `compaction.rs`: dropping history below the compacted revision, in small batches
+//! - `watch.rs`: the change feed watchers read, from history and then live
+//! - `snapshot.rs`: a consistent, checksummed image of the store, out and back in
+//!
+//! The store is derived state: it never fsyncs on a request path and can be rebuilt
+//! from the Raft log.
+
+pub mod compaction;
+pub mod keys;
+pub mod kvstore;
+mod kvstore_txn;
+pub mod range;
+pub mod snapshot;
+pub mod types;
+pub mod validate;
+pub mod watch;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::MvccError;
+pub use kvstore::{AppliedMeta, MvccOptions, MvccStore};
+pub use kvstore_txn::MAX_LEASE_TTL_S;
+pub use types::*;
+
+/// A state machine command: what one Raft entry asks the store to do. Everything that
+/// depends on time or chance (lease ids, expiry) is decided before proposing, so that
+/// applying a command is deterministic on every member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    Put(PutRequest),
+    DeleteRange(DeleteRangeRequest),
+    Txn(TxnRequest),
+    Compact { revision: Revision },
+    LeaseGrant { id: LeaseId, ttl_s: i64 },
+    LeaseRevoke { id: LeaseId },
+    LeaseCheckpoint { id: LeaseId, remaining_ttl_s: i64 },
+}
+
+/// What applying a command answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResponse {
+    /// A blank or membership entry: nothing to answer.
+    Applied,
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compact {
+        revision: Revision,
+    },
+    LeaseGrant {
+        revision: Revision,
+        id: LeaseId,
+        ttl_s: i64,
+    },
+    LeaseRevoke {
+        revision: Revision,
+    },
+    LeaseCheckpoint {
+        revision: Revision,
+    },
+}
+
+pub type CommandResult = Result<CommandResponse, MvccError>;
+
+/// The events of one changing revision, as published to live watchers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventBatch {
+    pub revision: Revision,
+    pub events: Vec<Event>,
+}

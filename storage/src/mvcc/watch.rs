@@ -1,0 +1,225 @@
+//! The change feed: every event from a start revision on, for one key range, in
+//! revision order, with prev_kv, first from history (sled) and then live.
+//!
+//! Each watcher subscribes to the store's broadcast of event batches before it reads
+//! anything. While it is behind it reads the change log from sled; once caught up it
+//! takes batches from the broadcast. If it falls so far behind that the broadcast ring
+//! overwrites batches it has not read (a slow watcher), it goes back to reading history:
+//! writers never wait for watchers, and a watcher never skips or repeats a revision.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
+
+use super::keys::{self, ChangeRecord, KvRecord};
+use super::kvstore::MvccStore;
+use super::range::{to_kv, KeyRange};
+use super::types::*;
+use super::EventBatch;
+use crate::error::StoreError;
+
+/// Change records one history read looks at before returning what it has.
+const HISTORY_SCAN_LIMIT_CHANGES: usize = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    /// The start revision (or the watcher's position) is below the compacted revision.
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted { compact_revision: Revision },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the store is closed")]
+    Closed,
+}
+
+pub struct Watcher {
+    store: MvccStore,
+    rx: broadcast::Receiver<Arc<EventBatch>>,
+    range: KeyRange,
+    /// The first revision not yet delivered.
+    next_rev: Revision,
+}
+
+impl MvccStore {
+    /// Watches [key, range_end) (etcd's range conventions) from `start_rev`; a start of
+    /// 0 or less means "from the next revision".
+    pub fn watch(&self, key: Bytes, range_end: Bytes, start_rev: Revision) -> Watcher {
+        let rx = self.inner.feed.subscribe();
+        let next_rev = if start_rev <= 0 {
+            self.revision() + 1
+        } else {
+            start_rev
+        };
+        Watcher {
+            store: self.clone(),
+            rx,
+            range: KeyRange::new(&key, &range_end),
+            next_rev,
+        }
+    }
+}
+
+impl Watcher {
+    /// The first revision this watcher has not delivered yet.
+    pub fn next_revision(&self) -> Revision {
+        self.next_rev
+    }
+
+    /// True when every revision the store has applied has been delivered.
+    pub fn caught_up(&self) -> bool {
+        self.next_rev > self.store.revision()
+    }
+
+    /// Waits for the next events: those of one or more whole revisions, at most
+    /// `max_revisions` of them, in order.
+    pub async fn next(&mut self, max_revisions: usize) -> Result<Vec<Event>, WatchError> {
+        let max_revisions = max_revisions.max(1);
+        loop {
+            if self.next_rev <= self.store.revision() {
+                let events = self.read_history(max_revisions)?;
+                if !events.is_empty() {
+                    return Ok(events);
+                }
+                continue;
+            }
+            let batch = match self.rx.recv().await {
+                Ok(batch) => batch,
+                // Missed batches are in history; the next loop reads them from there.
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return Err(WatchError::Closed),
+            };
+            let mut events = Vec::new();
+            let mut revisions = 0;
+            if self.take_live(&batch, &mut events) {
+                revisions += 1;
+            }
+            while revisions < max_revisions {
+                match self.rx.try_recv() {
+                    Ok(batch) => {
+                        if self.take_live(&batch, &mut events) {
+                            revisions += 1;
+                        }
+                    }
+                    Err(TryRecvError::Empty)
+                    | Err(TryRecvError::Lagged(_))
+                    | Err(TryRecvError::Closed) => break,
+                }
+            }
+            if !events.is_empty() {
+                return Ok(events);
+            }
+        }
+    }
+
+    /// Takes a live batch if it is the next revision; a later one means a gap, which
+    /// the history path fills. Returns whether it matched events.
+    fn take_live(&mut self, batch: &EventBatch, out: &mut Vec<Event>) -> bool {
+        if batch.revision != self.next_rev {
+            return false;
+        }
+        self.next_rev += 1;
+        let before = out.len();
+        out.extend(
+            batch
+                .events
+                .iter()
+                .filter(|e| self.range.contains(&e.kv.key))
+                .cloned(),
+        );
+        out.len() > before
+    }
+
+    fn read_history(&mut self, max_revisions: usize) -> Result<Vec<Event>, WatchError> {
+        let start = self.next_rev;
+        let compacted = self.store.compact_revision();
+        if start < compacted {
+            return Err(WatchError::Compacted {
+                compact_revision: compacted,
+            });
+        }
+        let upto = self.store.revision();
+        let tree = self.store.tree();
+        let mut events = Vec::new();
+        let mut revisions_with_events = 0usize;
+        let mut last_rev_with_events = 0;
+        let mut prev_rev = 0;
+        let mut next = upto + 1;
+        let lower = keys::change_key(start, 0);
+        let upper = keys::change_key(upto, u32::MAX);
+        for (scanned, item) in tree.range(lower..=upper).enumerate() {
+            let (k, v) = item.map_err(StoreError::from)?;
+            let (rev, _) = keys::split_change_key(&k)
+                .ok_or_else(|| StoreError::Corrupt(format!("bad change key {k:?}")))?;
+            // Stop only between revisions, so every read finishes whole revisions.
+            if rev != prev_rev
+                && (revisions_with_events >= max_revisions || scanned >= HISTORY_SCAN_LIMIT_CHANGES)
+            {
+                next = rev;
+                break;
+            }
+            prev_rev = rev;
+            let change = ChangeRecord::decode(&v)
+                .ok_or_else(|| StoreError::Corrupt(format!("bad change at {k:?}")))?;
+            if !self.range.contains(&change.key) {
+                continue;
+            }
+            if let Some(event) = history_event(&tree, &change, rev)? {
+                if rev != last_rev_with_events {
+                    revisions_with_events += 1;
+                    last_rev_with_events = rev;
+                }
+                events.push(event);
+            }
+        }
+        // Compaction may have removed records while we read: then the read is not whole.
+        let compacted_now = self.store.compact_revision();
+        if start < compacted_now {
+            return Err(WatchError::Compacted {
+                compact_revision: compacted_now,
+            });
+        }
+        self.next_rev = next;
+        Ok(events)
+    }
+}
+
+/// Rebuilds the event of one change record; None for a tombstone compaction removed.
+fn history_event(
+    tree: &sled::Tree,
+    change: &ChangeRecord,
+    rev: Revision,
+) -> Result<Option<Event>, StoreError> {
+    let Some(raw) = tree.get(keys::kv_key(&change.key, rev))? else {
+        return Ok(None);
+    };
+    let record = KvRecord::decode(&raw, true)
+        .ok_or_else(|| StoreError::Corrupt(format!("bad record of {:?}", change.key)))?;
+    let prev_kv = if change.prev_revision > 0 {
+        match tree.get(keys::kv_key(&change.key, change.prev_revision))? {
+            Some(raw) => KvRecord::decode(&raw, true)
+                .filter(|r| !r.tombstone)
+                .map(|r| to_kv(change.key.clone(), change.prev_revision, r, true)),
+            None => None,
+        }
+    } else {
+        None
+    };
+    Ok(Some(if record.tombstone {
+        Event {
+            kind: EventKind::Delete,
+            kv: KeyValue {
+                key: change.key.clone(),
+                mod_revision: rev,
+                ..KeyValue::default()
+            },
+            prev_kv,
+        }
+    } else {
+        Event {
+            kind: EventKind::Put,
+            kv: to_kv(change.key.clone(), rev, record, true),
+            prev_kv,
+        }
+    }))
+}

@@ -1,0 +1,369 @@
+//! openraft's log storage over the WAL: entries, vote and committed log id.
+//!
+//! The entries not yet purged are kept in memory (as etcd's raft MemoryStorage does),
+//! decoded, so readers never touch the disk; the WAL makes them durable. How many
+//! there are is bounded by the snapshot policy, which purges the log behind snapshots.
+//!
+//! Invariants: entries are contiguous; an append is reported durable only from the WAL
+//! writer after fdatasync; a vote is durable before `save_vote` returns; a purge never
+//! goes past `purge_guard`, the index the state machine has durably absorbed.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{RaftLogId, StorageIOError};
+
+use crate::raft_types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::wal::{OpenReport, RecordKind, Request, Wal, WalError, WalOptions};
+
+#[derive(Default)]
+struct Memory {
+    entries: BTreeMap<u64, Entry>,
+    last_purged: Option<LogId>,
+    vote: Option<Vote>,
+    committed: Option<LogId>,
+}
+
+impl Memory {
+    fn last_log_id(&self) -> Option<LogId> {
+        self.entries
+            .values()
+            .next_back()
+            .map(|e| e.log_id)
+            .or(self.last_purged)
+    }
+
+    /// Replays one WAL record; refuses what would leave a hole.
+    fn replay(&mut self, kind: RecordKind, payload: &[u8]) -> Result<(), String> {
+        match kind {
+            RecordKind::Entry => {
+                let (index, entry) = decode_entry(payload)?;
+                if self.last_purged.is_some_and(|p| index <= p.index) {
+                    return Ok(());
+                }
+                self.check_next(index)?;
+                self.entries.insert(index, entry);
+            }
+            RecordKind::Truncate => {
+                let since = leading_u64(payload)?;
+                self.entries.split_off(&since);
+            }
+            RecordKind::Purge => {
+                let log_id: LogId = decode(&payload[8..])?;
+                if self.last_purged.is_none_or(|p| p.index < log_id.index) {
+                    self.last_purged = Some(log_id);
+                }
+                self.entries = self.entries.split_off(&(log_id.index + 1));
+            }
+            RecordKind::Vote => self.vote = Some(decode(payload)?),
+            RecordKind::Committed => self.committed = decode(payload)?,
+            RecordKind::SegmentHeader => return Err("unexpanded segment header".into()),
+        }
+        Ok(())
+    }
+
+    fn check_next(&self, index: u64) -> Result<(), String> {
+        let expected = match (self.entries.keys().next_back(), self.last_purged) {
+            (Some(last), _) => Some(last + 1),
+            (None, Some(purged)) => Some(purged.index + 1),
+            (None, None) => None,
+        };
+        match expected {
+            Some(expected) if expected != index => Err(format!(
+                "entry {index} does not follow entry {}",
+                expected - 1
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+struct Shared {
+    memory: RwLock<Memory>,
+    wal: Wal,
+    purge_guard: Arc<AtomicU64>,
+}
+
+/// The Raft log. Clones share the same log.
+#[derive(Clone)]
+pub struct RaftLogStore {
+    shared: Arc<Shared>,
+}
+
+impl RaftLogStore {
+    /// Opens the log in `dir`. `purge_guard` holds the highest log index the state
+    /// machine has made durable (u64::MAX: no limit); purges never pass it.
+    pub fn open(
+        dir: &Path,
+        options: WalOptions,
+        purge_guard: Arc<AtomicU64>,
+    ) -> Result<(RaftLogStore, OpenReport), WalError> {
+        let mut memory = Memory::default();
+        let (wal, report) = Wal::open(dir, options, |kind, payload| memory.replay(kind, payload))?;
+        tracing::info!(
+            segments = report.segments,
+            records = report.records,
+            entries = memory.entries.len(),
+            last_log = ?memory.last_log_id(),
+            "raft log opened"
+        );
+        Ok((
+            RaftLogStore {
+                shared: Arc::new(Shared {
+                    memory: RwLock::new(memory),
+                    wal,
+                    purge_guard,
+                }),
+            },
+            report,
+        ))
+    }
+
+    fn memory(&self) -> std::sync::RwLockReadGuard<'_, Memory> {
+        self.shared.memory.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn memory_mut(&self) -> std::sync::RwLockWriteGuard<'_, Memory> {
+        self.shared
+            .memory
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Entries held in memory (not yet purged).
+    pub fn entries_in_memory(&self) -> usize {
+        self.memory().entries.len()
+    }
+
+    /// Writes records and waits until they are durable.
+    async fn write_durably(
+        &self,
+        records: Vec<(RecordKind, Vec<u8>)>,
+    ) -> Result<(), std::io::Error> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let request = Request {
+            records,
+            sync: true,
+            done: Box::new(move |result| {
+                let _ = tx.send(result);
+            }),
+        };
+        self.shared
+            .wal
+            .submit(request)
+            .await
+            .map_err(std::io::Error::other)?;
+        rx.await
+            .map_err(|_| std::io::Error::other("wal writer stopped"))?
+    }
+
+    /// Writes records without waiting for them to be durable.
+    async fn write_lazily(
+        &self,
+        records: Vec<(RecordKind, Vec<u8>)>,
+        sync: bool,
+    ) -> Result<(), std::io::Error> {
+        let request = Request {
+            records,
+            sync,
+            done: Box::new(|result| {
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "raft log: background write failed");
+                }
+            }),
+        };
+        self.shared
+            .wal
+            .submit(request)
+            .await
+            .map_err(std::io::Error::other)
+    }
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_allocvec(value).expect("encoding into memory cannot fail")
+}
+
+fn decode<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, String> {
+    postcard::from_bytes(bytes).map_err(|e| format!("undecodable record: {e}"))
+}
+
+fn leading_u64(payload: &[u8]) -> Result<u64, String> {
+    payload
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_le_bytes)
+        .ok_or_else(|| "record too short".to_string())
+}
+
+fn encode_entry(entry: &Entry) -> Vec<u8> {
+    let mut out = entry.log_id.index.to_le_bytes().to_vec();
+    out.extend_from_slice(&encode(entry));
+    out
+}
+
+fn decode_entry(payload: &[u8]) -> Result<(u64, Entry), String> {
+    let index = leading_u64(payload)?;
+    let entry: Entry = decode(&payload[8..])?;
+    if entry.log_id.index != index {
+        return Err(format!(
+            "entry framed as {index} holds index {}",
+            entry.log_id.index
+        ));
+    }
+    Ok((index, entry))
+}
+
+fn read_range(memory: &Memory, range: impl RangeBounds<u64>) -> Vec<Entry> {
+    let start = range.start_bound().cloned();
+    let end = range.end_bound().cloned();
+    if let (Bound::Included(s) | Bound::Excluded(s), Bound::Included(e) | Bound::Excluded(e)) =
+        (start, end)
+    {
+        if s > e {
+            return Vec::new();
+        }
+    }
+    memory
+        .entries
+        .range((start, end))
+        .map(|(_, e)| e.clone())
+        .collect()
+}
+
+impl RaftLogReader<TypeConfig> for RaftLogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        Ok(read_range(&self.memory(), range))
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for RaftLogStore {
+    type LogReader = RaftLogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let memory = self.memory();
+        Ok(LogState {
+            last_purged_log_id: memory.last_purged,
+            last_log_id: memory.last_log_id(),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.write_durably(vec![(RecordKind::Vote, encode(vote))])
+            .await
+            .map_err(|e| StorageIOError::write_vote(&e))?;
+        self.memory_mut().vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        Ok(self.memory().vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not synced: it rides on the next fdatasync. Losing it only means replaying
+        // a little more of the log after a crash.
+        self.write_lazily(vec![(RecordKind::Committed, encode(&committed))], false)
+            .await
+            .map_err(|e| StorageIOError::write(&e))?;
+        self.memory_mut().committed = committed;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.memory().committed)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut records = Vec::new();
+        {
+            let mut memory = self.memory_mut();
+            for entry in entries {
+                let index = entry.get_log_id().index;
+                memory.check_next(index).map_err(|reason| {
+                    StorageIOError::write_log_entry(
+                        *entry.get_log_id(),
+                        &std::io::Error::other(reason),
+                    )
+                })?;
+                records.push((RecordKind::Entry, encode_entry(&entry)));
+                memory.entries.insert(index, entry);
+            }
+        }
+        if records.is_empty() {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        }
+        let request = Request {
+            records,
+            sync: true,
+            done: Box::new(move |result| callback.log_io_completed(result)),
+        };
+        self.shared
+            .wal
+            .submit(request)
+            .await
+            .map_err(|e| StorageIOError::write_logs(&std::io::Error::other(e)))?;
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.memory_mut().entries.split_off(&log_id.index);
+        self.write_durably(vec![(
+            RecordKind::Truncate,
+            log_id.index.to_le_bytes().to_vec(),
+        )])
+        .await
+        .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let guard = self.shared.purge_guard.load(Ordering::SeqCst);
+        let log_id = if log_id.index > guard {
+            // The state machine has not made these durable yet: keep them.
+            let Some(clamped) = self.memory().entries.get(&guard).map(|e| e.log_id) else {
+                tracing::warn!(asked = %log_id, guard, "raft log: purge refused, the state machine has not flushed that far");
+                return Ok(());
+            };
+            tracing::warn!(asked = %log_id, purged = %clamped, "raft log: purge held back to what the state machine has flushed");
+            clamped
+        } else {
+            log_id
+        };
+        {
+            let mut memory = self.memory_mut();
+            if memory.last_purged.is_some_and(|p| p.index >= log_id.index) {
+                return Ok(());
+            }
+            memory.entries = memory.entries.split_off(&(log_id.index + 1));
+            memory.last_purged = Some(log_id);
+        }
+        let mut payload = log_id.index.to_le_bytes().to_vec();
+        payload.extend_from_slice(&encode(&log_id));
+        self.write_lazily(vec![(RecordKind::Purge, payload)], true)
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,226 @@
+//! The log's single writer thread: group commit.
+//!
+//! Requests queue in a bounded channel. The thread takes the first one, then every
+//! request already waiting (up to a batch limit), writes them with one pwrite per
+//! segment touched, and covers them all with one fdatasync. Whatever arrives while that
+//! fdatasync runs forms the next batch. Completions run after the data is durable.
+//!
+//! It never reorders requests, never acknowledges before fdatasync returns, and after
+//! any write or sync error it fails every later request: after a failed fdatasync the
+//! page cache can no longer be trusted, so only a restart (which rereads the disk) may
+//! continue.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+use tokio::sync::mpsc;
+
+use super::record::{self, RecordKind};
+use super::segment;
+use super::{HeaderState, WalError, WalOptions};
+
+/// Called once per request with the outcome, after its records are durable (or failed).
+pub type Completion = Box<dyn FnOnce(io::Result<()>) + Send + 'static>;
+
+/// Records to write, in order, and what to do when they are on disk.
+pub struct Request {
+    pub records: Vec<(RecordKind, Vec<u8>)>,
+    /// Must the records be fdatasync'd before `done` runs? Appends and votes: yes.
+    pub sync: bool,
+    pub done: Completion,
+}
+
+pub(super) struct ClosedSegment {
+    pub seq: u64,
+    pub path: PathBuf,
+    pub max_entry_index: Option<u64>,
+}
+
+pub(super) struct Writer {
+    pub dir: PathBuf,
+    pub options: WalOptions,
+    pub seq: u64,
+    pub path: PathBuf,
+    pub file: File,
+    pub offset: u64,
+    pub max_entry_index: Option<u64>,
+    pub closed: Vec<ClosedSegment>,
+    pub header: HeaderState,
+    pub failed: Option<String>,
+}
+
+impl Writer {
+    pub fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        let mut batch: Vec<Request> = Vec::with_capacity(self.options.batch_max_requests);
+        let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+        while let Some(first) = rx.blocking_recv() {
+            let mut batch_bytes = request_size_bytes(&first);
+            batch.push(first);
+            while batch.len() < self.options.batch_max_requests
+                && batch_bytes < self.options.batch_max_bytes
+            {
+                match rx.try_recv() {
+                    Ok(next) => {
+                        batch_bytes += request_size_bytes(&next);
+                        batch.push(next);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let outcome = match &self.failed {
+                Some(reason) => Err(reason.clone()),
+                None => self
+                    .write_batch(&batch, &mut buf)
+                    .map_err(|e| e.to_string()),
+            };
+            if let Err(reason) = &outcome {
+                if self.failed.is_none() {
+                    tracing::error!(error = %reason, "wal: write failed; the log refuses all further writes until restart");
+                    self.failed = Some(reason.clone());
+                }
+            }
+            for request in batch.drain(..) {
+                let result = match &outcome {
+                    Ok(()) => Ok(()),
+                    Err(reason) => Err(io::Error::other(reason.clone())),
+                };
+                (request.done)(result);
+            }
+            if buf.capacity() > 4 * self.options.batch_max_bytes {
+                buf = Vec::with_capacity(1 << 20);
+            }
+        }
+        // Every sender is gone: the log is closing. Leave the data durable.
+        if self.failed.is_none() {
+            if let Err(e) = self.file.sync_data() {
+                tracing::error!(error = %e, "wal: final sync failed");
+            }
+        }
+    }
+
+    fn write_batch(&mut self, batch: &[Request], buf: &mut Vec<u8>) -> Result<(), WalError> {
+        buf.clear();
+        let mut sync = false;
+        let mut purge_upto: Option<u64> = None;
+        for request in batch {
+            sync |= request.sync;
+            for (kind, payload) in &request.records {
+                let size = record::framed_size_bytes(payload.len()) as u64;
+                if self.offset + buf.len() as u64 + size > self.options.segment_size_bytes {
+                    self.write_buf(buf)?;
+                    self.rollover()?;
+                }
+                record::encode_into(buf, *kind, payload);
+                self.track(*kind, payload, &mut purge_upto);
+            }
+        }
+        self.write_buf(buf)?;
+        if sync {
+            self.file
+                .sync_data()
+                .map_err(|e| WalError::io(&self.path, e))?;
+        }
+        if let Some(upto) = purge_upto {
+            if !sync {
+                self.file
+                    .sync_data()
+                    .map_err(|e| WalError::io(&self.path, e))?;
+            }
+            self.delete_purged_segments(upto)?;
+        }
+        Ok(())
+    }
+
+    /// Remembers what a new segment's header must repeat.
+    fn track(&mut self, kind: RecordKind, payload: &[u8], purge_upto: &mut Option<u64>) {
+        match kind {
+            RecordKind::Entry => {
+                let index = leading_u64(payload);
+                self.max_entry_index = Some(self.max_entry_index.map_or(index, |m| m.max(index)));
+            }
+            RecordKind::Vote => self.header.vote = Some(payload.to_vec()),
+            RecordKind::Committed => self.header.committed = Some(payload.to_vec()),
+            RecordKind::Purge => {
+                self.header.purge = Some(payload.to_vec());
+                *purge_upto = Some(leading_u64(payload));
+            }
+            RecordKind::Truncate | RecordKind::SegmentHeader => {}
+        }
+    }
+
+    fn write_buf(&mut self, buf: &mut Vec<u8>) -> Result<(), WalError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.file
+            .write_all_at(buf, self.offset)
+            .map_err(|e| WalError::io(&self.path, e))?;
+        self.offset += buf.len() as u64;
+        buf.clear();
+        Ok(())
+    }
+
+    /// Seals the active segment (durably) and starts the next one with a header record.
+    fn rollover(&mut self) -> Result<(), WalError> {
+        self.file
+            .sync_data()
+            .map_err(|e| WalError::io(&self.path, e))?;
+        let next_seq = self.seq + 1;
+        let file = segment::create_segment(&self.dir, next_seq, self.options.segment_size_bytes)?;
+        let previous = std::mem::replace(&mut self.file, file);
+        drop(previous);
+        self.closed.push(ClosedSegment {
+            seq: self.seq,
+            path: self.path.clone(),
+            max_entry_index: self.max_entry_index.take(),
+        });
+        self.seq = next_seq;
+        self.path = segment::segment_path(&self.dir, next_seq);
+        self.offset = 0;
+        let mut header = Vec::new();
+        record::encode_into(
+            &mut header,
+            RecordKind::SegmentHeader,
+            &self.header.encode(),
+        );
+        self.write_buf(&mut header)?;
+        tracing::debug!(seq = next_seq, "wal: started a new segment");
+        Ok(())
+    }
+
+    /// Removes sealed segments whose entries are all purged. The active one stays.
+    fn delete_purged_segments(&mut self, upto: u64) -> Result<(), WalError> {
+        let keep_from = self
+            .closed
+            .iter()
+            .position(|s| s.max_entry_index.is_some_and(|m| m > upto))
+            .unwrap_or(self.closed.len());
+        if keep_from == 0 {
+            return Ok(());
+        }
+        for segment in self.closed.drain(..keep_from) {
+            std::fs::remove_file(&segment.path).map_err(|e| WalError::io(&segment.path, e))?;
+            tracing::debug!(seq = segment.seq, upto, "wal: removed a purged segment");
+        }
+        segment::sync_dir(&self.dir)
+    }
+}
+
+fn request_size_bytes(request: &Request) -> usize {
+    request
+        .records
+        .iter()
+        .map(|(_, p)| record::framed_size_bytes(p.len()))
+        .sum()
+}
+
+/// The u64 LE that starts Entry and Purge payloads (0 if the payload is too short,
+/// which `Wal::submit` rules out).
+pub(super) fn leading_u64(payload: &[u8]) -> u64 {
+    payload
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map_or(0, u64::from_le_bytes)
+}
