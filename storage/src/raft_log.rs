@@ -300,6 +300,10 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
             let mut memory = self.memory_mut();
             for entry in entries {
                 let index = entry.get_log_id().index;
+                if memory.last_purged.is_some_and(|p| index <= p.index) {
+                    // Already covered by the purge point (a snapshot holds it).
+                    continue;
+                }
                 memory.check_next(index).map_err(|reason| {
                     StorageIOError::write_log_entry(
                         *entry.get_log_id(),

@@ -1,0 +1,95 @@
+//! Helpers shared by the storage tests.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use raftkv_storage::mvcc::*;
+
+pub fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+pub fn open(dir: &std::path::Path) -> MvccStore {
+    MvccStore::open(dir, MvccOptions::default()).expect("store opens")
+}
+
+pub fn apply(store: &MvccStore, command: Command) -> CommandResult {
+    store
+        .apply(&command, &AppliedMeta::default())
+        .expect("apply does not fail")
+}
+
+pub fn put(store: &MvccStore, key: &str, value: &str) -> PutResponse {
+    put_req(
+        store,
+        PutRequest {
+            key: b(key),
+            value: b(value),
+            ..Default::default()
+        },
+    )
+    .expect("put succeeds")
+}
+
+pub fn put_req(
+    store: &MvccStore,
+    req: PutRequest,
+) -> Result<PutResponse, raftkv_storage::MvccError> {
+    match apply(store, Command::Put(req))? {
+        CommandResponse::Put(r) => Ok(r),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+pub fn delete(store: &MvccStore, key: &str, range_end: &str) -> DeleteRangeResponse {
+    match apply(
+        store,
+        Command::DeleteRange(DeleteRangeRequest {
+            key: b(key),
+            range_end: b(range_end),
+            prev_kv: true,
+        }),
+    )
+    .expect("delete succeeds")
+    {
+        CommandResponse::DeleteRange(r) => r,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+pub fn txn(store: &MvccStore, req: TxnRequest) -> Result<TxnResponse, raftkv_storage::MvccError> {
+    match apply(store, Command::Txn(req))? {
+        CommandResponse::Txn(r) => Ok(r),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+pub fn get(store: &MvccStore, key: &str) -> Option<KeyValue> {
+    let r = store
+        .range(&RangeRequest {
+            key: b(key),
+            ..Default::default()
+        })
+        .expect("range succeeds");
+    r.kvs.into_iter().next()
+}
+
+pub fn range(
+    store: &MvccStore,
+    key: &str,
+    end: &str,
+    rev: i64,
+) -> Result<RangeResponse, raftkv_storage::Error> {
+    store.range(&RangeRequest {
+        key: b(key),
+        range_end: b(end),
+        revision: rev,
+        ..Default::default()
+    })
+}
+
+pub fn keys_of(r: &RangeResponse) -> Vec<String> {
+    r.kvs
+        .iter()
+        .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+        .collect()
+}

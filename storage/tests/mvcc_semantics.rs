@@ -1,0 +1,663 @@
+//! etcd's semantics, case by case, as ../shared/etcd-compat.md states them.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use raftkv_storage::mvcc::*;
+use raftkv_storage::{Error, MvccError};
+
+fn compare(
+    target: CompareTarget,
+    result: CompareResult,
+    key: &str,
+    operand: CompareOperand,
+) -> Compare {
+    Compare {
+        result,
+        target,
+        key: b(key),
+        range_end: Bytes::new(),
+        operand: Some(operand),
+    }
+}
+
+fn put_op(key: &str, value: &str) -> RequestOp {
+    RequestOp::Put(PutRequest {
+        key: b(key),
+        value: b(value),
+        ..Default::default()
+    })
+}
+
+fn range_op(key: &str) -> RequestOp {
+    RequestOp::Range(RangeRequest {
+        key: b(key),
+        ..Default::default()
+    })
+}
+
+#[test]
+fn revisions_versions_and_tombstones() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    assert_eq!(s.revision(), 1, "the store starts at revision 1");
+    assert_eq!(put(&s, "a", "1").revision, 2);
+    let kv = get(&s, "a").unwrap();
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 2, 1));
+    assert_eq!(put(&s, "a", "2").revision, 3);
+    let kv = get(&s, "a").unwrap();
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
+
+    let d = delete(&s, "a", "");
+    assert_eq!((d.revision, d.deleted), (4, 1));
+    assert_eq!(d.prev_kvs[0].value, b("2"));
+    assert!(get(&s, "a").is_none());
+    // Deleting nothing does not raise the revision.
+    assert_eq!(delete(&s, "a", "").revision, 4);
+    assert_eq!(s.revision(), 4);
+    // Recreated: version starts again at 1, create_revision is new.
+    put(&s, "a", "3");
+    let kv = get(&s, "a").unwrap();
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (5, 5, 1));
+    // History stays readable.
+    assert_eq!(range(&s, "a", "", 3).unwrap().kvs[0].value, b("2"));
+    assert!(range(&s, "a", "", 4).unwrap().kvs.is_empty());
+    // The header revision is the current one, even for a historical read.
+    assert_eq!(range(&s, "a", "", 3).unwrap().revision, 5);
+    assert!(matches!(
+        range(&s, "a", "", 6),
+        Err(Error::Mvcc(MvccError::FutureRevision))
+    ));
+}
+
+#[test]
+fn range_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    for (k, v) in [("a", "3"), ("b", "1"), ("c", "2"), ("c\0", "0"), ("d", "4")] {
+        put(&s, k, v);
+    }
+    put(&s, "b", "5");
+    let all = range(&s, "a", "\0", 0).unwrap();
+    assert_eq!(keys_of(&all), ["a", "b", "c", "c\0", "d"]);
+    assert_eq!(keys_of(&range(&s, "b", "d", 0).unwrap()), ["b", "c", "c\0"]);
+    assert_eq!(
+        keys_of(
+            &range(
+                &s,
+                "c",
+                &String::from_utf8(prefix_range_end(b"c").to_vec()).unwrap(),
+                0
+            )
+            .unwrap()
+        ),
+        ["c", "c\0"]
+    );
+    assert!(
+        range(&s, "d", "a", 0).unwrap().kvs.is_empty(),
+        "an end before the key selects nothing"
+    );
+
+    let limited = s
+        .range(&RangeRequest {
+            key: b("a"),
+            range_end: b("\0"),
+            limit: 2,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        (keys_of(&limited), limited.count, limited.more),
+        (vec!["a".into(), "b".into()], 5, true)
+    );
+    let exact = s
+        .range(&RangeRequest {
+            key: b("a"),
+            range_end: b("\0"),
+            limit: 5,
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(!exact.more);
+
+    let count = s
+        .range(&RangeRequest {
+            key: b("a"),
+            range_end: b("\0"),
+            count_only: true,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!((count.count, count.kvs.len()), (5, 0));
+
+    let keys_only = s
+        .range(&RangeRequest {
+            key: b("a"),
+            range_end: b("\0"),
+            keys_only: true,
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(keys_only
+        .kvs
+        .iter()
+        .all(|kv| kv.value.is_empty() && kv.version > 0));
+
+    let by_value_desc = s
+        .range(&RangeRequest {
+            key: b("a"),
+            range_end: b("\0"),
+            sort_order: SortOrder::Descend,
+            sort_target: SortTarget::Value,
+            limit: 2,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(keys_of(&by_value_desc), ["b", "d"]);
+    assert!(by_value_desc.more);
+    // A target other than KEY with no order sorts ascending, as etcd does.
+    let by_mod = s
+        .range(&RangeRequest {
+            key: b("a"),
+            range_end: b("\0"),
+            sort_target: SortTarget::Mod,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(keys_of(&by_mod), ["a", "c", "c\0", "d", "b"]);
+
+    let filtered = s
+        .range(&RangeRequest {
+            key: b("a"),
+            range_end: b("\0"),
+            min_mod_revision: 4,
+            max_create_revision: 5,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(keys_of(&filtered), ["b", "c", "c\0"]);
+    assert_eq!(filtered.count, 5, "count ignores the filters, as in etcd");
+}
+
+#[test]
+fn put_flags_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let ignore = PutRequest {
+        key: b("x"),
+        ignore_value: true,
+        ..Default::default()
+    };
+    assert_eq!(put_req(&s, ignore.clone()), Err(MvccError::KeyNotFound));
+    put(&s, "x", "v1");
+    let r = put_req(
+        &s,
+        PutRequest {
+            prev_kv: true,
+            ..ignore
+        },
+    )
+    .unwrap();
+    assert_eq!(r.prev_kv.unwrap().value, b("v1"));
+    assert_eq!(
+        get(&s, "x").unwrap().value,
+        b("v1"),
+        "ignore_value keeps the value"
+    );
+    assert_eq!(
+        put_req(
+            &s,
+            PutRequest {
+                key: b("x"),
+                value: b("v"),
+                ignore_value: true,
+                ..Default::default()
+            }
+        ),
+        Err(MvccError::ValueProvided)
+    );
+    assert_eq!(
+        put_req(
+            &s,
+            PutRequest {
+                key: b("x"),
+                lease: 77,
+                ..Default::default()
+            }
+        ),
+        Err(MvccError::LeaseNotFound)
+    );
+    assert_eq!(
+        put_req(
+            &s,
+            PutRequest {
+                key: Bytes::new(),
+                ..Default::default()
+            }
+        ),
+        Err(MvccError::EmptyKey)
+    );
+    assert_eq!(
+        MvccError::Compacted.to_string(),
+        "etcdserver: mvcc: required revision has been compacted"
+    );
+    assert_eq!(
+        MvccError::FutureRevision.to_string(),
+        "etcdserver: mvcc: required revision is a future revision"
+    );
+}
+
+#[test]
+fn kubernetes_txn_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    // create: [MOD(k)=0] -> [Put]
+    let create = |value: &str| TxnRequest {
+        compare: vec![compare(
+            CompareTarget::Mod,
+            CompareResult::Equal,
+            "/registry/pods/a",
+            CompareOperand::ModRevision(0),
+        )],
+        success: vec![put_op("/registry/pods/a", value)],
+        failure: vec![],
+    };
+    let r = txn(&s, create("v1")).unwrap();
+    assert!(r.succeeded);
+    assert_eq!(r.revision, 2);
+    let r = txn(&s, create("v2")).unwrap();
+    assert!(!r.succeeded, "create of an existing key fails");
+    assert_eq!(
+        r.revision, 2,
+        "a failed txn that wrote nothing keeps the revision"
+    );
+
+    // update: [MOD(k)=rev] -> [Put] else [Range]
+    let update = |rev: i64, value: &str| TxnRequest {
+        compare: vec![compare(
+            CompareTarget::Mod,
+            CompareResult::Equal,
+            "/registry/pods/a",
+            CompareOperand::ModRevision(rev),
+        )],
+        success: vec![put_op("/registry/pods/a", value)],
+        failure: vec![range_op("/registry/pods/a")],
+    };
+    let r = txn(&s, update(1, "stale")).unwrap();
+    assert!(!r.succeeded);
+    let ResponseOp::Range(current) = &r.responses[0] else {
+        panic!("else branch is a range")
+    };
+    assert_eq!(
+        current.kvs[0].mod_revision, 2,
+        "the else branch returns the key"
+    );
+    let r = txn(&s, update(2, "v2")).unwrap();
+    assert!(r.succeeded);
+    assert_eq!(r.revision, 3);
+    let ResponseOp::Put(p) = &r.responses[0] else {
+        panic!()
+    };
+    assert_eq!(p.revision, 3);
+
+    // The compactor's CAS: VERSION("compact_rev_key") = 0 on a missing key is true.
+    let cas = TxnRequest {
+        compare: vec![compare(
+            CompareTarget::Version,
+            CompareResult::Equal,
+            "compact_rev_key",
+            CompareOperand::Version(0),
+        )],
+        success: vec![put_op("compact_rev_key", "3")],
+        failure: vec![range_op("compact_rev_key")],
+    };
+    assert!(txn(&s, cas.clone()).unwrap().succeeded);
+    let again = txn(&s, cas).unwrap();
+    assert!(!again.succeeded);
+    let ResponseOp::Range(r) = &again.responses[0] else {
+        panic!()
+    };
+    assert_eq!(r.kvs[0].version, 1);
+
+    // VALUE compare on a missing key is false, even for NOT_EQUAL.
+    let value_missing = TxnRequest {
+        compare: vec![compare(
+            CompareTarget::Value,
+            CompareResult::NotEqual,
+            "nope",
+            CompareOperand::Value(b("x")),
+        )],
+        success: vec![],
+        failure: vec![],
+    };
+    assert!(!txn(&s, value_missing).unwrap().succeeded);
+}
+
+#[test]
+fn txn_reads_its_own_writes_and_nests() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    put(&s, "a", "0");
+    let req = TxnRequest {
+        compare: vec![],
+        success: vec![
+            put_op("b", "1"),
+            range_op("b"),
+            RequestOp::Txn(TxnRequest {
+                compare: vec![compare(
+                    CompareTarget::Version,
+                    CompareResult::Equal,
+                    "a",
+                    CompareOperand::Version(1),
+                )],
+                success: vec![put_op("c", "2")],
+                failure: vec![put_op("d", "2")],
+            }),
+            RequestOp::DeleteRange(DeleteRangeRequest {
+                key: b("a"),
+                range_end: Bytes::new(),
+                prev_kv: true,
+            }),
+        ],
+        failure: vec![],
+    };
+    let r = txn(&s, req).unwrap();
+    assert_eq!(r.revision, 3);
+    let ResponseOp::Range(seen) = &r.responses[1] else {
+        panic!()
+    };
+    assert_eq!(
+        seen.kvs[0].value,
+        b("1"),
+        "a range after a put in the same txn sees it"
+    );
+    assert_eq!(seen.revision, 3);
+    let ResponseOp::Txn(nested) = &r.responses[2] else {
+        panic!()
+    };
+    assert!(nested.succeeded);
+    assert_eq!(nested.revision, 0, "etcd leaves nested headers empty");
+    let ResponseOp::DeleteRange(d) = &r.responses[3] else {
+        panic!()
+    };
+    assert_eq!(d.deleted, 1);
+    assert!(get(&s, "c").is_some() && get(&s, "d").is_none() && get(&s, "a").is_none());
+    let all = range(&s, "a", "\0", 0).unwrap();
+    assert!(
+        all.kvs.iter().all(|kv| kv.mod_revision == 3),
+        "one revision for the whole txn"
+    );
+
+    // A failed check changes nothing: a put on a missing lease in the chosen branch.
+    let bad = TxnRequest {
+        compare: vec![],
+        success: vec![
+            put_op("e", "1"),
+            RequestOp::Put(PutRequest {
+                key: b("f"),
+                lease: 9,
+                ..Default::default()
+            }),
+        ],
+        failure: vec![],
+    };
+    assert_eq!(txn(&s, bad), Err(MvccError::LeaseNotFound));
+    assert!(get(&s, "e").is_none());
+    assert_eq!(s.revision(), 3);
+}
+
+#[test]
+fn leases_attach_revoke_and_survive_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path());
+        apply(&s, Command::LeaseGrant { id: 7, ttl_s: 10 }).unwrap();
+        assert_eq!(
+            apply(&s, Command::LeaseGrant { id: 7, ttl_s: 10 }),
+            Err(MvccError::LeaseExists)
+        );
+        for k in ["k1", "k2", "k3"] {
+            put_req(
+                &s,
+                PutRequest {
+                    key: b(k),
+                    value: b("v"),
+                    lease: 7,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        }
+        // A put without lease detaches k3.
+        put(&s, "k3", "v2");
+        assert_eq!(s.lease_keys(7).unwrap(), vec![b("k1"), b("k2")]);
+    }
+    let s = open(dir.path());
+    assert_eq!(
+        s.lease(7).unwrap().ttl_s,
+        10,
+        "the lease table survives a restart"
+    );
+    let before = s.revision();
+    let CommandResponse::LeaseRevoke { revision } =
+        apply(&s, Command::LeaseRevoke { id: 7 }).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        revision,
+        before + 1,
+        "revoking deletes all its keys in one revision"
+    );
+    assert!(get(&s, "k1").is_none() && get(&s, "k2").is_none());
+    assert!(get(&s, "k3").is_some());
+    assert!(s.lease(7).is_none());
+    assert_eq!(
+        apply(&s, Command::LeaseRevoke { id: 7 }),
+        Err(MvccError::LeaseNotFound)
+    );
+    // Revoking a lease with no keys does not raise the revision.
+    apply(&s, Command::LeaseGrant { id: 8, ttl_s: 5 }).unwrap();
+    let CommandResponse::LeaseRevoke { revision } =
+        apply(&s, Command::LeaseRevoke { id: 8 }).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(revision, before + 1);
+}
+
+#[test]
+fn compaction_keeps_latest_and_drops_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    for i in 0..50 {
+        put(&s, "hot", &i.to_string());
+    }
+    put(&s, "gone", "x");
+    delete(&s, "gone", "");
+    put(&s, "cold", "c");
+    let rev = s.revision();
+    assert_eq!(
+        apply(&s, Command::Compact { revision: rev - 1 }),
+        Ok(CommandResponse::Compact { revision: rev })
+    );
+    assert_eq!(
+        apply(&s, Command::Compact { revision: rev - 1 }),
+        Err(MvccError::Compacted)
+    );
+    assert_eq!(
+        apply(&s, Command::Compact { revision: rev + 5 }),
+        Err(MvccError::FutureRevision)
+    );
+    s.wait_for_compaction();
+    assert!(matches!(
+        range(&s, "hot", "", rev - 2),
+        Err(Error::Mvcc(MvccError::Compacted))
+    ));
+    assert_eq!(get(&s, "hot").unwrap().value, b("49"));
+    assert_eq!(
+        get(&s, "hot").unwrap().version,
+        50,
+        "the version survives compaction"
+    );
+    assert!(get(&s, "gone").is_none());
+    assert_eq!(
+        range(&s, "a", "\0", rev - 1).unwrap().kvs.len(),
+        1,
+        "at the compacted revision cold is not yet there"
+    );
+    drop(s);
+    let s = open(dir.path());
+    assert_eq!(
+        s.compact_revision(),
+        rev - 1,
+        "the compacted revision is persisted"
+    );
+    assert!(matches!(
+        range(&s, "hot", "", 3),
+        Err(Error::Mvcc(MvccError::Compacted))
+    ));
+}
+
+#[tokio::test]
+async fn watch_history_then_live_with_prev_kv() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    put(&s, "w/a", "1");
+    put(&s, "x", "ignored");
+    put(&s, "w/a", "2");
+    let mut watcher = s.watch(b("w/"), prefix_range_end(b"w/"), 2);
+    let events = watcher.next(100).await.unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].kv.mod_revision, 2);
+    assert!(events[0].prev_kv.is_none());
+    assert_eq!(events[1].prev_kv.as_ref().unwrap().value, b("1"));
+    assert!(watcher.caught_up());
+
+    let writer = s.clone();
+    tokio::task::spawn_blocking(move || {
+        delete(&writer, "w/a", "");
+    });
+    let events = watcher.next(100).await.unwrap();
+    assert_eq!(events[0].kind, EventKind::Delete);
+    assert_eq!(events[0].kv.mod_revision, 5);
+    assert_eq!(events[0].prev_kv.as_ref().unwrap().value, b("2"));
+}
+
+#[tokio::test]
+async fn slow_watcher_catches_up_from_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = MvccStore::open(
+        dir.path(),
+        MvccOptions {
+            feed_capacity_batches: 4,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut watcher = s.watch(b("k"), Bytes::new(), 0);
+    for i in 0..100 {
+        put(&s, "k", &i.to_string());
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 100 {
+        for e in watcher.next(7).await.unwrap() {
+            seen.push(e.kv.value.clone());
+        }
+    }
+    let expected: Vec<Bytes> = (0..100).map(|i| b(&i.to_string())).collect();
+    assert_eq!(
+        seen, expected,
+        "every event exactly once, in order, though the feed overflowed"
+    );
+}
+
+#[tokio::test]
+async fn watch_below_compaction_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    for i in 0..10 {
+        put(&s, "k", &i.to_string());
+    }
+    apply(&s, Command::Compact { revision: 8 }).unwrap();
+    let mut watcher = s.watch(b("k"), Bytes::new(), 3);
+    match watcher.next(10).await {
+        Err(watch::WatchError::Compacted { compact_revision }) => assert_eq!(compact_revision, 8),
+        other => panic!("expected compacted, got {other:?}"),
+    }
+    s.wait_for_compaction();
+    // From the compacted revision itself the surviving event is still there.
+    let mut watcher = s.watch(b("k"), Bytes::new(), 8);
+    let events = watcher.next(10).await.unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.kv.mod_revision).collect::<Vec<_>>(),
+        vec![8, 9, 10, 11]
+    );
+}
+
+#[test]
+fn snapshot_round_trip_and_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir.path().join("a"));
+    apply(&s, Command::LeaseGrant { id: 5, ttl_s: 60 }).unwrap();
+    for i in 0..200 {
+        put_req(
+            &s,
+            PutRequest {
+                key: b(&format!("key/{i:03}")),
+                value: b(&format!("value-{i}")),
+                lease: if i % 10 == 0 { 5 } else { 0 },
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    }
+    delete(&s, "key/1", "key/2");
+    apply(&s, Command::Compact { revision: 50 }).unwrap();
+    let point = s.snapshot_point().unwrap();
+    let mut image = Vec::new();
+    s.export_snapshot(&point, &mut image).unwrap();
+    // Writes after the point are not in the image.
+    put(&s, "late", "x");
+
+    let t = open(&dir.path().join("b"));
+    put(&t, "will-vanish", "x");
+    t.install_snapshot(&image[..]).unwrap();
+    assert_eq!(t.revision(), point.revision);
+    assert_eq!(t.compact_revision(), 50);
+    assert!(get(&t, "will-vanish").is_none() && get(&t, "late").is_none());
+    let all = |st: &MvccStore, rev: i64| range(st, "key/", "key0", rev).unwrap().kvs;
+    assert_eq!(all(&t, 0), all(&s, point.revision));
+    assert_eq!(
+        all(&t, 120),
+        all(&s, 120),
+        "history above the compaction travels too"
+    );
+    assert_eq!(t.lease_keys(5).unwrap(), s.lease_keys(5).unwrap());
+
+    // Every flipped byte and every cut is refused, and the store stays as it was.
+    let before = all(&t, 0);
+    for at in (0..image.len()).step_by(97).chain([image.len() - 1]) {
+        let mut bad = image.clone();
+        bad[at] ^= 0x20;
+        assert!(
+            t.install_snapshot(&bad[..]).is_err(),
+            "flip at {at} accepted"
+        );
+    }
+    for cut in [0, 7, 100, image.len() / 2, image.len() - 1] {
+        assert!(
+            t.install_snapshot(&image[..cut]).is_err(),
+            "cut at {cut} accepted"
+        );
+    }
+    assert_eq!(all(&t, 0), before);
+    drop(t);
+    let t = open(&dir.path().join("b"));
+    assert_eq!(
+        all(&t, 0),
+        before,
+        "the installed snapshot survives a restart"
+    );
+}
