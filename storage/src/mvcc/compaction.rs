@@ -25,6 +25,8 @@ struct State {
     pending: bool,
     running: bool,
     shutdown: bool,
+    /// The last run failed; it is retried at the next wake.
+    failed: bool,
 }
 
 /// The handle the store keeps to its compaction thread.
@@ -83,7 +85,7 @@ impl Compactor {
             .flatten()
             .unwrap_or(-1);
             let caught_up = done >= inner.compact_revision.load(Ordering::SeqCst);
-            if !state.pending && !state.running && caught_up {
+            if !state.pending && !state.running && (caught_up || state.failed) {
                 return;
             }
             state = cv
@@ -108,12 +110,17 @@ fn run(shared: Arc<(Mutex<State>, Condvar)>, weak: Weak<Inner>) {
             state.pending = false;
             state.running = true;
         }
+        let mut failed = false;
         if let Some(inner) = weak.upgrade() {
             if let Err(e) = compact(&inner) {
                 tracing::error!(error = %e, "mvcc: compaction failed; it will be retried at the next Compact");
+                failed = true;
             }
         }
-        lock.lock().unwrap_or_else(|e| e.into_inner()).running = false;
+        let mut state = lock.lock().unwrap_or_else(|e| e.into_inner());
+        state.running = false;
+        state.failed = failed;
+        drop(state);
         cv.notify_all();
     }
 }
@@ -121,9 +128,6 @@ fn run(shared: Arc<(Mutex<State>, Condvar)>, weak: Weak<Inner>) {
 /// Runs compaction up to the current compacted revision.
 fn compact(inner: &Inner) -> Result<(), StoreError> {
     let target = inner.compact_revision.load(Ordering::SeqCst);
-    if target <= 0 {
-        return Ok(());
-    }
     let started = std::time::Instant::now();
     let end = keys::change_key(target, u32::MAX);
     let mut from = keys::change_key(0, 0).to_vec();
