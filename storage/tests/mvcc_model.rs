@@ -25,11 +25,29 @@ enum End {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Put { key: usize, value: u8, prev_kv: bool },
-    Delete { key: usize, end: End },
-    Cas { key: usize, expect_back: u8, value: u8 },
-    Compact { back: u8 },
-    Range { key: usize, end: End, back: Option<u8>, limit: u8 },
+    Put {
+        key: usize,
+        value: u8,
+        prev_kv: bool,
+    },
+    Delete {
+        key: usize,
+        end: End,
+    },
+    Cas {
+        key: usize,
+        expect_back: u8,
+        value: u8,
+    },
+    Compact {
+        back: u8,
+    },
+    Range {
+        key: usize,
+        end: End,
+        back: Option<u8>,
+        limit: u8,
+    },
 }
 
 fn end_strategy() -> impl Strategy<Value = End> {
@@ -118,7 +136,12 @@ impl Model {
     }
 
     fn delete(&mut self, start: &[u8], end: &[u8]) -> (i64, Vec<KeyValue>) {
-        let doomed: Vec<KeyValue> = self.now().values().filter(|kv| in_range(start, end, &kv.key)).cloned().collect();
+        let doomed: Vec<KeyValue> = self
+            .now()
+            .values()
+            .filter(|kv| in_range(start, end, &kv.key))
+            .cloned()
+            .collect();
         if doomed.is_empty() {
             return (self.rev(), doomed);
         }
@@ -140,7 +163,13 @@ impl Model {
         (rev, doomed)
     }
 
-    fn range(&self, start: &[u8], end: &[u8], rev: i64, limit: i64) -> Result<RangeResponse, MvccError> {
+    fn range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        rev: i64,
+        limit: i64,
+    ) -> Result<RangeResponse, MvccError> {
         let at = if rev <= 0 { self.rev() } else { rev };
         if at > self.rev() {
             return Err(MvccError::FutureRevision);
@@ -155,7 +184,11 @@ impl Model {
             .collect();
         let count = all.len() as i64;
         let more = limit > 0 && count > limit;
-        let kvs = if more { all[..limit as usize].to_vec() } else { all };
+        let kvs = if more {
+            all[..limit as usize].to_vec()
+        } else {
+            all
+        };
         Ok(RangeResponse {
             revision: self.rev(),
             kvs,
@@ -189,7 +222,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut watcher = store.watch(Bytes::new(), Bytes::from_static(&[0]), 1);
     for op in ops {
         match op {
-            Op::Put { key, value, prev_kv } => {
+            Op::Put {
+                key,
+                value,
+                prev_kv,
+            } => {
                 let key = Bytes::from_static(KEYS[key]);
                 let value = Bytes::from(vec![value]);
                 let got = common::put_req(
@@ -226,7 +263,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 prop_assert_eq!(got.deleted, doomed.len() as i64);
                 prop_assert_eq!(got.prev_kvs, doomed);
             }
-            Op::Cas { key, expect_back, value } => {
+            Op::Cas {
+                key,
+                expect_back,
+                value,
+            } => {
                 let key = Bytes::from_static(KEYS[key]);
                 let current = model.now().get(&key).map_or(0, |kv| kv.mod_revision);
                 // Sometimes the right revision, sometimes a stale one.
@@ -255,7 +296,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     let (rev, _) = model.put(key, Bytes::from(vec![value]));
                     prop_assert_eq!(got.revision, rev);
                 } else {
-                    let ResponseOp::Range(r) = &got.responses[0] else { panic!() };
+                    let ResponseOp::Range(r) = &got.responses[0] else {
+                        panic!()
+                    };
                     prop_assert_eq!(r.kvs.first(), model.now().get(&key));
                     prop_assert_eq!(got.revision, model.rev());
                 }
@@ -267,11 +310,18 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     Err(MvccError::Compacted)
                 } else {
                     model.compact = target;
-                    Ok(CommandResponse::Compact { revision: model.rev() })
+                    Ok(CommandResponse::Compact {
+                        revision: model.rev(),
+                    })
                 };
                 prop_assert_eq!(got, want);
             }
-            Op::Range { key, end, back, limit } => {
+            Op::Range {
+                key,
+                end,
+                back,
+                limit,
+            } => {
                 let end = range_end(key, &end);
                 let rev = back.map_or(0, |b| model.rev() + 1 - i64::from(b));
                 let got = store.range(&RangeRequest {
@@ -293,11 +343,20 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     store.wait_for_compaction();
     // Every revision the model kept is still readable exactly.
     for rev in model.compact.max(1)..=model.rev() {
-        let got = common::range(&store, "\0", "\0", rev).map_err(|e| TestCaseError::fail(e.to_string()))?;
-        prop_assert_eq!(got, model.range(b"\0", &[0], rev, 0).unwrap(), "full read at {}", rev);
+        let got = common::range(&store, "\0", "\0", rev)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(
+            got,
+            model.range(b"\0", &[0], rev, 0).unwrap(),
+            "full read at {}",
+            rev
+        );
     }
     // The watcher opened at revision 1 either saw every event or was compacted away.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut seen = Vec::new();
     let outcome = rt.block_on(async {
         while let Some(events) = drain(&mut watcher).await? {
@@ -307,7 +366,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     });
     match outcome {
         Ok(()) => prop_assert_eq!(&seen, &model.events),
-        Err(watch::WatchError::Compacted { compact_revision }) => prop_assert_eq!(compact_revision, model.compact),
+        Err(watch::WatchError::Compacted { compact_revision }) => {
+            prop_assert_eq!(compact_revision, model.compact)
+        }
         Err(e) => prop_assert!(false, "watch failed: {}", e),
     }
     // A watch from just above the compaction sees exactly the model's later events.
@@ -319,7 +380,12 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             seen.extend(events);
         }
     });
-    let want: Vec<Event> = model.events.iter().filter(|e| e.kv.mod_revision >= from).cloned().collect();
+    let want: Vec<Event> = model
+        .events
+        .iter()
+        .filter(|e| e.kv.mod_revision >= from)
+        .cloned()
+        .collect();
     prop_assert_eq!(seen, want);
     Ok(())
 }

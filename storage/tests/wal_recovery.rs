@@ -57,7 +57,11 @@ fn append(wal: &Wal, indexes: std::ops::Range<u64>) {
 }
 
 fn segments(dir: &Path) -> Vec<PathBuf> {
-    segment::list_segments(dir).unwrap().into_iter().map(|(_, p)| p).collect()
+    segment::list_segments(dir)
+        .unwrap()
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect()
 }
 
 /// Offsets of every record in a segment file.
@@ -76,7 +80,10 @@ fn reopen_keeps_everything_and_continues() {
     drop(wal);
     let (wal, got, report) = open_collect(dir.path()).unwrap();
     assert_eq!(got, (0..300).collect::<Vec<_>>());
-    assert!(report.segments > 1, "300 records of ~500 bytes span several 64 KiB segments");
+    assert!(
+        report.segments > 1,
+        "300 records of ~500 bytes span several 64 KiB segments"
+    );
     assert!(report.torn_tail.is_none());
     append(&wal, 300..310);
     drop(wal);
@@ -90,7 +97,10 @@ fn the_directory_is_locked() {
     let (_wal, _, _) = open_collect(dir.path()).unwrap();
     match open_collect(dir.path()) {
         Err(WalError::Locked { .. }) => {}
-        other => panic!("a second open must fail as locked, got {:?}", other.map(|(_, i, _)| i)),
+        other => panic!(
+            "a second open must fail as locked, got {:?}",
+            other.map(|(_, i, _)| i)
+        ),
     }
 }
 
@@ -130,21 +140,29 @@ fn torn_tail_cut_at_every_byte_of_the_last_record() {
                 file.set_len(cut as u64).unwrap();
             } else {
                 // The write never reached the disk past `cut`.
-                file.write_all_at(&vec![0u8; end - cut], cut as u64).unwrap();
+                file.write_all_at(&vec![0u8; end - cut], cut as u64)
+                    .unwrap();
             }
             drop(file);
-            let (wal, got, report) = open_collect(dir.path()).unwrap_or_else(|e| panic!("{how} at {cut}: {e}"));
+            let (wal, got, report) =
+                open_collect(dir.path()).unwrap_or_else(|e| panic!("{how} at {cut}: {e}"));
             let expect_whole = cut == end && how == "truncate";
             let want: Vec<u64> = (0..if expect_whole { 40 } else { 39 }).collect();
             assert_eq!(got, want, "{how} at {cut}");
             if cut > last_offset {
-                assert!(report.torn_tail.is_some(), "{how} at {cut} must report the cut");
+                assert!(
+                    report.torn_tail.is_some(),
+                    "{how} at {cut} must report the cut"
+                );
             }
             // The repaired log takes appends and reopens cleanly.
             append(&wal, 39..41);
             drop(wal);
             let (_, got, report) = open_collect(dir.path()).unwrap();
-            assert!(report.torn_tail.is_none(), "{how} at {cut}: the repair was durable");
+            assert!(
+                report.torn_tail.is_none(),
+                "{how} at {cut}: the repair was durable"
+            );
             assert_eq!(got.last(), Some(&40));
             assert_eq!(got.len(), 41);
         }
@@ -162,7 +180,8 @@ fn flipped_byte_in_the_last_record_is_a_torn_tail() {
         let mut buf = std::fs::read(&path).unwrap();
         buf[at] ^= 0x10;
         std::fs::write(&path, &buf).unwrap();
-        let (_, got, report) = open_collect(dir.path()).unwrap_or_else(|e| panic!("flip at {at}: {e}"));
+        let (_, got, report) =
+            open_collect(dir.path()).unwrap_or_else(|e| panic!("flip at {at}: {e}"));
         assert_eq!(got, (0..39).collect::<Vec<_>>(), "flip at {at}");
         assert!(report.torn_tail.is_some());
     }
@@ -174,7 +193,10 @@ fn flipped_byte_in_the_middle_is_a_hard_error_naming_file_and_offset() {
     let name = last.file_name().unwrap().to_owned();
     let offsets = record_offsets(&last);
     // Records before the last one in the last segment, and records in older segments.
-    let mut targets: Vec<(PathBuf, usize)> = offsets[1..offsets.len() - 1].iter().map(|&o| (last.clone(), o + 12)).collect();
+    let mut targets: Vec<(PathBuf, usize)> = offsets[1..offsets.len() - 1]
+        .iter()
+        .map(|&o| (last.clone(), o + 12))
+        .collect();
     let first = segments(base.path())[0].clone();
     targets.push((first.clone(), record_offsets(&first)[3] + 9));
     for (file, at) in targets {
@@ -185,12 +207,22 @@ fn flipped_byte_in_the_middle_is_a_hard_error_naming_file_and_offset() {
         buf[at] ^= 0x01;
         std::fs::write(&path, &buf).unwrap();
         match open_collect(dir.path()) {
-            Err(WalError::Corrupt { path: p, offset, reason }) => {
+            Err(WalError::Corrupt {
+                path: p,
+                offset,
+                reason,
+            }) => {
                 assert_eq!(p.file_name(), path.file_name(), "names the file");
-                assert!(offset as usize <= at && at < offset as usize + 1024, "offset {offset} near {at}: {reason}");
+                assert!(
+                    offset as usize <= at && at < offset as usize + 1024,
+                    "offset {offset} near {at}: {reason}"
+                );
             }
             Err(e) => panic!("flip at {at} gave {e}"),
-            Ok((_, got, _)) => panic!("flip at {at} in the middle went unnoticed: {} entries", got.len()),
+            Ok((_, got, _)) => panic!(
+                "flip at {at} in the middle went unnoticed: {} entries",
+                got.len()
+            ),
         }
         let _ = name.len();
     }
@@ -214,7 +246,10 @@ fn purge_deletes_whole_segments_and_reopens() {
     .unwrap();
     rx.recv().unwrap().unwrap();
     let after = segments(dir.path()).len();
-    assert!(after < before, "segments wholly below the purge point are gone ({before} -> {after})");
+    assert!(
+        after < before,
+        "segments wholly below the purge point are gone ({before} -> {after})"
+    );
     drop(wal);
     let mut purged_seen = 0;
     let (_, got, _) = Wal::open(dir.path(), options(), |kind, p| {
@@ -226,7 +261,10 @@ fn purge_deletes_whole_segments_and_reopens() {
     .map(|(w, r)| (w, Vec::<u64>::new(), r))
     .unwrap();
     assert!(got.is_empty());
-    assert_eq!(purged_seen, 500, "the purge point survives in the next segment's header");
+    assert_eq!(
+        purged_seen, 500,
+        "the purge point survives in the next segment's header"
+    );
     let (_, got, _) = open_collect(dir.path()).unwrap();
     assert!(got.first().copied().unwrap_or(0) <= 501 && got.last() == Some(&799));
 }
