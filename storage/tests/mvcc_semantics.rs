@@ -87,7 +87,7 @@ fn range_options() {
             &range(
                 &s,
                 "c",
-                &String::from_utf8(prefix_range_end(b"c").to_vec()).unwrap(),
+                std::str::from_utf8(&prefix_range_end(b"c")).unwrap(),
                 0
             )
             .unwrap()

@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
 
-use super::keys::{self, ChangeRecord, KvRecord};
+use super::keys::{self, ChangeRecord};
 use super::kvstore::{read_i64, Inner};
 use crate::error::StoreError;
 
@@ -155,11 +155,8 @@ fn compact(inner: &Inner) -> Result<(), StoreError> {
             if change.prev_revision > 0 {
                 batch.remove(keys::kv_key(&change.key, change.prev_revision));
             }
-            let this = keys::kv_key(&change.key, rev);
-            if let Some(record) = tree.get(&this)? {
-                if KvRecord::decode(&record, false).is_some_and(|r| r.tombstone) {
-                    batch.remove(this);
-                }
+            if change.tombstone {
+                batch.remove(keys::kv_key(&change.key, rev));
             }
             if rev < target {
                 batch.remove(k.clone());

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! 'k' enc(key) be(!rev)          -> KvRecord     every version of every key, newest first
-//! 'r' be(rev) be(sub)            -> ChangeRecord the change log: what revision rev changed
+//! 'r' be(rev) be(sub)            -> ChangeRecord the change log: what revision rev changed,
+//!                                                 the version it superseded, put or delete
 //! 'l' be(lease id)               -> Lease        granted leases
 //! 'a' be(lease id) key           -> ()           keys attached to a lease
 //! 'm' name                       -> bytes        meta: revision, compaction, applied log id
@@ -181,22 +182,31 @@ impl KvRecord {
 pub struct ChangeRecord {
     /// The key's version before this change, 0 if it had none.
     pub prev_revision: i64,
+    /// The change is a delete (its version is a tombstone).
+    pub tombstone: bool,
     pub key: Bytes,
 }
 
 impl ChangeRecord {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(8 + self.key.len());
+        let mut out = Vec::with_capacity(9 + self.key.len());
         out.extend_from_slice(&self.prev_revision.to_be_bytes());
+        out.push(self.tombstone as u8);
         out.extend_from_slice(&self.key);
         out
     }
 
     pub fn decode(bytes: &[u8]) -> Option<ChangeRecord> {
         let prev = i64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+        let tombstone = match bytes.get(8)? {
+            0 => false,
+            1 => true,
+            _ => return None,
+        };
         Some(ChangeRecord {
             prev_revision: prev,
-            key: Bytes::copy_from_slice(&bytes[8..]),
+            tombstone,
+            key: Bytes::copy_from_slice(&bytes[9..]),
         })
     }
 }

@@ -41,7 +41,7 @@ impl Default for MvccOptions {
         MvccOptions {
             cache_capacity_bytes: 128 << 20,
             flush_every_ms: 500,
-            compaction_batch_revisions: 1000,
+            compaction_batch_revisions: 32,
             compaction_pause_ms: 1,
             feed_capacity_batches: 4096,
         }

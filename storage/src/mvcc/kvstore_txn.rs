@@ -459,6 +459,7 @@ impl WriteTxn<'_> {
             batch.insert(keys::kv_key(&change.key, rev), change.record.encode());
             let record = ChangeRecord {
                 prev_revision: change.prev_revision,
+                tombstone: change.record.tombstone,
                 key: change.key.clone(),
             };
             batch.insert(&keys::change_key(rev, sub)[..], record.encode());
