@@ -1,9 +1,33 @@
-//! The `raftkv` binary.
-//!
-//! The server (gRPC services, Raft glue, flags) is built in the server issue. Until then
-//! this binary says so and exits non-zero rather than pretend to serve anything.
+//! `raftkv`: parse the command line, set up logging, run the member.
+
+use clap::Parser;
+use raftkv_server::config::{Cli, Command};
 
 fn main() {
-    eprintln!("raftkv: the server is not built yet; only the storage crate exists so far (see ARCHITECTURE.md)");
-    std::process::exit(2);
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.server.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("raftkv: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => runtime.block_on(raftkv_server::server::run(cli.server)),
+    };
+    if let Err(e) = result {
+        eprintln!("raftkv: {e}");
+        std::process::exit(1);
+    }
 }

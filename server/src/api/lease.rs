@@ -1,0 +1,167 @@
+//! etcd's Lease service. Grants and revokes are Raft writes; keep-alives and
+//! time-to-live questions go to the leader, which holds the expiry clocks (leases.rs).
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use raftkv_proto::etcdserverpb as pb;
+use raftkv_proto::etcdserverpb::lease_server::Lease;
+use raftkv_storage::mvcc::{Command, CommandResponse, MAX_LEASE_TTL_S};
+use raftkv_storage::MvccError;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::api::check_leader_metadata;
+use crate::errors::ApiError;
+use crate::leases::MIN_LEASE_TTL_S;
+use crate::node::Node;
+use crate::peer::{ForwardRequest, ForwardResponse};
+
+/// Keep-alive answers queued per stream before the client must read them.
+const KEEPALIVE_QUEUE_RESPONSES: usize = 16;
+
+pub struct LeaseService {
+    pub node: Arc<Node>,
+}
+
+/// A random positive lease id, as etcd's id generator gives.
+fn new_lease_id() -> i64 {
+    loop {
+        let id = rand::random::<i64>() & i64::MAX;
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+pub async fn keep_alive_once(node: &Node, id: i64) -> Result<pb::LeaseKeepAliveResponse, Status> {
+    let timeout = node.config.request_timeout();
+    match node
+        .on_leader(ForwardRequest::LeaseKeepAlive { id }, timeout)
+        .await?
+    {
+        ForwardResponse::LeaseKeepAlive { ttl_s } => Ok(pb::LeaseKeepAliveResponse {
+            header: Some(node.header()),
+            id,
+            ttl: ttl_s,
+        }),
+        other => Err(ApiError::Internal(format!("unexpected reply {other:?}")).status()),
+    }
+}
+
+#[tonic::async_trait]
+impl Lease for LeaseService {
+    async fn lease_grant(
+        &self,
+        req: Request<pb::LeaseGrantRequest>,
+    ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        check_leader_metadata(&self.node, &req)?;
+        let req = req.into_inner();
+        if req.ttl > MAX_LEASE_TTL_S {
+            return Err(ApiError::Mvcc(MvccError::LeaseTtlTooLarge).status());
+        }
+        let ttl_s = req.ttl.max(MIN_LEASE_TTL_S);
+        let id = if req.id == 0 { new_lease_id() } else { req.id };
+        match self.node.write(Command::LeaseGrant { id, ttl_s }).await? {
+            CommandResponse::LeaseGrant { id, ttl_s, .. } => {
+                Ok(Response::new(pb::LeaseGrantResponse {
+                    header: Some(self.node.header()),
+                    id,
+                    ttl: ttl_s,
+                    error: String::new(),
+                }))
+            }
+            other => Err(ApiError::Internal(format!("unexpected apply result {other:?}")).status()),
+        }
+    }
+
+    async fn lease_revoke(
+        &self,
+        req: Request<pb::LeaseRevokeRequest>,
+    ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        check_leader_metadata(&self.node, &req)?;
+        let id = req.into_inner().id;
+        self.node.write(Command::LeaseRevoke { id }).await?;
+        Ok(Response::new(pb::LeaseRevokeResponse {
+            header: Some(self.node.header()),
+        }))
+    }
+
+    type LeaseKeepAliveStream =
+        Pin<Box<dyn Stream<Item = Result<pb::LeaseKeepAliveResponse, Status>> + Send>>;
+
+    async fn lease_keep_alive(
+        &self,
+        req: Request<Streaming<pb::LeaseKeepAliveRequest>>,
+    ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        check_leader_metadata(&self.node, &req)?;
+        let mut inbound = req.into_inner();
+        let node = self.node.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(KEEPALIVE_QUEUE_RESPONSES);
+        tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    m = inbound.message() => m,
+                    _ = tx.closed() => return,
+                };
+                let id = match message {
+                    Ok(Some(r)) => r.id,
+                    Ok(None) | Err(_) => return,
+                };
+                let reply = keep_alive_once(&node, id).await;
+                let failed = reply.is_err();
+                if tx.send(reply).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Request<pb::LeaseTimeToLiveRequest>,
+    ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        check_leader_metadata(&self.node, &req)?;
+        let req = req.into_inner();
+        let timeout = self.node.config.request_timeout();
+        let request = ForwardRequest::LeaseTimeToLive {
+            id: req.id,
+            keys: req.keys,
+        };
+        match self.node.on_leader(request, timeout).await? {
+            ForwardResponse::LeaseTimeToLive {
+                ttl_s,
+                granted_ttl_s,
+                keys,
+            } => Ok(Response::new(pb::LeaseTimeToLiveResponse {
+                header: Some(self.node.header()),
+                id: req.id,
+                ttl: ttl_s,
+                granted_ttl: granted_ttl_s,
+                keys,
+            })),
+            other => Err(ApiError::Internal(format!("unexpected reply {other:?}")).status()),
+        }
+    }
+
+    async fn lease_leases(
+        &self,
+        req: Request<pb::LeaseLeasesRequest>,
+    ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
+        check_leader_metadata(&self.node, &req)?;
+        let leases = self
+            .node
+            .store
+            .leases()
+            .into_iter()
+            .map(|l| pb::LeaseStatus { id: l.id })
+            .collect();
+        Ok(Response::new(pb::LeaseLeasesResponse {
+            header: Some(self.node.header()),
+            leases,
+        }))
+    }
+}

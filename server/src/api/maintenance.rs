@@ -1,0 +1,206 @@
+//! etcd's Maintenance service: Status, Snapshot, Alarm, Defragment; the rest answer
+//! that raftkv does not implement them (yet), never silently.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use raftkv_proto::etcdserverpb as pb;
+use raftkv_proto::etcdserverpb::maintenance_server::Maintenance;
+use tokio::io::AsyncReadExt;
+use tonic::{Request, Response, Status};
+
+use crate::api::check_leader_metadata;
+use crate::errors::ApiError;
+use crate::node::Node;
+
+/// The etcd API level raftkv implements, as Maintenance.Status reports it. The
+/// Kubernetes API server needs ≥ 3.5.13 to enable its consistent-read features.
+pub const ETCD_API_VERSION: &str = "3.5.16";
+/// Snapshot bytes per stream message (etcd sends 32 KiB).
+const SNAPSHOT_CHUNK_BYTES: usize = 32 * 1024;
+/// etcd's snapshots are whole 512-byte pages; etcdctl checks the length by that.
+const SNAPSHOT_ALIGN_BYTES: u64 = 512;
+
+pub struct MaintenanceService {
+    pub node: Arc<Node>,
+}
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn alarm(
+        &self,
+        req: Request<pb::AlarmRequest>,
+    ) -> Result<Response<pb::AlarmResponse>, Status> {
+        check_leader_metadata(&self.node, &req)?;
+        Ok(Response::new(pb::AlarmResponse {
+            header: Some(self.node.header()),
+            alarms: Vec::new(),
+        }))
+    }
+
+    async fn status(
+        &self,
+        req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        check_leader_metadata(&self.node, &req)?;
+        let metrics = self.node.raft.metrics().borrow().clone();
+        let db_size = self
+            .node
+            .store
+            .size_on_disk_bytes()
+            .map_err(ApiError::from)? as i64;
+        let is_learner = !metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|id| id == self.node.id);
+        Ok(Response::new(pb::StatusResponse {
+            header: Some(self.node.header()),
+            version: ETCD_API_VERSION.to_string(),
+            db_size,
+            leader: metrics.current_leader.unwrap_or(0),
+            raft_index: metrics.last_log_index.unwrap_or(0),
+            raft_term: metrics.current_term,
+            raft_applied_index: metrics.last_applied.map_or(0, |l| l.index),
+            errors: Vec::new(),
+            db_size_in_use: db_size,
+            is_learner,
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        req: Request<pb::DefragmentRequest>,
+    ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        check_leader_metadata(&self.node, &req)?;
+        // sled reclaims space on its own; there is nothing to rewrite.
+        Ok(Response::new(pb::DefragmentResponse {
+            header: Some(self.node.header()),
+        }))
+    }
+
+    async fn hash(
+        &self,
+        _req: Request<pb::HashRequest>,
+    ) -> Result<Response<pb::HashResponse>, Status> {
+        Err(ApiError::Unsupported("Hash is not implemented by raftkv".into()).status())
+    }
+
+    async fn hash_kv(
+        &self,
+        _req: Request<pb::HashKvRequest>,
+    ) -> Result<Response<pb::HashKvResponse>, Status> {
+        Err(ApiError::Unsupported("HashKV is not implemented by raftkv yet".into()).status())
+    }
+
+    type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
+
+    async fn snapshot(
+        &self,
+        req: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        check_leader_metadata(&self.node, &req)?;
+        let store = self.node.store.clone();
+        let path = self.node.config.data_dir.join(format!(
+            "maintenance-snapshot-{:x}.tmp",
+            rand::random::<u64>()
+        ));
+        let export_path = path.clone();
+        let size_bytes = tokio::task::spawn_blocking(move || -> Result<u64, String> {
+            let point = store.snapshot_point().map_err(|e| e.to_string())?;
+            let file = std::fs::File::create(&export_path).map_err(|e| e.to_string())?;
+            let mut out = std::io::BufWriter::new(file);
+            let summary = store
+                .export_snapshot(&point, &mut out)
+                .map_err(|e| e.to_string())?;
+            use std::io::Write;
+            out.flush().map_err(|e| e.to_string())?;
+            Ok(summary.size_bytes)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()).status())?
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&path);
+            ApiError::Internal(format!("snapshot: {e}")).status()
+        })?;
+        let header = self.node.header();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let result = stream_file(&path, size_bytes, header, &tx).await;
+            let _ = tokio::fs::remove_file(&path).await;
+            if let Err(e) = result {
+                let _ = tx
+                    .send(Err(ApiError::Internal(format!("snapshot: {e}")).status()))
+                    .await;
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn move_leader(
+        &self,
+        _req: Request<pb::MoveLeaderRequest>,
+    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        Err(ApiError::Unsupported("MoveLeader is not implemented by raftkv yet".into()).status())
+    }
+
+    async fn downgrade(
+        &self,
+        _req: Request<pb::DowngradeRequest>,
+    ) -> Result<Response<pb::DowngradeResponse>, Status> {
+        Err(ApiError::Unsupported("Downgrade is not implemented by raftkv".into()).status())
+    }
+}
+
+/// Streams the snapshot file as etcd does: the image, zero padding to a multiple of
+/// 512 bytes, then the SHA-256 of everything before it (etcdctl refuses a stream whose
+/// length is not 32 more than a multiple of 512). `raftkv snapshot restore` strips both.
+async fn stream_file(
+    path: &std::path::Path,
+    size_bytes: u64,
+    header: pb::ResponseHeader,
+    tx: &tokio::sync::mpsc::Sender<Result<pb::SnapshotResponse, Status>>,
+) -> std::io::Result<()> {
+    use sha2::Digest;
+    let padding_bytes =
+        (SNAPSHOT_ALIGN_BYTES - size_bytes % SNAPSHOT_ALIGN_BYTES) % SNAPSHOT_ALIGN_BYTES;
+    let total_bytes = size_bytes + padding_bytes + 32;
+    let mut file = tokio::fs::File::open(path).await?;
+    let mut hasher = sha2::Sha256::new();
+    let mut sent_bytes = 0u64;
+    let mut first = true;
+    let mut trailer_sent = false;
+    while !trailer_sent {
+        let mut buf = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+        let n = file.read(&mut buf).await?;
+        buf.truncate(n);
+        if n == 0 {
+            buf = vec![0u8; padding_bytes as usize];
+            hasher.update(&buf);
+            let digest = std::mem::take(&mut hasher).finalize();
+            buf.extend_from_slice(&digest);
+            trailer_sent = true;
+        } else {
+            hasher.update(&buf);
+        }
+        sent_bytes += buf.len() as u64;
+        let response = pb::SnapshotResponse {
+            header: if first { Some(header) } else { None },
+            remaining_bytes: total_bytes.saturating_sub(sent_bytes),
+            blob: bytes::Bytes::from(buf),
+            version: if first {
+                ETCD_API_VERSION.to_string()
+            } else {
+                String::new()
+            },
+        };
+        first = false;
+        if tx.send(Ok(response)).await.is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,327 @@
+//! etcd's Watch service: one bidirectional stream carries many watchers.
+//!
+//! Each watcher is a task reading the store's change feed (`storage::mvcc::watch`) and
+//! queueing responses on the stream's bounded outgoing queue, so a slow client slows
+//! only its own watchers (which then fall back to history), never writers. Ordering
+//! rule: a progress response is queued only after every watcher on the stream has
+//! queued all events up to the revision it reports.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use raftkv_proto::etcdserverpb as pb;
+use raftkv_proto::etcdserverpb::watch_server::Watch;
+use raftkv_storage::mvcc::watch::{WatchError, Watcher};
+use raftkv_storage::mvcc::{Event, EventKind};
+use tokio::sync::{mpsc, oneshot};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::api::check_leader_metadata;
+use crate::convert;
+use crate::node::Node;
+
+/// Responses queued per stream before its watchers wait for the client.
+const OUT_QUEUE_RESPONSES: usize = 128;
+/// Watchers one stream may hold.
+const MAX_WATCHERS_PER_STREAM: usize = 10_000;
+/// Revisions of events packed into one response at most.
+const MAX_REVISIONS_PER_RESPONSE: usize = 64;
+/// etcd's watch id for stream-wide progress responses.
+const PROGRESS_ALL_WATCH_ID: i64 = -1;
+
+pub struct WatchService {
+    pub node: Arc<Node>,
+}
+
+type Out = mpsc::Sender<Result<pb::WatchResponse, Status>>;
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+
+    async fn watch(
+        &self,
+        req: Request<Streaming<pb::WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        check_leader_metadata(&self.node, &req)?;
+        let inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(OUT_QUEUE_RESPONSES);
+        tokio::spawn(run_stream(self.node.clone(), inbound, tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+enum Control {
+    /// Answer with the last revision whose events are all queued.
+    Position(oneshot::Sender<i64>),
+    /// Stop; acknowledged once nothing more will be queued.
+    Stop(oneshot::Sender<()>),
+}
+
+struct WatcherHandle {
+    control: mpsc::Sender<Control>,
+}
+
+async fn run_stream(node: Arc<Node>, mut inbound: Streaming<pb::WatchRequest>, out: Out) {
+    use pb::watch_request::RequestUnion;
+    let mut watchers: HashMap<i64, WatcherHandle> = HashMap::new();
+    let mut next_id: i64 = 0;
+    loop {
+        let message = tokio::select! {
+            m = inbound.message() => m,
+            _ = out.closed() => break,
+        };
+        let request = match message {
+            Ok(Some(r)) => r,
+            Ok(None) | Err(_) => break,
+        };
+        match request.request_union {
+            Some(RequestUnion::CreateRequest(create)) => {
+                watchers.retain(|_, w| !w.control.is_closed());
+                let header_rev = node.store.revision();
+                let requested = create.watch_id;
+                let id = if requested != 0 {
+                    requested
+                } else {
+                    while watchers.contains_key(&next_id) {
+                        next_id += 1;
+                    }
+                    next_id += 1;
+                    next_id - 1
+                };
+                let refusal = if requested != 0 && watchers.contains_key(&requested) {
+                    Some("mvcc: duplicate watch ID provided on the WatchStream")
+                } else if watchers.len() >= MAX_WATCHERS_PER_STREAM {
+                    Some("etcdserver: too many watchers on this stream")
+                } else {
+                    None
+                };
+                let mut header = node.header();
+                header.revision = header_rev;
+                if let Some(reason) = refusal {
+                    let response = pb::WatchResponse {
+                        header: Some(header),
+                        watch_id: -1,
+                        created: true,
+                        canceled: true,
+                        cancel_reason: reason.to_string(),
+                        ..Default::default()
+                    };
+                    if out.send(Ok(response)).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                let created = pb::WatchResponse {
+                    header: Some(header),
+                    watch_id: id,
+                    created: true,
+                    ..Default::default()
+                };
+                if out.send(Ok(created)).await.is_err() {
+                    break;
+                }
+                let key = if create.key.is_empty() {
+                    bytes::Bytes::from_static(&[0])
+                } else {
+                    create.key.clone()
+                };
+                let start = if create.start_revision == 0 {
+                    header_rev + 1
+                } else {
+                    create.start_revision
+                };
+                let watcher = node.store.watch(key, create.range_end.clone(), start);
+                let (control_tx, control_rx) = mpsc::channel(4);
+                let spec = Spec {
+                    id,
+                    no_put: create
+                        .filters
+                        .contains(&(pb::watch_create_request::FilterType::Noput as i32)),
+                    no_delete: create
+                        .filters
+                        .contains(&(pb::watch_create_request::FilterType::Nodelete as i32)),
+                    prev_kv: create.prev_kv,
+                    progress_notify: create.progress_notify,
+                };
+                tracing::debug!(watch_id = id, key = ?create.key, start_revision = start, "watch created");
+                tokio::spawn(run_watcher(
+                    node.clone(),
+                    spec,
+                    watcher,
+                    out.clone(),
+                    control_rx,
+                ));
+                watchers.insert(
+                    id,
+                    WatcherHandle {
+                        control: control_tx,
+                    },
+                );
+            }
+            Some(RequestUnion::CancelRequest(cancel)) => {
+                if let Some(w) = watchers.remove(&cancel.watch_id) {
+                    let (ack_tx, ack_rx) = oneshot::channel();
+                    if w.control.send(Control::Stop(ack_tx)).await.is_ok() {
+                        let _ = ack_rx.await;
+                    }
+                    let response = pb::WatchResponse {
+                        header: Some(node.header()),
+                        watch_id: cancel.watch_id,
+                        canceled: true,
+                        ..Default::default()
+                    };
+                    if out.send(Ok(response)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            Some(RequestUnion::ProgressRequest(_)) => {
+                let mut revision = node.store.revision();
+                for w in watchers.values() {
+                    let (tx, rx) = oneshot::channel();
+                    if w.control.send(Control::Position(tx)).await.is_ok() {
+                        if let Ok(position) = rx.await {
+                            revision = revision.min(position);
+                        }
+                    }
+                }
+                let mut header = node.header();
+                header.revision = revision;
+                let response = pb::WatchResponse {
+                    header: Some(header),
+                    watch_id: PROGRESS_ALL_WATCH_ID,
+                    ..Default::default()
+                };
+                if out.send(Ok(response)).await.is_err() {
+                    break;
+                }
+            }
+            None => {}
+        }
+    }
+    // Dropping the handles ends every watcher task.
+}
+
+struct Spec {
+    id: i64,
+    no_put: bool,
+    no_delete: bool,
+    prev_kv: bool,
+    progress_notify: bool,
+}
+
+fn keep(spec: &Spec, events: Vec<Event>) -> Vec<raftkv_proto::mvccpb::Event> {
+    events
+        .into_iter()
+        .filter(|e| match e.kind {
+            EventKind::Put => !spec.no_put,
+            EventKind::Delete => !spec.no_delete,
+        })
+        .map(|mut e| {
+            if !spec.prev_kv {
+                e.prev_kv = None;
+            }
+            convert::event_to_pb(e)
+        })
+        .collect()
+}
+
+async fn run_watcher(
+    node: Arc<Node>,
+    spec: Spec,
+    mut watcher: Watcher,
+    out: Out,
+    mut control: mpsc::Receiver<Control>,
+) {
+    let interval_ms = node.config.watch_progress_notify_interval_ms.max(100);
+    let mut notify = tokio::time::interval(Duration::from_millis(interval_ms));
+    notify.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    notify.tick().await;
+    let mut sent_since_notify = false;
+    loop {
+        let step = tokio::select! {
+            biased;
+            c = control.recv() => Step::Control(c),
+            r = watcher.next(MAX_REVISIONS_PER_RESPONSE) => Step::Events(r),
+            _ = notify.tick(), if spec.progress_notify => Step::Notify,
+        };
+        match step {
+            Step::Control(Some(Control::Position(reply))) => {
+                let _ = reply.send(watcher.next_revision() - 1);
+            }
+            Step::Control(Some(Control::Stop(ack))) => {
+                let _ = ack.send(());
+                return;
+            }
+            Step::Control(None) => return,
+            Step::Events(Ok(events)) => {
+                let events = keep(&spec, events);
+                if events.is_empty() {
+                    continue;
+                }
+                let mut header = node.header();
+                header.revision = watcher.next_revision() - 1;
+                let response = pb::WatchResponse {
+                    header: Some(header),
+                    watch_id: spec.id,
+                    events,
+                    ..Default::default()
+                };
+                sent_since_notify = true;
+                if out.send(Ok(response)).await.is_err() {
+                    return;
+                }
+            }
+            Step::Events(Err(WatchError::Compacted { compact_revision })) => {
+                let response = pb::WatchResponse {
+                    header: Some(node.header()),
+                    watch_id: spec.id,
+                    canceled: true,
+                    compact_revision,
+                    ..Default::default()
+                };
+                let _ = out.send(Ok(response)).await;
+                return;
+            }
+            Step::Events(Err(e)) => {
+                tracing::warn!(watch_id = spec.id, error = %e, "watch ended");
+                let response = pb::WatchResponse {
+                    header: Some(node.header()),
+                    watch_id: spec.id,
+                    canceled: true,
+                    cancel_reason: e.to_string(),
+                    ..Default::default()
+                };
+                let _ = out.send(Ok(response)).await;
+                return;
+            }
+            Step::Notify => {
+                if !sent_since_notify && watcher.caught_up() {
+                    let mut header = node.header();
+                    header.revision = watcher.next_revision() - 1;
+                    let response = pb::WatchResponse {
+                        header: Some(header),
+                        watch_id: spec.id,
+                        ..Default::default()
+                    };
+                    if out.send(Ok(response)).await.is_err() {
+                        return;
+                    }
+                }
+                sent_since_notify = false;
+            }
+        }
+    }
+}
+
+enum Step {
+    Control(Option<Control>),
+    Events(Result<Vec<Event>, WatchError>),
+    Notify,
+}

@@ -1,0 +1,133 @@
+//! The command line of `raftkv`: flags named as etcd's and k3s's, with their defaults.
+//!
+//! This module only parses and checks; `node.rs` decides what the flags mean for a data
+//! dir that already holds a member.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "raftkv",
+    version,
+    about = "A Raft-replicated etcd v3 server for k3s"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub server: ServerConfig,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve (the default when no subcommand is given).
+    Serve,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerConfig {
+    /// This member's human-readable name.
+    #[arg(long, env = "RAFTKV_NAME", default_value = "default")]
+    pub name: String,
+    /// Where the Raft log, the key space and snapshots live.
+    #[arg(long, env = "RAFTKV_DATA_DIR", default_value = "raftkv.data")]
+    pub data_dir: PathBuf,
+    /// Start a new cluster with this member as its first voter.
+    #[arg(long, env = "RAFTKV_CLUSTER_INIT")]
+    pub cluster_init: bool,
+    /// Join the cluster a member of which serves peers at this URL.
+    #[arg(long, env = "RAFTKV_JOIN", value_name = "PEER_URL")]
+    pub join: Option<String>,
+    /// Comma-separated URLs to serve clients on.
+    #[arg(
+        long,
+        env = "RAFTKV_LISTEN_CLIENT_URLS",
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub listen_client_urls: String,
+    /// Client URLs to tell others (defaults to the listen URLs).
+    #[arg(long, env = "RAFTKV_ADVERTISE_CLIENT_URLS")]
+    pub advertise_client_urls: Option<String>,
+    /// The URL to serve peers on.
+    #[arg(
+        long,
+        env = "RAFTKV_LISTEN_PEER_URLS",
+        default_value = "http://127.0.0.1:2380"
+    )]
+    pub listen_peer_urls: String,
+    /// The peer URL other members reach this one at (defaults to the listen URL).
+    #[arg(long, env = "RAFTKV_ADVERTISE_PEER_URLS")]
+    pub advertise_peer_urls: Option<String>,
+    /// Raft heartbeat interval.
+    #[arg(long, env = "RAFTKV_HEARTBEAT_INTERVAL_MS", default_value_t = 100)]
+    pub heartbeat_interval_ms: u64,
+    /// Raft election timeout (a follower waits between this and twice this).
+    #[arg(long, env = "RAFTKV_ELECTION_TIMEOUT_MS", default_value_t = 1000)]
+    pub election_timeout_ms: u64,
+    /// How long a client request may wait for Raft before "request timed out".
+    #[arg(long, env = "RAFTKV_REQUEST_TIMEOUT_MS", default_value_t = 7000)]
+    pub request_timeout_ms: u64,
+    /// Take a Raft snapshot (and allow purging the log) every this many applied entries.
+    #[arg(long, env = "RAFTKV_SNAPSHOT_COUNT", default_value_t = 10_000)]
+    pub snapshot_count: u64,
+    /// Interval of progress notifications to watchers that asked for them.
+    #[arg(
+        long,
+        env = "RAFTKV_WATCH_PROGRESS_NOTIFY_INTERVAL_MS",
+        default_value_t = 600_000
+    )]
+    pub watch_progress_notify_interval_ms: u64,
+    /// Log filter (tracing's env-filter syntax), e.g. "info" or "debug,openraft=info".
+    /// openraft's own progress lines are kept at warn by default.
+    #[arg(long, env = "RAFTKV_LOG", default_value = "info,openraft=warn")]
+    pub log: String,
+}
+
+impl ServerConfig {
+    pub fn client_listen_urls(&self) -> Vec<String> {
+        split_urls(&self.listen_client_urls)
+    }
+
+    pub fn client_advertise_urls(&self) -> Vec<String> {
+        self.advertise_client_urls
+            .as_deref()
+            .map(split_urls)
+            .unwrap_or_else(|| self.client_listen_urls())
+    }
+
+    pub fn peer_advertise_url(&self) -> String {
+        self.advertise_peer_urls
+            .clone()
+            .unwrap_or_else(|| self.listen_peer_urls.clone())
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+pub fn split_urls(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// "http://127.0.0.1:2379" → "127.0.0.1:2379", for binding.
+pub fn socket_addr_of(url: &str) -> Result<std::net::SocketAddr, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .unwrap_or(url);
+    let host_port = rest.split('/').next().unwrap_or(rest);
+    use std::net::ToSocketAddrs;
+    host_port
+        .to_socket_addrs()
+        .map_err(|e| format!("{url}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{url}: no address"))
+}

@@ -1,0 +1,94 @@
+//! The errors a client can get from the server, with etcd's messages and gRPC codes.
+//!
+//! Everything a request path can fail with becomes an `ApiError`; `ApiError::status`
+//! is the single place that turns it into a `tonic::Status`. Messages are etcd's to the
+//! letter (clients match on them; see ../shared/etcd-compat.md).
+
+use raftkv_storage::error::ErrorClass;
+use raftkv_storage::MvccError;
+use tonic::{Code, Status};
+
+#[derive(Debug, Clone, thiserror::Error, serde::Serialize, serde::Deserialize)]
+pub enum ApiError {
+    #[error(transparent)]
+    Mvcc(#[from] MvccError),
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    #[error("etcdserver: request timed out, possibly due to previous leader failure")]
+    TimeoutDueToLeaderFail,
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    NotEnoughStartedMembers,
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    #[error("etcdserver: {0}")]
+    Unsupported(String),
+    #[error("etcdserver: {0}")]
+    InvalidArgument(String),
+    /// A failure of this member (disk, Raft core): never the client's fault.
+    #[error("etcdserver: internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> Status {
+        let code = match self {
+            ApiError::Mvcc(e) => match e.class() {
+                ErrorClass::OutOfRange => Code::OutOfRange,
+                ErrorClass::NotFound => Code::NotFound,
+                ErrorClass::InvalidArgument => Code::InvalidArgument,
+                ErrorClass::FailedPrecondition => Code::FailedPrecondition,
+            },
+            ApiError::NoLeader
+            | ApiError::Timeout
+            | ApiError::TimeoutDueToLeaderFail
+            | ApiError::Stopped => Code::Unavailable,
+            ApiError::MemberNotFound => Code::NotFound,
+            ApiError::PeerUrlExists => Code::FailedPrecondition,
+            ApiError::NotEnoughStartedMembers => Code::FailedPrecondition,
+            ApiError::MemberNotLearner | ApiError::LearnerNotReady => Code::FailedPrecondition,
+            ApiError::AuthNotEnabled => Code::FailedPrecondition,
+            ApiError::UserNotFound | ApiError::RoleNotFound => Code::FailedPrecondition,
+            ApiError::Unsupported(_) => Code::Unimplemented,
+            ApiError::InvalidArgument(_) => Code::InvalidArgument,
+            ApiError::Internal(_) => Code::Internal,
+        };
+        Status::new(code, self.to_string())
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        e.status()
+    }
+}
+
+impl From<raftkv_storage::Error> for ApiError {
+    fn from(e: raftkv_storage::Error) -> ApiError {
+        match e {
+            raftkv_storage::Error::Mvcc(m) => ApiError::Mvcc(m),
+            raftkv_storage::Error::Store(s) => ApiError::Internal(s.to_string()),
+        }
+    }
+}
+
+impl From<raftkv_storage::StoreError> for ApiError {
+    fn from(e: raftkv_storage::StoreError) -> ApiError {
+        ApiError::Internal(e.to_string())
+    }
+}

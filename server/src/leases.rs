@@ -1,0 +1,163 @@
+//! The leader's lease clocks: when each lease expires, keep-alives, and revoking expired
+//! leases through Raft.
+//!
+//! Expiry is decided by the leader alone and applied through Raft (a LeaseRevoke entry),
+//! so every member deletes a lease's keys at the same revision. Clocks live in memory
+//! only: a new leader restarts every lease's clock from its (checkpointed or granted)
+//! TTL, which extends leases across a leader change as etcd does. Followers hold no
+//! clocks and never revoke.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use raftkv_storage::mvcc::{Command, CommandResponse, CommandResult, LeaseId, MvccStore};
+
+/// etcd's minimum TTL with its default timing: ceil(1.5 × election timeout) = 2 s.
+pub const MIN_LEASE_TTL_S: i64 = 2;
+/// How often the leader looks for expired leases.
+const EXPIRY_CHECK_INTERVAL_MS: u64 = 250;
+/// Leases revoked per check at most (etcd revokes at most 1000 per second).
+const MAX_REVOKES_PER_CHECK: usize = 250;
+
+#[derive(Default)]
+pub struct LeaseKeeper {
+    inner: Mutex<Clocks>,
+}
+
+#[derive(Default)]
+struct Clocks {
+    /// The term these clocks were started in; 0 when this member is not the leader.
+    term: u64,
+    expiry: HashMap<LeaseId, Instant>,
+}
+
+fn ttl_of(lease: &raftkv_storage::mvcc::Lease) -> i64 {
+    if lease.remaining_ttl_s > 0 {
+        lease.remaining_ttl_s
+    } else {
+        lease.ttl_s
+    }
+}
+
+impl LeaseKeeper {
+    fn clocks(&self) -> std::sync::MutexGuard<'_, Clocks> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Called on the leader after a write it proposed was applied.
+    pub fn after_write(&self, command: &Command, result: &CommandResult) {
+        let mut clocks = self.clocks();
+        match (command, result) {
+            (Command::LeaseGrant { id, ttl_s }, Ok(CommandResponse::LeaseGrant { .. })) => {
+                clocks
+                    .expiry
+                    .insert(*id, Instant::now() + Duration::from_secs(*ttl_s as u64));
+            }
+            (Command::LeaseRevoke { id }, _) => {
+                clocks.expiry.remove(id);
+            }
+            _ => {}
+        }
+    }
+
+    /// Resets a lease's clock to its full TTL; returns the TTL, or 0 if the lease is gone
+    /// (etcd answers a keep-alive of an unknown lease with TTL 0).
+    pub fn keep_alive(&self, store: &MvccStore, id: LeaseId) -> i64 {
+        let Some(lease) = store.lease(id) else {
+            self.clocks().expiry.remove(&id);
+            return 0;
+        };
+        self.clocks()
+            .expiry
+            .insert(id, Instant::now() + Duration::from_secs(lease.ttl_s as u64));
+        lease.ttl_s
+    }
+
+    /// (remaining TTL in seconds, granted TTL); remaining is -1 for an unknown lease.
+    pub fn time_to_live(&self, store: &MvccStore, id: LeaseId) -> (i64, i64) {
+        let Some(lease) = store.lease(id) else {
+            return (-1, 0);
+        };
+        let mut clocks = self.clocks();
+        let expiry = *clocks
+            .expiry
+            .entry(id)
+            .or_insert_with(|| Instant::now() + Duration::from_secs(ttl_of(&lease) as u64));
+        let remaining = expiry.saturating_duration_since(Instant::now()).as_secs() as i64;
+        (remaining, lease.ttl_s)
+    }
+
+    /// Leader work for one check: starts clocks for leases this leader has not seen (a
+    /// new term restarts them all) and returns the expired ones, at most
+    /// MAX_REVOKES_PER_CHECK. A follower's clocks are cleared.
+    fn check(&self, store: &MvccStore, leader_term: Option<u64>) -> Vec<LeaseId> {
+        let mut clocks = self.clocks();
+        let Some(term) = leader_term else {
+            clocks.term = 0;
+            clocks.expiry.clear();
+            return Vec::new();
+        };
+        let now = Instant::now();
+        if clocks.term != term {
+            clocks.term = term;
+            clocks.expiry.clear();
+        }
+        let leases = store.leases();
+        let live: std::collections::HashSet<LeaseId> = leases.iter().map(|l| l.id).collect();
+        clocks.expiry.retain(|id, _| live.contains(id));
+        for lease in &leases {
+            clocks
+                .expiry
+                .entry(lease.id)
+                .or_insert_with(|| now + Duration::from_secs(ttl_of(lease) as u64));
+        }
+        let mut expired: Vec<(Instant, LeaseId)> = clocks
+            .expiry
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(id, at)| (*at, *id))
+            .collect();
+        expired.sort();
+        expired.truncate(MAX_REVOKES_PER_CHECK);
+        expired.into_iter().map(|(_, id)| id).collect()
+    }
+}
+
+/// Runs for the life of the member: on the leader, revokes expired leases through Raft.
+pub async fn run_expiry(node: Arc<crate::node::Node>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(EXPIRY_CHECK_INTERVAL_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let leader_term = if node.is_leader() {
+            Some(node.term())
+        } else {
+            None
+        };
+        let expired = node.leases.check(&node.store, leader_term);
+        for id in expired {
+            tracing::debug!(lease = id, "lease expired; revoking");
+            // Revoked only here, on this leader: never forwarded to another member,
+            // whose clocks may say the lease is alive.
+            let request = crate::peer::ForwardRequest::Write(Command::LeaseRevoke { id });
+            let timeout = node.config.request_timeout();
+            match tokio::time::timeout(timeout, node.serve_forward(request)).await {
+                Ok(Ok(_)) => {
+                    node.leases.clocks().expiry.remove(&id);
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(lease = id, error = ?e, "revoking an expired lease failed; will retry");
+                    break;
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        lease = id,
+                        "revoking an expired lease timed out; will retry"
+                    );
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! The raftkv server: etcd's v3 gRPC API over openraft, on the storage crate.
+//!
+//! Code map (see ARCHITECTURE.md):
+//! - `config.rs`: the command line
+//! - `server.rs`: listeners, start-up order, shutdown
+//! - `node.rs`: one member — storage, openraft, leader routing (writes, read index)
+//! - `identity.rs`: member.json, who this member is
+//! - `peer.rs`, `peer_service.rs`: member-to-member gRPC (Raft RPCs, forwarding)
+//! - `leases.rs`: the leader's lease clocks and expiry
+//! - `api/`: etcd's services (kv, watch, lease, cluster, maintenance, auth)
+//! - `convert.rs`: wire messages to storage types and back
+//! - `errors.rs`: errors with etcd's messages and gRPC codes
+//!
+//! The server never writes to storage except through openraft.
+
+pub mod api;
+pub mod config;
+pub mod convert;
+pub mod errors;
+pub mod identity;
+pub mod leases;
+pub mod node;
+pub mod peer;
+pub mod peer_service;
+pub mod server;

@@ -1,0 +1,454 @@
+//! One raftkv member: its storage, its openraft instance, and the routing of requests
+//! that only the leader may serve (writes, read indexes, lease clocks, joins).
+//!
+//! A Put's path: `api/kv.rs` → `Node::write` → (forwarded to the leader if need be,
+//! `peer.rs`) → `Node::serve_forward` → `openraft::Raft::client_write` → the log
+//! (`storage::raft_log`, fdatasync) → applied by `storage::state_machine` → answered.
+//! This module must never answer a write before openraft reports it applied, and never
+//! retry a write whose outcome is unknown.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{ChangeMembers, Raft, ServerState, SnapshotPolicy};
+use raftkv_proto::etcdserverpb::ResponseHeader;
+use raftkv_storage::mvcc::{Command, CommandResponse, MvccOptions, MvccStore};
+use raftkv_storage::raft_log::RaftLogStore;
+use raftkv_storage::raft_types::{Member, NodeId, TypeConfig};
+use raftkv_storage::state_machine::StateMachine;
+use raftkv_storage::wal::WalOptions;
+
+use crate::config::ServerConfig;
+use crate::errors::ApiError;
+use crate::identity::{random_id, Identity};
+use crate::leases::LeaseKeeper;
+use crate::peer::{
+    ForwardError, ForwardReply, ForwardRequest, ForwardResponse, PeerClients, RaftNetworkImpl,
+};
+
+/// How long a join may take: the leader adds the new member as a learner and waits for
+/// it to catch up before promoting it.
+pub const JOIN_TIMEOUT_MS: u64 = 120_000;
+/// Pause between attempts to find a leader.
+const LEADER_POLL_MS: u64 = 20;
+
+pub struct Node {
+    pub id: NodeId,
+    pub name: String,
+    cluster_id: AtomicU64,
+    pub raft: Raft<TypeConfig>,
+    pub store: MvccStore,
+    pub config: ServerConfig,
+    pub peers: PeerClients,
+    pub leases: LeaseKeeper,
+    pub started: Instant,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("the Raft log: {0}")]
+    Wal(#[from] raftkv_storage::wal::WalError),
+    #[error("the key space: {0}")]
+    Store(#[from] raftkv_storage::StoreError),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("{0}")]
+    Config(String),
+}
+
+impl Node {
+    /// Opens the data dir and starts openraft. Does not yet initialize or join: see
+    /// `bootstrap`.
+    pub async fn open(config: ServerConfig) -> Result<(Arc<Node>, Option<Identity>), StartError> {
+        let data_dir = config.data_dir.clone();
+        std::fs::create_dir_all(&data_dir)?;
+        let existing = Identity::load(&data_dir)?;
+        let identity = match &existing {
+            Some(id) => id.clone(),
+            None => Identity {
+                member_id: random_id(),
+                cluster_id: 0,
+                name: config.name.clone(),
+                joined: false,
+            },
+        };
+        let purge_guard = Arc::new(AtomicU64::new(0));
+        let (log, report) = RaftLogStore::open(
+            &data_dir.join("wal"),
+            WalOptions::default(),
+            purge_guard.clone(),
+        )?;
+        if let Some((segment, offset, bytes)) = &report.torn_tail {
+            tracing::warn!(segment = %segment.display(), offset, bytes, "raft log: a torn tail was cut");
+        }
+        let store = MvccStore::open(&data_dir.join("mvcc"), MvccOptions::default())?;
+        let sm = StateMachine::open(store.clone(), &data_dir.join("snapshots"), purge_guard)?;
+        let raft_config = openraft::Config {
+            cluster_name: "raftkv".into(),
+            heartbeat_interval: config.heartbeat_interval_ms,
+            election_timeout_min: config.election_timeout_ms,
+            election_timeout_max: config.election_timeout_ms * 2,
+            install_snapshot_timeout: 10_000,
+            max_payload_entries: 64,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
+            max_in_snapshot_log_to_keep: 1_000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StartError::Config(e.to_string()))?;
+        let peers = PeerClients::default();
+        let network = RaftNetworkImpl {
+            clients: peers.clone(),
+        };
+        let raft = Raft::new(identity.member_id, Arc::new(raft_config), network, log, sm)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let node = Arc::new(Node {
+            id: identity.member_id,
+            name: identity.name.clone(),
+            cluster_id: AtomicU64::new(identity.cluster_id),
+            raft,
+            store,
+            config,
+            peers,
+            leases: LeaseKeeper::default(),
+            started: Instant::now(),
+        });
+        Ok((node, existing))
+    }
+
+    /// Makes this member part of a cluster, once: a data dir that already holds a joined
+    /// member resumes as it is (--cluster-init and --join are then ignored).
+    pub async fn bootstrap(self: &Arc<Node>, existing: Option<Identity>) -> Result<(), StartError> {
+        let data_dir = self.config.data_dir.clone();
+        if let Some(identity) = &existing {
+            if identity.joined {
+                if self.config.cluster_init || self.config.join.is_some() {
+                    tracing::info!(member_id = %hex(self.id), "the data dir holds a member: --cluster-init and --join are ignored");
+                }
+                tracing::info!(member_id = %hex(self.id), cluster_id = %hex(identity.cluster_id), "resuming");
+                return Ok(());
+            }
+        }
+        let me = self.self_member();
+        match self.config.join.clone() {
+            Some(url) => self.join(&url, &data_dir).await,
+            None => {
+                let cluster_id = random_id();
+                // Written before initializing, so that a crash in between restarts as
+                // the same member.
+                let identity = Identity {
+                    member_id: self.id,
+                    cluster_id,
+                    name: self.name.clone(),
+                    joined: true,
+                };
+                identity.store(&data_dir)?;
+                self.cluster_id.store(cluster_id, Ordering::SeqCst);
+                let members = BTreeMap::from([(self.id, me)]);
+                if let Err(e) = self.raft.initialize(members).await {
+                    return Err(StartError::Raft(e.to_string()));
+                }
+                tracing::info!(member_id = %hex(self.id), cluster_id = %hex(cluster_id), "started a new cluster");
+                Ok(())
+            }
+        }
+    }
+
+    async fn join(self: &Arc<Node>, url: &str, data_dir: &Path) -> Result<(), StartError> {
+        Identity {
+            member_id: self.id,
+            cluster_id: 0,
+            name: self.name.clone(),
+            joined: false,
+        }
+        .store(data_dir)?;
+        let request = ForwardRequest::Join {
+            id: self.id,
+            member: self.self_member(),
+        };
+        let deadline = Instant::now() + Duration::from_millis(JOIN_TIMEOUT_MS);
+        tracing::info!(peer = url, member_id = %hex(self.id), "joining");
+        let cluster_id = loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(StartError::Config(format!(
+                    "could not join through {url}: no answer within {JOIN_TIMEOUT_MS} ms"
+                )));
+            }
+            match self.peers.forward(url, &request, remaining).await {
+                Ok(Ok(ForwardResponse::Join { cluster_id })) => break cluster_id,
+                Ok(Ok(other)) => {
+                    return Err(StartError::Config(format!(
+                        "{url} answered a join with {other:?}"
+                    )))
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(peer = url, error = ?e, "join refused for now; retrying")
+                }
+                Err(status) => {
+                    tracing::warn!(peer = url, error = %status.message(), "join: peer unreachable; retrying")
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        Identity {
+            member_id: self.id,
+            cluster_id,
+            name: self.name.clone(),
+            joined: true,
+        }
+        .store(data_dir)?;
+        self.cluster_id.store(cluster_id, Ordering::SeqCst);
+        tracing::info!(member_id = %hex(self.id), cluster_id = %hex(cluster_id), "joined");
+        Ok(())
+    }
+
+    pub fn self_member(&self) -> Member {
+        Member {
+            name: self.name.clone(),
+            peer_urls: vec![self.config.peer_advertise_url()],
+            client_urls: self.config.client_advertise_urls(),
+        }
+    }
+
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id.load(Ordering::SeqCst)
+    }
+
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
+    /// The members as Raft knows them: (id, member, is_learner).
+    pub fn members(&self) -> Vec<(NodeId, Member, bool)> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, m)| (*id, m.clone(), !voters.contains(id)))
+            .collect()
+    }
+
+    pub fn member(&self, id: NodeId) -> Option<Member> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config.membership().get_node(&id).cloned()
+    }
+
+    /// The header every response carries.
+    pub fn header(&self) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.cluster_id(),
+            member_id: self.id,
+            revision: self.store.revision(),
+            raft_term: self.term(),
+        }
+    }
+
+    /// Runs a write through Raft (via the leader) and returns what applying it answered.
+    pub async fn write(&self, command: Command) -> Result<CommandResponse, ApiError> {
+        match self
+            .on_leader(
+                ForwardRequest::Write(command),
+                self.config.request_timeout(),
+            )
+            .await?
+        {
+            ForwardResponse::Write(result) => Ok(result?),
+            other => Err(ApiError::Internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Waits until this member has applied everything the leader had committed when the
+    /// call started: after it, a local read is linearizable.
+    pub async fn read_barrier(&self) -> Result<(), ApiError> {
+        let timeout = self.config.request_timeout();
+        let started = Instant::now();
+        let index = match self.on_leader(ForwardRequest::ReadIndex, timeout).await? {
+            ForwardResponse::ReadIndex(i) => i,
+            other => return Err(ApiError::Internal(format!("unexpected reply {other:?}"))),
+        };
+        let remaining = timeout.saturating_sub(started.elapsed());
+        self.raft
+            .wait(Some(remaining))
+            .applied_index_at_least(Some(index), "read index")
+            .await
+            .map_err(|_| ApiError::Timeout)?;
+        Ok(())
+    }
+
+    /// Serves `request` on the leader, wherever it is, within `timeout`.
+    pub async fn on_leader(
+        &self,
+        request: ForwardRequest,
+        timeout: Duration,
+    ) -> Result<ForwardResponse, ApiError> {
+        let deadline = Instant::now() + timeout;
+        let is_write = matches!(request, ForwardRequest::Write(_));
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(if self.leader().is_none() {
+                    ApiError::NoLeader
+                } else {
+                    ApiError::Timeout
+                });
+            }
+            match self.leader() {
+                Some(leader) if leader == self.id => {
+                    match tokio::time::timeout(remaining, self.serve_forward(request.clone())).await
+                    {
+                        Ok(Ok(response)) => return Ok(response),
+                        Ok(Err(ForwardError::NotLeader)) => {}
+                        Ok(Err(ForwardError::Api(e))) => return Err(e),
+                        Err(_) => return Err(ApiError::Timeout),
+                    }
+                }
+                Some(leader) => {
+                    let Some(url) = self
+                        .member(leader)
+                        .and_then(|m| m.peer_urls.first().cloned())
+                    else {
+                        return Err(ApiError::NoLeader);
+                    };
+                    match self.peers.forward(&url, &request, remaining).await {
+                        Ok(Ok(response)) => return Ok(response),
+                        Ok(Err(ForwardError::NotLeader)) => {}
+                        Ok(Err(ForwardError::Api(e))) => return Err(e),
+                        Err(status) => {
+                            // A write that may have reached the leader must not be sent
+                            // twice; one that never left (no connection) may.
+                            let never_sent = status.code() == tonic::Code::Unavailable
+                                && status.message().contains("connect");
+                            if is_write && !never_sent {
+                                tracing::warn!(leader = %hex(leader), error = %status.message(), "forwarded write: outcome unknown");
+                                return Err(ApiError::TimeoutDueToLeaderFail);
+                            }
+                        }
+                    }
+                }
+                None => {}
+            }
+            tokio::time::sleep(Duration::from_millis(LEADER_POLL_MS).min(remaining)).await;
+        }
+    }
+
+    /// Executes a request that only the leader may serve. `NotLeader` means nothing was
+    /// done and the sender should find the leader again.
+    pub async fn serve_forward(&self, request: ForwardRequest) -> ForwardReply {
+        match request {
+            ForwardRequest::Write(command) => match self.raft.client_write(command.clone()).await {
+                Ok(reply) => {
+                    self.leases.after_write(&command, &reply.data);
+                    Ok(ForwardResponse::Write(reply.data))
+                }
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                    Err(ForwardError::NotLeader)
+                }
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                    Err(ForwardError::Api(ApiError::Internal(e.to_string())))
+                }
+                Err(RaftError::Fatal(_)) => Err(ForwardError::Api(ApiError::Stopped)),
+            },
+            ForwardRequest::ReadIndex => match self.raft.get_read_log_id().await {
+                Ok((read, _)) => Ok(ForwardResponse::ReadIndex(read.map_or(0, |l| l.index))),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+                    Err(ForwardError::NotLeader)
+                }
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                    Err(ForwardError::Api(ApiError::Timeout))
+                }
+                Err(RaftError::Fatal(_)) => Err(ForwardError::Api(ApiError::Stopped)),
+            },
+            ForwardRequest::LeaseKeepAlive { id } => {
+                if !self.is_leader() {
+                    return Err(ForwardError::NotLeader);
+                }
+                Ok(ForwardResponse::LeaseKeepAlive {
+                    ttl_s: self.leases.keep_alive(&self.store, id),
+                })
+            }
+            ForwardRequest::LeaseTimeToLive { id, keys } => {
+                if !self.is_leader() {
+                    return Err(ForwardError::NotLeader);
+                }
+                let (ttl_s, granted_ttl_s) = self.leases.time_to_live(&self.store, id);
+                let keys = if keys && ttl_s >= 0 {
+                    self.store
+                        .lease_keys(id)
+                        .map_err(|e| ForwardError::Api(ApiError::from(e)))?
+                } else {
+                    Vec::new()
+                };
+                Ok(ForwardResponse::LeaseTimeToLive {
+                    ttl_s,
+                    granted_ttl_s,
+                    keys,
+                })
+            }
+            ForwardRequest::Join { id, member } => self.serve_join(id, member).await,
+        }
+    }
+
+    async fn serve_join(&self, id: NodeId, member: Member) -> ForwardReply {
+        let already_voter = self
+            .members()
+            .iter()
+            .any(|(m, _, learner)| *m == id && !learner);
+        if !already_voter {
+            tracing::info!(member_id = %hex(id), name = %member.name, peer = ?member.peer_urls, "adding a member as a learner");
+            match self.raft.add_learner(id, member, true).await {
+                Ok(_) => {}
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                    return Err(ForwardError::NotLeader)
+                }
+                Err(e) => return Err(ForwardError::Api(ApiError::Internal(e.to_string()))),
+            }
+            tracing::info!(member_id = %hex(id), "the learner caught up; promoting it to voter");
+            match self
+                .raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                .await
+            {
+                Ok(_) => {}
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                    return Err(ForwardError::NotLeader)
+                }
+                Err(e) => return Err(ForwardError::Api(ApiError::Internal(e.to_string()))),
+            }
+        }
+        Ok(ForwardResponse::Join {
+            cluster_id: self.cluster_id(),
+        })
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        if let Err(e) = self.store.flush() {
+            tracing::warn!(error = %e, "flushing the key space at shutdown");
+        }
+    }
+}
+
+/// Member and cluster ids are shown in hex, as etcd does.
+pub fn hex(id: u64) -> String {
+    format!("{id:x}")
+}

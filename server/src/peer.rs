@@ -1,0 +1,232 @@
+//! Member-to-member traffic: openraft's RPCs and the requests a follower forwards to the
+//! leader, all over the `raftkv.peer.Peer` gRPC service (proto/proto/peer.proto).
+//!
+//! Payloads are postcard-encoded Rust values; gRPC only frames them. This module owns
+//! the connection pool to other members and must never block the Raft core: every call
+//! carries a timeout.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use raftkv_proto::peer::peer_client::PeerClient;
+use raftkv_proto::peer::Blob;
+use raftkv_storage::mvcc::{Command, CommandResult, LeaseId};
+use raftkv_storage::raft_types::{Member, NodeId, TypeConfig};
+use serde::{Deserialize, Serialize};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::errors::ApiError;
+
+/// Largest peer message: an AppendEntries batch or a snapshot chunk.
+pub const MAX_PEER_MESSAGE_SIZE_BYTES: usize = 256 << 20;
+/// How long a new connection to a peer may take.
+const CONNECT_TIMEOUT_MS: u64 = 1_000;
+
+/// A request only the leader serves.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ForwardRequest {
+    Write(Command),
+    /// The leader's read index: the log index a linearizable read must wait for.
+    ReadIndex,
+    LeaseKeepAlive {
+        id: LeaseId,
+    },
+    LeaseTimeToLive {
+        id: LeaseId,
+        keys: bool,
+    },
+    /// A new member asks to be added (as a learner, then promoted to voter).
+    Join {
+        id: NodeId,
+        member: Member,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ForwardResponse {
+    Write(CommandResult),
+    ReadIndex(u64),
+    LeaseKeepAlive {
+        ttl_s: i64,
+    },
+    LeaseTimeToLive {
+        ttl_s: i64,
+        granted_ttl_s: i64,
+        keys: Vec<Bytes>,
+    },
+    Join {
+        cluster_id: u64,
+    },
+}
+
+/// What the leader answers a forwarded request with. `NotLeader` tells the sender to
+/// look for the leader again: the request was not executed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ForwardError {
+    NotLeader,
+    Api(ApiError),
+}
+
+pub type ForwardReply = Result<ForwardResponse, ForwardError>;
+
+pub fn encode<T: Serialize>(value: &T) -> Blob {
+    Blob {
+        data: Bytes::from(postcard::to_allocvec(value).unwrap_or_default()),
+    }
+}
+
+pub fn decode<T: for<'de> Deserialize<'de>>(blob: &Blob) -> Result<T, tonic::Status> {
+    postcard::from_bytes(&blob.data)
+        .map_err(|e| tonic::Status::invalid_argument(format!("raftkv peer: bad payload: {e}")))
+}
+
+/// Connections to other members, one lazily connected channel per peer URL.
+#[derive(Clone, Default)]
+pub struct PeerClients {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl PeerClients {
+    pub fn client(&self, url: &str) -> Result<PeerClient<Channel>, ApiError> {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let channel = match channels.get(url) {
+            Some(c) => c.clone(),
+            None => {
+                let endpoint = Endpoint::from_shared(url.to_string())
+                    .map_err(|e| ApiError::InvalidArgument(format!("bad peer URL {url}: {e}")))?
+                    .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(5))
+                    .keep_alive_while_idle(true);
+                let channel = endpoint.connect_lazy();
+                channels.insert(url.to_string(), channel.clone());
+                channel
+            }
+        };
+        Ok(PeerClient::new(channel)
+            .max_decoding_message_size(MAX_PEER_MESSAGE_SIZE_BYTES)
+            .max_encoding_message_size(MAX_PEER_MESSAGE_SIZE_BYTES))
+    }
+
+    /// Sends a forwarded request to the member at `url`.
+    pub async fn forward(
+        &self,
+        url: &str,
+        request: &ForwardRequest,
+        timeout: Duration,
+    ) -> Result<ForwardReply, tonic::Status> {
+        let mut client = self.client(url).map_err(|e| e.status())?;
+        let mut req = tonic::Request::new(encode(request));
+        req.set_timeout(timeout);
+        let reply = client.forward(req).await?;
+        decode(reply.get_ref())
+    }
+}
+
+/// openraft's network: one `PeerConnection` per target member.
+#[derive(Clone)]
+pub struct RaftNetworkImpl {
+    pub clients: PeerClients,
+}
+
+pub struct PeerConnection {
+    target: NodeId,
+    url: String,
+    clients: PeerClients,
+}
+
+impl RaftNetworkFactory<TypeConfig> for RaftNetworkImpl {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerConnection {
+        PeerConnection {
+            target,
+            url: node.peer_urls.first().cloned().unwrap_or_default(),
+            clients: self.clients.clone(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TransportError(String);
+
+impl PeerConnection {
+    async fn call<Req, Resp, E>(
+        &self,
+        method: &'static str,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, Member, E>>
+    where
+        Req: Serialize,
+        Resp: for<'de> Deserialize<'de>,
+        E: std::error::Error + for<'de> Deserialize<'de>,
+    {
+        let mut client = self
+            .clients
+            .client(&self.url)
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&TransportError(e.to_string()))))?;
+        let mut req = tonic::Request::new(encode(request));
+        req.set_timeout(option.hard_ttl());
+        let reply = match method {
+            "append_entries" => client.append_entries(req).await,
+            "vote" => client.vote(req).await,
+            _ => client.install_snapshot(req).await,
+        };
+        let reply = reply.map_err(|status| {
+            let err = TransportError(format!("{method} to {}: {}", self.url, status.message()));
+            match status.code() {
+                tonic::Code::Unavailable
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Cancelled => RPCError::Unreachable(Unreachable::new(&err)),
+                _ => RPCError::Network(NetworkError::new(&err)),
+            }
+        })?;
+        let result: Result<Resp, E> = postcard::from_bytes(&reply.get_ref().data).map_err(|e| {
+            RPCError::Network(NetworkError::new(&TransportError(format!(
+                "bad reply: {e}"
+            ))))
+        })?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        self.call("append_entries", &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call("install_snapshot", &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        self.call("vote", &rpc, &option).await
+    }
+}

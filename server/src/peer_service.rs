@@ -1,0 +1,44 @@
+//! The peer gRPC service: hands Raft RPCs to openraft and forwarded requests to
+//! `Node::serve_forward`. Decoding failures are answered as errors, never panics.
+
+use std::sync::Arc;
+
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use raftkv_proto::peer::peer_server::Peer;
+use raftkv_proto::peer::Blob;
+use raftkv_storage::raft_types::{NodeId, TypeConfig};
+use tonic::{Request, Response, Status};
+
+use crate::node::Node;
+use crate::peer::{decode, encode, ForwardRequest};
+
+pub struct PeerService {
+    pub node: Arc<Node>,
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn append_entries(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref())?;
+        let result = self.node.raft.append_entries(rpc).await;
+        Ok(Response::new(encode(&result)))
+    }
+
+    async fn vote(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
+        let rpc: VoteRequest<NodeId> = decode(req.get_ref())?;
+        let result = self.node.raft.vote(rpc).await;
+        Ok(Response::new(encode(&result)))
+    }
+
+    async fn install_snapshot(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode(req.get_ref())?;
+        let result = self.node.raft.install_snapshot(rpc).await;
+        Ok(Response::new(encode(&result)))
+    }
+
+    async fn forward(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
+        let request: ForwardRequest = decode(req.get_ref())?;
+        let reply = self.node.serve_forward(request).await;
+        Ok(Response::new(encode(&reply)))
+    }
+}

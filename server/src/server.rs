@@ -1,0 +1,153 @@
+//! Starting and stopping a member: binds every listener first (so a port in use fails
+//! fast with a clear message), starts the peer service, joins or initializes the
+//! cluster, then serves clients until SIGTERM or SIGINT.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use raftkv_proto::etcdserverpb::auth_server::AuthServer;
+use raftkv_proto::etcdserverpb::cluster_server::ClusterServer;
+use raftkv_proto::etcdserverpb::kv_server::KvServer;
+use raftkv_proto::etcdserverpb::lease_server::LeaseServer;
+use raftkv_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use raftkv_proto::etcdserverpb::watch_server::WatchServer;
+use raftkv_proto::peer::peer_server::PeerServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::api;
+use crate::config::{socket_addr_of, ServerConfig};
+use crate::node::{Node, StartError};
+use crate::peer::MAX_PEER_MESSAGE_SIZE_BYTES;
+use crate::peer_service::PeerService;
+
+/// etcd's server limits: requests up to --max-request-bytes plus gRPC overhead.
+const MAX_RECV_BYTES: usize =
+    raftkv_proto::MAX_REQUEST_SIZE_BYTES + raftkv_proto::GRPC_OVERHEAD_BYTES;
+/// Concurrent streams per client connection (etcd's default is grpc-go's: unlimited;
+/// this bounds memory per connection).
+const MAX_CONCURRENT_STREAMS: u32 = 1_000;
+
+async fn bind(url: &str, what: &str) -> Result<TcpListener, StartError> {
+    let addr = socket_addr_of(url).map_err(StartError::Config)?;
+    TcpListener::bind(addr).await.map_err(|e| {
+        StartError::Config(if e.kind() == std::io::ErrorKind::AddrInUse {
+            format!("cannot listen for {what} on {addr}: the port is in use (is another raftkv or etcd running?)")
+        } else {
+            format!("cannot listen for {what} on {addr}: {e}")
+        })
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+pub async fn run(config: ServerConfig) -> Result<(), StartError> {
+    let peer_listener = bind(&config.listen_peer_urls, "peers").await?;
+    let mut client_listeners = Vec::new();
+    for url in config.client_listen_urls() {
+        client_listeners.push(bind(&url, "clients").await?);
+    }
+    let (node, existing) = Node::open(config.clone()).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let peer_server = {
+        let mut stop = stop_rx.clone();
+        let service = PeerServer::new(PeerService { node: node.clone() })
+            .max_decoding_message_size(MAX_PEER_MESSAGE_SIZE_BYTES)
+            .max_encoding_message_size(MAX_PEER_MESSAGE_SIZE_BYTES);
+        tokio::spawn(
+            Server::builder()
+                .tcp_nodelay(true)
+                .add_service(service)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(peer_listener), async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                }),
+        )
+    };
+
+    let bootstrap = tokio::select! {
+        r = node.bootstrap(existing) => r,
+        _ = shutdown_signal() => Err(StartError::Config("stopped before joining a cluster".into())),
+    };
+    if let Err(e) = bootstrap {
+        let _ = stop_tx.send(true);
+        node.shutdown().await;
+        return Err(e);
+    }
+    let expiry = tokio::spawn(crate::leases::run_expiry(node.clone()));
+
+    let mut client_servers = Vec::new();
+    for listener in client_listeners {
+        let addr = listener.local_addr().ok();
+        let mut stop = stop_rx.clone();
+        let router = client_router(&node);
+        client_servers.push(tokio::spawn(router.serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        )));
+        tracing::info!(addr = ?addr, "serving clients");
+    }
+    tracing::info!(
+        name = %node.name,
+        member_id = %crate::node::hex(node.id),
+        peer_url = %config.peer_advertise_url(),
+        "raftkv is ready"
+    );
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    expiry.abort();
+    for s in client_servers {
+        let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
+    }
+    node.shutdown().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), peer_server).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn client_router(node: &Arc<Node>) -> tonic::transport::server::Router {
+    macro_rules! limits {
+        ($svc:expr) => {
+            $svc.max_decoding_message_size(MAX_RECV_BYTES)
+                .max_encoding_message_size(usize::MAX)
+        };
+    }
+    Server::builder()
+        .tcp_nodelay(true)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .http2_keepalive_interval(Some(Duration::from_secs(2 * 60 * 60)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(limits!(KvServer::new(api::kv::KvService {
+            node: node.clone()
+        })))
+        .add_service(limits!(WatchServer::new(api::watch::WatchService {
+            node: node.clone()
+        })))
+        .add_service(limits!(LeaseServer::new(api::lease::LeaseService {
+            node: node.clone()
+        })))
+        .add_service(limits!(ClusterServer::new(api::cluster::ClusterService {
+            node: node.clone()
+        })))
+        .add_service(limits!(MaintenanceServer::new(
+            api::maintenance::MaintenanceService { node: node.clone() }
+        )))
+        .add_service(limits!(AuthServer::new(api::auth::AuthService {
+            node: node.clone()
+        })))
+}
