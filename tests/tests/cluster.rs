@@ -287,3 +287,61 @@ fn five_members_tolerate_two_failures() {
         }
     });
 }
+
+#[test]
+fn leases_live_on_through_a_leader_change_and_keep_alives_work_through_any_member() {
+    let mut cluster = Cluster::start(3, &[]);
+    rt().block_on(async {
+        let leader = leader_index(&mut cluster).await;
+        let follower = (leader + 1) % 3;
+        let mut c = client(&cluster.members[follower].endpoint()).await;
+        let lease = c.lease_grant(4, None).await.expect("grant");
+        c.put(
+            "held",
+            "v",
+            Some(etcd_client::PutOptions::new().with_lease(lease.id())),
+        )
+        .await
+        .expect("put");
+        // Keep-alives sent to a follower reach the leader's clock: 6 s > TTL, key stays.
+        let (mut keeper, mut responses) = c.lease_keep_alive(lease.id()).await.expect("keep-alive");
+        for _ in 0..6 {
+            keeper.keep_alive().await.expect("send");
+            let r = responses.message().await.expect("msg").expect("resp");
+            assert_eq!(r.ttl(), 4);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        assert_eq!(c.get("held", None).await.expect("get").kvs().len(), 1);
+        // The leader dies right after a keep-alive: the new leader restarts the clock,
+        // so the key outlives the old deadline by a new TTL, then expires.
+        keeper.keep_alive().await.expect("send");
+        responses.message().await.expect("msg");
+        cluster.members[leader].kill9();
+        let killed = Instant::now();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(
+            c.get("held", None).await.expect("get").kvs().len(),
+            1,
+            "expired during failover"
+        );
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if c.get("held", None)
+                .await
+                .map(|r| r.kvs().is_empty())
+                .unwrap_or(false)
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the lease never expired after the failover"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(
+            killed.elapsed() >= Duration::from_secs(4),
+            "expired before a full TTL after failover"
+        );
+    });
+}

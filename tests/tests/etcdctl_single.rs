@@ -327,3 +327,40 @@ fn bad_input_gets_etcds_errors() {
     // The member is still serving.
     assert_eq!(etcdctl_ok(&ctl, &ep, &["put", "after", "ok"]).trim(), "OK");
 }
+
+#[test]
+fn no_flags_serves_one_member_on_2379_with_data_in_the_current_dir() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = std::fs::File::create(dir.path().join("raftkv.log")).expect("log");
+    let mut child = std::process::Command::new(raftkv_bin())
+        .current_dir(dir.path())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("raftkv starts");
+    let ep = vec!["127.0.0.1:2379".to_string()];
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut served = false;
+    while std::time::Instant::now() < deadline {
+        let out = etcdctl(&etcdctl34(), &ep, &["put", "hello", "world"], None);
+        if out.status.success() {
+            served = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let logs = std::fs::read_to_string(dir.path().join("raftkv.log")).unwrap_or_default();
+    assert!(served, "no answer on 127.0.0.1:2379; log:\n{logs}");
+    assert_eq!(
+        etcdctl_ok(&etcdctl34(), &ep, &["get", "hello", "--print-value-only"]),
+        "world\n"
+    );
+    assert!(dir.path().join("raftkv.data").join("member.json").exists());
+    assert!(logs.contains("127.0.0.1:2380"), "{logs}");
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let status = child.wait().expect("exit");
+    assert!(status.success(), "{status}");
+}
