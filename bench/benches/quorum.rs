@@ -37,7 +37,9 @@ fn quorum(c: &mut Criterion) {
     let leader_ep = rt.block_on(async {
         // Talk to the leader directly: one client, no forwarding hop.
         for ep in cluster.endpoints() {
-            let mut c = etcd_client::Client::connect([ep.clone()], None).await.expect("connect");
+            let mut c = etcd_client::Client::connect([ep.clone()], None)
+                .await
+                .expect("connect");
             let s = c.status().await.expect("status");
             if s.leader() == s.header().expect("header").member_id() {
                 return ep;

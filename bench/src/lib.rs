@@ -60,7 +60,14 @@ fn free_port() -> u16 {
 pub fn build_raftkv(cargo: &str, workspace: &Path) -> std::path::PathBuf {
     let status = std::process::Command::new(cargo)
         .current_dir(workspace)
-        .args(["build", "--release", "-p", "raftkv-server", "--bin", "raftkv"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "raftkv-server",
+            "--bin",
+            "raftkv",
+        ])
         .status()
         .expect("cargo runs");
     assert!(status.success(), "building raftkv failed");
@@ -90,16 +97,21 @@ impl BenchCluster {
             if i == 0 {
                 cmd.arg("--cluster-init");
             } else {
-                cmd.arg("--join").arg(format!("http://127.0.0.1:{}", peer_ports[0]));
+                cmd.arg("--join")
+                    .arg(format!("http://127.0.0.1:{}", peer_ports[0]));
             }
             children.push(cmd.spawn().expect("raftkv starts"));
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
-                let log = std::fs::read_to_string(dir.path().join(format!("m{i}.log"))).unwrap_or_default();
+                let log = std::fs::read_to_string(dir.path().join(format!("m{i}.log")))
+                    .unwrap_or_default();
                 if log.contains("raftkv is ready") {
                     break;
                 }
-                assert!(Instant::now() < deadline, "member {i} did not start:\n{log}");
+                assert!(
+                    Instant::now() < deadline,
+                    "member {i} did not start:\n{log}"
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
         }

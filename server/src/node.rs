@@ -222,8 +222,23 @@ impl Node {
         self.cluster_id.load(Ordering::SeqCst)
     }
 
+    /// The leader this member follows, if any. A leader that has not heard from a
+    /// quorum for two election timeouts counts as none (etcd's CheckQuorum): a
+    /// partitioned leader must not make `hasleader` requests wait.
     pub fn leader(&self) -> Option<NodeId> {
-        self.raft.metrics().borrow().current_leader
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        if m.state == ServerState::Leader {
+            let quorum_stale_ms = 2 * self.config.election_timeout_ms;
+            let voters = m.membership_config.membership().voter_ids().count();
+            if voters > 1
+                && m.millis_since_quorum_ack
+                    .is_none_or(|ms| ms > quorum_stale_ms)
+            {
+                return None;
+            }
+        }
+        m.current_leader
     }
 
     pub fn is_leader(&self) -> bool {

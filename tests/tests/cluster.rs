@@ -345,3 +345,61 @@ fn leases_live_on_through_a_leader_change_and_keep_alives_work_through_any_membe
         );
     });
 }
+
+#[test]
+fn hasleader_requests_fail_at_once_without_a_leader_and_followers_serve_watches() {
+    use raftkv_proto::etcdserverpb::kv_client::KvClient;
+    use raftkv_proto::etcdserverpb::RangeRequest;
+    let mut cluster = Cluster::start(3, &[]);
+    rt().block_on(async {
+        // A watch on a follower sees a write made through another member.
+        let leader = leader_index(&mut cluster).await;
+        let follower = (leader + 1) % 3;
+        let mut fc = client(&cluster.members[follower].endpoint()).await;
+        let mut watch = fc.watch("fw", None).await.expect("watch");
+        watch.message().await.expect("msg").expect("created");
+        let mut lc = client(&cluster.members[leader].endpoint()).await;
+        lc.put("fw", "v", None).await.expect("put");
+        let m = tokio::time::timeout(Duration::from_secs(5), watch.message())
+            .await
+            .expect("event in time")
+            .expect("msg")
+            .expect("event");
+        assert_eq!(m.events()[0].kv().unwrap().value(), b"v");
+
+        // Two of three down: the survivor has no leader (even if it was the leader).
+        let survivor = leader;
+        for i in 0..3 {
+            if i != survivor {
+                cluster.members[i].kill9();
+            }
+        }
+        let url = cluster.members[survivor].client_url();
+        let mut kv = KvClient::connect(url).await.expect("connect");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut req = tonic::Request::new(RangeRequest {
+                key: b"fw".to_vec().into(),
+                ..Default::default()
+            });
+            req.metadata_mut()
+                .insert("hasleader", "true".parse().unwrap());
+            let started = Instant::now();
+            match kv.range(req).await {
+                Err(status) if status.message() == "etcdserver: no leader" => {
+                    assert_eq!(status.code(), tonic::Code::Unavailable);
+                    assert!(
+                        started.elapsed() < Duration::from_millis(500),
+                        "answered only after {:?}",
+                        started.elapsed()
+                    );
+                    break;
+                }
+                other => {
+                    assert!(Instant::now() < deadline, "still answered {other:?}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+}
