@@ -240,3 +240,40 @@ fn maintenance_and_cluster_through_the_rust_client() {
         assert!(err.to_string().contains("not supported"), "{err}");
     });
 }
+
+/// The Kubernetes API server pings every few seconds on idle connections; etcd allows
+/// pings every 5 s. raftkv must not drop a connection that pings more often than that.
+#[test]
+fn frequent_keepalive_pings_do_not_drop_the_connection() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut m = Member::new(root.path(), "solo");
+    m.start(&["--cluster-init".to_string()]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let options = etcd_client::ConnectOptions::new()
+            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
+            .with_keep_alive_while_idle(true);
+        let mut c = Client::connect([m.endpoint()], Some(options))
+            .await
+            .expect("connects");
+        let mut watch = c.watch("idle", None).await.expect("watch");
+        watch.message().await.expect("msg").expect("created");
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        let mut other = Client::connect([m.endpoint()], None)
+            .await
+            .expect("connects");
+        other.put("idle", "still here", None).await.expect("put");
+        let msg = tokio::time::timeout(Duration::from_secs(5), watch.message())
+            .await
+            .expect("the watch still delivers")
+            .expect("stream intact")
+            .expect("event");
+        assert_eq!(msg.events()[0].kv().unwrap().value(), b"still here");
+        c.get("idle", None)
+            .await
+            .expect("the pinging connection still serves");
+    });
+}
