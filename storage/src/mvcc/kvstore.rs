@@ -25,7 +25,8 @@ use crate::error::{Error, MvccError, StoreError};
 pub struct MvccOptions {
     /// sled's page cache.
     pub cache_capacity_bytes: u64,
-    /// How often sled writes its state out in the background.
+    /// How often sled writes its state out in the background (0: never; sled then
+    /// writes only when its buffers fill or the store is flushed).
     pub flush_every_ms: u64,
     /// Revisions compacted per sled batch; bounds how long one batch holds the tree.
     pub compaction_batch_revisions: usize,
@@ -87,7 +88,7 @@ impl MvccStore {
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(options.cache_capacity_bytes)
-            .flush_every_ms(Some(options.flush_every_ms))
+            .flush_every_ms((options.flush_every_ms > 0).then_some(options.flush_every_ms))
             .open()?;
         let tree_name = db
             .get(DATA_TREE_POINTER)?

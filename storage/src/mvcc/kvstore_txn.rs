@@ -75,7 +75,26 @@ pub(crate) fn apply(
     Ok(result)
 }
 
+/// etcd's checkRequests runs twice over a txn's chosen path: puts, then ranges, so a
+/// put's error wins over a range's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CheckPass {
+    Puts,
+    Ranges,
+}
+
 impl WriteTxn<'_> {
+    /// Forgets every write of this transaction: it will commit nothing but the applied
+    /// log id, and the revision does not move.
+    fn discard(&mut self) {
+        self.overlay = Overlay::new();
+        self.changes.clear();
+        self.events.clear();
+        self.leases.clear();
+        self.attachments.clear();
+        self.compact = None;
+    }
+
     /// The revision this transaction writes at.
     fn write_rev(&self) -> Revision {
         self.begin_rev + 1
@@ -278,10 +297,19 @@ impl WriteTxn<'_> {
         }
         let mut path = Vec::new();
         compare_to_path(&self.begin_view(), req, &mut path)?;
-        if let Err(e) = self.check_txn(req, &path)? {
-            return Ok(Err(e));
+        // etcd checks every put of the chosen path first, then every range.
+        for pass in [CheckPass::Puts, CheckPass::Ranges] {
+            if let Err(e) = self.check_txn(req, &path, pass)? {
+                return Ok(Err(e));
+            }
         }
-        let (mut response, _) = self.execute_txn(req, &path)?;
+        let (mut response, _) = match self.execute_txn(req, &path)? {
+            Ok(done) => done,
+            Err(e) => {
+                self.discard();
+                return Ok(Err(e));
+            }
+        };
         response.revision = self.read_rev();
         Ok(Ok(response))
     }
@@ -292,6 +320,7 @@ impl WriteTxn<'_> {
         &self,
         req: &TxnRequest,
         path: &[bool],
+        pass: CheckPass,
     ) -> Result<Result<usize, MvccError>, StoreError> {
         let Some((&taken, mut rest)) = path.split_first() else {
             return Err(StoreError::Corrupt("txn path shorter than the txn".into()));
@@ -300,10 +329,10 @@ impl WriteTxn<'_> {
         let mut walked = 0;
         for op in ops {
             let outcome = match op {
-                RequestOp::Range(r) => self.check_range(r),
-                RequestOp::Put(p) => self.check_put(p)?,
-                RequestOp::DeleteRange(_) => Ok(()),
-                RequestOp::Txn(t) => match self.check_txn(t, rest)? {
+                RequestOp::Range(r) if pass == CheckPass::Ranges => self.check_range(r),
+                RequestOp::Put(p) if pass == CheckPass::Puts => self.check_put(p)?,
+                RequestOp::Range(_) | RequestOp::Put(_) | RequestOp::DeleteRange(_) => Ok(()),
+                RequestOp::Txn(t) => match self.check_txn(t, rest, pass)? {
                     Ok(n) => {
                         walked += n + 1;
                         rest = rest.get(n + 1..).unwrap_or_default();
@@ -346,7 +375,7 @@ impl WriteTxn<'_> {
         &mut self,
         req: &TxnRequest,
         path: &[bool],
-    ) -> Result<(TxnResponse, usize), StoreError> {
+    ) -> Result<Result<(TxnResponse, usize), MvccError>, StoreError> {
         let Some((&taken, mut rest)) = path.split_first() else {
             return Err(StoreError::Corrupt("txn path shorter than the txn".into()));
         };
@@ -358,16 +387,17 @@ impl WriteTxn<'_> {
                 RequestOp::Range(r) => ResponseOp::Range(self.range_in_txn(r)?),
                 RequestOp::Put(p) => match self.put(p)? {
                     Ok(r) => ResponseOp::Put(r),
-                    // check_txn ruled this out before anything was written.
-                    Err(e) => {
-                        return Err(StoreError::Corrupt(format!(
-                            "txn put failed after its check: {e}"
-                        )))
-                    }
+                    // A put with ignore_value or ignore_lease whose key an earlier
+                    // operation of this txn deleted: etcd panics here; raftkv refuses
+                    // the whole txn (the caller discards what it wrote) on every member.
+                    Err(e) => return Ok(Err(e)),
                 },
                 RequestOp::DeleteRange(d) => ResponseOp::DeleteRange(self.delete_range(d)?),
                 RequestOp::Txn(t) => {
-                    let (nested, n) = self.execute_txn(t, rest)?;
+                    let (nested, n) = match self.execute_txn(t, rest)? {
+                        Ok(done) => done,
+                        Err(e) => return Ok(Err(e)),
+                    };
                     walked += n + 1;
                     rest = rest.get(n + 1..).unwrap_or_default();
                     ResponseOp::Txn(nested)
@@ -375,7 +405,7 @@ impl WriteTxn<'_> {
             };
             responses.push(response);
         }
-        Ok((
+        Ok(Ok((
             TxnResponse {
                 // etcd fills the header revision of the outermost response only.
                 revision: 0,
@@ -383,7 +413,7 @@ impl WriteTxn<'_> {
                 responses,
             },
             walked,
-        ))
+        )))
     }
 
     fn compact(&mut self, revision: Revision) -> Result<Revision, MvccError> {

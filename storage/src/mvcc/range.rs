@@ -76,6 +76,9 @@ impl<'a> View<'a> {
         };
         let pending: Vec<(&Bytes, &Option<KeyValue>)> = match range {
             KeyRange::Single(k) => overlay.get_key_value(k).into_iter().collect(),
+            // An empty span (end at or before start) holds nothing; BTreeMap::range
+            // would panic on it.
+            KeyRange::Span(start, Some(end)) if end.as_ref() <= start.as_ref() => Vec::new(),
             KeyRange::Span(start, end) => {
                 let upper: Bound<&Bytes> = end.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
                 overlay
@@ -90,7 +93,9 @@ impl<'a> View<'a> {
                 if k.as_ref() > stored.key.as_ref() {
                     break;
                 }
-                let (k, kv) = pending.next().expect("peeked");
+                let Some((k, kv)) = pending.next() else {
+                    break;
+                };
                 let same = k.as_ref() == stored.key.as_ref();
                 if let Some(kv) = kv {
                     go_on = f(kv.clone());

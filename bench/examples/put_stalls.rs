@@ -1,0 +1,42 @@
+//! Finds put stalls in the MVCC store without compaction: N puts over 1000 keys,
+//! printing every put slower than 50 ms with when it happened. Used to tell sled's
+//! own pauses from the compactor's (bench/RESULTS.md).
+//!
+//! `cargo run --release -p raftkv-bench --example put_stalls -- 3000000`
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use raftkv_storage::mvcc::{AppliedMeta, Command, MvccOptions, MvccStore, PutRequest};
+
+fn main() {
+    let n: u64 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3_000_000);
+    let dir = tempfile::tempdir_in(".").expect("temp dir");
+    let store = MvccStore::open(dir.path(), MvccOptions::default()).expect("store");
+    let value = Bytes::from(vec![1u8; 256]);
+    let started = Instant::now();
+    let mut worst = Duration::ZERO;
+    for i in 0..n {
+        let t = Instant::now();
+        store
+            .apply(
+                &Command::Put(PutRequest {
+                    key: Bytes::from(format!("k{}", i % 1000)),
+                    value: value.clone(),
+                    ..Default::default()
+                }),
+                &AppliedMeta::default(),
+            )
+            .expect("apply")
+            .expect("put");
+        let d = t.elapsed();
+        worst = worst.max(d);
+        if d > Duration::from_millis(50) {
+            println!("put {i}: {d:?} at {:?}", started.elapsed());
+        }
+    }
+    println!("{n} puts in {:?}, worst {worst:?}", started.elapsed());
+}
