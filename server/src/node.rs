@@ -276,16 +276,25 @@ impl Node {
         }
     }
 
-    /// Runs a write through Raft (via the leader) and returns what applying it answered.
+    /// Runs a write through Raft (via the leader) and returns what applying it answered,
+    /// once this member has applied it too: as with etcd, a client reads its own writes
+    /// from the member it wrote through, and response headers are never behind.
     pub async fn write(&self, command: Command) -> Result<CommandResponse, ApiError> {
+        let timeout = self.config.request_timeout();
+        let started = Instant::now();
         match self
-            .on_leader(
-                ForwardRequest::Write(command),
-                self.config.request_timeout(),
-            )
+            .on_leader(ForwardRequest::Write(command), timeout)
             .await?
         {
-            ForwardResponse::Write(result) => Ok(result?),
+            ForwardResponse::Write(result, index) => {
+                let remaining = timeout.saturating_sub(started.elapsed());
+                self.raft
+                    .wait(Some(remaining))
+                    .applied_index_at_least(Some(index), "local apply of a write")
+                    .await
+                    .map_err(|_| ApiError::Timeout)?;
+                Ok(result?)
+            }
             other => Err(ApiError::Internal(format!("unexpected reply {other:?}"))),
         }
     }
@@ -371,7 +380,7 @@ impl Node {
             ForwardRequest::Write(command) => match self.raft.client_write(command.clone()).await {
                 Ok(reply) => {
                     self.leases.after_write(&command, &reply.data);
-                    Ok(ForwardResponse::Write(reply.data))
+                    Ok(ForwardResponse::Write(reply.data, reply.log_id.index))
                 }
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                     Err(ForwardError::NotLeader)

@@ -54,7 +54,8 @@ pub enum ForwardRequest {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ForwardResponse {
-    Write(CommandResult),
+    /// What applying the write answered, and the log index it was applied at.
+    Write(CommandResult, u64),
     ReadIndex(u64),
     LeaseKeepAlive {
         ttl_s: i64,
