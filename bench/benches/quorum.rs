@@ -67,8 +67,29 @@ fn quorum(c: &mut Criterion) {
             })
         })
     });
-    group.finish();
     drop(cluster);
+
+    // The same against a single member: what replication adds is the difference.
+    let single = BenchCluster::start(&bin, &parent, 1);
+    let mut client = rt
+        .block_on(etcd_client::Client::connect(single.endpoints(), None))
+        .expect("connect");
+    group.bench_function("put_256B_single_member", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    client
+                        .put(format!("bench/{}", i % 10_000), value.clone(), None)
+                        .await
+                        .expect("put");
+                    i += 1;
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.finish();
 }
 
 criterion_group! {
