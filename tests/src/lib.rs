@@ -412,3 +412,31 @@ impl Drop for Etcd {
         let _ = self.child.wait();
     }
 }
+
+/// Zeroing what legitimately differs between two servers (cluster and member ids, raft
+/// terms) so that responses can be compared field by field.
+pub mod normalize {
+    use raftkv_proto::etcdserverpb as pb;
+
+    pub fn header(h: &mut Option<pb::ResponseHeader>) {
+        if let Some(h) = h {
+            h.cluster_id = 0;
+            h.member_id = 0;
+            h.raft_term = 0;
+        }
+    }
+
+    pub fn txn(r: &mut pb::TxnResponse) {
+        use pb::response_op::Response;
+        header(&mut r.header);
+        for op in &mut r.responses {
+            match &mut op.response {
+                Some(Response::ResponseRange(x)) => header(&mut x.header),
+                Some(Response::ResponsePut(x)) => header(&mut x.header),
+                Some(Response::ResponseDeleteRange(x)) => header(&mut x.header),
+                Some(Response::ResponseTxn(x)) => txn(x),
+                None => {}
+            }
+        }
+    }
+}

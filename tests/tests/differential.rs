@@ -229,28 +229,6 @@ impl Gen {
     }
 }
 
-fn clean(h: &mut Option<pb::ResponseHeader>) {
-    if let Some(h) = h {
-        h.cluster_id = 0;
-        h.member_id = 0;
-        h.raft_term = 0;
-    }
-}
-
-fn clean_txn(r: &mut pb::TxnResponse) {
-    use pb::response_op::Response;
-    clean(&mut r.header);
-    for op in &mut r.responses {
-        match &mut op.response {
-            Some(Response::ResponseRange(x)) => clean(&mut x.header),
-            Some(Response::ResponsePut(x)) => clean(&mut x.header),
-            Some(Response::ResponseDeleteRange(x)) => clean(&mut x.header),
-            Some(Response::ResponseTxn(x)) => clean_txn(x),
-            None => {}
-        }
-    }
-}
-
 type Outcome = Result<String, (tonic::Code, String)>;
 
 fn outcome<T>(
@@ -282,14 +260,14 @@ impl Target {
     async fn run(&mut self, op: &Op) -> Outcome {
         match op.clone() {
             Op::Put(r) => outcome(self.kv.put(r).await, |mut x| {
-                clean(&mut x.header);
+                normalize::header(&mut x.header);
                 format!("{x:?}")
             }),
             Op::Range(r) => {
                 let tie_prone = r.sort_order != 0 && r.sort_target != 0;
                 let limited = r.limit > 0;
                 outcome(self.kv.range(r.clone()).await, |mut x| {
-                    clean(&mut x.header);
+                    normalize::header(&mut x.header);
                     if tie_prone {
                         // etcd orders ties of the sort target by Go's unstable sort:
                         // compare the sorted values, and the keys as a set unless a
@@ -314,27 +292,27 @@ impl Target {
                 })
             }
             Op::Delete(r) => outcome(self.kv.delete_range(r).await, |mut x| {
-                clean(&mut x.header);
+                normalize::header(&mut x.header);
                 format!("{x:?}")
             }),
             Op::Txn(r) => outcome(self.kv.txn(r).await, |mut x| {
-                clean_txn(&mut x);
+                normalize::txn(&mut x);
                 format!("{x:?}")
             }),
             Op::Compact(r) => outcome(self.kv.compact(r).await, |mut x| {
-                clean(&mut x.header);
+                normalize::header(&mut x.header);
                 format!("{x:?}")
             }),
             Op::LeaseGrant(r) => outcome(self.lease.lease_grant(r).await, |mut x| {
-                clean(&mut x.header);
+                normalize::header(&mut x.header);
                 format!("{x:?}")
             }),
             Op::LeaseRevoke(r) => outcome(self.lease.lease_revoke(r).await, |mut x| {
-                clean(&mut x.header);
+                normalize::header(&mut x.header);
                 format!("{x:?}")
             }),
             Op::LeaseTimeToLive(r) => outcome(self.lease.lease_time_to_live(r).await, |mut x| {
-                clean(&mut x.header);
+                normalize::header(&mut x.header);
                 // The remaining TTL depends on timing: only its sign is compared.
                 x.ttl = x.ttl.signum();
                 // etcd lists a lease's keys from a hash map: in no particular order.
@@ -344,7 +322,7 @@ impl Target {
             Op::LeaseLeases => outcome(
                 self.lease.lease_leases(pb::LeaseLeasesRequest {}).await,
                 |mut x| {
-                    clean(&mut x.header);
+                    normalize::header(&mut x.header);
                     x.leases.sort_by_key(|l| l.id);
                     format!("{x:?}")
                 },
