@@ -701,3 +701,65 @@ fn a_txn_whose_put_loses_its_key_mid_way_is_refused_whole() {
     // The store goes on working.
     assert_eq!(put(&s, "d", "1").revision, before + 1);
 }
+
+/// etcd's interval rule lets a txn put a key in one nested txn and delete it in a later
+/// one (not the reverse): both changes share a revision. Watchers see the put then the
+/// delete, the key is gone, and compaction copes.
+#[test]
+fn put_then_delete_of_one_key_in_one_txn() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    put(&s, "k", "old");
+    let nested = |op: RequestOp| {
+        RequestOp::Txn(TxnRequest {
+            compare: vec![],
+            success: vec![op],
+            failure: vec![],
+        })
+    };
+    let delete_k = RequestOp::DeleteRange(DeleteRangeRequest {
+        key: b("k"),
+        range_end: Bytes::new(),
+        prev_kv: false,
+    });
+    let refused = TxnRequest {
+        compare: vec![],
+        success: vec![nested(delete_k.clone()), nested(put_op("k", "new"))],
+        failure: vec![],
+    };
+    assert_eq!(txn(&s, refused), Err(MvccError::DuplicateKey));
+    let mut w = s.watch(b("k"), Bytes::new(), 0);
+    let accepted = TxnRequest {
+        compare: vec![],
+        success: vec![nested(put_op("k", "new")), nested(delete_k)],
+        failure: vec![],
+    };
+    let rev = txn(&s, accepted)
+        .expect("put then delete is accepted")
+        .revision;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let events = rt.block_on(w.next(8)).unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].kind, EventKind::Put);
+    assert_eq!(events[1].kind, EventKind::Delete);
+    assert_eq!(events[1].kv.mod_revision, rev);
+    apply(&s, Command::Compact { revision: rev }).unwrap();
+    s.wait_for_compaction();
+    let got = s
+        .range(&RangeRequest {
+            key: b("k"),
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(got.kvs.is_empty());
+    put(&s, "k", "again");
+    let got = s
+        .range(&RangeRequest {
+            key: b("k"),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(got.kvs[0].version, 1);
+}

@@ -242,6 +242,12 @@ fn outcome<T>(
 struct Target {
     kv: KvClient<Channel>,
     lease: LeaseClient<Channel>,
+    /// A watch on every key with prev_kv, opened before the first
+    /// operation; its events are compared at the end.
+    /// Drained continuously by a task, so the watcher never lags (a lagging watcher is
+    /// rightly canceled by a compaction, in etcd as in raftkv).
+    events: tokio::sync::mpsc::UnboundedReceiver<Result<pb::WatchResponse, String>>,
+    _watch_requests: tokio::sync::mpsc::Sender<pb::WatchRequest>,
 }
 
 impl Target {
@@ -251,10 +257,71 @@ impl Target {
             .connect()
             .await
             .expect("connect");
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(pb::WatchRequest {
+            request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+                pb::WatchCreateRequest {
+                    key: vec![0].into(),
+                    range_end: vec![0].into(),
+                    // From the next revision: etcd syncs a watcher that starts in the
+                    // past asynchronously, and a compaction before that cancels it.
+                    start_revision: 0,
+                    prev_kv: true,
+                    ..Default::default()
+                },
+            )),
+        })
+        .await
+        .expect("send");
+        let mut watch = raftkv_proto::etcdserverpb::watch_client::WatchClient::new(channel.clone());
+        let mut events = watch
+            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("watch")
+            .into_inner();
+        let created = events.message().await.expect("msg").expect("created");
+        assert!(created.created);
+        let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let m = match events.message().await {
+                    Ok(Some(m)) => Ok(m),
+                    Ok(None) => Err("the watch ended".to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                let end = m.is_err();
+                if events_tx.send(m).is_err() || end {
+                    return;
+                }
+            }
+        });
+        let events = events_rx;
         Target {
             kv: KvClient::new(channel.clone()),
             lease: LeaseClient::new(channel),
+            events,
+            _watch_requests: tx,
         }
+    }
+
+    /// Every event up to `revision`, as the watch delivered them.
+    async fn events_until(&mut self, revision: i64) -> Result<Vec<String>, String> {
+        let mut out = Vec::new();
+        let mut last = 1;
+        while last < revision {
+            let m = tokio::time::timeout(std::time::Duration::from_secs(10), self.events.recv())
+                .await
+                .map_err(|_| format!("no events after revision {last} (want {revision})"))?
+                .ok_or("the watch ended")??;
+            if m.canceled {
+                return Err(format!("the watch was canceled: {m:?}"));
+            }
+            for e in &m.events {
+                last = last.max(e.kv.as_ref().map_or(0, |kv| kv.mod_revision));
+                out.push(format!("{e:?}"));
+            }
+        }
+        Ok(out)
     }
 
     async fn run(&mut self, op: &Op) -> Outcome {
@@ -384,6 +451,23 @@ fn run_seed(
             if let Some(rev) = current_revision(&want) {
                 gen.revision = gen.revision.max(rev);
             }
+        }
+        // The watch streams: every event, in order, with prev_kv, the same.
+        let want = etcd.events_until(gen.revision).await?;
+        let got = raftkv.events_until(gen.revision).await?;
+        for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+            if w != g {
+                return Err(format!(
+                    "seed {seed}: watch event #{i} diverges\n etcd:   {w}\n raftkv: {g}"
+                ));
+            }
+        }
+        if want.len() != got.len() {
+            return Err(format!(
+                "seed {seed}: etcd delivered {} events, raftkv {}",
+                want.len(),
+                got.len()
+            ));
         }
         Ok(())
     })

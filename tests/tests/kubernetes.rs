@@ -26,7 +26,11 @@ struct Api {
 
 impl Api {
     async fn connect(url: String) -> Api {
-        let ch = Channel::from_shared(url).expect("url").connect().await.expect("connect");
+        let ch = Channel::from_shared(url)
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
         Api {
             kv: KvClient::new(ch.clone()),
             lease: LeaseClient::new(ch.clone()),
@@ -149,41 +153,60 @@ async fn pattern(url: String) -> Vec<String> {
     }
 
     // k3s bootstrap: list /bootstrap, then create the bootstrap key once.
-    range!(pb::RangeRequest { key: b("/bootstrap"), range_end: prefix_end("/bootstrap"), ..Default::default() });
+    range!(pb::RangeRequest {
+        key: b("/bootstrap"),
+        range_end: prefix_end("/bootstrap"),
+        ..Default::default()
+    });
     txn!(create("/bootstrap/abc", "token-data", 0));
     txn!(create("/bootstrap/abc", "token-data", 0));
 
     // Objects, some held by a lease (events), as the apiserver writes them.
-    let lease = api.lease.lease_grant(pb::LeaseGrantRequest { ttl: 3_660, id: 7 }).await.expect("grant").into_inner();
+    let lease = api
+        .lease
+        .lease_grant(pb::LeaseGrantRequest { ttl: 3_660, id: 7 })
+        .await
+        .expect("grant")
+        .into_inner();
     seen.push(format!("lease {} ttl {}", lease.id, lease.ttl));
     let mut revs = Vec::new();
     for i in 0..25 {
         let key = format!("/registry/pods/default/pod-{i:02}");
         let r = txn!(create(&key, &format!("pod {i}"), 0));
         revs.push(r.header.expect("header").revision);
-        txn!(create(&format!("/registry/events/default/ev-{i:02}"), "event", 7));
+        txn!(create(
+            &format!("/registry/events/default/ev-{i:02}"),
+            "event",
+            7
+        ));
     }
 
     // The watch cache's watch from RV+1, with prev_kv and progress_notify.
     let start_rev = revs[24] + 1;
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tx.send(pb::WatchRequest {
-        request_union: Some(pb::watch_request::RequestUnion::CreateRequest(pb::WatchCreateRequest {
-            key: b("/registry/pods/"),
-            range_end: prefix_end("/registry/pods/"),
-            start_revision: start_rev,
-            progress_notify: true,
-            prev_kv: true,
-            ..Default::default()
-        })),
+        request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+            pb::WatchCreateRequest {
+                key: b("/registry/pods/"),
+                range_end: prefix_end("/registry/pods/"),
+                start_revision: start_rev,
+                progress_notify: true,
+                prev_kv: true,
+                ..Default::default()
+            },
+        )),
     })
     .await
     .expect("send");
     let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-    req.metadata_mut().insert("hasleader", "true".parse().expect("metadata"));
+    req.metadata_mut()
+        .insert("hasleader", "true".parse().expect("metadata"));
     let mut stream = api.watch.watch(req).await.expect("watch").into_inner();
     let created = stream.message().await.expect("msg").expect("created");
-    seen.push(format!("created {} canceled {} id {}", created.created, created.canceled, created.watch_id));
+    seen.push(format!(
+        "created {} canceled {} id {}",
+        created.created, created.canceled, created.watch_id
+    ));
 
     // Updates: one succeeds, one is stale and reads the current object instead.
     txn!(update("/registry/pods/default/pod-03", revs[3], "pod 3 v2"));
@@ -207,7 +230,9 @@ async fn pattern(url: String) -> Vec<String> {
     // A progress request (the watch cache polls these every 100 ms while waiting): the
     // answer comes after the events and carries the current revision.
     tx.send(pb::WatchRequest {
-        request_union: Some(pb::watch_request::RequestUnion::ProgressRequest(pb::WatchProgressRequest {})),
+        request_union: Some(pb::watch_request::RequestUnion::ProgressRequest(
+            pb::WatchProgressRequest {},
+        )),
     })
     .await
     .expect("send");
@@ -221,11 +246,20 @@ async fn pattern(url: String) -> Vec<String> {
     drop(tx);
 
     // A paginated list at a fixed revision: pages of 10, continue = last key + "\0".
-    let list_rev = range!(pb::RangeRequest { key: b("/registry/pods/"), range_end: prefix_end("/registry/pods/"), count_only: true, ..Default::default() })
-        .header
-        .expect("header")
-        .revision;
-    txn!(create("/registry/pods/default/pod-99", "after the list started", 0));
+    let list_rev = range!(pb::RangeRequest {
+        key: b("/registry/pods/"),
+        range_end: prefix_end("/registry/pods/"),
+        count_only: true,
+        ..Default::default()
+    })
+    .header
+    .expect("header")
+    .revision;
+    txn!(create(
+        "/registry/pods/default/pod-99",
+        "after the list started",
+        0
+    ));
     let mut from = b("/registry/pods/");
     loop {
         let page = range!(pb::RangeRequest {
@@ -243,22 +277,42 @@ async fn pattern(url: String) -> Vec<String> {
         next.push(0);
         from = next.into();
     }
-    range!(pb::RangeRequest { key: b("/registry/"), range_end: prefix_end("/registry/"), keys_only: true, ..Default::default() });
-    range!(pb::RangeRequest { key: b("/registry/events/"), range_end: prefix_end("/registry/events/"), count_only: true, ..Default::default() });
+    range!(pb::RangeRequest {
+        key: b("/registry/"),
+        range_end: prefix_end("/registry/"),
+        keys_only: true,
+        ..Default::default()
+    });
+    range!(pb::RangeRequest {
+        key: b("/registry/events/"),
+        range_end: prefix_end("/registry/events/"),
+        count_only: true,
+        ..Default::default()
+    });
 
     // The health probe.
-    range!(pb::RangeRequest { key: b("/registry/health"), ..Default::default() });
+    range!(pb::RangeRequest {
+        key: b("/registry/health"),
+        ..Default::default()
+    });
 
     // The compactor: CAS on compact_rev_key's version, then Compact.
-    let current = range!(pb::RangeRequest { key: b("/registry/health"), count_only: true, ..Default::default() })
-        .header
-        .expect("header")
-        .revision;
+    let current = range!(pb::RangeRequest {
+        key: b("/registry/health"),
+        count_only: true,
+        ..Default::default()
+    })
+    .header
+    .expect("header")
+    .revision;
     txn!(compactor_cas(0, current));
     txn!(compactor_cas(0, current));
     let mut c = api
         .kv
-        .compact(pb::CompactionRequest { revision: list_rev, physical: false })
+        .compact(pb::CompactionRequest {
+            revision: list_rev,
+            physical: false,
+        })
         .await
         .expect("compact")
         .into_inner();
@@ -266,19 +320,42 @@ async fn pattern(url: String) -> Vec<String> {
     seen.push(format!("{c:?}"));
     let err = api
         .kv
-        .range(pb::RangeRequest { key: b("/registry/pods/"), range_end: prefix_end("/registry/pods/"), revision: list_rev - 1, ..Default::default() })
+        .range(pb::RangeRequest {
+            key: b("/registry/pods/"),
+            range_end: prefix_end("/registry/pods/"),
+            revision: list_rev - 1,
+            ..Default::default()
+        })
         .await
         .expect_err("compacted");
     seen.push(format!("{:?} {}", err.code(), err.message()));
 
     // Revoking the events' lease deletes them in one revision.
-    let mut r = api.lease.lease_revoke(pb::LeaseRevokeRequest { id: 7 }).await.expect("revoke").into_inner();
+    let mut r = api
+        .lease
+        .lease_revoke(pb::LeaseRevokeRequest { id: 7 })
+        .await
+        .expect("revoke")
+        .into_inner();
     normalize::header(&mut r.header);
     seen.push(format!("{r:?}"));
-    range!(pb::RangeRequest { key: b("/registry/events/"), range_end: prefix_end("/registry/events/"), count_only: true, ..Default::default() });
+    range!(pb::RangeRequest {
+        key: b("/registry/events/"),
+        range_end: prefix_end("/registry/events/"),
+        count_only: true,
+        ..Default::default()
+    });
 
-    let status = api.maintenance.status(pb::StatusRequest {}).await.expect("status").into_inner();
-    seen.push(format!("version parses: {}", parse_version(&status.version).is_some()));
+    let status = api
+        .maintenance
+        .status(pb::StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    seen.push(format!(
+        "version parses: {}",
+        parse_version(&status.version).is_some()
+    ));
     seen
 }
 
@@ -294,7 +371,10 @@ fn the_kubernetes_access_pattern_matches_etcd() {
     let root = tempfile::tempdir().expect("temp dir");
     let mut member = Member::new(root.path(), "k8s");
     member.start(&["--cluster-init".to_string()]);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let want = rt.block_on(pattern(etcd.client_url()));
     let got = rt.block_on(pattern(member.client_url()));
     assert_eq!(want.len(), got.len(), "different numbers of steps");
@@ -302,10 +382,18 @@ fn the_kubernetes_access_pattern_matches_etcd() {
         assert_eq!(w, g, "step {i} differs");
     }
     // Kubernetes ≥ 1.31 reads Status.version: raftkv's must be ≥ 3.5.13.
-    let rt2 = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt2 = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let version = rt2.block_on(async {
         let mut api = Api::connect(member.client_url()).await;
-        api.maintenance.status(pb::StatusRequest {}).await.expect("status").into_inner().version
+        api.maintenance
+            .status(pb::StatusRequest {})
+            .await
+            .expect("status")
+            .into_inner()
+            .version
     });
     let v = parse_version(&version).expect("a semantic version");
     assert!(v >= (3, 5, 13), "{version}");

@@ -175,7 +175,16 @@ fn compact(inner: &Inner) -> Result<(), StoreError> {
                 batch.remove(keys::kv_key(&change.key, change.prev_revision));
             }
             if change.tombstone {
-                batch.remove(keys::kv_key(&change.key, rev));
+                // A txn may delete and then re-create a key at one revision: the stored
+                // version at (key, rev) is then the put, which must survive.
+                let at = keys::kv_key(&change.key, rev);
+                let stored_is_tombstone = match tree.get(&at)? {
+                    Some(raw) => keys::KvRecord::decode(&raw, false).is_some_and(|r| r.tombstone),
+                    None => false,
+                };
+                if stored_is_tombstone {
+                    batch.remove(at);
+                }
             }
             if rev < target {
                 batch.remove(k.clone());

@@ -157,6 +157,17 @@ impl WriteTxn<'_> {
         })
     }
 
+    /// The key's live version before this transaction: what etcd's watch reports as an
+    /// event's prev_kv (it reads the key at the event's revision - 1).
+    fn before_txn(&self, key: &Bytes) -> Result<Option<KeyValue>, StoreError> {
+        Ok(match version_at(self.tree, key, self.begin_rev)? {
+            Some((rev, record)) if !record.tombstone => {
+                Some(range::to_kv(key.clone(), rev, record, true))
+            }
+            _ => None,
+        })
+    }
+
     /// The revision of the key's newest stored version, tombstones included.
     fn stored_revision(&self, key: &Bytes) -> Result<Revision, StoreError> {
         Ok(version_at(self.tree, key, self.begin_rev)?.map_or(0, |(rev, _)| rev))
@@ -219,10 +230,18 @@ impl WriteTxn<'_> {
             prev_revision,
         });
         self.overlay.insert(req.key.clone(), Some(kv.clone()));
+        // etcd gives a create event no prev_kv, and any other the version before the txn.
+        let event_prev = if kv.create_revision == rev {
+            None
+        } else if self.changes.len() == 1 {
+            prev.clone()
+        } else {
+            self.before_txn(&req.key)?
+        };
         self.events.push(Event {
             kind: EventKind::Put,
             kv,
-            prev_kv: prev.clone(),
+            prev_kv: event_prev,
         });
         Ok(Ok(PutResponse {
             revision: rev,
@@ -259,6 +278,13 @@ impl WriteTxn<'_> {
                 prev_revision,
             });
             self.overlay.insert(prev.key.clone(), None);
+            // etcd's prev_kv for the event is the version before the txn: none if the
+            // key was created earlier in this same txn.
+            let event_prev = if prev.mod_revision == rev {
+                self.before_txn(&prev.key)?
+            } else {
+                Some(prev.clone())
+            };
             self.events.push(Event {
                 kind: EventKind::Delete,
                 kv: KeyValue {
@@ -266,7 +292,7 @@ impl WriteTxn<'_> {
                     mod_revision: rev,
                     ..KeyValue::default()
                 },
-                prev_kv: Some(prev.clone()),
+                prev_kv: event_prev,
             });
         }
         let revision = if self.changes.is_empty() {
@@ -542,12 +568,14 @@ impl WriteTxn<'_> {
         }
         if !self.changes.is_empty() {
             debug_assert_eq!(self.events.len(), self.changes.len());
-            inner.revision.store(rev, Ordering::SeqCst);
+            // The batch goes out before the revision moves, so a watcher that keeps up
+            // always finds the next revision in the feed, never only in history.
             // No receivers is fine: nobody is watching.
             let _ = inner.feed.send(Arc::new(EventBatch {
                 revision: rev,
                 events: self.events,
             }));
+            inner.revision.store(rev, Ordering::SeqCst);
         }
         Ok(())
     }

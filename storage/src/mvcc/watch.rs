@@ -39,6 +39,8 @@ pub struct Watcher {
     range: KeyRange,
     /// The first revision not yet delivered.
     next_rev: Revision,
+    /// A live batch received but not yet delivered (after a gap, or across a cancel).
+    pending: Option<Arc<EventBatch>>,
 }
 
 impl MvccStore {
@@ -56,6 +58,7 @@ impl MvccStore {
             rx,
             range: KeyRange::new(&key, &range_end),
             next_rev,
+            pending: None,
         }
     }
 }
@@ -73,9 +76,40 @@ impl Watcher {
 
     /// Waits for the next events: those of one or more whole revisions, at most
     /// `max_revisions` of them, in order.
+    ///
+    /// Live batches already queued are used first; history is read only for a gap (the
+    /// watcher started in the past, or lagged past the feed's capacity). A watcher that
+    /// keeps up therefore never depends on history that a compaction may remove.
+    /// Cancel-safe: the only await is the feed's `recv`, and its batch is kept.
     pub async fn next(&mut self, max_revisions: usize) -> Result<Vec<Event>, WatchError> {
         let max_revisions = max_revisions.max(1);
         loop {
+            let mut events = Vec::new();
+            let mut revisions = 0;
+            while revisions < max_revisions {
+                let batch = match self.pending.take() {
+                    Some(batch) => batch,
+                    None => match self.rx.try_recv() {
+                        Ok(batch) => batch,
+                        Err(TryRecvError::Lagged(_)) => continue,
+                        Err(TryRecvError::Empty) | Err(TryRecvError::Closed) => break,
+                    },
+                };
+                if batch.revision < self.next_rev {
+                    continue;
+                }
+                if batch.revision > self.next_rev {
+                    // A gap: history first, then this batch.
+                    self.pending = Some(batch);
+                    break;
+                }
+                if self.take_live(&batch, &mut events) {
+                    revisions += 1;
+                }
+            }
+            if !events.is_empty() {
+                return Ok(events);
+            }
             if self.next_rev <= self.store.revision() {
                 let events = self.read_history(max_revisions)?;
                 if !events.is_empty() {
@@ -83,31 +117,11 @@ impl Watcher {
                 }
                 continue;
             }
-            let batch = match self.rx.recv().await {
-                Ok(batch) => batch,
+            match self.rx.recv().await {
+                Ok(batch) => self.pending = Some(batch),
                 // Missed batches are in history; the next loop reads them from there.
                 Err(RecvError::Lagged(_)) => continue,
                 Err(RecvError::Closed) => return Err(WatchError::Closed),
-            };
-            let mut events = Vec::new();
-            let mut revisions = 0;
-            if self.take_live(&batch, &mut events) {
-                revisions += 1;
-            }
-            while revisions < max_revisions {
-                match self.rx.try_recv() {
-                    Ok(batch) => {
-                        if self.take_live(&batch, &mut events) {
-                            revisions += 1;
-                        }
-                    }
-                    Err(TryRecvError::Empty)
-                    | Err(TryRecvError::Lagged(_))
-                    | Err(TryRecvError::Closed) => break,
-                }
-            }
-            if !events.is_empty() {
-                return Ok(events);
             }
         }
     }
@@ -195,7 +209,9 @@ fn history_event(
     };
     let record = KvRecord::decode(&raw, true)
         .ok_or_else(|| StoreError::Corrupt(format!("bad record of {:?}", change.key)))?;
-    let prev_kv = if change.prev_revision > 0 {
+    // As etcd: a create event has no prev_kv; others get the version before the txn.
+    let is_create = !record.tombstone && record.create_revision == rev;
+    let prev_kv = if change.prev_revision > 0 && !is_create {
         match tree.get(keys::kv_key(&change.key, change.prev_revision))? {
             Some(raw) => KvRecord::decode(&raw, true)
                 .filter(|r| !r.tombstone)
@@ -205,7 +221,11 @@ fn history_event(
     } else {
         None
     };
-    Ok(Some(if record.tombstone {
+    // The change record says what happened; the stored version at (key, rev) is the
+    // last write of that revision (a txn may delete and re-create a key at one
+    // revision). A put overwritten by a delete within its own txn cannot be rebuilt
+    // from history (docs: known differences); it is reported as that delete.
+    Ok(Some(if change.tombstone || record.tombstone {
         Event {
             kind: EventKind::Delete,
             kv: KeyValue {
