@@ -1,0 +1,235 @@
+//! etcdctl end to end against etcd and raftkv: the same commands with the same inputs
+//! on a fresh etcd 3.5 and a fresh raftkv, outputs compared after masking what must
+//! differ (cluster and member ids, raft terms, lease ids, sizes and timings).
+
+use std::time::Duration;
+
+use raftkv_tests::*;
+
+/// Masks ids, terms, and lease ids (numbered in order of first appearance).
+fn mask(out: &str, leases: &mut Vec<String>) -> String {
+    let mut s = String::new();
+    for line in out.lines() {
+        let mut line = line.to_string();
+        for field in [
+            "\"cluster_id\":",
+            "\"member_id\":",
+            "\"raft_term\":",
+            "\"ClusterID\" : ",
+            "\"MemberID\" : ",
+            "\"RaftTerm\" : ",
+        ] {
+            line = mask_number_after(&line, field);
+        }
+        // Lease ids: 16 hex digits after "lease " or as a whole word.
+        let words: Vec<String> = line
+            .split(' ')
+            .map(|w| {
+                let bare = w.trim_matches(|c: char| !c.is_ascii_hexdigit());
+                if bare.len() == 16 && bare.chars().all(|c| c.is_ascii_hexdigit()) {
+                    let n = match leases.iter().position(|l| l == bare) {
+                        Some(n) => n,
+                        None => {
+                            leases.push(bare.to_string());
+                            leases.len() - 1
+                        }
+                    };
+                    w.replace(bare, &format!("LEASE{n}"))
+                } else {
+                    w.to_string()
+                }
+            })
+            .collect();
+        s.push_str(&words.join(" "));
+        s.push('\n');
+    }
+    s
+}
+
+/// Replaces the number after each `field` with 0.
+fn mask_number_after(line: &str, field: &str) -> String {
+    let mut out = String::new();
+    let mut rest = line;
+    while let Some(at) = rest.find(field) {
+        let start = at + field.len();
+        out.push_str(&rest[..start]);
+        let digits = rest[start..]
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len() - start);
+        out.push('0');
+        rest = &rest[start + digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
+struct Step {
+    args: Vec<String>,
+    stdin: Option<String>,
+}
+
+fn step(args: &[&str]) -> Step {
+    Step {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        stdin: None,
+    }
+}
+
+fn script() -> Vec<Step> {
+    let mut steps = vec![
+        step(&["put", "a", "1"]),
+        step(&["put", "b", "2"]),
+        step(&["put", "b", "22", "--prev-kv"]),
+        step(&["put", "c/1", "x"]),
+        step(&["put", "c/2", "y"]),
+        step(&["put", "d", "4"]),
+        step(&["get", "a"]),
+        step(&["get", "c/", "--prefix"]),
+        step(&["get", "b", "--from-key", "--keys-only"]),
+        step(&["get", "", "--prefix", "--limit=2", "-w", "json"]),
+        step(&["get", "b", "--rev=2"]),
+        step(&[
+            "get",
+            "",
+            "--prefix",
+            "--sort-by=MODIFY",
+            "--order=DESCEND",
+            "--print-value-only",
+        ]),
+        step(&[
+            "get",
+            "",
+            "--prefix",
+            "--sort-by=KEY",
+            "--order=ASCEND",
+            "--keys-only",
+        ]),
+        step(&["get", "", "--prefix", "--count-only", "-w", "fields"]),
+        step(&["get", "nothing"]),
+        step(&["get", "a", "--rev=100"]),
+        step(&["del", "a", "--prev-kv"]),
+        step(&["del", "c/", "--prefix"]),
+        step(&["del", "zz", "--from-key"]),
+        Step {
+            args: vec!["txn".into()],
+            stdin: Some("mod(\"b\") = \"3\"\n\nput b txn-ok\nget b\n\nput b txn-failed\n\n".into()),
+        },
+        Step {
+            args: vec!["txn".into(), "-w".into(), "json".into()],
+            stdin: Some("value(\"b\") = \"nope\"\n\nput b no\n\nget d\n\n".into()),
+        },
+        step(&["lease", "grant", "600"]),
+        step(&["lease", "list"]),
+        step(&["compaction", "5"]),
+        step(&["get", "b", "--rev=3"]),
+        step(&["compaction", "3"]),
+        step(&["get", "", "--prefix", "-w", "json"]),
+    ];
+    steps.push(step(&["watch", "b", "--rev=1", "--prev-kv"]));
+    steps
+}
+
+fn run_all(endpoint: &str) -> Vec<String> {
+    let ctl = etcdctl35();
+    let ep = vec![endpoint.to_string()];
+    let mut leases = Vec::new();
+    let mut outputs = Vec::new();
+    let mut lease_id = String::new();
+    for s in script() {
+        let args: Vec<&str> = s.args.iter().map(|a| a.as_str()).collect();
+        if args[0] == "watch" {
+            // A watch from history: let it print, then stop it.
+            let mut child = std::process::Command::new(&ctl)
+                .env("ETCDCTL_API", "3")
+                .arg(format!("--endpoints={endpoint}"))
+                .args(&args)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("watch");
+            std::thread::sleep(Duration::from_millis(800));
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("watch output");
+            outputs.push(format!(
+                "{args:?}\n{}",
+                mask(&String::from_utf8_lossy(&out.stdout), &mut leases)
+            ));
+            continue;
+        }
+        let out = etcdctl(&ctl, &ep, &args, s.stdin.as_deref());
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        if args.starts_with(&["lease", "grant"]) {
+            lease_id = stdout
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or_default()
+                .to_string();
+        }
+        // etcdctl's own log lines (JSON with timestamps) are not compared; its
+        // "Error:" line is.
+        let stderr: String = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter(|l| l.starts_with("Error"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        outputs.push(format!(
+            "{args:?} exit {:?}\n{}{}",
+            out.status.code(),
+            mask(&stdout, &mut leases),
+            stderr
+        ));
+    }
+    // Lease commands that need the granted id.
+    for args in [
+        vec!["put", "leased", "v", "--lease", lease_id.as_str()],
+        vec!["lease", "timetolive", lease_id.as_str(), "--keys"],
+        vec!["lease", "keep-alive", "--once", lease_id.as_str()],
+        vec!["lease", "revoke", lease_id.as_str()],
+        vec!["lease", "timetolive", lease_id.as_str()],
+        vec!["get", "leased"],
+    ] {
+        let out = etcdctl(&ctl, &ep, &args, None);
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        // The remaining TTL depends on timing.
+        let stdout = stdout.replace("remaining(599s)", "remaining(600s)");
+        let line = format!("{args:?} exit {:?}\n{stdout}", out.status.code());
+        outputs.push(mask(&line, &mut leases));
+    }
+    outputs
+}
+
+#[test]
+fn etcdctl_prints_the_same_for_etcd_and_raftkv() {
+    let etcd = Etcd::start();
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut member = Member::new(root.path(), "ctl");
+    member.start(&["--cluster-init".to_string()]);
+    let want = run_all(&etcd.endpoint());
+    let got = run_all(&member.endpoint());
+    assert_eq!(want.len(), got.len());
+    for (w, g) in want.iter().zip(&got) {
+        assert_eq!(w, g, "etcdctl output differs");
+    }
+
+    // What cannot be equal is checked for shape: status, health, member list, snapshot.
+    let ctl = etcdctl35();
+    let ep = vec![member.endpoint()];
+    let table = etcdctl_ok(&ctl, &ep, &["endpoint", "status", "-w", "table"]);
+    assert!(
+        table.contains(" 3.5.16 |") && table.contains(" true |"),
+        "{table}"
+    );
+    let health = etcdctl(&ctl, &ep, &["endpoint", "health", "-w", "json"], None);
+    let health = json(&String::from_utf8_lossy(&health.stdout));
+    assert_eq!(health[0]["health"], true);
+    let members = json(&etcdctl_ok(&ctl, &ep, &["member", "list", "-w", "json"]));
+    assert_eq!(members["members"][0]["name"], "ctl");
+    let snap = root.path().join("s.db");
+    let out = etcdctl(
+        &ctl,
+        &ep,
+        &["snapshot", "save", snap.to_str().unwrap()],
+        None,
+    );
+    assert!(out.status.success(), "{out:?}");
+}
