@@ -745,6 +745,22 @@ fn put_then_delete_of_one_key_in_one_txn() {
     assert_eq!(events[0].kind, EventKind::Put);
     assert_eq!(events[1].kind, EventKind::Delete);
     assert_eq!(events[1].kv.mod_revision, rev);
+    // The same from history: the put keeps its value though the delete overwrote it.
+    let mut h = s.watch(b("k"), Bytes::new(), rev);
+    put(&s, "other", "x");
+    let events = rt.block_on(h.next(1)).unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].kind, EventKind::Put);
+    assert_eq!(events[0].kv.value, b("new"));
+    assert_eq!(
+        events[0].prev_kv.as_ref().map(|p| p.value.clone()),
+        Some(b("old"))
+    );
+    assert_eq!(events[1].kind, EventKind::Delete);
+    assert_eq!(
+        events[1].prev_kv.as_ref().map(|p| p.value.clone()),
+        Some(b("old"))
+    );
     apply(&s, Command::Compact { revision: rev }).unwrap();
     s.wait_for_compaction();
     let got = s

@@ -248,6 +248,7 @@ struct Target {
     /// rightly canceled by a compaction, in etcd as in raftkv).
     events: tokio::sync::mpsc::UnboundedReceiver<Result<pb::WatchResponse, String>>,
     _watch_requests: tokio::sync::mpsc::Sender<pb::WatchRequest>,
+    channel: Channel,
 }
 
 impl Target {
@@ -298,10 +299,56 @@ impl Target {
         let events = events_rx;
         Target {
             kv: KvClient::new(channel.clone()),
-            lease: LeaseClient::new(channel),
+            lease: LeaseClient::new(channel.clone()),
             events,
             _watch_requests: tx,
+            channel,
         }
+    }
+
+    /// A new watch on every key from `from`, read until `revision`.
+    async fn history(&mut self, from: i64, revision: i64) -> Result<Vec<String>, String> {
+        let channel = self.channel.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(pb::WatchRequest {
+            request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+                pb::WatchCreateRequest {
+                    key: vec![0].into(),
+                    range_end: vec![0].into(),
+                    start_revision: from,
+                    prev_kv: true,
+                    ..Default::default()
+                },
+            )),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let mut watch = raftkv_proto::etcdserverpb::watch_client::WatchClient::new(channel);
+        let mut stream = watch
+            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map_err(|e| e.to_string())?
+            .into_inner();
+        let mut out = Vec::new();
+        let mut last = from - 1;
+        while last < revision {
+            let m = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+                .await
+                .map_err(|_| format!("history watch stalled at {last}"))?
+                .map_err(|e| e.to_string())?
+                .ok_or("the history watch ended")?;
+            if m.canceled {
+                return Err(format!("history watch canceled: {m:?}"));
+            }
+            if m.created {
+                continue;
+            }
+            for e in &m.events {
+                last = last.max(e.kv.as_ref().map_or(0, |kv| kv.mod_revision));
+                out.push(format!("{e:?}"));
+            }
+        }
+        Ok(out)
     }
 
     /// Every event up to `revision`, as the watch delivered them.
@@ -428,6 +475,7 @@ fn run_seed(
             serializable,
         };
         let mut history: Vec<String> = Vec::new();
+        let mut compacted = 0i64;
         for i in 0..ops {
             let op = gen.op();
             let want = etcd.run(&op).await;
@@ -448,6 +496,9 @@ fn run_seed(
                      the operations before it:\n{recent}"
                 ));
             }
+            if let (Op::Compact(c), Ok(_)) = (&op, &want) {
+                compacted = compacted.max(c.revision);
+            }
             if let Some(rev) = current_revision(&want) {
                 gen.revision = gen.revision.max(rev);
             }
@@ -467,6 +518,19 @@ fn run_seed(
                 "seed {seed}: etcd delivered {} events, raftkv {}",
                 want.len(),
                 got.len()
+            ));
+        }
+        // A watch from history: from the compacted revision (the oldest one allowed),
+        // every event up to now, prev_kv included.
+        let from = compacted.max(1);
+        let want = etcd.history(from, gen.revision).await?;
+        let got = raftkv.history(from, gen.revision).await?;
+        if want != got {
+            let at = want.iter().zip(&got).position(|(w, g)| w != g).unwrap_or(want.len().min(got.len()));
+            return Err(format!(
+                "seed {seed}: the watch from revision {from} diverges at event #{at}\n etcd:   {:?}\n raftkv: {:?}",
+                want.get(at),
+                got.get(at)
             ));
         }
         Ok(())

@@ -185,28 +185,63 @@ pub struct ChangeRecord {
     /// The change is a delete (its version is a tombstone).
     pub tombstone: bool,
     pub key: Bytes,
+    /// A put whose stored version a later change of the same txn overwrote (etcd lets a
+    /// txn put a key in one nested txn and delete it in a later one): its record, kept
+    /// here so a watch from history can still report it.
+    pub shadowed: Option<KvRecord>,
 }
 
+const CHANGE_TOMBSTONE: u8 = 1;
+const CHANGE_SHADOWED: u8 = 2;
+
 impl ChangeRecord {
+    /// `prev_revision u64 | flags u8 | key` or, with a shadowed put,
+    /// `prev_revision | flags | key_len u32 | key | KvRecord`.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(9 + self.key.len());
         out.extend_from_slice(&self.prev_revision.to_be_bytes());
-        out.push(self.tombstone as u8);
-        out.extend_from_slice(&self.key);
+        let mut flags = 0;
+        if self.tombstone {
+            flags |= CHANGE_TOMBSTONE;
+        }
+        match &self.shadowed {
+            None => {
+                out.push(flags);
+                out.extend_from_slice(&self.key);
+            }
+            Some(record) => {
+                out.push(flags | CHANGE_SHADOWED);
+                out.extend_from_slice(&(self.key.len() as u32).to_be_bytes());
+                out.extend_from_slice(&self.key);
+                out.extend_from_slice(&record.encode());
+            }
+        }
         out
     }
 
     pub fn decode(bytes: &[u8]) -> Option<ChangeRecord> {
         let prev = i64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
-        let tombstone = match bytes.get(8)? {
-            0 => false,
-            1 => true,
-            _ => return None,
-        };
+        let flags = *bytes.get(8)?;
+        if flags & !(CHANGE_TOMBSTONE | CHANGE_SHADOWED) != 0 {
+            return None;
+        }
+        let tombstone = flags & CHANGE_TOMBSTONE != 0;
+        if flags & CHANGE_SHADOWED == 0 {
+            return Some(ChangeRecord {
+                prev_revision: prev,
+                tombstone,
+                key: Bytes::copy_from_slice(&bytes[9..]),
+                shadowed: None,
+            });
+        }
+        let key_len = u32::from_be_bytes(bytes.get(9..13)?.try_into().ok()?) as usize;
+        let key = bytes.get(13..13usize.checked_add(key_len)?)?;
+        let record = KvRecord::decode(bytes.get(13 + key_len..)?, true)?;
         Some(ChangeRecord {
             prev_revision: prev,
             tombstone,
-            key: Bytes::copy_from_slice(&bytes[9..]),
+            key: Bytes::copy_from_slice(key),
+            shadowed: Some(record),
         })
     }
 }

@@ -513,10 +513,16 @@ impl WriteTxn<'_> {
             let sub = u32::try_from(sub)
                 .map_err(|_| StoreError::Corrupt("too many changes in one revision".into()))?;
             batch.insert(keys::kv_key(&change.key, rev), change.record.encode());
+            // A later change of this txn to the same key overwrites (key, rev): keep
+            // this one's record in its change record for history.
+            let overwritten = self.changes[sub as usize + 1..]
+                .iter()
+                .any(|later| later.key == change.key);
             let record = ChangeRecord {
                 prev_revision: change.prev_revision,
                 tombstone: change.record.tombstone,
                 key: change.key.clone(),
+                shadowed: (overwritten && !change.record.tombstone).then(|| change.record.clone()),
             };
             batch.insert(&keys::change_key(rev, sub)[..], record.encode());
         }

@@ -204,13 +204,21 @@ fn history_event(
     change: &ChangeRecord,
     rev: Revision,
 ) -> Result<Option<Event>, StoreError> {
-    let Some(raw) = tree.get(keys::kv_key(&change.key, rev))? else {
-        return Ok(None);
+    // The change record says what happened. The stored version at (key, rev) is the
+    // last write of that revision; a put a later change of its txn overwrote carries its
+    // own record in the change record.
+    let record = match &change.shadowed {
+        Some(record) => record.clone(),
+        None => {
+            let Some(raw) = tree.get(keys::kv_key(&change.key, rev))? else {
+                return Ok(None);
+            };
+            KvRecord::decode(&raw, true)
+                .ok_or_else(|| StoreError::Corrupt(format!("bad record of {:?}", change.key)))?
+        }
     };
-    let record = KvRecord::decode(&raw, true)
-        .ok_or_else(|| StoreError::Corrupt(format!("bad record of {:?}", change.key)))?;
     // As etcd: a create event has no prev_kv; others get the version before the txn.
-    let is_create = !record.tombstone && record.create_revision == rev;
+    let is_create = !change.tombstone && record.create_revision == rev;
     let prev_kv = if change.prev_revision > 0 && !is_create {
         match tree.get(keys::kv_key(&change.key, change.prev_revision))? {
             Some(raw) => KvRecord::decode(&raw, true)
@@ -221,11 +229,7 @@ fn history_event(
     } else {
         None
     };
-    // The change record says what happened; the stored version at (key, rev) is the
-    // last write of that revision (a txn may delete and re-create a key at one
-    // revision). A put overwritten by a delete within its own txn cannot be rebuilt
-    // from history (docs: known differences); it is reported as that delete.
-    Ok(Some(if change.tombstone || record.tombstone {
+    Ok(Some(if change.tombstone {
         Event {
             kind: EventKind::Delete,
             kv: KeyValue {
