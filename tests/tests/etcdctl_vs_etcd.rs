@@ -126,6 +126,7 @@ fn script() -> Vec<Step> {
         step(&["get", "", "--prefix", "-w", "json"]),
     ];
     steps.push(step(&["watch", "b", "--rev=1", "--prev-kv"]));
+    steps.push(step(&["watch", "c/", "--prefix", "--rev=4", "--prev-kv"]));
     steps
 }
 
