@@ -192,9 +192,19 @@ impl Node {
                 Ok(Err(e)) => {
                     tracing::warn!(peer = url, error = ?e, "join refused for now; retrying")
                 }
-                Err(status) => {
-                    tracing::warn!(peer = url, error = %status.message(), "join: peer unreachable; retrying")
+                Err(status) if status.code() == tonic::Code::Unimplemented => {
+                    return Err(StartError::Config(format!(
+                        "{url} is not a raftkv peer URL: it answers gRPC but not raftkv's peer \
+                         service (a client URL? members' peer URLs are their --listen-peer-urls, \
+                         port 2380 by default)"
+                    )))
                 }
+                Err(status) => tracing::warn!(
+                    peer = url,
+                    code = ?status.code(),
+                    error = %status.message(),
+                    "join: peer unreachable; retrying"
+                ),
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         };

@@ -403,3 +403,17 @@ fn hasleader_requests_fail_at_once_without_a_leader_and_followers_serve_watches(
         }
     });
 }
+
+#[test]
+fn joining_through_a_client_url_fails_at_once_with_a_clear_message() {
+    let cluster = Cluster::start(1, &[]);
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut wrong = Member::new(root.path(), "wrong");
+    wrong.spawn(&["--join".to_string(), cluster.members[0].client_url()]);
+    let status = wrong
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits by itself");
+    assert!(!status.success());
+    let log = wrong.log();
+    assert!(log.contains("is not a raftkv peer URL"), "{log}");
+}
