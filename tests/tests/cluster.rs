@@ -417,3 +417,57 @@ fn joining_through_a_client_url_fails_at_once_with_a_clear_message() {
     let log = wrong.log();
     assert!(log.contains("is not a raftkv peer URL"), "{log}");
 }
+
+#[test]
+fn every_member_answers_the_same_hashkv() {
+    let cluster = Cluster::start(3, &[]);
+    rt().block_on(async {
+        let mut c = client(&cluster.members[0].endpoint()).await;
+        for i in 0..200 {
+            c.put(format!("h/{}", i % 37), format!("v{i}"), None)
+                .await
+                .expect("put");
+            if i % 11 == 0 {
+                c.delete(format!("h/{}", i % 5), None)
+                    .await
+                    .expect("delete");
+            }
+        }
+        let mid = c
+            .get("h/", None)
+            .await
+            .expect("get")
+            .header()
+            .expect("header")
+            .revision()
+            - 50;
+        c.compact(mid, None).await.expect("compact");
+        let last = c
+            .put("h/last", "x", None)
+            .await
+            .expect("put")
+            .header()
+            .expect("header")
+            .revision();
+        let mut hashes = Vec::new();
+        for i in 0..3 {
+            wait_count(&cluster, i, "h/last", 1, Duration::from_secs(10)).await;
+            let mut mc = client(&cluster.members[i].endpoint()).await;
+            let now = mc.hash_kv(last).await.expect("hashkv");
+            let before = mc.hash_kv(mid + 10).await.expect("hashkv");
+            assert_eq!(now.compact_version(), mid);
+            hashes.push((now.hash(), before.hash()));
+        }
+        assert!(hashes.iter().all(|h| *h == hashes[0]), "{hashes:?}");
+        assert_ne!(
+            hashes[0].0, hashes[0].1,
+            "different revisions, different hashes"
+        );
+        let err = c.hash_kv(mid - 1).await.expect_err("compacted");
+        assert!(
+            err.to_string()
+                .contains("required revision has been compacted"),
+            "{err}"
+        );
+    });
+}

@@ -1,4 +1,4 @@
-//! etcd's Maintenance service: Status, Snapshot, Alarm, Defragment; the rest answer
+//! etcd's Maintenance service: Status, Snapshot, Hash/HashKV, Alarm, Defragment; the rest answer
 //! that raftkv does not implement them (yet), never silently.
 
 use std::pin::Pin;
@@ -82,16 +82,28 @@ impl Maintenance for MaintenanceService {
 
     async fn hash(
         &self,
-        _req: Request<pb::HashRequest>,
+        req: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
-        Err(ApiError::Unsupported("Hash is not implemented by raftkv".into()).status())
+        check_leader_metadata(&self.node, &req)?;
+        let h = self.kv_hash(0).await?;
+        Ok(Response::new(pb::HashResponse {
+            header: Some(self.node.header()),
+            hash: h.hash,
+        }))
     }
 
     async fn hash_kv(
         &self,
-        _req: Request<pb::HashKvRequest>,
+        req: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
-        Err(ApiError::Unsupported("HashKV is not implemented by raftkv yet".into()).status())
+        check_leader_metadata(&self.node, &req)?;
+        let h = self.kv_hash(req.get_ref().revision).await?;
+        Ok(Response::new(pb::HashKvResponse {
+            header: Some(self.node.header()),
+            hash: h.hash,
+            compact_revision: h.compact_revision,
+            hash_revision: h.revision,
+        }))
     }
 
     type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
@@ -158,6 +170,18 @@ impl Maintenance for MaintenanceService {
 /// Streams the snapshot file as etcd does: the image, zero padding to a multiple of
 /// 512 bytes, then the SHA-256 of everything before it (etcdctl refuses a stream whose
 /// length is not 32 more than a multiple of 512). `raftkv snapshot restore` strips both.
+impl MaintenanceService {
+    /// The key space's checksum at `revision`, computed off the async threads.
+    async fn kv_hash(&self, revision: i64) -> Result<raftkv_storage::mvcc::hash::KvHash, Status> {
+        let store = self.node.store.clone();
+        tokio::task::spawn_blocking(move || store.hash_kv(revision))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()).status())?
+            .map_err(ApiError::from)?
+            .map_err(|e| ApiError::Mvcc(e).status())
+    }
+}
+
 async fn stream_file(
     path: &std::path::Path,
     size_bytes: u64,

@@ -9,6 +9,7 @@
 //! - `kvstore_txn.rs`: the write path (Put, DeleteRange, Txn, leases, Compact)
 //! - `validate.rs`: request checks etcd makes before proposing
 //! - `compaction.rs`: dropping history below the compacted revision, in small batches
+//! - `hash.rs`: a checksum of the key space at a revision (HashKV)
 //! - `watch.rs`: the change feed watchers read, from history and then live
 //! - `snapshot.rs`: a consistent, checksummed image of the store, out and back in
 //!
@@ -16,6 +17,7 @@
 //! from the Raft log.
 
 pub mod compaction;
+pub mod hash;
 pub mod keys;
 pub mod kvstore;
 mod kvstore_txn;
