@@ -25,6 +25,28 @@ pub struct Cli {
 pub enum Command {
     /// Serve (the default when no subcommand is given).
     Serve,
+    /// Save a snapshot from a running member, or restore one into a new data dir.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Stream a consistent snapshot from a running member into FILE.
+    Save {
+        file: PathBuf,
+        /// The member's client endpoint.
+        #[arg(long, default_value = "127.0.0.1:2379")]
+        endpoints: String,
+    },
+    /// Restore FILE into a new data dir; starting raftkv on it begins a new cluster
+    /// (new ids) holding the same keys and revisions.
+    Restore {
+        file: PathBuf,
+        /// Where to restore (must not hold a member).
+        #[arg(long = "data-dir", id = "restore_data_dir")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, clap::Args)]

@@ -10,6 +10,7 @@
 //! - `api/`: etcd's services (kv, watch, lease, cluster, maintenance, auth)
 //! - `convert.rs`: wire messages to storage types and back
 //! - `errors.rs`: errors with etcd's messages and gRPC codes
+//! - `snapshot_cli.rs`: `raftkv snapshot save|restore`
 //!
 //! The server never writes to storage except through openraft.
 
@@ -23,3 +24,4 @@ pub mod node;
 pub mod peer;
 pub mod peer_service;
 pub mod server;
+pub mod snapshot_cli;

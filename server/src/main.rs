@@ -1,7 +1,7 @@
 //! `raftkv`: parse the command line, set up logging, run the member.
 
 use clap::Parser;
-use raftkv_server::config::{Cli, Command};
+use raftkv_server::config::{Cli, Command, SnapshotCommand};
 
 fn main() {
     let cli = Cli::parse();
@@ -23,8 +23,24 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let result = match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => runtime.block_on(raftkv_server::server::run(cli.server)),
+    let result: Result<(), String> = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => runtime
+            .block_on(raftkv_server::server::run(cli.server))
+            .map_err(|e| e.to_string()),
+        Command::Snapshot(SnapshotCommand::Save { file, endpoints }) => {
+            let endpoint = endpoints.split(',').next().unwrap_or_default().to_string();
+            runtime
+                .block_on(raftkv_server::snapshot_cli::save(&endpoint, &file))
+                .map(|size_bytes| {
+                    println!("Snapshot saved at {} ({size_bytes} bytes)", file.display())
+                })
+                .map_err(|e| e.to_string())
+        }
+        Command::Snapshot(SnapshotCommand::Restore { file, data_dir }) => {
+            raftkv_server::snapshot_cli::restore(&file, &data_dir)
+                .map(|()| println!("Snapshot restored into {}", data_dir.display()))
+                .map_err(|e| e.to_string())
+        }
     };
     if let Err(e) = result {
         eprintln!("raftkv: {e}");

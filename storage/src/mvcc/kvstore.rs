@@ -192,6 +192,15 @@ impl MvccStore {
         super::kvstore_txn::apply(self, None, meta).map(|_| ())
     }
 
+    /// Forgets the Raft log id and membership the key space was applied up to, keeping
+    /// the key space: for restoring a snapshot as the start of a new cluster.
+    pub fn forget_raft_state(&self) -> Result<(), StoreError> {
+        let tree = self.tree();
+        tree.remove(keys::META_APPLIED)?;
+        tree.remove(keys::META_MEMBERSHIP)?;
+        self.flush()
+    }
+
     /// The applied log id and membership last written with `apply`, as given.
     pub fn applied_meta(&self) -> Result<StoredMeta, StoreError> {
         let tree = self.tree();
