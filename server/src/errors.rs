@@ -30,6 +30,8 @@ pub enum ApiError {
     MemberNotLearner,
     #[error("etcdserver: can only promote a learner member which is in sync with leader")]
     LearnerNotReady,
+    #[error("etcdserver: refusing to remove the last voter: the cluster would have no quorum")]
+    LastVoter,
     #[error("etcdserver: authentication is not enabled")]
     AuthNotEnabled,
     #[error("etcdserver: user name not found")]
@@ -62,6 +64,7 @@ impl ApiError {
             ApiError::PeerUrlExists => Code::FailedPrecondition,
             ApiError::NotEnoughStartedMembers => Code::FailedPrecondition,
             ApiError::MemberNotLearner | ApiError::LearnerNotReady => Code::FailedPrecondition,
+            ApiError::LastVoter => Code::FailedPrecondition,
             ApiError::AuthNotEnabled => Code::FailedPrecondition,
             ApiError::UserNotFound | ApiError::RoleNotFound => Code::FailedPrecondition,
             ApiError::Unsupported(_) => Code::Unimplemented,

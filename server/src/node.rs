@@ -33,6 +33,9 @@ use crate::peer::{
 /// How long a join may take: the leader adds the new member as a learner and waits for
 /// it to catch up before promoting it.
 pub const JOIN_TIMEOUT_MS: u64 = 120_000;
+/// How far behind the leader's log a learner may be and still be promoted (etcd:
+/// 90% of the leader's progress; here a fixed number of entries).
+const LEARNER_READY_LAG_ENTRIES: u64 = 1_000;
 /// Pause between attempts to find a leader.
 const LEADER_POLL_MS: u64 = 20;
 
@@ -437,6 +440,8 @@ impl Node {
                 })
             }
             ForwardRequest::Join { id, member } => self.serve_join(id, member).await,
+            ForwardRequest::RemoveMember { id } => self.serve_remove(id).await,
+            ForwardRequest::PromoteMember { id } => self.serve_promote(id).await,
         }
     }
 
@@ -470,6 +475,65 @@ impl Node {
         Ok(ForwardResponse::Join {
             cluster_id: self.cluster_id(),
         })
+    }
+
+    /// Removes a voter or a learner. Refuses to remove the last voter.
+    async fn serve_remove(&self, id: NodeId) -> ForwardReply {
+        let members = self.members();
+        let Some((_, _, learner)) = members.iter().find(|(m, _, _)| *m == id) else {
+            return Err(ForwardError::Api(ApiError::MemberNotFound));
+        };
+        let voters = members.iter().filter(|(_, _, l)| !l).count();
+        let change = if *learner {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        } else {
+            if voters <= 1 {
+                return Err(ForwardError::Api(ApiError::LastVoter));
+            }
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        };
+        tracing::info!(member_id = %hex(id), learner, "removing a member");
+        self.change_membership(change).await
+    }
+
+    /// Promotes a learner to voter, once it has caught up with the leader.
+    async fn serve_promote(&self, id: NodeId) -> ForwardReply {
+        let members = self.members();
+        let Some((_, _, learner)) = members.iter().find(|(m, _, _)| *m == id) else {
+            return Err(ForwardError::Api(ApiError::MemberNotFound));
+        };
+        if !learner {
+            return Err(ForwardError::Api(ApiError::MemberNotLearner));
+        }
+        let metrics = self.raft.metrics().borrow().clone();
+        let caught_up = metrics
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(&id).cloned())
+            .flatten()
+            .is_some_and(|matched| {
+                metrics
+                    .last_log_index
+                    .unwrap_or(0)
+                    .saturating_sub(matched.index)
+                    <= LEARNER_READY_LAG_ENTRIES
+            });
+        if !caught_up {
+            return Err(ForwardError::Api(ApiError::LearnerNotReady));
+        }
+        tracing::info!(member_id = %hex(id), "promoting a learner");
+        self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])))
+            .await
+    }
+
+    async fn change_membership(&self, change: ChangeMembers<NodeId, Member>) -> ForwardReply {
+        match self.raft.change_membership(change, false).await {
+            Ok(_) => Ok(ForwardResponse::MembershipChanged),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(ForwardError::NotLeader)
+            }
+            Err(e) => Err(ForwardError::Api(ApiError::Internal(e.to_string()))),
+        }
     }
 
     pub async fn shutdown(&self) {

@@ -50,6 +50,14 @@ pub enum ForwardRequest {
         id: NodeId,
         member: Member,
     },
+    /// Remove a member (voter or learner).
+    RemoveMember {
+        id: NodeId,
+    },
+    /// Promote a learner to voter.
+    PromoteMember {
+        id: NodeId,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,6 +76,8 @@ pub enum ForwardResponse {
     Join {
         cluster_id: u64,
     },
+    /// A membership change was committed.
+    MembershipChanged,
 }
 
 /// What the leader answers a forwarded request with. `NotLeader` tells the sender to

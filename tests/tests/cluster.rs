@@ -471,3 +471,110 @@ fn every_member_answers_the_same_hashkv() {
         );
     });
 }
+
+#[test]
+fn members_are_removed_with_etcdctl_and_the_last_voter_is_kept() {
+    let mut cluster = Cluster::start(3, &[]);
+    let ctl = etcdctl35();
+    let all = cluster.endpoints();
+    let ids: Vec<(String, String)> = {
+        let out = etcdctl_ok(&ctl, &all, &["member", "list"]);
+        out.lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split(", ").collect();
+                (f[0].to_string(), f[2].to_string())
+            })
+            .collect()
+    };
+    let leader = rt().block_on(leader_index(&mut cluster));
+    let name_of = |i: usize| cluster.members[i].name.clone();
+    let id_of = |name: &str| {
+        ids.iter()
+            .find(|(_, n)| n == name)
+            .expect("listed")
+            .0
+            .clone()
+    };
+
+    // A learner cannot be promoted if it is a voter already: etcd's message.
+    let out = etcdctl(
+        &ctl,
+        &all,
+        &["member", "promote", &id_of(&name_of(leader))],
+        None,
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("etcdserver: can only promote a learner member"),
+        "{out:?}"
+    );
+
+    // Remove a follower, then the leader: the cluster stays available throughout.
+    let follower = (leader + 1) % 3;
+    let out = etcdctl(
+        &ctl,
+        &all,
+        &["member", "remove", &id_of(&name_of(follower))],
+        None,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let left: Vec<String> = (0..3)
+        .filter(|i| *i != follower)
+        .map(|i| cluster.members[i].endpoint())
+        .collect();
+    assert_eq!(
+        etcdctl_ok(&ctl, &left, &["member", "list"]).lines().count(),
+        2
+    );
+    etcdctl_ok(&ctl, &left, &["put", "after-follower-removed", "1"]);
+    let out = etcdctl(
+        &ctl,
+        &left,
+        &["member", "remove", &id_of(&name_of(leader))],
+        None,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let last = (leader + 2) % 3;
+    let last_ep = vec![cluster.members[last].endpoint()];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !etcdctl(&ctl, &last_ep, &["put", "after-leader-removed", "2"], None)
+        .status
+        .success()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no writes after removing the leader; logs:\n{}",
+            cluster.logs()
+        );
+    }
+    assert_eq!(
+        etcdctl_ok(
+            &ctl,
+            &last_ep,
+            &["get", "after-", "--prefix", "--keys-only"]
+        )
+        .lines()
+        .filter(|l| !l.is_empty())
+        .count(),
+        2
+    );
+
+    // The last voter stays.
+    let out = etcdctl(
+        &ctl,
+        &last_ep,
+        &["member", "remove", &id_of(&name_of(last))],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refusing to remove the last voter"),
+        "{out:?}"
+    );
+    assert_eq!(
+        etcdctl_ok(&ctl, &last_ep, &["member", "list"])
+            .lines()
+            .count(),
+        1
+    );
+}

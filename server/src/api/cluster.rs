@@ -1,6 +1,6 @@
-//! etcd's Cluster service. MemberList is served from Raft's membership; changing the
-//! membership through this API comes with the cluster-operations work (joins go
-//! through `raftkv --join` meanwhile).
+//! etcd's Cluster service: MemberList, MemberRemove and MemberPromote over Raft's
+//! membership. New members join with `raftkv --join` (which adds them as learners and
+//! promotes them once caught up); MemberAdd and MemberUpdate are not implemented yet.
 
 use std::sync::Arc;
 
@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 use crate::api::check_leader_metadata;
 use crate::errors::ApiError;
 use crate::node::Node;
+use crate::peer::ForwardRequest;
 
 pub struct ClusterService {
     pub node: Arc<Node>,
@@ -32,6 +33,17 @@ impl ClusterService {
     }
 }
 
+impl ClusterService {
+    /// Runs a membership change on the leader, then waits until this member's view
+    /// includes it, so the member list answered is the new one.
+    async fn change(&self, request: ForwardRequest) -> Result<(), Status> {
+        let timeout = std::time::Duration::from_millis(crate::node::JOIN_TIMEOUT_MS);
+        self.node.on_leader(request, timeout).await?;
+        self.node.read_barrier().await?;
+        Ok(())
+    }
+}
+
 fn not_yet(what: &str) -> Status {
     ApiError::Unsupported(format!(
         "{what} is not implemented by raftkv yet; use raftkv --join"
@@ -50,9 +62,15 @@ impl Cluster for ClusterService {
 
     async fn member_remove(
         &self,
-        _r: Request<pb::MemberRemoveRequest>,
+        req: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
-        Err(not_yet("MemberRemove"))
+        check_leader_metadata(&self.node, &req)?;
+        let id = req.get_ref().id;
+        self.change(ForwardRequest::RemoveMember { id }).await?;
+        Ok(Response::new(pb::MemberRemoveResponse {
+            header: Some(self.node.header()),
+            members: self.members(),
+        }))
     }
 
     async fn member_update(
@@ -78,8 +96,14 @@ impl Cluster for ClusterService {
 
     async fn member_promote(
         &self,
-        _r: Request<pb::MemberPromoteRequest>,
+        req: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
-        Err(not_yet("MemberPromote"))
+        check_leader_metadata(&self.node, &req)?;
+        let id = req.get_ref().id;
+        self.change(ForwardRequest::PromoteMember { id }).await?;
+        Ok(Response::new(pb::MemberPromoteResponse {
+            header: Some(self.node.header()),
+            members: self.members(),
+        }))
     }
 }
