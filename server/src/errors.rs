@@ -32,6 +32,12 @@ pub enum ApiError {
     LearnerNotReady,
     #[error("etcdserver: refusing to remove the last voter: the cluster would have no quorum")]
     LastVoter,
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    LeaderTransferTimeout,
     #[error("etcdserver: authentication is not enabled")]
     AuthNotEnabled,
     #[error("etcdserver: user name not found")]
@@ -65,6 +71,8 @@ impl ApiError {
             ApiError::NotEnoughStartedMembers => Code::FailedPrecondition,
             ApiError::MemberNotLearner | ApiError::LearnerNotReady => Code::FailedPrecondition,
             ApiError::LastVoter => Code::FailedPrecondition,
+            ApiError::NotLeader | ApiError::BadLeaderTransferee => Code::FailedPrecondition,
+            ApiError::LeaderTransferTimeout => Code::Unavailable,
             ApiError::AuthNotEnabled => Code::FailedPrecondition,
             ApiError::UserNotFound | ApiError::RoleNotFound => Code::FailedPrecondition,
             ApiError::Unsupported(_) => Code::Unimplemented,

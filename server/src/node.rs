@@ -36,6 +36,9 @@ pub const JOIN_TIMEOUT_MS: u64 = 120_000;
 /// How far behind the leader's log a learner may be and still be promoted (etcd:
 /// 90% of the leader's progress; here a fixed number of entries).
 const LEARNER_READY_LAG_ENTRIES: u64 = 1_000;
+/// How long past the followers' leader lease a leader transfer waits before the target
+/// stands for election.
+const LEADER_TRANSFER_MARGIN_MS: u64 = 100;
 /// Pause between attempts to find a leader.
 const LEADER_POLL_MS: u64 = 20;
 
@@ -442,6 +445,10 @@ impl Node {
             ForwardRequest::Join { id, member } => self.serve_join(id, member).await,
             ForwardRequest::RemoveMember { id } => self.serve_remove(id).await,
             ForwardRequest::PromoteMember { id } => self.serve_promote(id).await,
+            ForwardRequest::Elect => match self.raft.trigger().elect().await {
+                Ok(()) => Ok(ForwardResponse::Electing),
+                Err(_) => Err(ForwardError::Api(ApiError::Stopped)),
+            },
         }
     }
 
@@ -533,6 +540,51 @@ impl Node {
                 Err(ForwardError::NotLeader)
             }
             Err(e) => Err(ForwardError::Api(ApiError::Internal(e.to_string()))),
+        }
+    }
+
+    /// Hands leadership to `target` (etcd's MoveLeader). openraft 0.9 has no transfer:
+    /// the leader stops its heartbeats until the followers' leader lease has run out,
+    /// then asks the target to stand for election, which it wins before any other
+    /// follower's own (longer) election timeout fires. Heartbeats are always restored.
+    pub async fn move_leader(&self, target: NodeId) -> Result<(), ApiError> {
+        if !self.is_leader() {
+            return Err(ApiError::NotLeader);
+        }
+        if target == self.id {
+            return Ok(());
+        }
+        let members = self.members();
+        let Some((_, member, false)) = members.iter().find(|(id, _, _)| *id == target) else {
+            return Err(ApiError::BadLeaderTransferee);
+        };
+        let url = member
+            .peer_urls
+            .first()
+            .cloned()
+            .ok_or(ApiError::BadLeaderTransferee)?;
+        let lease = Duration::from_millis(self.config.election_timeout_ms * 2);
+        self.raft.runtime_config().heartbeat(false);
+        tokio::time::sleep(lease + Duration::from_millis(LEADER_TRANSFER_MARGIN_MS)).await;
+        let asked = self
+            .peers
+            .forward(&url, &ForwardRequest::Elect, lease)
+            .await;
+        let moved = match asked {
+            Ok(Ok(_)) => self
+                .raft
+                .wait(Some(lease * 3))
+                .metrics(|m| m.current_leader == Some(target), "leader transfer")
+                .await
+                .is_ok(),
+            _ => false,
+        };
+        self.raft.runtime_config().heartbeat(true);
+        if moved {
+            tracing::info!(to = %hex(target), "leadership moved");
+            Ok(())
+        } else {
+            Err(ApiError::LeaderTransferTimeout)
         }
     }
 

@@ -58,6 +58,9 @@ pub enum ForwardRequest {
     PromoteMember {
         id: NodeId,
     },
+    /// Sent by the leader to the member it hands leadership to: stand for election now.
+    /// (Served by that member, not forwarded to the leader.)
+    Elect,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,6 +81,8 @@ pub enum ForwardResponse {
     },
     /// A membership change was committed.
     MembershipChanged,
+    /// An election was started.
+    Electing,
 }
 
 /// What the leader answers a forwarded request with. `NotLeader` tells the sender to

@@ -578,3 +578,39 @@ fn members_are_removed_with_etcdctl_and_the_last_voter_is_kept() {
         1
     );
 }
+
+#[test]
+fn etcdctl_move_leader_hands_leadership_to_the_target() {
+    let mut cluster = Cluster::start(3, &[]);
+    let ctl = etcdctl35();
+    let all = cluster.endpoints();
+    for round in 0..2 {
+        let leader = rt().block_on(leader_index(&mut cluster));
+        let target = (leader + 1) % 3;
+        let target_id = format!(
+            "{:x}",
+            rt().block_on(member_id(&cluster.members[target].endpoint()))
+        );
+        let out = etcdctl(&ctl, &all, &["move-leader", &target_id], None);
+        assert!(
+            out.status.success(),
+            "round {round}: {out:?}\n{}",
+            cluster.logs()
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Leadership transferred"),
+            "{out:?}"
+        );
+        assert_eq!(
+            rt().block_on(leader_index(&mut cluster)),
+            target,
+            "round {round}"
+        );
+        etcdctl_ok(&ctl, &all, &["put", "after-move", &round.to_string()]);
+    }
+    // Asking a follower, or naming a stranger: etcd's errors.
+    let leader = rt().block_on(leader_index(&mut cluster));
+    let follower = cluster.members[(leader + 1) % 3].endpoint();
+    let out = etcdctl(&ctl, &[follower], &["move-leader", "1234"], None);
+    assert!(!out.status.success());
+}

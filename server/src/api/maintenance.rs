@@ -1,4 +1,4 @@
-//! etcd's Maintenance service: Status, Snapshot, Hash/HashKV, Alarm, Defragment; the rest answer
+//! etcd's Maintenance service: Status, Snapshot, Hash/HashKV, MoveLeader, Alarm, Defragment; the rest answer
 //! that raftkv does not implement them (yet), never silently.
 
 use std::pin::Pin;
@@ -154,9 +154,13 @@ impl Maintenance for MaintenanceService {
 
     async fn move_leader(
         &self,
-        _req: Request<pb::MoveLeaderRequest>,
+        req: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
-        Err(ApiError::Unsupported("MoveLeader is not implemented by raftkv yet".into()).status())
+        check_leader_metadata(&self.node, &req)?;
+        self.node.move_leader(req.get_ref().target_id).await?;
+        Ok(Response::new(pb::MoveLeaderResponse {
+            header: Some(self.node.header()),
+        }))
     }
 
     async fn downgrade(
