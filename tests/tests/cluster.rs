@@ -584,6 +584,17 @@ fn etcdctl_move_leader_hands_leadership_to_the_target() {
     let mut cluster = Cluster::start(3, &[]);
     let ctl = etcdctl35();
     let all = cluster.endpoints();
+    // A watch on the leader that is about to lose leadership keeps delivering.
+    let first_leader = rt().block_on(leader_index(&mut cluster));
+    let watch_rt = rt();
+    let mut watch_client = watch_rt.block_on(client(&cluster.members[first_leader].endpoint()));
+    let mut watch = watch_rt
+        .block_on(watch_client.watch("after-move", None))
+        .expect("watch");
+    watch_rt
+        .block_on(watch.message())
+        .expect("msg")
+        .expect("created");
     for round in 0..2 {
         let leader = rt().block_on(leader_index(&mut cluster));
         let target = (leader + 1) % 3;
@@ -607,6 +618,15 @@ fn etcdctl_move_leader_hands_leadership_to_the_target() {
             "round {round}"
         );
         etcdctl_ok(&ctl, &all, &["put", "after-move", &round.to_string()]);
+        let m = watch_rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(5), watch.message()).await })
+            .expect("the watch delivers after the move")
+            .expect("msg")
+            .expect("open");
+        assert_eq!(
+            m.events()[0].kv().unwrap().value(),
+            round.to_string().as_bytes()
+        );
     }
     // Asking a follower, or naming a stranger: etcd's errors.
     let leader = rt().block_on(leader_index(&mut cluster));

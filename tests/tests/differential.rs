@@ -306,6 +306,29 @@ impl Target {
         }
     }
 
+    /// Sends a progress request on the live watch; returns the answer (watch id and
+    /// revision), once every event before it has been read.
+    async fn progress(&mut self) -> Result<String, String> {
+        self._watch_requests
+            .send(pb::WatchRequest {
+                request_union: Some(pb::watch_request::RequestUnion::ProgressRequest(
+                    pb::WatchProgressRequest {},
+                )),
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        loop {
+            let m = tokio::time::timeout(std::time::Duration::from_secs(10), self.events.recv())
+                .await
+                .map_err(|_| "no progress response".to_string())?
+                .ok_or("the watch ended")??;
+            if m.events.is_empty() && !m.created && !m.canceled {
+                let rev = m.header.as_ref().map_or(0, |h| h.revision);
+                return Ok(format!("watch_id {} revision {rev}", m.watch_id));
+            }
+        }
+    }
+
     /// A watch with filters, read until it has been quiet for a while (a filtered watch
     /// need not reach the last revision).
     async fn filtered(&mut self, create: pb::WatchCreateRequest) -> Result<Vec<String>, String> {
@@ -550,6 +573,12 @@ fn run_seed(
                 want.len(),
                 got.len()
             ));
+        }
+        // A progress request on the live watch: both answer with the current revision.
+        let want = etcd.progress().await?;
+        let got = raftkv.progress().await?;
+        if want != got {
+            return Err(format!("seed {seed}: progress responses differ\n etcd:   {want}\n raftkv: {got}"));
         }
         // Filtered watches from history on a prefix: NODELETE without prev_kv, and NOPUT
         // with it.
