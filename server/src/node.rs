@@ -535,7 +535,7 @@ impl Node {
 
     async fn change_membership(&self, change: ChangeMembers<NodeId, Member>) -> ForwardReply {
         match self.raft.change_membership(change, false).await {
-            Ok(_) => Ok(ForwardResponse::MembershipChanged),
+            Ok(_) => Ok(ForwardResponse::MembershipChanged(self.members())),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                 Err(ForwardError::NotLeader)
             }

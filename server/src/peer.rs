@@ -79,8 +79,9 @@ pub enum ForwardResponse {
     Join {
         cluster_id: u64,
     },
-    /// A membership change was committed.
-    MembershipChanged,
+    /// A membership change was committed: the members as the leader then knows them
+    /// (id, member, is_learner).
+    MembershipChanged(Vec<(NodeId, Member, bool)>),
     /// An election was started.
     Electing,
 }

@@ -277,3 +277,42 @@ fn frequent_keepalive_pings_do_not_drop_the_connection() {
             .expect("the pinging connection still serves");
     });
 }
+
+/// A watch asking for progress_notify gets empty responses carrying the current
+/// revision while nothing changes (interval set short here; etcd's default is 10 min).
+#[test]
+fn progress_notify_reports_the_revision_while_idle() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut m = Member::new(root.path(), "solo");
+    m.extra_args = vec!["--watch-progress-notify-interval-ms".into(), "300".into()];
+    m.start(&["--cluster-init".to_string()]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut c = Client::connect([m.endpoint()], None)
+            .await
+            .expect("connects");
+        let rev = c
+            .put("p", "1", None)
+            .await
+            .expect("put")
+            .header()
+            .unwrap()
+            .revision();
+        let mut stream = c
+            .watch("p", Some(WatchOptions::new().with_progress_notify()))
+            .await
+            .expect("watch");
+        stream.message().await.expect("msg").expect("created");
+        let m = tokio::time::timeout(Duration::from_secs(3), stream.message())
+            .await
+            .expect("a progress notification within 3 s")
+            .expect("msg")
+            .expect("open");
+        assert!(m.events().is_empty());
+        assert_eq!(m.watch_id(), 0);
+        assert_eq!(m.header().unwrap().revision(), rev);
+    });
+}

@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 use crate::api::check_leader_metadata;
 use crate::errors::ApiError;
 use crate::node::Node;
-use crate::peer::ForwardRequest;
+use crate::peer::{ForwardRequest, ForwardResponse};
 
 pub struct ClusterService {
     pub node: Arc<Node>,
@@ -19,28 +19,32 @@ pub struct ClusterService {
 
 impl ClusterService {
     fn members(&self) -> Vec<pb::Member> {
-        self.node
-            .members()
-            .into_iter()
-            .map(|(id, m, learner)| pb::Member {
-                id,
-                name: m.name,
-                peer_ur_ls: m.peer_urls,
-                client_ur_ls: m.client_urls,
-                is_learner: learner,
-            })
-            .collect()
+        to_pb(self.node.members())
     }
 }
 
+fn to_pb(members: Vec<(u64, raftkv_storage::raft_types::Member, bool)>) -> Vec<pb::Member> {
+    members
+        .into_iter()
+        .map(|(id, m, learner)| pb::Member {
+            id,
+            name: m.name,
+            peer_ur_ls: m.peer_urls,
+            client_ur_ls: m.client_urls,
+            is_learner: learner,
+        })
+        .collect()
+}
+
 impl ClusterService {
-    /// Runs a membership change on the leader, then waits until this member's view
-    /// includes it, so the member list answered is the new one.
-    async fn change(&self, request: ForwardRequest) -> Result<(), Status> {
+    /// Runs a membership change on the leader; returns the members as the leader knows
+    /// them afterwards (this member may be the one removed: it would never catch up).
+    async fn change(&self, request: ForwardRequest) -> Result<Vec<pb::Member>, Status> {
         let timeout = std::time::Duration::from_millis(crate::node::JOIN_TIMEOUT_MS);
-        self.node.on_leader(request, timeout).await?;
-        self.node.read_barrier().await?;
-        Ok(())
+        match self.node.on_leader(request, timeout).await? {
+            ForwardResponse::MembershipChanged(members) => Ok(to_pb(members)),
+            other => Err(ApiError::Internal(format!("unexpected reply {other:?}")).status()),
+        }
     }
 }
 
@@ -66,10 +70,10 @@ impl Cluster for ClusterService {
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
         check_leader_metadata(&self.node, &req)?;
         let id = req.get_ref().id;
-        self.change(ForwardRequest::RemoveMember { id }).await?;
+        let members = self.change(ForwardRequest::RemoveMember { id }).await?;
         Ok(Response::new(pb::MemberRemoveResponse {
             header: Some(self.node.header()),
-            members: self.members(),
+            members,
         }))
     }
 
@@ -100,10 +104,10 @@ impl Cluster for ClusterService {
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
         check_leader_metadata(&self.node, &req)?;
         let id = req.get_ref().id;
-        self.change(ForwardRequest::PromoteMember { id }).await?;
+        let members = self.change(ForwardRequest::PromoteMember { id }).await?;
         Ok(Response::new(pb::MemberPromoteResponse {
             header: Some(self.node.header()),
-            members: self.members(),
+            members,
         }))
     }
 }
