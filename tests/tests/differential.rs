@@ -669,3 +669,15 @@ fn random_operations_through_a_three_member_cluster_match_etcd() {
     );
     report(result, cluster.logs());
 }
+
+/// The same against Debian's etcd-server (3.4), the reference the issue names.
+#[test]
+fn random_operations_match_debians_etcd_3_4() {
+    let etcd = Etcd::start_debian();
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut member = Member::new(root.path(), "diff34");
+    member.start(&["--cluster-init".to_string()]);
+    let (seed, ops) = seed_and_ops(1_500);
+    let result = run_seed(seed, ops, etcd.client_url(), member.client_url(), true);
+    report(result, member.log());
+}

@@ -124,6 +124,11 @@ fn script() -> Vec<Step> {
         step(&["get", "b", "--rev=3"]),
         step(&["compaction", "3"]),
         step(&["get", "", "--prefix", "-w", "json"]),
+        // What etcd answers with authentication disabled, and with no alarms raised.
+        step(&["auth", "status"]),
+        step(&["user", "list"]),
+        step(&["role", "list"]),
+        step(&["alarm", "list"]),
     ];
     steps.push(step(&["watch", "b", "--rev=1", "--prev-kv"]));
     steps.push(step(&["watch", "c/", "--prefix", "--rev=4", "--prev-kv"]));
@@ -225,6 +230,12 @@ fn etcdctl_prints_the_same_for_etcd_and_raftkv() {
     assert_eq!(health[0]["health"], true);
     let members = json(&etcdctl_ok(&ctl, &ep, &["member", "list", "-w", "json"]));
     assert_eq!(members["members"][0]["name"], "ctl");
+    let out = etcdctl(&ctl, &ep, &["defrag"], None);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Finished defragmenting etcd member"),
+        "{out:?}"
+    );
     let snap = root.path().join("s.db");
     let out = etcdctl(
         &ctl,

@@ -243,6 +243,24 @@ async fn pattern(url: String) -> Vec<String> {
         .expect("progress");
     normalize::header(&mut progress.header);
     seen.push(format!("progress {progress:?}"));
+    // The watch cache polls every 100 ms while it waits to be fresh.
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        tx.send(pb::WatchRequest {
+            request_union: Some(pb::watch_request::RequestUnion::ProgressRequest(
+                pb::WatchProgressRequest {},
+            )),
+        })
+        .await
+        .expect("send");
+        let mut p = tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .expect("progress in time")
+            .expect("msg")
+            .expect("progress");
+        normalize::header(&mut p.header);
+        seen.push(format!("progress {p:?}"));
+    }
     drop(tx);
 
     // A paginated list at a fixed revision: pages of 10, continue = last key + "\0".

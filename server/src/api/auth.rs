@@ -46,7 +46,8 @@ impl Auth for AuthService {
         Ok(Response::new(pb::AuthStatusResponse {
             header: Some(self.node.header()),
             enabled: false,
-            auth_revision: 0,
+            // A fresh etcd's auth store is at revision 1.
+            auth_revision: 1,
         }))
     }
 
