@@ -30,6 +30,10 @@ pub enum ApiError {
     MemberNotLearner,
     #[error("etcdserver: can only promote a learner member which is in sync with leader")]
     LearnerNotReady,
+    /// A joining member claims the peer URL of an existing one: most likely that member
+    /// restarted with a wiped data dir, and must not vote again with lost state.
+    #[error("raftkv: member {existing} already has peer URL {url}; if its data dir was lost, remove it first (etcdctl member remove {existing}) and join again")]
+    RejoinWithLostState { existing: String, url: String },
     #[error("etcdserver: refusing to remove the last voter: the cluster would have no quorum")]
     LastVoter,
     #[error("etcdserver: not leader")]
@@ -71,6 +75,7 @@ impl ApiError {
             ApiError::NotEnoughStartedMembers => Code::FailedPrecondition,
             ApiError::MemberNotLearner | ApiError::LearnerNotReady => Code::FailedPrecondition,
             ApiError::LastVoter => Code::FailedPrecondition,
+            ApiError::RejoinWithLostState { .. } => Code::FailedPrecondition,
             ApiError::NotLeader | ApiError::BadLeaderTransferee => Code::FailedPrecondition,
             ApiError::LeaderTransferTimeout => Code::Unavailable,
             ApiError::AuthNotEnabled => Code::FailedPrecondition,

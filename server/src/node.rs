@@ -195,6 +195,9 @@ impl Node {
                         "{url} answered a join with {other:?}"
                     )))
                 }
+                Ok(Err(ForwardError::Api(e @ ApiError::RejoinWithLostState { .. }))) => {
+                    return Err(StartError::Config(e.to_string()))
+                }
                 Ok(Err(e)) => {
                     tracing::warn!(peer = url, error = ?e, "join refused for now; retrying")
                 }
@@ -453,6 +456,15 @@ impl Node {
     }
 
     async fn serve_join(&self, id: NodeId, member: Member) -> ForwardReply {
+        let clash = self.members().into_iter().find(|(other, m, _)| {
+            *other != id && m.peer_urls.iter().any(|u| member.peer_urls.contains(u))
+        });
+        if let Some((existing, m, _)) = clash {
+            return Err(ForwardError::Api(ApiError::RejoinWithLostState {
+                existing: hex(existing),
+                url: m.peer_urls.join(","),
+            }));
+        }
         let already_voter = self
             .members()
             .iter()

@@ -29,6 +29,8 @@ use crate::errors::ApiError;
 
 /// Largest peer message: an AppendEntries batch or a snapshot chunk.
 pub const MAX_PEER_MESSAGE_SIZE_BYTES: usize = 256 << 20;
+/// gRPC metadata naming the member id a Raft message is addressed to.
+pub const TARGET_MEMBER_METADATA: &str = "raftkv-target-member";
 /// How long a new connection to a peer may take.
 const CONNECT_TIMEOUT_MS: u64 = 1_000;
 
@@ -196,6 +198,12 @@ impl PeerConnection {
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&TransportError(e.to_string()))))?;
         let mut req = tonic::Request::new(encode(request));
         req.set_timeout(option.hard_ttl());
+        // The receiver refuses a Raft message meant for another member id: a member
+        // restarted with a wiped data dir (a new id at the old URL) must never answer
+        // for the member it was.
+        if let Ok(v) = self.target.to_string().parse() {
+            req.metadata_mut().insert(TARGET_MEMBER_METADATA, v);
+        }
         let reply = match method {
             "append_entries" => client.append_entries(req).await,
             "vote" => client.vote(req).await,

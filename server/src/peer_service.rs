@@ -10,27 +10,56 @@ use raftkv_storage::raft_types::{NodeId, TypeConfig};
 use tonic::{Request, Response, Status};
 
 use crate::node::Node;
-use crate::peer::{decode, encode, ForwardRequest};
+use crate::peer::{decode, encode, ForwardRequest, TARGET_MEMBER_METADATA};
 
 pub struct PeerService {
     pub node: Arc<Node>,
 }
 
+impl PeerService {
+    /// Refuses a Raft message addressed to another member id (see peer.rs).
+    fn check_target<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let Some(target) = req.metadata().get(TARGET_MEMBER_METADATA) else {
+            return Ok(());
+        };
+        let target: u64 = target
+            .to_str()
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| Status::invalid_argument("raftkv peer: bad target member id"))?;
+        if target != self.node.id {
+            tracing::warn!(
+                addressed_to = %crate::node::hex(target),
+                "refusing Raft messages for another member: this data dir holds a different member (was it wiped?)"
+            );
+            return Err(Status::failed_precondition(format!(
+                "raftkv peer: this is member {}, not {}",
+                crate::node::hex(self.node.id),
+                crate::node::hex(target)
+            )));
+        }
+        Ok(())
+    }
+}
+
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn append_entries(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
+        self.check_target(&req)?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref())?;
         let result = self.node.raft.append_entries(rpc).await;
         Ok(Response::new(encode(&result)))
     }
 
     async fn vote(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
+        self.check_target(&req)?;
         let rpc: VoteRequest<NodeId> = decode(req.get_ref())?;
         let result = self.node.raft.vote(rpc).await;
         Ok(Response::new(encode(&result)))
     }
 
     async fn install_snapshot(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
+        self.check_target(&req)?;
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(req.get_ref())?;
         let result = self.node.raft.install_snapshot(rpc).await;
         Ok(Response::new(encode(&result)))

@@ -640,3 +640,53 @@ fn etcdctl_move_leader_hands_leadership_to_the_target() {
     let out = etcdctl(&ctl, &[follower], &["move-leader", "1234"], None);
     assert!(!out.status.success());
 }
+
+#[test]
+fn a_member_restarted_with_a_wiped_data_dir_is_refused_with_how_to_re_add_it() {
+    let mut cluster = Cluster::start(3, &[]);
+    let gone = 2;
+    let member_id = format!(
+        "{:x}",
+        rt().block_on(member_id(&cluster.members[gone].endpoint()))
+    );
+    cluster.members[gone].stop();
+    std::fs::remove_dir_all(&cluster.members[gone].data_dir).expect("wipe");
+    let args = cluster.restart_args(gone);
+    cluster.members[gone].spawn(&args);
+    let status = cluster.members[gone]
+        .wait_exit(Duration::from_secs(15))
+        .expect("refused, it exits");
+    assert!(!status.success());
+    let log = cluster.members[gone].log();
+    assert!(
+        log.contains(&format!("member {member_id} already has peer URL"))
+            && log.contains("etcdctl member remove"),
+        "{log}"
+    );
+    // The cluster still lists three members and nothing changed.
+    let ctl = etcdctl35();
+    let up: Vec<String> = cluster.members[..2].iter().map(|m| m.endpoint()).collect();
+    assert_eq!(
+        etcdctl_ok(&ctl, &up, &["member", "list"]).lines().count(),
+        3
+    );
+    // Removing it first, as the message says, lets it join again.
+    etcdctl_ok(&ctl, &up, &["member", "remove", &member_id]);
+    std::fs::remove_dir_all(&cluster.members[gone].data_dir).ok();
+    cluster.members[gone].start(&args);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while etcdctl(&ctl, &up, &["member", "list"], None)
+        .stdout
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count()
+        != 3
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "it did not join again; logs:\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
