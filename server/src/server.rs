@@ -26,6 +26,8 @@ use crate::peer_service::PeerService;
 /// etcd's server limits: requests up to --max-request-bytes plus gRPC overhead.
 const MAX_RECV_BYTES: usize =
     raftkv_proto::MAX_REQUEST_SIZE_BYTES + raftkv_proto::GRPC_OVERHEAD_BYTES;
+/// How long start-up waits for a leader before serving regardless.
+const READY_LEADER_WAIT_MS: u64 = 3_000;
 /// Concurrent streams per client connection (etcd's default is grpc-go's: unlimited;
 /// this bounds memory per connection).
 const MAX_CONCURRENT_STREAMS: u32 = 1_000;
@@ -99,6 +101,14 @@ pub async fn run(config: ServerConfig) -> Result<(), StartError> {
         node.shutdown().await;
         return Err(e);
     }
+    // Give the cluster a moment to settle on a leader, so that "ready" usually means
+    // "serving with a leader"; a member that cannot reach a quorum serves anyway (reads
+    // that allow it, and etcd's errors for the rest), as etcd does.
+    let _ = node
+        .raft
+        .wait(Some(Duration::from_millis(READY_LEADER_WAIT_MS)))
+        .metrics(|m| m.current_leader.is_some(), "a leader is known")
+        .await;
     let expiry = tokio::spawn(crate::leases::run_expiry(node.clone()));
 
     let mut client_servers = Vec::new();
