@@ -432,7 +432,8 @@ impl Target {
                 format!("{x:?}")
             }),
             Op::Range(r) => {
-                let tie_prone = r.sort_order != 0 && r.sort_target != 0;
+                // A non-key target sorts (ascending when no order is given).
+                let tie_prone = r.sort_target != 0;
                 let limited = r.limit > 0;
                 outcome(self.kv.range(r.clone()).await, |mut x| {
                     normalize::header(&mut x.header);

@@ -235,6 +235,8 @@ pub(crate) fn execute(view: &View<'_>, req: &RangeRequest) -> Result<RangeRespon
         || req.min_create_revision != 0
         || req.max_create_revision != 0;
     // Sorting or filtering needs every key; otherwise fetch one past the limit for `more`.
+    // As etcd, this looks at the requested order only: a non-key target without an order
+    // sorts (ascending) just the keys the limit fetched.
     let fetch_limit: usize = if req.sort_order != SortOrder::None || filtered || req.limit <= 0 {
         usize::MAX
     } else {
