@@ -7,29 +7,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use raftkv_storage::mvcc::{
-    AppliedMeta, Command, MvccOptions, MvccStore, PutRequest, RangeRequest,
-};
+use raftkv_bench::put;
+use raftkv_storage::mvcc::{AppliedMeta, Command, MvccOptions, MvccStore, RangeRequest};
 
 fn bench_dir() -> tempfile::TempDir {
     match std::env::var("RAFTKV_BENCH_DIR") {
         Ok(dir) => tempfile::tempdir_in(dir).expect("bench dir"),
         Err(_) => tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("bench dir"),
     }
-}
-
-fn put(store: &MvccStore, key: String, value: &Bytes) {
-    store
-        .apply(
-            &Command::Put(PutRequest {
-                key: Bytes::from(key),
-                value: value.clone(),
-                ..Default::default()
-            }),
-            &AppliedMeta::default(),
-        )
-        .expect("apply")
-        .expect("put");
 }
 
 fn operations(c: &mut Criterion) {

@@ -8,6 +8,35 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion};
 use raftkv_bench::{build_raftkv, BenchCluster, FsyncFloor};
 
+/// Sequential puts of 256-byte values through one client connection to `endpoints`.
+fn put_bench(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    rt: &tokio::runtime::Runtime,
+    endpoints: Vec<String>,
+) {
+    let mut client = rt
+        .block_on(etcd_client::Client::connect(endpoints, None))
+        .expect("connect");
+    let value = vec![0x5au8; 256];
+    let mut i = 0u64;
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    client
+                        .put(format!("bench/{}", i % 10_000), value.clone(), None)
+                        .await
+                        .expect("put");
+                    i += 1;
+                }
+                start.elapsed()
+            })
+        })
+    });
+}
+
 fn quorum(c: &mut Criterion) {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let bin = build_raftkv(env!("CARGO"), &workspace);
@@ -47,48 +76,17 @@ fn quorum(c: &mut Criterion) {
         }
         cluster.endpoints()[0].clone()
     });
-    let mut client = rt
-        .block_on(etcd_client::Client::connect([leader_ep], None))
-        .expect("connect");
-    let value = vec![0x5au8; 256];
-    let mut i = 0u64;
-    group.bench_function("put_256B_quorum_2_of_3", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    client
-                        .put(format!("bench/{}", i % 10_000), value.clone(), None)
-                        .await
-                        .expect("put");
-                    i += 1;
-                }
-                start.elapsed()
-            })
-        })
-    });
+    put_bench(&mut group, "put_256B_quorum_2_of_3", &rt, vec![leader_ep]);
     drop(cluster);
 
     // The same against a single member: what replication adds is the difference.
     let single = BenchCluster::start(&bin, &parent, 1);
-    let mut client = rt
-        .block_on(etcd_client::Client::connect(single.endpoints(), None))
-        .expect("connect");
-    group.bench_function("put_256B_single_member", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    client
-                        .put(format!("bench/{}", i % 10_000), value.clone(), None)
-                        .await
-                        .expect("put");
-                    i += 1;
-                }
-                start.elapsed()
-            })
-        })
-    });
+    put_bench(
+        &mut group,
+        "put_256B_single_member",
+        &rt,
+        single.endpoints(),
+    );
     group.finish();
 }
 

@@ -8,21 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use raftkv_storage::mvcc::{AppliedMeta, Command, MvccOptions, MvccStore, PutRequest};
-
-fn put(store: &MvccStore, key: String, value: &Bytes) {
-    store
-        .apply(
-            &Command::Put(PutRequest {
-                key: Bytes::from(key),
-                value: value.clone(),
-                ..Default::default()
-            }),
-            &AppliedMeta::default(),
-        )
-        .expect("apply")
-        .expect("put");
-}
+use raftkv_bench::put;
+use raftkv_storage::mvcc::{AppliedMeta, Command, MvccOptions, MvccStore};
 
 fn main() {
     let n: u64 = std::env::args()

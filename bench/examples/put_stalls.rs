@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use raftkv_storage::mvcc::{AppliedMeta, Command, MvccOptions, MvccStore, PutRequest};
+use raftkv_storage::mvcc::{MvccOptions, MvccStore};
 
 fn main() {
     let n: u64 = std::env::args()
@@ -21,17 +21,7 @@ fn main() {
     let mut worst = Duration::ZERO;
     for i in 0..n {
         let t = Instant::now();
-        store
-            .apply(
-                &Command::Put(PutRequest {
-                    key: Bytes::from(format!("k{}", i % 1000)),
-                    value: value.clone(),
-                    ..Default::default()
-                }),
-                &AppliedMeta::default(),
-            )
-            .expect("apply")
-            .expect("put");
+        raftkv_bench::put(&store, format!("k{}", i % 1000), &value);
         let d = t.elapsed();
         worst = worst.max(d);
         if d > Duration::from_millis(50) {

@@ -8,6 +8,23 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// Applies a Put of `value` at `key` straight to the MVCC store (no Raft, no fsync):
+/// the store-level write the benchmarks and stall examples measure.
+pub fn put(store: &raftkv_storage::mvcc::MvccStore, key: String, value: &bytes::Bytes) {
+    use raftkv_storage::mvcc::{AppliedMeta, Command, PutRequest};
+    store
+        .apply(
+            &Command::Put(PutRequest {
+                key: bytes::Bytes::from(key),
+                value: value.clone(),
+                ..Default::default()
+            }),
+            &AppliedMeta::default(),
+        )
+        .expect("apply")
+        .expect("put");
+}
+
 /// One bare durable write: `size_bytes` written at the start of a preallocated file,
 /// then fdatasync. This is the floor a durable append can approach.
 pub struct FsyncFloor {

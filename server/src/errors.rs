@@ -22,10 +22,6 @@ pub enum ApiError {
     Stopped,
     #[error("etcdserver: member not found")]
     MemberNotFound,
-    #[error("etcdserver: Peer URLs already exists")]
-    PeerUrlExists,
-    #[error("etcdserver: re-configuration failed due to not enough started members")]
-    NotEnoughStartedMembers,
     #[error("etcdserver: can only promote a learner member")]
     MemberNotLearner,
     #[error("etcdserver: can only promote a learner member which is in sync with leader")]
@@ -71,8 +67,6 @@ impl ApiError {
             | ApiError::TimeoutDueToLeaderFail
             | ApiError::Stopped => Code::Unavailable,
             ApiError::MemberNotFound => Code::NotFound,
-            ApiError::PeerUrlExists => Code::FailedPrecondition,
-            ApiError::NotEnoughStartedMembers => Code::FailedPrecondition,
             ApiError::MemberNotLearner | ApiError::LearnerNotReady => Code::FailedPrecondition,
             ApiError::LastVoter => Code::FailedPrecondition,
             ApiError::RejoinWithLostState { .. } => Code::FailedPrecondition,

@@ -239,6 +239,32 @@ fn outcome<T>(
         .map_err(|s| (s.code(), s.message().to_string()))
 }
 
+/// Opens a watch stream with one create request on `channel`; returns the stream and
+/// the sender that keeps it open (progress requests go there).
+async fn open_watch(
+    channel: Channel,
+    create: pb::WatchCreateRequest,
+) -> Result<
+    (
+        tonic::Streaming<pb::WatchResponse>,
+        tokio::sync::mpsc::Sender<pb::WatchRequest>,
+    ),
+    String,
+> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::WatchRequest {
+        request_union: Some(pb::watch_request::RequestUnion::CreateRequest(create)),
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let stream = raftkv_proto::etcdserverpb::watch_client::WatchClient::new(channel)
+        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    Ok((stream, tx))
+}
+
 struct Target {
     kv: KvClient<Channel>,
     lease: LeaseClient<Channel>,
@@ -258,28 +284,16 @@ impl Target {
             .connect()
             .await
             .expect("connect");
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tx.send(pb::WatchRequest {
-            request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
-                pb::WatchCreateRequest {
-                    key: vec![0].into(),
-                    range_end: vec![0].into(),
-                    // From the next revision: etcd syncs a watcher that starts in the
-                    // past asynchronously, and a compaction before that cancels it.
-                    start_revision: 0,
-                    prev_kv: true,
-                    ..Default::default()
-                },
-            )),
-        })
-        .await
-        .expect("send");
-        let mut watch = raftkv_proto::etcdserverpb::watch_client::WatchClient::new(channel.clone());
-        let mut events = watch
-            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .expect("watch")
-            .into_inner();
+        let create = pb::WatchCreateRequest {
+            key: vec![0].into(),
+            range_end: vec![0].into(),
+            // From the next revision: etcd syncs a watcher that starts in the past
+            // asynchronously, and a compaction before that cancels it.
+            start_revision: 0,
+            prev_kv: true,
+            ..Default::default()
+        };
+        let (mut events, tx) = open_watch(channel.clone(), create).await.expect("watch");
         let created = events.message().await.expect("msg").expect("created");
         assert!(created.created);
         let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -332,19 +346,7 @@ impl Target {
     /// A watch with filters, read until it has been quiet for a while (a filtered watch
     /// need not reach the last revision).
     async fn filtered(&mut self, create: pb::WatchCreateRequest) -> Result<Vec<String>, String> {
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tx.send(pb::WatchRequest {
-            request_union: Some(pb::watch_request::RequestUnion::CreateRequest(create)),
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-        let mut watch =
-            raftkv_proto::etcdserverpb::watch_client::WatchClient::new(self.channel.clone());
-        let mut stream = watch
-            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .map_err(|e| e.to_string())?
-            .into_inner();
+        let (mut stream, _keep_open) = open_watch(self.channel.clone(), create).await?;
         let mut out = Vec::new();
         while let Ok(m) =
             tokio::time::timeout(std::time::Duration::from_millis(700), stream.message()).await
@@ -362,27 +364,14 @@ impl Target {
 
     /// A new watch on every key from `from`, read until `revision`.
     async fn history(&mut self, from: i64, revision: i64) -> Result<Vec<String>, String> {
-        let channel = self.channel.clone();
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tx.send(pb::WatchRequest {
-            request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
-                pb::WatchCreateRequest {
-                    key: vec![0].into(),
-                    range_end: vec![0].into(),
-                    start_revision: from,
-                    prev_kv: true,
-                    ..Default::default()
-                },
-            )),
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-        let mut watch = raftkv_proto::etcdserverpb::watch_client::WatchClient::new(channel);
-        let mut stream = watch
-            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .map_err(|e| e.to_string())?
-            .into_inner();
+        let create = pb::WatchCreateRequest {
+            key: vec![0].into(),
+            range_end: vec![0].into(),
+            start_revision: from,
+            prev_kv: true,
+            ..Default::default()
+        };
+        let (mut stream, _keep_open) = open_watch(self.channel.clone(), create).await?;
         let mut out = Vec::new();
         let mut last = from - 1;
         while last < revision {
