@@ -31,7 +31,7 @@ pub fn raftkv_bin() -> PathBuf {
     let bin = dir.join("raftkv");
     assert!(
         bin.exists(),
-        "{} is missing: build it with `cargo build -p raftkv-server` (nextest --workspace does)",
+        "{} is missing: build it first with `cargo build -p raftkv-server --bin raftkv` (scripts/test does)",
         bin.display()
     );
     bin
