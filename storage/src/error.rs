@@ -2,7 +2,7 @@
 //!
 //! `MvccError` is what a client may see: each message is etcd's, to the letter, because
 //! clients (the Kubernetes API server above all) match on the text. `StoreError` is what
-//! goes wrong underneath (disk, sled, corruption) and is never a client's fault.
+//! goes wrong underneath (disk, the key-value engine, corruption) and is never a client's fault.
 
 use serde::{Deserialize, Serialize};
 
@@ -66,8 +66,8 @@ impl MvccError {
 /// Failures of the store itself.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("sled: {0}")]
-    Sled(#[from] sled::Error),
+    #[error("key-value engine: {0}")]
+    Engine(#[from] crate::mvcc::engine::EngineError),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
     #[error("corrupt store: {0}")]
@@ -85,8 +85,8 @@ pub enum Error {
     Store(#[from] StoreError),
 }
 
-impl From<sled::Error> for Error {
-    fn from(e: sled::Error) -> Self {
-        Error::Store(StoreError::Sled(e))
+impl From<crate::mvcc::engine::EngineError> for Error {
+    fn from(e: crate::mvcc::engine::EngineError) -> Self {
+        Error::Store(StoreError::Engine(e))
     }
 }

@@ -1,12 +1,12 @@
 //! openraft's state machine over the MVCC store, and the snapshot files.
 //!
-//! Applying an entry is one atomic sled batch holding the entry's effect, its log id and
+//! Applying an entry is one atomic engine batch holding the entry's effect, its log id and
 //! (for membership entries) the membership, so a restart resumes exactly after the last
 //! applied entry and openraft replays the rest from the log.
 //!
 //! Snapshots live in `<dir>/snapshot-<term>-<index>.snap`; only the newest is kept.
-//! Building one first flushes sled, then raises the purge guard to the snapshot's
-//! index: the log may drop entries only once sled holds their effect durably.
+//! Building one first flushes the key-value engine, then raises the purge guard to the snapshot's
+//! index: the log may drop entries only once the engine holds their effect durably.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -81,7 +81,7 @@ impl StateMachine {
             purge_guard,
             current: Arc::new(Mutex::new(None)),
         };
-        // What sled recovered is durable: the log may be purged up to it.
+        // What the engine recovered is durable: the log may be purged up to it.
         let applied = sm.applied_log_id()?;
         sm.purge_guard
             .store(applied.map_or(0, |l| l.index), Ordering::SeqCst);
@@ -329,7 +329,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .map_err(|e| StorageIOError::write_snapshot(None, &io_err(e)))?;
         let sm = self.sm.clone();
         let built = tokio::task::spawn_blocking(move || -> Result<SnapshotFile, std::io::Error> {
-            // Everything applied so far becomes durable in sled: the log behind the
+            // Everything applied so far becomes durable in the engine: the log behind the
             // snapshot may then be purged.
             sm.store.flush().map_err(io_err)?;
             let started = std::time::Instant::now();

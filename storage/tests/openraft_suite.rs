@@ -1,5 +1,5 @@
 //! openraft's own conformance suite for log storage and state machines, run against
-//! raftkv's WAL-backed log and sled-backed state machine.
+//! raftkv's WAL-backed log and engine-backed state machine.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -29,7 +29,7 @@ impl StoreBuilder<TypeConfig, RaftLogStore, StateMachine, tempfile::TempDir> for
             MvccStore::open(&dir.path().join("kv"), MvccOptions::default()).expect("store opens");
         let sm = StateMachine::open(store, &dir.path().join("snap"), guard.clone())
             .expect("state machine opens");
-        // open() sets the guard to what sled holds; the suite purges freely.
+        // open() sets the guard to what the engine holds; the suite purges freely.
         guard.store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
         Ok((dir, log, sm))
     }

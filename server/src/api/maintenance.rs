@@ -74,7 +74,8 @@ impl Maintenance for MaintenanceService {
         req: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
         check_leader_metadata(&self.node, &req)?;
-        // sled reclaims space on its own; there is nothing to rewrite.
+        // The LSM engine reclaims space in its background merges; there is nothing to
+        // rewrite, and nothing stops.
         Ok(Response::new(pb::DefragmentResponse {
             header: Some(self.node.header()),
         }))

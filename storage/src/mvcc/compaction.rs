@@ -5,7 +5,7 @@
 //! `compaction_batch_revisions`: each change at revision r <= N removes the version it
 //! superseded (its prev_revision), removes r itself if r is a tombstone, and removes the
 //! change record if r < N (records at N stay, so a watch from N still sees them). Each
-//! batch is one sled batch; the thread pauses between batches so writers always get in.
+//! batch is one engine batch; the thread pauses between batches so writers always get in.
 //!
 //! Invariant: for every key, the newest version at or below the compacted revision (if
 //! not a tombstone) and every newer version survive. The thread never touches a version
@@ -163,7 +163,7 @@ fn compact(inner: &Inner) -> Result<(), StoreError> {
         } else {
             std::ops::Bound::Excluded(from.clone())
         };
-        let mut batch = sled::Batch::default();
+        let mut batch = super::engine::Batch::default();
         let mut seen = 0usize;
         for item in tree.range((lower, std::ops::Bound::Included(end.to_vec()))) {
             let (k, v) = item?;

@@ -1,5 +1,5 @@
-//! How the key space is laid out in one sled tree. Every write of one Raft entry is one
-//! sled batch on this tree, so it lands atomically with the applied log id.
+//! How the key space is laid out in one engine tree. Every write of one Raft entry is one
+//! engine batch on this tree, so it lands atomically with the applied log id.
 //!
 //! ```text
 //! 'k' enc(key) be(!rev)          -> KvRecord     every version of every key, newest first
@@ -12,7 +12,7 @@
 //!
 //! `enc` escapes 0x00 as 0x00 0xff and ends with 0x00 0x00: it keeps the byte order of
 //! keys and no encoded key is a prefix of another, so a key's versions sit together and
-//! [start, end) of user keys maps onto [enc(start), enc(end)) of sled keys.
+//! [start, end) of user keys maps onto [enc(start), enc(end)) of stored keys.
 
 use bytes::Bytes;
 
@@ -46,7 +46,7 @@ fn escape_into(out: &mut Vec<u8>, key: &[u8]) {
     out.extend_from_slice(&[0, 0]);
 }
 
-/// The sled key of `key` at `rev`.
+/// The stored key of `key` at `rev`.
 pub fn kv_key(key: &[u8], rev: i64) -> Vec<u8> {
     let mut out = kv_prefix(key);
     out.extend_from_slice(&rev_desc(rev));
@@ -58,12 +58,12 @@ pub fn rev_desc(rev: i64) -> [u8; 8] {
     (!(rev as u64)).to_be_bytes()
 }
 
-/// Splits a 'k' sled key into (prefix 'k' enc(key), revision).
-pub fn split_kv_key(sled_key: &[u8]) -> Option<(&[u8], i64)> {
-    if sled_key.len() < 11 || sled_key[0] != KV {
+/// Splits a 'k' stored key into (prefix 'k' enc(key), revision).
+pub fn split_kv_key(stored_key: &[u8]) -> Option<(&[u8], i64)> {
+    if stored_key.len() < 11 || stored_key[0] != KV {
         return None;
     }
-    let (prefix, rev) = sled_key.split_at(sled_key.len() - 8);
+    let (prefix, rev) = stored_key.split_at(stored_key.len() - 8);
     let rev = !u64::from_be_bytes(rev.try_into().ok()?);
     Some((prefix, rev as i64))
 }
@@ -94,12 +94,12 @@ pub fn change_key(rev: i64, sub: u32) -> [u8; 13] {
     out
 }
 
-pub fn split_change_key(sled_key: &[u8]) -> Option<(i64, u32)> {
-    if sled_key.len() != 13 || sled_key[0] != CHANGE {
+pub fn split_change_key(stored_key: &[u8]) -> Option<(i64, u32)> {
+    if stored_key.len() != 13 || stored_key[0] != CHANGE {
         return None;
     }
-    let rev = u64::from_be_bytes(sled_key[1..9].try_into().ok()?) as i64;
-    let sub = u32::from_be_bytes(sled_key[9..13].try_into().ok()?);
+    let rev = u64::from_be_bytes(stored_key[1..9].try_into().ok()?) as i64;
+    let sub = u32::from_be_bytes(stored_key[9..13].try_into().ok()?);
     Some((rev, sub))
 }
 
@@ -271,8 +271,8 @@ mod tests {
         }
         for key in keys {
             assert!(kv_key(key, 9) < kv_key(key, 3), "newest first");
-            let sled_key = kv_key(key, 42);
-            let (prefix, rev) = split_kv_key(&sled_key).expect("splits");
+            let stored_key = kv_key(key, 42);
+            let (prefix, rev) = split_kv_key(&stored_key).expect("splits");
             assert_eq!(rev, 42);
             assert_eq!(
                 decode_prefix(prefix).expect("decodes"),

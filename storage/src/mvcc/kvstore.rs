@@ -1,9 +1,9 @@
-//! The MVCC store: opening sled, the store's counters (revision, compacted revision),
+//! The MVCC store: opening the engine, the store's counters (revision, compacted revision),
 //! the lease cache and the event feed, and the read entry points.
 //!
 //! Writes go through `kvstore_txn.rs`, compaction through `compaction.rs`, watchers
 //! through `watch.rs`, snapshots through `snapshot.rs`. This file must never fsync on a
-//! request path: sled flushes on its own timer, and the Raft log is what makes writes
+//! request path: the engine is flushed only off it, and the Raft log is what makes writes
 //! durable.
 
 use std::collections::BTreeMap;
@@ -23,12 +23,13 @@ use crate::error::{Error, MvccError, StoreError};
 /// Limits and tuning of the store.
 #[derive(Debug, Clone)]
 pub struct MvccOptions {
-    /// sled's page cache.
+    /// The engine's block cache.
     pub cache_capacity_bytes: u64,
-    /// How often sled writes its state out in the background (0: never; sled then
-    /// writes only when its buffers fill or the store is flushed).
-    pub flush_every_ms: u64,
-    /// Revisions compacted per sled batch; bounds how long one batch holds the tree.
+    /// The engine's in-memory write buffer per tree.
+    pub memtable_size_bytes: u64,
+    /// How often the engine's journal is synced in the background (0: never).
+    pub background_sync_ms: u64,
+    /// Revisions compacted per engine batch; bounds how long one batch holds the tree.
     pub compaction_batch_revisions: usize,
     /// Pause between compaction batches, so that writers always get the tree.
     pub compaction_pause_ms: u64,
@@ -40,8 +41,9 @@ pub struct MvccOptions {
 impl Default for MvccOptions {
     fn default() -> Self {
         MvccOptions {
-            cache_capacity_bytes: 128 << 20,
-            flush_every_ms: 500,
+            cache_capacity_bytes: 64 << 20,
+            memtable_size_bytes: 16 << 20,
+            background_sync_ms: 100,
             compaction_batch_revisions: 32,
             compaction_pause_ms: 1,
             feed_capacity_batches: 4096,
@@ -59,12 +61,9 @@ pub struct AppliedMeta {
     pub membership: Option<Vec<u8>>,
 }
 
-pub(crate) const DATA_TREE_POINTER: &[u8] = b"data_tree";
-pub(crate) const FIRST_DATA_TREE: &[u8] = b"mvcc-0";
-
 pub(crate) struct Inner {
-    pub db: sled::Db,
-    pub tree: RwLock<sled::Tree>,
+    pub db: super::engine::Db,
+    pub tree: RwLock<super::engine::Tree>,
     pub revision: AtomicI64,
     pub compact_revision: AtomicI64,
     pub leases: RwLock<BTreeMap<LeaseId, Lease>>,
@@ -74,6 +73,8 @@ pub(crate) struct Inner {
     /// Held by a compaction batch, a snapshot export and a snapshot install.
     pub compaction_lock: Mutex<()>,
     pub compactor: Compactor,
+    /// Dropped (stopped and joined) with the store.
+    pub _sync: super::engine::BackgroundSync,
     pub options: MvccOptions,
 }
 
@@ -85,23 +86,22 @@ pub struct MvccStore {
 
 impl MvccStore {
     pub fn open(path: &Path, options: MvccOptions) -> Result<MvccStore, StoreError> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(options.cache_capacity_bytes)
-            .flush_every_ms((options.flush_every_ms > 0).then_some(options.flush_every_ms))
-            .open()?;
-        let tree_name = db
-            .get(DATA_TREE_POINTER)?
-            .map(|v| v.to_vec())
-            .unwrap_or_else(|| FIRST_DATA_TREE.to_vec());
+        let db = super::engine::Db::open(
+            path,
+            super::engine::EngineOptions {
+                cache_size_bytes: options.cache_capacity_bytes,
+                memtable_size_bytes: options.memtable_size_bytes,
+                background_sync_ms: options.background_sync_ms,
+            },
+        )?;
+        let tree = db.current_tree()?;
         // Trees left by an interrupted snapshot install are garbage.
-        for name in db.tree_names() {
-            if name.starts_with(b"mvcc-") && name.as_ref() != tree_name.as_slice() {
-                db.drop_tree(&name)?;
-            }
-        }
-        let tree = db.open_tree(&tree_name)?;
+        db.drop_stale_trees(&tree)?;
+        // What the engine recovered may still sit only in the OS cache: make it durable
+        // before anyone treats it as the state the Raft log may be purged behind.
+        db.flush()?;
         let (feed, _) = broadcast::channel(options.feed_capacity_batches);
+        let sync = db.start_background_sync();
         let inner = Arc::new(Inner {
             db,
             tree: RwLock::new(tree),
@@ -112,6 +112,7 @@ impl MvccStore {
             apply_lock: Mutex::new(()),
             compaction_lock: Mutex::new(()),
             compactor: Compactor::default(),
+            _sync: sync,
             options,
         });
         let store = MvccStore { inner };
@@ -138,7 +139,7 @@ impl MvccStore {
         Ok(())
     }
 
-    pub(crate) fn tree(&self) -> sled::Tree {
+    pub(crate) fn tree(&self) -> super::engine::Tree {
         self.inner
             .tree
             .read()
@@ -240,15 +241,14 @@ impl MvccStore {
         Ok(out)
     }
 
-    /// Makes everything applied so far durable in sled. Off the request path: the
+    /// Makes everything applied so far durable in the engine. Off the request path: the
     /// snapshot builder calls it before the log may be purged.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.inner.db.flush()?;
-        Ok(())
+        Ok(self.inner.db.flush()?)
     }
 
     pub fn size_on_disk_bytes(&self) -> Result<u64, StoreError> {
-        Ok(self.inner.db.size_on_disk()?)
+        Ok(self.inner.db.size_on_disk_bytes()?)
     }
 
     /// Waits until physical compaction has caught up with the compacted revision.
@@ -257,7 +257,7 @@ impl MvccStore {
     }
 }
 
-pub(crate) fn read_i64(tree: &sled::Tree, key: &[u8]) -> Result<Option<i64>, StoreError> {
+pub(crate) fn read_i64(tree: &super::engine::Tree, key: &[u8]) -> Result<Option<i64>, StoreError> {
     match tree.get(key)? {
         None => Ok(None),
         Some(v) => {
@@ -272,7 +272,7 @@ pub(crate) fn read_i64(tree: &sled::Tree, key: &[u8]) -> Result<Option<i64>, Sto
 
 /// The newest stored version of `key` at or below `rev`, tombstones included.
 pub(crate) fn version_at(
-    tree: &sled::Tree,
+    tree: &super::engine::Tree,
     key: &[u8],
     rev: i64,
 ) -> Result<Option<(i64, KvRecord)>, StoreError> {

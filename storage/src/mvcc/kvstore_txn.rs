@@ -1,4 +1,4 @@
-//! The write path: one Raft entry becomes one write transaction and one sled batch.
+//! The write path: one Raft entry becomes one write transaction and one engine batch.
 //!
 //! A transaction reads the committed tree at its begin revision plus its own pending
 //! writes (the overlay), records changes, and commits them together with the applied
@@ -33,7 +33,7 @@ struct Change {
 
 struct WriteTxn<'a> {
     store: &'a MvccStore,
-    tree: &'a sled::Tree,
+    tree: &'a super::engine::Tree,
     begin_rev: Revision,
     overlay: Overlay,
     changes: Vec<Change>,
@@ -508,7 +508,7 @@ impl WriteTxn<'_> {
 
     fn commit(self, meta: &AppliedMeta) -> Result<(), StoreError> {
         let rev = self.write_rev();
-        let mut batch = sled::Batch::default();
+        let mut batch = super::engine::Batch::default();
         for (sub, change) in self.changes.iter().enumerate() {
             let sub = u32::try_from(sub)
                 .map_err(|_| StoreError::Corrupt("too many changes in one revision".into()))?;

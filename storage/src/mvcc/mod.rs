@@ -1,9 +1,10 @@
-//! etcd's MVCC key space on sled: revisions, versions, tombstones, Range and Txn,
+//! etcd's MVCC key space on an ordered key-value engine (fjall): revisions, versions, tombstones, Range and Txn,
 //! leases, compaction, the watch feed and snapshots.
 //!
 //! One job per file, as in etcd's mvcc package:
 //! - `types.rs`: the plain data (requests, responses, key-values, events)
-//! - `keys.rs`: how that data is laid out in sled
+//! - `engine.rs`: the ordered key-value engine (fjall) and the few calls the store makes
+//! - `keys.rs`: how that data is laid out in the engine
 //! - `kvstore.rs`: the store, its counters and read entry points
 //! - `range.rs`: which versions a read sees, and etcd's Range semantics
 //! - `kvstore_txn.rs`: the write path (Put, DeleteRange, Txn, leases, Compact)
@@ -17,6 +18,7 @@
 //! from the Raft log.
 
 pub mod compaction;
+pub mod engine;
 pub mod hash;
 pub mod keys;
 pub mod kvstore;

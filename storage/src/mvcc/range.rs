@@ -21,7 +21,7 @@ pub(crate) type Overlay = BTreeMap<Bytes, Option<KeyValue>>;
 const VERSIONS_SKIPPED_BEFORE_SEEK: usize = 16;
 
 pub(crate) struct View<'a> {
-    pub tree: &'a sled::Tree,
+    pub tree: &'a super::engine::Tree,
     pub rev: Revision,
     pub overlay: Option<&'a Overlay>,
 }
@@ -56,7 +56,7 @@ impl KeyRange {
 }
 
 impl<'a> View<'a> {
-    pub fn committed(tree: &'a sled::Tree, rev: Revision) -> View<'a> {
+    pub fn committed(tree: &'a super::engine::Tree, rev: Revision) -> View<'a> {
         View {
             tree,
             rev,

@@ -2,14 +2,14 @@
 //!
 //! ```text
 //! "RKVSNAP1"                                  magic
-//! frame*: tag u8, len u32 LE, payload         1 = header, 2 = sled pair (klen u32 LE, key, value)
+//! frame*: tag u8, len u32 LE, payload         1 = header, 2 = stored pair (klen u32 LE, key, value)
 //! tag 0xff, len 4, crc32c u32 LE              checksum of every byte before this frame
 //! ```
 //!
 //! A `SnapshotPoint` is taken between two applies (it copies the counters, the lease
 //! table and the applied log id); the export then writes every version and change at or
 //! below that revision, which writers never touch again, while holding off compaction.
-//! Install verifies the checksum while loading into a fresh sled tree and only then
+//! Install verifies the checksum while loading into a fresh engine tree and only then
 //! switches the store over to it, so a corrupt or cut-off snapshot changes nothing.
 
 use std::io::{Read, Write};
@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use serde::{Deserialize, Serialize};
 
 use super::keys::{self, KvRecord};
-use super::kvstore::{MvccStore, DATA_TREE_POINTER};
+use super::kvstore::MvccStore;
 use super::types::*;
 use crate::error::StoreError;
 
@@ -26,7 +26,7 @@ const MAGIC: &[u8; 8] = b"RKVSNAP1";
 const TAG_HEADER: u8 = 1;
 const TAG_PAIR: u8 = 2;
 const TAG_TRAILER: u8 = 0xff;
-/// Pairs written to sled per batch during install.
+/// Pairs written to the engine per batch during install.
 const INSTALL_BATCH_PAIRS: usize = 10_000;
 /// A frame larger than this is corruption: no key or value comes close.
 const MAX_FRAME_BYTES: usize = 64 << 20;
@@ -43,9 +43,9 @@ pub enum SnapshotError {
     Io(#[from] std::io::Error),
 }
 
-impl From<sled::Error> for SnapshotError {
-    fn from(e: sled::Error) -> Self {
-        SnapshotError::Store(StoreError::Sled(e))
+impl From<super::engine::EngineError> for SnapshotError {
+    fn from(e: super::engine::EngineError) -> Self {
+        SnapshotError::Store(StoreError::Engine(e))
     }
 }
 
@@ -174,29 +174,23 @@ impl MvccStore {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         let db = &self.inner.db;
-        let name = next_tree_name(db)?;
-        let fresh = db.open_tree(&name)?;
-        fresh.clear()?;
-        let loaded = load(&fresh, input);
-        let point = match loaded {
+        let current = self.tree();
+        let fresh = db.fresh_tree(&current)?;
+        let point = match load(&fresh, input) {
             Ok(point) => point,
             Err(e) => {
-                drop(fresh);
-                db.drop_tree(&name)?;
+                db.drop_tree(fresh)?;
                 return Err(e);
             }
         };
-        db.flush()?;
-        db.insert(DATA_TREE_POINTER, name.as_slice())?;
-        db.flush()?;
         let old = std::mem::replace(
             &mut *self.inner.tree.write().unwrap_or_else(|e| e.into_inner()),
-            fresh,
+            fresh.clone(),
         );
-        let old_name = old.name();
-        drop(old);
-        if let Err(e) = db.drop_tree(&old_name) {
-            tracing::warn!(error = %e, "mvcc: could not drop the tree a snapshot replaced; it is dropped at next start");
+        drop(current);
+        if let Err(e) = db.switch_to(&fresh, old) {
+            tracing::warn!(error = %e, "mvcc: could not switch durably to the installed snapshot's tree");
+            return Err(e.into());
         }
         self.load_counters()?;
         if self.inner.compact_revision.load(Ordering::SeqCst) > 0 {
@@ -204,18 +198,6 @@ impl MvccStore {
         }
         Ok(point)
     }
-}
-
-fn next_tree_name(db: &sled::Db) -> Result<Vec<u8>, SnapshotError> {
-    let current = db
-        .get(DATA_TREE_POINTER)?
-        .map(|v| v.to_vec())
-        .unwrap_or_default();
-    let n: u64 = std::str::from_utf8(current.strip_prefix(b"mvcc-").unwrap_or(b"0"))
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Ok(format!("mvcc-{}", n + 1).into_bytes())
 }
 
 struct Reader<R> {
@@ -248,7 +230,7 @@ impl<R: Read> Reader<R> {
     }
 }
 
-fn load(tree: &sled::Tree, input: impl Read) -> Result<SnapshotPoint, SnapshotError> {
+fn load(tree: &super::engine::Tree, input: impl Read) -> Result<SnapshotPoint, SnapshotError> {
     let mut r = Reader {
         inner: input,
         crc: 0,
@@ -268,7 +250,7 @@ fn load(tree: &sled::Tree, input: impl Read) -> Result<SnapshotPoint, SnapshotEr
     r.exact(&mut header)?;
     let point: SnapshotPoint = postcard::from_bytes(&header)
         .map_err(|e| SnapshotError::Corrupt(format!("undecodable header: {e}")))?;
-    let mut batch = sled::Batch::default();
+    let mut batch = super::engine::Batch::default();
     let mut in_batch = 0usize;
     let mut buf = Vec::new();
     loop {
@@ -318,8 +300,8 @@ fn load(tree: &sled::Tree, input: impl Read) -> Result<SnapshotPoint, SnapshotEr
 }
 
 /// Writes what the snapshot carries outside the pairs: counters, leases, attachments.
-fn finish_install(tree: &sled::Tree, point: &SnapshotPoint) -> Result<(), SnapshotError> {
-    let mut batch = sled::Batch::default();
+fn finish_install(tree: &super::engine::Tree, point: &SnapshotPoint) -> Result<(), SnapshotError> {
+    let mut batch = super::engine::Batch::default();
     batch.insert(keys::META_REVISION, &point.revision.to_be_bytes()[..]);
     batch.insert(
         keys::META_COMPACT,

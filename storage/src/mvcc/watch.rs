@@ -1,8 +1,8 @@
 //! The change feed: every event from a start revision on, for one key range, in
-//! revision order, with prev_kv, first from history (sled) and then live.
+//! revision order, with prev_kv, first from history (the engine) and then live.
 //!
 //! Each watcher subscribes to the store's broadcast of event batches before it reads
-//! anything. While it is behind it reads the change log from sled; once caught up it
+//! anything. While it is behind it reads the change log from the engine; once caught up it
 //! takes batches from the broadcast. If it falls so far behind that the broadcast ring
 //! overwrites batches it has not read (a slow watcher), it goes back to reading history:
 //! writers never wait for watchers, and a watcher never skips or repeats a revision.
@@ -200,7 +200,7 @@ impl Watcher {
 
 /// Rebuilds the event of one change record; None for a tombstone compaction removed.
 fn history_event(
-    tree: &sled::Tree,
+    tree: &super::engine::Tree,
     change: &ChangeRecord,
     rev: Revision,
 ) -> Result<Option<Event>, StoreError> {
