@@ -1,6 +1,7 @@
 //! Finds put stalls in the MVCC store without compaction: N puts over 1000 keys,
-//! printing every put slower than 50 ms with when it happened. Used to tell sled's
-//! own pauses from the compactor's (bench/RESULTS.md).
+//! printing every put slower than 50 ms with when it happened. Used to tell the engine's
+//! own pauses from the compactor's (bench/RESULTS.md); RUST_LOG=fjall=debug shows
+//! the engine's flushes and journal rotations beside them.
 //!
 //! `cargo run --release -p raftkv-bench --example put_stalls -- 3000000`
 
@@ -10,6 +11,12 @@ use bytes::Bytes;
 use raftkv_storage::mvcc::{MvccOptions, MvccStore};
 
 fn main() {
+    // RUST_LOG=debug shows the engine's own events (flushes, journal rotations) next to
+    // the slow puts, with timestamps to line them up.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stdout)
+        .init();
     let n: u64 = std::env::args()
         .nth(1)
         .and_then(|s| s.parse().ok())
@@ -25,7 +32,7 @@ fn main() {
         let d = t.elapsed();
         worst = worst.max(d);
         if d > Duration::from_millis(50) {
-            println!("put {i}: {d:?} at {:?}", started.elapsed());
+            tracing::warn!("put {i}: {d:?} at {:?}", started.elapsed());
         }
     }
     println!("{n} puts in {:?}, worst {worst:?}", started.elapsed());

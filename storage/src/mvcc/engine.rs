@@ -31,28 +31,6 @@ pub struct EngineOptions {
     pub cache_size_bytes: u64,
     /// A tree's in-memory write buffer before it is written out as a sorted file.
     pub memtable_size_bytes: u64,
-    /// How often a background thread makes the journal durable (0: never). fjall
-    /// fsyncs the whole journal, under its writer lock, whenever it rotates it; syncing
-    /// often in the background keeps what that fsync must write, and so the writers'
-    /// wait, small.
-    pub background_sync_ms: u64,
-}
-
-/// The background journal sync thread; stopped and joined on drop.
-pub struct BackgroundSync {
-    stop: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for BackgroundSync {
-    fn drop(&mut self) {
-        let (lock, cv) = &*self.stop;
-        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        cv.notify_all();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }
 
 /// The database: the current data tree lives in it, found through `meta`.
@@ -170,35 +148,6 @@ impl Db {
             }
         }
         Ok(())
-    }
-
-    /// Starts the thread that syncs the journal every `background_sync_ms`.
-    pub fn start_background_sync(&self) -> BackgroundSync {
-        let stop = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
-        let interval = std::time::Duration::from_millis(self.options.background_sync_ms);
-        let thread = (self.options.background_sync_ms > 0)
-            .then(|| {
-                let db = self.db.clone();
-                let stop = stop.clone();
-                std::thread::Builder::new()
-                    .name("raftkv-engine-sync".into())
-                    .spawn(move || {
-                        let (lock, cv) = &*stop;
-                        let mut stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
-                        while !*stopped {
-                            stopped = cv
-                                .wait_timeout(stopped, interval)
-                                .unwrap_or_else(|e| e.into_inner())
-                                .0;
-                            if let Err(e) = db.persist(fjall::PersistMode::SyncData) {
-                                tracing::error!(error = %e, "mvcc: background journal sync failed");
-                            }
-                        }
-                    })
-                    .ok()
-            })
-            .flatten();
-        BackgroundSync { stop, thread }
     }
 
     /// Makes every write so far durable (fdatasync of the journal).

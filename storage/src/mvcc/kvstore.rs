@@ -27,8 +27,6 @@ pub struct MvccOptions {
     pub cache_capacity_bytes: u64,
     /// The engine's in-memory write buffer per tree.
     pub memtable_size_bytes: u64,
-    /// How often the engine's journal is synced in the background (0: never).
-    pub background_sync_ms: u64,
     /// Revisions compacted per engine batch; bounds how long one batch holds the tree.
     pub compaction_batch_revisions: usize,
     /// Pause between compaction batches, so that writers always get the tree.
@@ -43,7 +41,6 @@ impl Default for MvccOptions {
         MvccOptions {
             cache_capacity_bytes: 64 << 20,
             memtable_size_bytes: 16 << 20,
-            background_sync_ms: 100,
             compaction_batch_revisions: 32,
             compaction_pause_ms: 1,
             feed_capacity_batches: 4096,
@@ -73,8 +70,6 @@ pub(crate) struct Inner {
     /// Held by a compaction batch, a snapshot export and a snapshot install.
     pub compaction_lock: Mutex<()>,
     pub compactor: Compactor,
-    /// Dropped (stopped and joined) with the store.
-    pub _sync: super::engine::BackgroundSync,
     pub options: MvccOptions,
 }
 
@@ -91,7 +86,6 @@ impl MvccStore {
             super::engine::EngineOptions {
                 cache_size_bytes: options.cache_capacity_bytes,
                 memtable_size_bytes: options.memtable_size_bytes,
-                background_sync_ms: options.background_sync_ms,
             },
         )?;
         let tree = db.current_tree()?;
@@ -101,7 +95,6 @@ impl MvccStore {
         // before anyone treats it as the state the Raft log may be purged behind.
         db.flush()?;
         let (feed, _) = broadcast::channel(options.feed_capacity_batches);
-        let sync = db.start_background_sync();
         let inner = Arc::new(Inner {
             db,
             tree: RwLock::new(tree),
@@ -112,7 +105,6 @@ impl MvccStore {
             apply_lock: Mutex::new(()),
             compaction_lock: Mutex::new(()),
             compactor: Compactor::default(),
-            _sync: sync,
             options,
         });
         let store = MvccStore { inner };
