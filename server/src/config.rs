@@ -80,6 +80,10 @@ pub struct ServerConfig {
         default_value = "http://127.0.0.1:2380"
     )]
     pub listen_peer_urls: String,
+    /// Comma-separated plain-HTTP URLs serving only /metrics, /health, /livez and
+    /// /readyz (the client URLs serve them too).
+    #[arg(long, env = "RAFTKV_LISTEN_METRICS_URLS")]
+    pub listen_metrics_urls: Option<String>,
     /// The peer URL other members reach this one at (defaults to the listen URL).
     #[arg(long, env = "RAFTKV_ADVERTISE_PEER_URLS")]
     pub advertise_peer_urls: Option<String>,
@@ -112,6 +116,13 @@ pub struct ServerConfig {
 impl ServerConfig {
     pub fn client_listen_urls(&self) -> Vec<String> {
         split_urls(&self.listen_client_urls)
+    }
+
+    pub fn metrics_listen_urls(&self) -> Vec<String> {
+        self.listen_metrics_urls
+            .as_deref()
+            .map(split_urls)
+            .unwrap_or_default()
     }
 
     pub fn client_advertise_urls(&self) -> Vec<String> {

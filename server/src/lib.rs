@@ -10,6 +10,7 @@
 //! - `api/`: etcd's services (kv, watch, lease, cluster, maintenance, auth)
 //! - `convert.rs`: wire messages to storage types and back
 //! - `errors.rs`: errors with etcd's messages and gRPC codes
+//! - `metrics.rs`: /metrics (etcd's names), /health, /livez, /readyz, gRPC call counts
 //! - `snapshot_cli.rs`: `raftkv snapshot save|restore`
 //!
 //! The server never writes to storage except through openraft.
@@ -20,6 +21,7 @@ pub mod convert;
 pub mod errors;
 pub mod identity;
 pub mod leases;
+pub mod metrics;
 pub mod node;
 pub mod peer;
 pub mod peer_service;

@@ -233,7 +233,12 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        self.call("append_entries", &rpc, &option).await
+        let started = std::time::Instant::now();
+        let result = self.call("append_entries", &rpc, &option).await;
+        if result.is_ok() {
+            crate::metrics::observe_peer_rtt(self.target, started.elapsed());
+        }
+        result
     }
 
     async fn install_snapshot(

@@ -74,6 +74,10 @@ pub async fn run(config: ServerConfig) -> Result<(), StartError> {
     for url in config.client_listen_urls() {
         client_listeners.push(bind(&url, "clients").await?);
     }
+    let mut metrics_listeners = Vec::new();
+    for url in config.metrics_listen_urls() {
+        metrics_listeners.push(bind(&url, "metrics").await?);
+    }
     let (node, existing) = Node::open(config.clone()).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -110,6 +114,7 @@ pub async fn run(config: ServerConfig) -> Result<(), StartError> {
         .metrics(|m| m.current_leader.is_some(), "a leader is known")
         .await;
     let expiry = tokio::spawn(crate::leases::run_expiry(node.clone()));
+    let leader_changes = tokio::spawn(crate::metrics::watch_leader_changes(node.clone()));
 
     let mut client_servers = Vec::new();
     for listener in client_listeners {
@@ -124,6 +129,20 @@ pub async fn run(config: ServerConfig) -> Result<(), StartError> {
         )));
         tracing::info!(addr = ?addr, "serving clients");
     }
+    for listener in metrics_listeners {
+        let addr = listener.local_addr().ok();
+        let mut stop = stop_rx.clone();
+        let routes = tonic::service::Routes::from(crate::metrics::http_routes(node.clone()));
+        client_servers.push(tokio::spawn(
+            Server::builder()
+                .accept_http1(true)
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming(listener), async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                }),
+        ));
+        tracing::info!(addr = ?addr, "serving metrics and health");
+    }
     tracing::info!(
         name = %node.name,
         member_id = %crate::node::hex(node.id),
@@ -135,6 +154,7 @@ pub async fn run(config: ServerConfig) -> Result<(), StartError> {
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     expiry.abort();
+    leader_changes.abort();
     for s in client_servers {
         let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
     }
@@ -144,18 +164,19 @@ pub async fn run(config: ServerConfig) -> Result<(), StartError> {
     Ok(())
 }
 
-fn client_router(node: &Arc<Node>) -> tonic::transport::server::Router {
+fn client_router(
+    node: &Arc<Node>,
+) -> tonic::transport::server::Router<
+    tower::layer::util::Stack<crate::metrics::GrpcMetricsLayer, tower::layer::util::Identity>,
+> {
     macro_rules! limits {
         ($svc:expr) => {
             $svc.max_decoding_message_size(MAX_RECV_BYTES)
                 .max_encoding_message_size(usize::MAX)
         };
     }
-    Server::builder()
-        .tcp_nodelay(true)
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .http2_keepalive_interval(Some(Duration::from_secs(2 * 60 * 60)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+    let mut routes = tonic::service::RoutesBuilder::default();
+    routes
         .add_service(limits!(KvServer::new(api::kv::KvService {
             node: node.clone()
         })))
@@ -173,5 +194,19 @@ fn client_router(node: &Arc<Node>) -> tonic::transport::server::Router {
         )))
         .add_service(limits!(AuthServer::new(api::auth::AuthService {
             node: node.clone()
-        })))
+        })));
+    // /metrics, /health, /livez and /readyz answer plain HTTP/1.1 on the client port,
+    // as etcd's do; gRPC stays on HTTP/2.
+    let router = routes
+        .routes()
+        .into_axum_router()
+        .merge(crate::metrics::http_routes(node.clone()));
+    Server::builder()
+        .tcp_nodelay(true)
+        .accept_http1(true)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .http2_keepalive_interval(Some(Duration::from_secs(2 * 60 * 60)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .layer(crate::metrics::GrpcMetricsLayer)
+        .add_routes(tonic::service::Routes::from(router))
 }

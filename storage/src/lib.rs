@@ -6,6 +6,7 @@
 //! - `state_machine.rs`: openraft's state machine over the MVCC store, and snapshots
 //! - `raft_types.rs`: the openraft type configuration
 //! - `error.rs`: typed errors, etcd's messages for the ones clients see
+//! - `stats.rs`: fsync and commit latency histograms for the server's /metrics
 //!
 //! This crate knows nothing of gRPC or protobuf: the server converts wire messages into
 //! `mvcc::types` and back. The log is the only thing fsynced on the write path.
@@ -15,6 +16,7 @@ pub mod mvcc;
 pub mod raft_log;
 pub mod raft_types;
 pub mod state_machine;
+pub mod stats;
 pub mod wal;
 
 pub use error::{Error, MvccError, StoreError};

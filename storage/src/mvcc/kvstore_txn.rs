@@ -556,7 +556,20 @@ impl WriteTxn<'_> {
         if let Some(membership) = &meta.membership {
             batch.insert(keys::META_MEMBERSHIP, membership.as_slice());
         }
+        let started = std::time::Instant::now();
+        let writes = batch.len();
         self.tree.apply_batch(batch)?;
+        let elapsed = started.elapsed();
+        crate::stats::BACKEND_COMMIT.observe(elapsed);
+        if elapsed > crate::stats::SLOW_APPLY_WARN {
+            tracing::warn!(
+                took_ms = elapsed.as_millis() as u64,
+                expected_ms = crate::stats::SLOW_APPLY_WARN.as_millis() as u64,
+                revision = rev,
+                writes,
+                "mvcc: apply took too long"
+            );
+        }
 
         let inner = &self.store.inner;
         if !self.leases.is_empty() {

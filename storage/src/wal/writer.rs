@@ -118,9 +118,7 @@ impl Writer {
         }
         self.write_buf(buf)?;
         if sync {
-            self.file
-                .sync_data()
-                .map_err(|e| WalError::io(&self.path, e))?;
+            self.timed_sync(batch.len())?;
         }
         if let Some(upto) = purge_upto {
             if !sync {
@@ -159,6 +157,26 @@ impl Writer {
             .map_err(|e| WalError::io(&self.path, e))?;
         self.offset += buf.len() as u64;
         buf.clear();
+        Ok(())
+    }
+
+    /// fdatasync of the active segment, timed for /metrics and warned about when slow.
+    fn timed_sync(&mut self, requests: usize) -> Result<(), WalError> {
+        let started = std::time::Instant::now();
+        self.file
+            .sync_data()
+            .map_err(|e| WalError::io(&self.path, e))?;
+        let elapsed = started.elapsed();
+        crate::stats::WAL_FSYNC.observe(elapsed);
+        if elapsed > crate::stats::SLOW_FSYNC_WARN {
+            tracing::warn!(
+                took_ms = elapsed.as_millis() as u64,
+                expected_ms = crate::stats::SLOW_FSYNC_WARN.as_millis() as u64,
+                requests,
+                segment = %self.path.display(),
+                "wal: slow fdatasync"
+            );
+        }
         Ok(())
     }
 

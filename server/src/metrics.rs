@@ -1,0 +1,525 @@
+//! What a member tells Prometheus and health checkers: /metrics in Prometheus's text
+//! format with etcd's metric names (so etcd dashboards and alerts work unchanged),
+//! /health as etcd answers it, /livez and /readyz; and the gRPC layer that counts
+//! started and handled calls and warns about slow ones.
+//!
+//! Counters are process-wide atomics (one process is one member). This module never
+//! blocks a request: the gRPC layer does two map updates under a short lock, and the
+//! rendering happens only when /metrics is scraped.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use raftkv_storage::stats::{DurationHistogram, HistogramSnapshot};
+
+use crate::node::Node;
+
+/// Leader changes this member has seen since it started.
+pub static LEADER_CHANGES: AtomicU64 = AtomicU64::new(0);
+/// /health checks answered, by outcome.
+static HEALTH_SUCCESS: AtomicU64 = AtomicU64::new(0);
+static HEALTH_FAILURE: AtomicU64 = AtomicU64::new(0);
+
+/// (service, method, type) -> started; (service, method, type, code) -> handled.
+type StartedKey = (String, String, &'static str);
+type HandledKey = (String, String, &'static str, &'static str);
+static GRPC_STARTED: Mutex<BTreeMap<StartedKey, u64>> = Mutex::new(BTreeMap::new());
+static GRPC_HANDLED: Mutex<BTreeMap<HandledKey, u64>> = Mutex::new(BTreeMap::new());
+/// Distinct label sets kept at most: a bound against clients calling made-up methods.
+const MAX_GRPC_LABEL_SETS: usize = 1_000;
+
+/// Round trips of Raft messages to each peer, by peer member id.
+static PEER_RTT: Mutex<BTreeMap<u64, Arc<DurationHistogram>>> = Mutex::new(BTreeMap::new());
+/// Peers tracked at most (members come and go; ids are never reused).
+const MAX_PEERS_TRACKED: usize = 64;
+
+/// A unary call slower than this is logged as a warning.
+const SLOW_REQUEST_WARN: Duration = Duration::from_secs(1);
+
+/// Records one Raft message round trip to `peer`.
+pub fn observe_peer_rtt(peer: u64, elapsed: Duration) {
+    let histogram = {
+        let mut map = PEER_RTT.lock().unwrap_or_else(|e| e.into_inner());
+        if !map.contains_key(&peer) && map.len() >= MAX_PEERS_TRACKED {
+            return;
+        }
+        map.entry(peer)
+            .or_insert_with(|| Arc::new(DurationHistogram::new()))
+            .clone()
+    };
+    histogram.observe(elapsed);
+}
+
+/// Counts leader changes from the Raft metrics stream until the member stops.
+pub async fn watch_leader_changes(node: Arc<Node>) {
+    let mut rx = node.raft.metrics();
+    // The first leader this member learns of counts, as in etcd.
+    let mut leader = None;
+    loop {
+        let now = rx.borrow_and_update().current_leader;
+        if now != leader && now.is_some() {
+            LEADER_CHANGES.fetch_add(1, Ordering::Relaxed);
+        }
+        leader = now;
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn grpc_type(service: &str, method: &str) -> &'static str {
+    match (service, method) {
+        ("etcdserverpb.Watch", "Watch") | ("etcdserverpb.Lease", "LeaseKeepAlive") => "bidi_stream",
+        ("etcdserverpb.Maintenance", "Snapshot") => "server_stream",
+        _ => "unary",
+    }
+}
+
+fn grpc_code_name(code: &str) -> &'static str {
+    match code {
+        "0" => "OK",
+        "1" => "Canceled",
+        "2" => "Unknown",
+        "3" => "InvalidArgument",
+        "4" => "DeadlineExceeded",
+        "5" => "NotFound",
+        "6" => "AlreadyExists",
+        "7" => "PermissionDenied",
+        "8" => "ResourceExhausted",
+        "9" => "FailedPrecondition",
+        "10" => "Aborted",
+        "11" => "OutOfRange",
+        "12" => "Unimplemented",
+        "13" => "Internal",
+        "14" => "Unavailable",
+        "15" => "DataLoss",
+        "16" => "Unauthenticated",
+        _ => "Unknown",
+    }
+}
+
+fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K) {
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(n) = map.get_mut(&key) {
+        *n += 1;
+    } else if map.len() < MAX_GRPC_LABEL_SETS {
+        map.insert(key, 1);
+    }
+}
+
+/// Tower layer around the client gRPC services: counts calls as etcd's go-grpc-prometheus
+/// does and warns about slow unary calls.
+#[derive(Clone, Default)]
+pub struct GrpcMetricsLayer;
+
+impl<S> tower::Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetrics<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcMetrics { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct GrpcMetrics<S> {
+    inner: S,
+}
+
+impl<S, B, ResB> tower::Service<http::Request<B>> for GrpcMetrics<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<ResB>> + Send,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let path = req.uri().path().to_string();
+        let (service, method) = match path.trim_start_matches('/').split_once('/') {
+            Some((s, m)) if !s.is_empty() && !m.is_empty() => (s.to_string(), m.to_string()),
+            _ => {
+                // Not gRPC (an HTTP endpoint): not counted.
+                let future = self.inner.call(req);
+                return Box::pin(future);
+            }
+        };
+        let kind = grpc_type(&service, &method);
+        bump(&GRPC_STARTED, (service.clone(), method.clone(), kind));
+        let started = Instant::now();
+        let future = self.inner.call(req);
+        Box::pin(async move {
+            let result = future.await;
+            // A failed call answers "trailers only": grpc-status in the headers. A
+            // successful unary call sends it in the trailers, after the body.
+            let code = match &result {
+                Ok(response) => response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .map(grpc_code_name)
+                    .unwrap_or("OK"),
+                Err(_) => "Unknown",
+            };
+            let elapsed = started.elapsed();
+            if kind == "unary" && elapsed > SLOW_REQUEST_WARN {
+                tracing::warn!(
+                    service = %service,
+                    method = %method,
+                    code,
+                    took_ms = elapsed.as_millis() as u64,
+                    "grpc: slow request"
+                );
+            }
+            bump(&GRPC_HANDLED, (service, method, kind, code));
+            result
+        })
+    }
+}
+
+fn help(out: &mut String, name: &str, kind: &str, text: &str) {
+    let _ = writeln!(out, "# HELP {name} {text}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn gauge(out: &mut String, name: &str, text: &str, value: f64) {
+    help(out, name, "gauge", text);
+    let _ = writeln!(out, "{name} {value}");
+}
+
+fn counter(out: &mut String, name: &str, text: &str, value: u64) {
+    help(out, name, "counter", text);
+    let _ = writeln!(out, "{name} {value}");
+}
+
+fn format_bound(bound: f64) -> String {
+    if bound.is_infinite() {
+        "+Inf".to_string()
+    } else {
+        format!("{bound}")
+    }
+}
+
+fn histogram_series(out: &mut String, name: &str, labels: &str, snapshot: &HistogramSnapshot) {
+    let sep = if labels.is_empty() { "" } else { "," };
+    for (bound, count) in &snapshot.buckets {
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"{}\"}} {count}",
+            format_bound(*bound)
+        );
+    }
+    let braces = if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
+    };
+    let _ = writeln!(out, "{name}_sum{braces} {}", snapshot.sum_seconds);
+    let _ = writeln!(out, "{name}_count{braces} {}", snapshot.count);
+}
+
+/// Reads this process's resident set size and open descriptors from /proc.
+fn process_facts() -> (Option<u64>, Option<u64>) {
+    let rss = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map(|pages| pages * 4096);
+    let fds = std::fs::read_dir("/proc/self/fd")
+        .ok()
+        .map(|d| d.count() as u64);
+    (rss, fds)
+}
+
+/// The whole /metrics page.
+pub fn render(node: &Node) -> String {
+    let mut out = String::with_capacity(16 * 1024);
+    let metrics = node.raft.metrics().borrow().clone();
+    let has_leader = node.leader().is_some();
+    gauge(
+        &mut out,
+        "etcd_server_has_leader",
+        "Whether or not a leader exists. 1 is existence, 0 is not.",
+        f64::from(u8::from(has_leader)),
+    );
+    gauge(
+        &mut out,
+        "etcd_server_is_leader",
+        "Whether or not this member is a leader. 1 if is, 0 otherwise.",
+        f64::from(u8::from(node.is_leader())),
+    );
+    counter(
+        &mut out,
+        "etcd_server_leader_changes_seen_total",
+        "The number of leader changes seen.",
+        LEADER_CHANGES.load(Ordering::Relaxed),
+    );
+    let applied = metrics.last_applied.map(|l| l.index).unwrap_or(0);
+    gauge(
+        &mut out,
+        "etcd_server_proposals_committed_total",
+        "The total number of consensus proposals committed.",
+        applied as f64,
+    );
+    gauge(
+        &mut out,
+        "etcd_server_proposals_applied_total",
+        "The total number of consensus proposals applied.",
+        applied as f64,
+    );
+    gauge(
+        &mut out,
+        "etcd_server_term",
+        "The current Raft term of this member.",
+        metrics.current_term as f64,
+    );
+    help(
+        &mut out,
+        "etcd_server_id",
+        "gauge",
+        "Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID.",
+    );
+    let _ = writeln!(
+        out,
+        "etcd_server_id{{server_id=\"{}\"}} 1",
+        crate::node::hex(node.id)
+    );
+    help(
+        &mut out,
+        "etcd_server_version",
+        "gauge",
+        "Which version is running. 1 for 'server_version' label with current version.",
+    );
+    let _ = writeln!(
+        out,
+        "etcd_server_version{{server_version=\"{}\"}} 1",
+        crate::api::maintenance::ETCD_API_VERSION
+    );
+    counter(
+        &mut out,
+        "etcd_server_health_success",
+        "The total number of successful health checks",
+        HEALTH_SUCCESS.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "etcd_server_health_failures",
+        "The total number of failed health checks",
+        HEALTH_FAILURE.load(Ordering::Relaxed),
+    );
+
+    help(
+        &mut out,
+        "etcd_disk_wal_fsync_duration_seconds",
+        "histogram",
+        "The latency distributions of fsync called by WAL.",
+    );
+    histogram_series(
+        &mut out,
+        "etcd_disk_wal_fsync_duration_seconds",
+        "",
+        &raftkv_storage::stats::WAL_FSYNC.snapshot(),
+    );
+    help(
+        &mut out,
+        "etcd_disk_backend_commit_duration_seconds",
+        "histogram",
+        "The latency distributions of commit called by backend.",
+    );
+    histogram_series(
+        &mut out,
+        "etcd_disk_backend_commit_duration_seconds",
+        "",
+        &raftkv_storage::stats::BACKEND_COMMIT.snapshot(),
+    );
+
+    let db_size_bytes = node.store.size_on_disk_bytes().unwrap_or(0) as f64;
+    gauge(
+        &mut out,
+        "etcd_mvcc_db_total_size_in_bytes",
+        "Total size of the underlying database physically allocated in bytes.",
+        db_size_bytes,
+    );
+    gauge(
+        &mut out,
+        "etcd_mvcc_db_total_size_in_use_in_bytes",
+        "Total size of the underlying database logically in use in bytes.",
+        db_size_bytes,
+    );
+    gauge(
+        &mut out,
+        "etcd_debugging_mvcc_current_revision",
+        "The current revision of store.",
+        node.store.revision() as f64,
+    );
+    gauge(
+        &mut out,
+        "etcd_debugging_mvcc_compact_revision",
+        "The revision of the last compaction in store.",
+        node.store.compact_revision().max(0) as f64,
+    );
+
+    let rtts: Vec<(u64, Arc<DurationHistogram>)> = PEER_RTT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(id, h)| (*id, h.clone()))
+        .collect();
+    help(
+        &mut out,
+        "etcd_network_peer_round_trip_time_seconds",
+        "histogram",
+        "Round-Trip-Time histogram between peers",
+    );
+    for (peer, histogram) in rtts {
+        let labels = format!("To=\"{}\"", crate::node::hex(peer));
+        histogram_series(
+            &mut out,
+            "etcd_network_peer_round_trip_time_seconds",
+            &labels,
+            &histogram.snapshot(),
+        );
+    }
+
+    help(
+        &mut out,
+        "grpc_server_started_total",
+        "counter",
+        "Total number of RPCs started on the server.",
+    );
+    for ((service, method, kind), n) in GRPC_STARTED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+    {
+        let _ = writeln!(
+            out,
+            "grpc_server_started_total{{grpc_method=\"{method}\",grpc_service=\"{service}\",grpc_type=\"{kind}\"}} {n}"
+        );
+    }
+    help(
+        &mut out,
+        "grpc_server_handled_total",
+        "counter",
+        "Total number of RPCs completed on the server, regardless of success or failure.",
+    );
+    for ((service, method, kind, code), n) in GRPC_HANDLED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+    {
+        let _ = writeln!(
+            out,
+            "grpc_server_handled_total{{grpc_code=\"{code}\",grpc_method=\"{method}\",grpc_service=\"{service}\",grpc_type=\"{kind}\"}} {n}"
+        );
+    }
+
+    let (rss, fds) = process_facts();
+    if let Some(rss) = rss {
+        gauge(
+            &mut out,
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            rss as f64,
+        );
+    }
+    if let Some(fds) = fds {
+        gauge(
+            &mut out,
+            "process_open_fds",
+            "Number of open file descriptors.",
+            fds as f64,
+        );
+    }
+    out
+}
+
+/// etcd's /health answer: healthy when there is a leader and a linearizable read
+/// completes within the timeout.
+pub async fn health(node: &Node) -> (bool, &'static str) {
+    const HEALTH_READ_TIMEOUT_MS: u64 = 2_000;
+    let outcome = if node.leader().is_none() {
+        (false, "RAFT NO LEADER")
+    } else {
+        match tokio::time::timeout(
+            Duration::from_millis(HEALTH_READ_TIMEOUT_MS),
+            node.read_barrier(),
+        )
+        .await
+        {
+            Ok(Ok(())) => (true, ""),
+            _ => (false, "QGET ERROR"),
+        }
+    };
+    if outcome.0 {
+        HEALTH_SUCCESS.fetch_add(1, Ordering::Relaxed);
+    } else {
+        HEALTH_FAILURE.fetch_add(1, Ordering::Relaxed);
+    }
+    outcome
+}
+
+/// The HTTP endpoints: /metrics, /health, /livez, /readyz.
+pub fn http_routes(node: Arc<Node>) -> axum::Router {
+    use axum::http::{header, StatusCode};
+    use axum::routing::get;
+
+    let metrics_node = node.clone();
+    let health_node = node.clone();
+    let ready_node = node;
+    axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let node = metrics_node.clone();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        render(&node),
+                    )
+                }
+            }),
+        )
+        .route(
+            "/health",
+            get(move || {
+                let node = health_node.clone();
+                async move {
+                    let (healthy, reason) = health(&node).await;
+                    let status = if healthy {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    (
+                        status,
+                        [(header::CONTENT_TYPE, "application/json")],
+                        format!("{{\"health\":\"{healthy}\",\"reason\":\"{reason}\"}}"),
+                    )
+                }
+            }),
+        )
+        .route("/livez", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let node = ready_node.clone();
+                async move {
+                    if node.leader().is_some() {
+                        (StatusCode::OK, "ok")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "no leader")
+                    }
+                }
+            }),
+        )
+}

@@ -1,0 +1,179 @@
+//! What an operator's Prometheus and health checks see: /metrics with etcd's metric
+//! names on the client URL and on --listen-metrics-urls, /health answering as etcd's
+//! does (compared with a real etcd 3.5), /livez and /readyz, and all of them turning
+//! unhealthy when the member loses its quorum.
+
+use std::time::{Duration, Instant};
+
+use raftkv_tests::*;
+
+/// The value of the first series of `metrics` whose name and labels start with `series`.
+fn value(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn metrics_of(port: u16) -> String {
+    let (status, body) = http_get(port, "/metrics");
+    assert_eq!(status, 200, "/metrics answered {status}: {body}");
+    body
+}
+
+fn member_id_hex(port: u16) -> String {
+    let metrics = metrics_of(port);
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("etcd_server_id{"))
+        .expect("etcd_server_id is exported");
+    line.split('"').nth(1).expect("server_id label").to_string()
+}
+
+#[test]
+fn metrics_and_health_on_a_three_member_cluster() {
+    let mut cluster = Cluster::start(3, &[]);
+    let eps = vec![cluster.members[0].endpoint()];
+    for i in 0..3 {
+        etcdctl_ok(&etcdctl35(), &eps, &["put", &format!("k{i}"), "v"]);
+    }
+    // A read of a future revision fails with OutOfRange: counted under its code.
+    let failed = etcdctl(&etcdctl35(), &eps, &["get", "k0", "--rev", "999"], None);
+    assert!(!failed.status.success());
+
+    let ports: Vec<u16> = cluster.members.iter().map(|m| m.client_port).collect();
+    let m0 = metrics_of(ports[0]);
+    assert!(
+        value(
+            &m0,
+            "grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Put\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"}"
+        )
+        .is_some_and(|n| n >= 3.0),
+        "three Puts counted as OK:\n{m0}"
+    );
+    assert_eq!(
+        value(
+            &m0,
+            "grpc_server_handled_total{grpc_code=\"OutOfRange\",grpc_method=\"Range\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"}"
+        ),
+        Some(1.0),
+        "the failed Range counted under its code:\n{m0}"
+    );
+    assert!(
+        value(&m0, "grpc_server_started_total{grpc_method=\"Put\"").is_some_and(|n| n >= 3.0),
+        "{m0}"
+    );
+
+    let mut leaders = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let m = metrics_of(*port);
+        assert_eq!(
+            value(&m, "etcd_server_has_leader "),
+            Some(1.0),
+            "member {i}"
+        );
+        assert!(
+            value(&m, "etcd_server_leader_changes_seen_total ").is_some_and(|n| n >= 1.0),
+            "member {i} saw its first leader:\n{m}"
+        );
+        assert!(
+            value(&m, "etcd_disk_wal_fsync_duration_seconds_count ").is_some_and(|n| n > 0.0),
+            "member {i} fsynced its log"
+        );
+        assert!(
+            value(&m, "etcd_disk_backend_commit_duration_seconds_count ").is_some_and(|n| n >= 3.0),
+            "member {i} applied the puts"
+        );
+        assert!(value(&m, "etcd_debugging_mvcc_current_revision ").is_some_and(|r| r >= 4.0));
+        assert!(value(&m, "process_resident_memory_bytes ").is_some_and(|b| b > 0.0));
+        if value(&m, "etcd_server_is_leader ") == Some(1.0) {
+            leaders.push(i);
+        }
+    }
+    assert_eq!(leaders.len(), 1, "exactly one member says it leads");
+    // The leader measures its round trips to each follower, labelled by member id.
+    let leader_metrics = metrics_of(ports[leaders[0]]);
+    for (i, port) in ports.iter().enumerate() {
+        if i == leaders[0] {
+            continue;
+        }
+        let series = format!(
+            "etcd_network_peer_round_trip_time_seconds_count{{To=\"{}\"}}",
+            member_id_hex(*port)
+        );
+        assert!(
+            value(&leader_metrics, &series).is_some_and(|n| n > 0.0),
+            "{series} missing:\n{leader_metrics}"
+        );
+    }
+
+    // /health as etcd answers it, byte for byte.
+    let etcd = Etcd::start();
+    let (etcd_status, etcd_body) = http_get(etcd.client_port, "/health");
+    for port in &ports {
+        assert_eq!(http_get(*port, "/health"), (etcd_status, etcd_body.clone()));
+        assert_eq!(http_get(*port, "/livez"), (200, "ok".to_string()));
+        assert_eq!(http_get(*port, "/readyz"), (200, "ok".to_string()));
+    }
+
+    // Without a quorum, the last member says so everywhere an operator looks.
+    cluster.members[1].kill9();
+    cluster.members[2].kill9();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = http_get(ports[0], "/health");
+        if status == 503 {
+            let health = json(&body);
+            assert_eq!(health["health"], "false", "{body}");
+            assert!(
+                ["RAFT NO LEADER", "QGET ERROR"].contains(&health["reason"].as_str().unwrap_or("")),
+                "{body}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "/health stayed {status}: {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while value(&metrics_of(ports[0]), "etcd_server_has_leader ") != Some(0.0) {
+        assert!(
+            Instant::now() < deadline,
+            "has_leader stayed 1 without a quorum"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(http_get(ports[0], "/readyz").0, 503);
+    assert_eq!(http_get(ports[0], "/livez"), (200, "ok".to_string()));
+    assert!(value(&metrics_of(ports[0]), "etcd_server_health_failures ").is_some_and(|n| n >= 1.0));
+}
+
+#[test]
+fn a_separate_metrics_url_serves_metrics_and_health() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let metrics_port = free_port();
+    let mut member = Member::new(root.path(), "m0");
+    member.start(&[
+        "--listen-metrics-urls".to_string(),
+        format!("http://127.0.0.1:{metrics_port}"),
+    ]);
+    let metrics = metrics_of(metrics_port);
+    assert_eq!(value(&metrics, "etcd_server_has_leader "), Some(1.0));
+    assert!(metrics.contains("# TYPE etcd_disk_wal_fsync_duration_seconds histogram"));
+    assert!(metrics.contains("etcd_disk_wal_fsync_duration_seconds_bucket{le=\"+Inf\"}"));
+    assert!(metrics.contains("etcd_server_version{server_version=\"3.5.16\"} 1"));
+    assert_eq!(http_get(metrics_port, "/health").0, 200);
+    // The metrics URL is plain HTTP only: no gRPC there.
+    let out = etcdctl(
+        &etcdctl35(),
+        &[format!("127.0.0.1:{metrics_port}")],
+        &["get", "x", "--command-timeout=2s"],
+        None,
+    );
+    assert!(
+        !out.status.success(),
+        "gRPC must not be served on the metrics URL"
+    );
+    member.stop();
+}
