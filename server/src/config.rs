@@ -107,6 +107,18 @@ pub struct ServerConfig {
         default_value_t = 600_000
     )]
     pub watch_progress_notify_interval_ms: u64,
+    /// Client TLS: the server certificate (PEM) for https:// client URLs.
+    #[arg(long, env = "RAFTKV_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// Client TLS: the certificate's private key (PEM).
+    #[arg(long, env = "RAFTKV_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Client TLS: CA certificates (PEM) that client certificates must be signed by.
+    #[arg(long, env = "RAFTKV_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Client TLS: refuse clients without a certificate signed by --trusted-ca-file.
+    #[arg(long, env = "RAFTKV_CLIENT_CERT_AUTH")]
+    pub client_cert_auth: bool,
     /// Log filter (tracing's env-filter syntax), e.g. "info" or "debug,openraft=info".
     /// openraft's own progress lines are kept at warn by default.
     #[arg(long, env = "RAFTKV_LOG", default_value = "info,openraft=warn")]
@@ -116,6 +128,33 @@ pub struct ServerConfig {
 impl ServerConfig {
     pub fn client_listen_urls(&self) -> Vec<String> {
         split_urls(&self.listen_client_urls)
+    }
+
+    /// The client TLS files, if any URL needs them; an error names what is missing.
+    pub fn client_tls(&self) -> Result<Option<crate::tls::TlsFiles>, String> {
+        let wants_tls = self
+            .client_listen_urls()
+            .iter()
+            .any(|u| u.starts_with("https://"));
+        match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => Ok(Some(crate::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                trusted_ca: self.trusted_ca_file.clone(),
+                client_cert_auth: self.client_cert_auth,
+            })),
+            (Some(_), None) | (None, Some(_)) => {
+                Err("--cert-file and --key-file go together".to_string())
+            }
+            (None, None) if wants_tls => {
+                Err("an https:// client URL needs both --cert-file and --key-file".to_string())
+            }
+            (None, None) if self.client_cert_auth => Err(
+                "--client-cert-auth needs TLS: --cert-file, --key-file and an https:// client URL"
+                    .to_string(),
+            ),
+            (None, None) => Ok(None),
+        }
     }
 
     pub fn metrics_listen_urls(&self) -> Vec<String> {

@@ -11,6 +11,7 @@
 //! - `convert.rs`: wire messages to storage types and back
 //! - `errors.rs`: errors with etcd's messages and gRPC codes
 //! - `metrics.rs`: /metrics (etcd's names), /health, /livez, /readyz, gRPC call counts
+//! - `tls.rs`: TLS on the client listeners, client certificates, reload on change
 //! - `snapshot_cli.rs`: `raftkv snapshot save|restore`
 //!
 //! The server never writes to storage except through openraft.
@@ -27,3 +28,4 @@ pub mod peer;
 pub mod peer_service;
 pub mod server;
 pub mod snapshot_cli;
+pub mod tls;

@@ -70,9 +70,17 @@ async fn shutdown_signal() {
 
 pub async fn run(config: ServerConfig) -> Result<(), StartError> {
     let peer_listener = bind(&config.listen_peer_urls, "peers").await?;
+    let client_tls = config.client_tls().map_err(StartError::Config)?;
+    let acceptor = match client_tls {
+        Some(files) => Some(Arc::new(
+            crate::tls::ReloadingAcceptor::new(files).map_err(StartError::Config)?,
+        )),
+        None => None,
+    };
     let mut client_listeners = Vec::new();
     for url in config.client_listen_urls() {
-        client_listeners.push(bind(&url, "clients").await?);
+        let tls = url.starts_with("https://");
+        client_listeners.push((bind(&url, "clients").await?, tls));
     }
     let mut metrics_listeners = Vec::new();
     for url in config.metrics_listen_urls() {
@@ -117,17 +125,25 @@ pub async fn run(config: ServerConfig) -> Result<(), StartError> {
     let leader_changes = tokio::spawn(crate::metrics::watch_leader_changes(node.clone()));
 
     let mut client_servers = Vec::new();
-    for listener in client_listeners {
+    for (listener, tls) in client_listeners {
         let addr = listener.local_addr().ok();
         let mut stop = stop_rx.clone();
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
         let router = client_router(&node);
-        client_servers.push(tokio::spawn(router.serve_with_incoming_shutdown(
-            incoming(listener),
-            async move {
-                let _ = stop.wait_for(|s| *s).await;
-            },
-        )));
-        tracing::info!(addr = ?addr, "serving clients");
+        match (tls, &acceptor) {
+            (true, Some(acceptor)) => {
+                let incoming = crate::tls::incoming(listener, acceptor.clone());
+                client_servers.push(tokio::spawn(
+                    router.serve_with_incoming_shutdown(incoming, stopped),
+                ));
+            }
+            _ => client_servers.push(tokio::spawn(
+                router.serve_with_incoming_shutdown(incoming(listener), stopped),
+            )),
+        }
+        tracing::info!(addr = ?addr, tls, "serving clients");
     }
     for listener in metrics_listeners {
         let addr = listener.local_addr().ok();

@@ -45,6 +45,8 @@ pub struct Member {
     pub peer_port: u16,
     pub log_path: PathBuf,
     pub extra_args: Vec<String>,
+    /// "http" or "https" (then pass --cert-file and --key-file in `extra_args`).
+    pub client_scheme: &'static str,
     child: Option<Child>,
     /// "ready" lines in the log before the current start.
     starts_before: usize,
@@ -59,13 +61,14 @@ impl Member {
             peer_port: free_port(),
             log_path: root.join(format!("{name}.log")),
             extra_args: Vec::new(),
+            client_scheme: "http",
             child: None,
             starts_before: 0,
         }
     }
 
     pub fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("{}://127.0.0.1:{}", self.client_scheme, self.client_port)
     }
 
     pub fn endpoint(&self) -> String {
@@ -505,4 +508,22 @@ fn dechunk(body: &str) -> String {
         rest = after[n..].trim_start_matches("\r\n");
     }
     out
+}
+
+/// Runs scripts/make-certs.sh (the documented openssl commands) into `dir`; `days`
+/// sets the validity (0: expired a second later).
+pub fn make_certs(dir: &Path, days: u32, sans: &[&str]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-certs.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .arg(dir)
+        .args(sans)
+        .env("DAYS", days.to_string())
+        .output()
+        .expect("bash runs");
+    assert!(
+        out.status.success(),
+        "make-certs.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

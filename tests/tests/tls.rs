@@ -1,0 +1,249 @@
+//! Client TLS as k3s uses it (--datastore-cafile/--datastore-certfile/--datastore-keyfile):
+//! certificates made by scripts/make-certs.sh (the documented openssl commands), used
+//! by etcdctl and by the Rust etcd client with the same files; clients without a
+//! certificate, with one from another CA, or with an expired one are refused; a
+//! renewed server certificate is picked up without a restart.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use raftkv_tests::*;
+
+fn tls_member(root: &Path, certs: &Path) -> Member {
+    let mut m = Member::new(root, "m0");
+    m.client_scheme = "https";
+    m.extra_args = [
+        "--cert-file",
+        &certs.join("server.pem").display().to_string(),
+        "--key-file",
+        &certs.join("server-key.pem").display().to_string(),
+        "--trusted-ca-file",
+        &certs.join("ca.pem").display().to_string(),
+        "--client-cert-auth",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    m.start(&[]);
+    m
+}
+
+/// etcdctl against `url` with the CA of `ca_dir` and the client certificate of
+/// `client_dir` (none if `None`).
+fn etcdctl_tls(
+    url: &str,
+    ca_dir: &Path,
+    client_dir: Option<&Path>,
+    args: &[&str],
+) -> std::process::Output {
+    let mut all: Vec<String> = vec![
+        format!("--cacert={}", ca_dir.join("ca.pem").display()),
+        "--dial-timeout=2s".to_string(),
+        "--command-timeout=4s".to_string(),
+    ];
+    if let Some(dir) = client_dir {
+        all.push(format!("--cert={}", dir.join("client.pem").display()));
+        all.push(format!("--key={}", dir.join("client-key.pem").display()));
+    }
+    all.extend(args.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = all.iter().map(|s| s.as_str()).collect();
+    etcdctl(&etcdctl35(), &[url.to_string()], &refs, None)
+}
+
+/// The serial number of the certificate the server presents now.
+fn served_serial(port: u16, ca: &Path) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect 127.0.0.1:{port} -CAfile {} </dev/null 2>/dev/null | openssl x509 -noout -serial",
+            ca.display()
+        ))
+        .output()
+        .expect("openssl runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn file_serial(cert: &Path) -> String {
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-serial", "-in"])
+        .arg(cert)
+        .output()
+        .expect("openssl runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn client_certificates_are_required_checked_and_reloaded() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let certs = root.path().join("certs");
+    make_certs(&certs, 365, &[]);
+    let mut member = tls_member(root.path(), &certs);
+    let url = member.client_url();
+
+    let put = etcdctl_tls(&url, &certs, Some(&certs), &["put", "k", "v"]);
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let get = etcdctl_tls(
+        &url,
+        &certs,
+        Some(&certs),
+        &["get", "k", "--print-value-only"],
+    );
+    assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "v");
+
+    // No client certificate.
+    let none = etcdctl_tls(&url, &certs, None, &["get", "k"]);
+    assert!(
+        !none.status.success(),
+        "a client without a certificate was served"
+    );
+    // A certificate from another CA.
+    let other = root.path().join("other");
+    make_certs(&other, 365, &[]);
+    let foreign = etcdctl_tls(&url, &certs, Some(&other), &["get", "k"]);
+    assert!(
+        !foreign.status.success(),
+        "a certificate from another CA was accepted"
+    );
+    // An expired certificate from the right CA.
+    let expired = root.path().join("expired");
+    std::fs::create_dir_all(&expired).expect("dir");
+    for f in ["ca.pem", "ca-key.pem"] {
+        std::fs::copy(certs.join(f), expired.join(f)).expect("copy CA");
+    }
+    make_certs(&expired, 0, &[]);
+    std::thread::sleep(Duration::from_millis(1_500));
+    let old = etcdctl_tls(&url, &certs, Some(&expired), &["get", "k"]);
+    assert!(
+        !old.status.success(),
+        "an expired client certificate was accepted"
+    );
+    // Plain text to the TLS port.
+    let plain = etcdctl(
+        &etcdctl35(),
+        &[format!("127.0.0.1:{}", member.client_port)],
+        &["get", "k", "--dial-timeout=2s", "--command-timeout=4s"],
+        None,
+    );
+    assert!(
+        !plain.status.success(),
+        "plain text was served on an https URL"
+    );
+    let log = member.log();
+    assert!(
+        log.contains("tls: handshake refused"),
+        "refusals are logged:\n{log}"
+    );
+
+    // Renew the server certificate in place (same CA): new handshakes get it, no restart.
+    let before = served_serial(member.client_port, &certs.join("ca.pem"));
+    assert_eq!(before, file_serial(&certs.join("server.pem")));
+    make_certs(&certs, 365, &[]);
+    let renewed = file_serial(&certs.join("server.pem"));
+    assert_ne!(before, renewed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served_serial(member.client_port, &certs.join("ca.pem")) != renewed {
+        assert!(
+            Instant::now() < deadline,
+            "the renewed certificate was not picked up"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The renewed client certificate works too (same CA).
+    let after = etcdctl_tls(
+        &url,
+        &certs,
+        Some(&certs),
+        &["get", "k", "--print-value-only"],
+    );
+    assert_eq!(String::from_utf8_lossy(&after.stdout).trim(), "v");
+    assert!(member.is_running());
+    member.stop();
+}
+
+#[test]
+fn the_rust_client_uses_the_same_files() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let certs = root.path().join("certs");
+    make_certs(&certs, 365, &[]);
+    let mut member = tls_member(root.path(), &certs);
+    let read = |f: &str| std::fs::read(certs.join(f)).expect("cert file");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read("ca.pem")))
+            .identity(etcd_client::Identity::from_pem(
+                read("client.pem"),
+                read("client-key.pem"),
+            ))
+            .domain_name("localhost");
+        let options = etcd_client::ConnectOptions::new()
+            .with_tls(tls)
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_timeout(Duration::from_secs(10));
+        let mut client = etcd_client::Client::connect([member.client_url()], Some(options))
+            .await
+            .expect("connects over TLS");
+        client.put("rk", "rv", None).await.expect("put");
+        let got = client.get("rk", None).await.expect("get");
+        assert_eq!(got.kvs()[0].value(), b"rv");
+        let status = client.status().await.expect("status");
+        assert_eq!(status.version(), "3.5.16");
+
+        // Without the client identity the same client is refused.
+        let tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read("ca.pem")))
+            .domain_name("localhost");
+        let options = etcd_client::ConnectOptions::new()
+            .with_tls(tls)
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_timeout(Duration::from_secs(3));
+        let refused = match etcd_client::Client::connect([member.client_url()], Some(options)).await
+        {
+            Ok(mut c) => c.get("rk", None).await.is_err(),
+            Err(_) => true,
+        };
+        assert!(refused, "a client without a certificate was served");
+    });
+    member.stop();
+}
+
+#[test]
+fn bad_tls_flags_fail_at_start_with_a_clear_message() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &[],
+            "an https:// client URL needs both --cert-file and --key-file",
+        ),
+        (
+            &[
+                "--cert-file",
+                "/nonexistent/server.pem",
+                "--key-file",
+                "/nonexistent/key.pem",
+            ],
+            "/nonexistent/server.pem",
+        ),
+        (
+            &["--cert-file", "/x.pem"],
+            "--cert-file and --key-file go together",
+        ),
+    ];
+    for (i, (args, expected)) in cases.iter().enumerate() {
+        let mut m = Member::new(root.path(), &format!("bad{i}"));
+        m.client_scheme = "https";
+        m.spawn(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let status = m.wait_exit(Duration::from_secs(10)).expect("exits");
+        assert!(!status.success());
+        let log = m.log();
+        assert!(log.contains(expected), "expected {expected:?} in:\n{log}");
+    }
+}
