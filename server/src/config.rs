@@ -119,6 +119,19 @@ pub struct ServerConfig {
     /// Client TLS: refuse clients without a certificate signed by --trusted-ca-file.
     #[arg(long, env = "RAFTKV_CLIENT_CERT_AUTH")]
     pub client_cert_auth: bool,
+    /// Peer TLS: this member's certificate (PEM), served on https:// peer URLs and
+    /// presented to other members.
+    #[arg(long, env = "RAFTKV_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Peer TLS: the certificate's private key (PEM).
+    #[arg(long, env = "RAFTKV_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// Peer TLS: the CA (PEM) that signed every member's peer certificate.
+    #[arg(long, env = "RAFTKV_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Peer TLS: refuse members that do not present a certificate the CA signed.
+    #[arg(long, env = "RAFTKV_PEER_CLIENT_CERT_AUTH")]
+    pub peer_client_cert_auth: bool,
     /// Log filter (tracing's env-filter syntax), e.g. "info" or "debug,openraft=info".
     /// openraft's own progress lines are kept at warn by default.
     #[arg(long, env = "RAFTKV_LOG", default_value = "info,openraft=warn")]
@@ -154,6 +167,29 @@ impl ServerConfig {
                     .to_string(),
             ),
             (None, None) => Ok(None),
+        }
+    }
+
+    /// The peer TLS files, if the peer URLs use https://; an error names what is missing.
+    pub fn peer_tls(&self) -> Result<Option<crate::tls::TlsFiles>, String> {
+        let urls = [
+            Some(self.listen_peer_urls.as_str()),
+            self.advertise_peer_urls.as_deref(),
+            self.join.as_deref(),
+        ];
+        let wants_tls = urls.iter().flatten().any(|u| u.starts_with("https://"));
+        match (&self.peer_cert_file, &self.peer_key_file, &self.peer_trusted_ca_file) {
+            (Some(cert), Some(key), Some(ca)) => Ok(Some(crate::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                trusted_ca: Some(ca.clone()),
+                client_cert_auth: self.peer_client_cert_auth,
+            })),
+            (None, None, None) if !wants_tls && !self.peer_client_cert_auth => Ok(None),
+            _ => Err(
+                "peer TLS needs --peer-cert-file, --peer-key-file and --peer-trusted-ca-file, with https:// peer URLs"
+                    .to_string(),
+            ),
         }
     }
 

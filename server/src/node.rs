@@ -108,7 +108,7 @@ impl Node {
         }
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
-        let peers = PeerClients::default();
+        let peers = PeerClients::new(config.peer_tls().map_err(StartError::Config)?);
         let network = RaftNetworkImpl {
             clients: peers.clone(),
         };
@@ -206,6 +206,16 @@ impl Node {
                         "{url} is not a raftkv peer URL: it answers gRPC but not raftkv's peer \
                          service (a client URL? members' peer URLs are their --listen-peer-urls, \
                          port 2380 by default)"
+                    )))
+                }
+                // A certificate the other side refuses (or that we refuse) will not get
+                // better by retrying: say so and stop.
+                Err(status) if is_tls_refusal(&status) => {
+                    return Err(StartError::Config(format!(
+                        "could not join through {url}: TLS refused ({}); check that both \
+                         members' peer certificates are signed by the CA each one trusts \
+                         (--peer-trusted-ca-file) and have not expired",
+                        status.message()
                     )))
                 }
                 Err(status) => tracing::warn!(
@@ -611,6 +621,20 @@ impl Node {
 }
 
 /// Member and cluster ids are shown in hex, as etcd does.
+/// A gRPC error that is a TLS handshake refusal (bad, foreign or expired certificate).
+fn is_tls_refusal(status: &tonic::Status) -> bool {
+    let text = format!("{} {:?}", status.message(), status);
+    [
+        "invalid peer certificate",
+        "certificate required",
+        "received fatal alert",
+        "UnknownIssuer",
+        "BadSignature",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
+}
+
 pub fn hex(id: u64) -> String {
     format!("{id:x}")
 }

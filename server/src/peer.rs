@@ -109,24 +109,96 @@ pub fn decode<T: for<'de> Deserialize<'de>>(blob: &Blob) -> Result<T, tonic::Sta
         .map_err(|e| tonic::Status::invalid_argument(format!("raftkv peer: bad payload: {e}")))
 }
 
-/// Connections to other members, one lazily connected channel per peer URL.
+/// How often the peer TLS files' modification times are looked at.
+const PEER_TLS_CHECK_MS: u64 = 1_000;
+
+/// Peer TLS as a client: the files, and when they were last seen to change.
+struct PeerTls {
+    files: crate::tls::TlsFiles,
+    checked_at: std::time::Instant,
+    stamps: Vec<Option<std::time::SystemTime>>,
+}
+
+/// Connections to other members, one lazily connected channel per peer URL. With peer
+/// TLS, channels present this member's certificate and check the other's against the
+/// CA; when the files change, the pool is emptied so new channels use the new files.
 #[derive(Clone, Default)]
 pub struct PeerClients {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    tls: Option<Arc<Mutex<PeerTls>>>,
 }
 
 impl PeerClients {
+    pub fn new(tls: Option<crate::tls::TlsFiles>) -> PeerClients {
+        PeerClients {
+            channels: Arc::default(),
+            tls: tls.map(|files| {
+                Arc::new(Mutex::new(PeerTls {
+                    stamps: files.stamps(),
+                    files,
+                    checked_at: std::time::Instant::now(),
+                }))
+            }),
+        }
+    }
+
+    /// The client TLS configuration for an https:// peer URL, and whether the files
+    /// changed since the channels in the pool were made.
+    fn client_tls(&self) -> Result<(tonic::transport::ClientTlsConfig, bool), ApiError> {
+        let Some(tls) = &self.tls else {
+            return Err(ApiError::InvalidArgument(
+                "an https:// peer URL needs --peer-cert-file, --peer-key-file and --peer-trusted-ca-file".into(),
+            ));
+        };
+        let mut tls = tls.lock().unwrap_or_else(|e| e.into_inner());
+        let mut changed = false;
+        if tls.checked_at.elapsed() >= Duration::from_millis(PEER_TLS_CHECK_MS) {
+            tls.checked_at = std::time::Instant::now();
+            let stamps = tls.files.stamps();
+            if stamps != tls.stamps {
+                tls.stamps = stamps;
+                changed = true;
+            }
+        }
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| {
+                ApiError::Internal(format!("peer TLS: cannot read {}: {e}", p.display()))
+            })
+        };
+        let mut config = tonic::transport::ClientTlsConfig::new().identity(
+            tonic::transport::Identity::from_pem(read(&tls.files.cert)?, read(&tls.files.key)?),
+        );
+        if let Some(ca) = &tls.files.trusted_ca {
+            config = config.ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
+        }
+        Ok((config, changed))
+    }
+
     pub fn client(&self, url: &str) -> Result<PeerClient<Channel>, ApiError> {
+        let tls = if url.starts_with("https://") {
+            Some(self.client_tls()?)
+        } else {
+            None
+        };
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if tls.as_ref().is_some_and(|(_, changed)| *changed) {
+            tracing::info!("peer TLS files changed; reconnecting to peers with them");
+            channels.clear();
+        }
         let channel = match channels.get(url) {
             Some(c) => c.clone(),
             None => {
-                let endpoint = Endpoint::from_shared(url.to_string())
+                let mut endpoint = Endpoint::from_shared(url.to_string())
                     .map_err(|e| ApiError::InvalidArgument(format!("bad peer URL {url}: {e}")))?
                     .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(5))
                     .keep_alive_while_idle(true);
+                if let Some((config, _)) = tls {
+                    endpoint = endpoint.tls_config(config).map_err(|e| {
+                        ApiError::InvalidArgument(format!("peer TLS for {url}: {e}"))
+                    })?;
+                }
                 let channel = endpoint.connect_lazy();
                 channels.insert(url.to_string(), channel.clone());
                 channel

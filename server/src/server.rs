@@ -70,6 +70,12 @@ async fn shutdown_signal() {
 
 pub async fn run(config: ServerConfig) -> Result<(), StartError> {
     let peer_listener = bind(&config.listen_peer_urls, "peers").await?;
+    let peer_acceptor = match config.peer_tls().map_err(StartError::Config)? {
+        Some(files) if config.listen_peer_urls.starts_with("https://") => Some(Arc::new(
+            crate::tls::ReloadingAcceptor::new(files).map_err(StartError::Config)?,
+        )),
+        _ => None,
+    };
     let client_tls = config.client_tls().map_err(StartError::Config)?;
     let acceptor = match client_tls {
         Some(files) => Some(Arc::new(
@@ -94,14 +100,19 @@ pub async fn run(config: ServerConfig) -> Result<(), StartError> {
         let service = PeerServer::new(PeerService { node: node.clone() })
             .max_decoding_message_size(MAX_PEER_MESSAGE_SIZE_BYTES)
             .max_encoding_message_size(MAX_PEER_MESSAGE_SIZE_BYTES);
-        tokio::spawn(
-            Server::builder()
-                .tcp_nodelay(true)
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming(peer_listener), async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                }),
-        )
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        let router = Server::builder().tcp_nodelay(true).add_service(service);
+        match peer_acceptor {
+            Some(acceptor) => tokio::spawn(router.serve_with_incoming_shutdown(
+                crate::tls::incoming(peer_listener, acceptor),
+                stopped,
+            )),
+            None => {
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming(peer_listener), stopped))
+            }
+        }
     };
 
     let bootstrap = tokio::select! {

@@ -1,4 +1,4 @@
-//! TLS on the client listeners (rustls): the server certificate, optional client
+//! TLS on the client and peer listeners (rustls): the server certificate, optional client
 //! certificate authentication against a trusted CA, and files that change on disk
 //! picked up without a restart.
 //!
@@ -52,7 +52,7 @@ impl TlsFiles {
         paths
     }
 
-    fn stamps(&self) -> Vec<Option<SystemTime>> {
+    pub fn stamps(&self) -> Vec<Option<SystemTime>> {
         self.paths()
             .iter()
             .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())

@@ -47,6 +47,8 @@ pub struct Member {
     pub extra_args: Vec<String>,
     /// "http" or "https" (then pass --cert-file and --key-file in `extra_args`).
     pub client_scheme: &'static str,
+    /// "http" or "https" (then pass the --peer-* TLS flags in `extra_args`).
+    pub peer_scheme: &'static str,
     child: Option<Child>,
     /// "ready" lines in the log before the current start.
     starts_before: usize,
@@ -62,6 +64,7 @@ impl Member {
             log_path: root.join(format!("{name}.log")),
             extra_args: Vec::new(),
             client_scheme: "http",
+            peer_scheme: "http",
             child: None,
             starts_before: 0,
         }
@@ -76,7 +79,7 @@ impl Member {
     }
 
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("{}://127.0.0.1:{}", self.peer_scheme, self.peer_port)
     }
 
     /// Starts the process with `args` after the member's own flags; does not wait.

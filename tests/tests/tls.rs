@@ -2,7 +2,9 @@
 //! certificates made by scripts/make-certs.sh (the documented openssl commands), used
 //! by etcdctl and by the Rust etcd client with the same files; clients without a
 //! certificate, with one from another CA, or with an expired one are refused; a
-//! renewed server certificate is picked up without a restart.
+//! renewed server certificate is picked up without a restart. Peer TLS with mutual
+//! authentication: a cluster over https:// peer URLs, and a member whose certificate
+//! another CA signed refused at join, with nothing changed in the cluster.
 
 use std::path::Path;
 use std::process::Command;
@@ -245,5 +247,114 @@ fn bad_tls_flags_fail_at_start_with_a_clear_message() {
         assert!(!status.success());
         let log = m.log();
         assert!(log.contains(expected), "expected {expected:?} in:\n{log}");
+    }
+}
+
+fn peer_tls_args(certs: &Path) -> Vec<String> {
+    [
+        "--peer-cert-file",
+        &certs.join("server.pem").display().to_string(),
+        "--peer-key-file",
+        &certs.join("server-key.pem").display().to_string(),
+        "--peer-trusted-ca-file",
+        &certs.join("ca.pem").display().to_string(),
+        "--peer-client-cert-auth",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+#[test]
+fn members_talk_over_mutual_tls_and_a_foreign_certificate_cannot_join() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let certs = root.path().join("certs");
+    make_certs(&certs, 365, &[]);
+    let mut members: Vec<Member> = (0..3)
+        .map(|i| {
+            let mut m = Member::new(root.path(), &format!("m{i}"));
+            m.peer_scheme = "https";
+            m.extra_args = peer_tls_args(&certs);
+            m
+        })
+        .collect();
+    members[0].start(&["--cluster-init".to_string()]);
+    let join = members[0].peer_url();
+    for m in members.iter_mut().skip(1) {
+        m.start(&["--join".to_string(), join.clone()]);
+    }
+    let all: Vec<String> = members.iter().map(|m| m.endpoint()).collect();
+    etcdctl_ok(&etcdctl35(), &[all[0].clone()], &["put", "k", "over-tls"]);
+    let listed = etcdctl_ok(&etcdctl35(), &[all[2].clone()], &["member", "list"]);
+    assert_eq!(listed.matches("https://127.0.0.1:").count(), 3, "{listed}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = etcdctl_ok(
+            &etcdctl35(),
+            &[all[2].clone()],
+            &["get", "k", "--print-value-only", "--consistency=s"],
+        );
+        if got.trim() == "over-tls" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the write did not replicate over TLS"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A member with a certificate from another CA is refused at once, and exits.
+    let other = root.path().join("other");
+    make_certs(&other, 365, &[]);
+    let mut stranger = Member::new(root.path(), "stranger");
+    stranger.peer_scheme = "https";
+    stranger.extra_args = peer_tls_args(&other);
+    stranger.spawn(&["--join".to_string(), join.clone()]);
+    let status = stranger
+        .wait_exit(Duration::from_secs(15))
+        .expect("the stranger exits");
+    assert!(!status.success());
+    assert!(stranger.log().contains("TLS refused"), "{}", stranger.log());
+    let listed = etcdctl_ok(&etcdctl35(), &[all[0].clone()], &["member", "list"]);
+    assert_eq!(
+        listed.lines().count(),
+        3,
+        "nothing changed in the cluster: {listed}"
+    );
+
+    // A TLS client without a certificate is refused by the peer port.
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect 127.0.0.1:{} -CAfile {} </dev/null >/dev/null 2>&1",
+            members[1].peer_port,
+            certs.join("ca.pem").display()
+        ))
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !members[1].log().contains("peer sent no certificates") {
+        assert!(Instant::now() < deadline, "{}", members[1].log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Losing a member: the others reconnect over TLS and keep serving.
+    members[0].kill9();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = etcdctl(
+            &etcdctl35(),
+            &[all[1].clone()],
+            &["put", "k2", "after-failover", "--command-timeout=2s"],
+            None,
+        );
+        if out.status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no write after losing a member");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for m in members.iter_mut().skip(1) {
+        m.stop();
     }
 }
