@@ -115,7 +115,9 @@ impl BenchCluster {
                 cmd.arg("--cluster-init");
             } else {
                 cmd.arg("--join")
-                    .arg(format!("http://127.0.0.1:{}", peer_ports[0]));
+                    .arg(format!("http://127.0.0.1:{}", peer_ports[0]))
+                    .arg("--token-file")
+                    .arg(dir.path().join("m0").join("token"));
             }
             children.push(cmd.spawn().expect("raftkv starts"));
             let deadline = Instant::now() + Duration::from_secs(30);

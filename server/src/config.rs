@@ -63,6 +63,13 @@ pub struct ServerConfig {
     /// Join the cluster a member of which serves peers at this URL.
     #[arg(long, env = "RAFTKV_JOIN", value_name = "PEER_URL")]
     pub join: Option<String>,
+    /// The cluster's join token (default for --cluster-init: a new random one, kept in
+    /// <data-dir>/token). A joining member must give the same one.
+    #[arg(long, env = "RAFTKV_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A file whose first line is the join token (instead of --token).
+    #[arg(long, env = "RAFTKV_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
     /// Comma-separated URLs to serve clients on.
     #[arg(
         long,

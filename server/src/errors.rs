@@ -30,6 +30,9 @@ pub enum ApiError {
     /// restarted with a wiped data dir, and must not vote again with lost state.
     #[error("raftkv: member {existing} already has peer URL {url}; if its data dir was lost, remove it first (etcdctl member remove {existing}) and join again")]
     RejoinWithLostState { existing: String, url: String },
+    /// A join without the cluster's token (or with a wrong one): nothing was changed.
+    #[error("raftkv: join refused: {0}")]
+    JoinRefused(String),
     #[error("etcdserver: refusing to remove the last voter: the cluster would have no quorum")]
     LastVoter,
     #[error("etcdserver: not leader")]
@@ -70,6 +73,7 @@ impl ApiError {
             ApiError::MemberNotLearner | ApiError::LearnerNotReady => Code::FailedPrecondition,
             ApiError::LastVoter => Code::FailedPrecondition,
             ApiError::RejoinWithLostState { .. } => Code::FailedPrecondition,
+            ApiError::JoinRefused(_) => Code::PermissionDenied,
             ApiError::NotLeader | ApiError::BadLeaderTransferee => Code::FailedPrecondition,
             ApiError::LeaderTransferTimeout => Code::Unavailable,
             ApiError::AuthNotEnabled => Code::FailedPrecondition,

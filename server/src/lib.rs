@@ -5,6 +5,7 @@
 //! - `server.rs`: listeners, start-up order, shutdown
 //! - `node.rs`: one member — storage, openraft, leader routing (writes, read index)
 //! - `identity.rs`: member.json, who this member is
+//! - `join_token.rs`: the join token, and proving knowledge of it without sending it
 //! - `peer.rs`, `peer_service.rs`: member-to-member gRPC (Raft RPCs, forwarding)
 //! - `leases.rs`: the leader's lease clocks and expiry
 //! - `api/`: etcd's services (kv, watch, lease, cluster, maintenance, auth)
@@ -21,6 +22,7 @@ pub mod config;
 pub mod convert;
 pub mod errors;
 pub mod identity;
+pub mod join_token;
 pub mod leases;
 pub mod metrics;
 pub mod node;

@@ -27,7 +27,8 @@ use crate::errors::ApiError;
 use crate::identity::{random_id, Identity};
 use crate::leases::LeaseKeeper;
 use crate::peer::{
-    ForwardError, ForwardReply, ForwardRequest, ForwardResponse, PeerClients, RaftNetworkImpl,
+    ForwardError, ForwardReply, ForwardRequest, ForwardResponse, JoinProof, PeerClients,
+    RaftNetworkImpl,
 };
 
 /// How long a join may take: the leader adds the new member as a learner and waits for
@@ -52,6 +53,10 @@ pub struct Node {
     pub peers: PeerClients,
     pub leases: LeaseKeeper,
     pub started: Instant,
+    /// The cluster's join token; none for a cluster made before tokens existed.
+    join_token: std::sync::Mutex<Option<String>>,
+    /// Nonces handed to joiners (join_token.rs).
+    challenges: crate::join_token::Challenges,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +80,20 @@ impl Node {
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir)?;
         let existing = Identity::load(&data_dir)?;
+        let flag_token =
+            crate::join_token::from_flags(config.token.as_deref(), config.token_file.as_deref())
+                .map_err(StartError::Config)?;
+        let join_token = match (crate::join_token::load(&data_dir)?, flag_token) {
+            (Some(stored), Some(given)) if stored != given => {
+                tracing::warn!(
+                    file = %crate::join_token::path(&data_dir).display(),
+                    "--token/--token-file differs from the token this member keeps; keeping its own"
+                );
+                Some(stored)
+            }
+            (Some(stored), _) => Some(stored),
+            (None, given) => given,
+        };
         let identity = match &existing {
             Some(id) => id.clone(),
             None => Identity {
@@ -125,6 +144,8 @@ impl Node {
             peers,
             leases: LeaseKeeper::default(),
             started: Instant::now(),
+            join_token: std::sync::Mutex::new(join_token),
+            challenges: crate::join_token::Challenges::default(),
         });
         Ok((node, existing))
     }
@@ -156,6 +177,15 @@ impl Node {
                     joined: true,
                 };
                 identity.store(&data_dir)?;
+                let token = self
+                    .join_token()
+                    .unwrap_or_else(crate::join_token::generate);
+                crate::join_token::store(&data_dir, &token)?;
+                *self.join_token.lock().unwrap_or_else(|e| e.into_inner()) = Some(token);
+                tracing::info!(
+                    file = %crate::join_token::path(&data_dir).display(),
+                    "join token kept here: start other members with --join <this member's peer URL> --token-file <a copy of it> (or --token)"
+                );
                 self.cluster_id.store(cluster_id, Ordering::SeqCst);
                 let members = BTreeMap::from([(self.id, me)]);
                 if let Err(e) = self.raft.initialize(members).await {
@@ -175,10 +205,7 @@ impl Node {
             joined: false,
         }
         .store(data_dir)?;
-        let request = ForwardRequest::Join {
-            id: self.id,
-            member: self.self_member(),
-        };
+        let token = self.join_token();
         let deadline = Instant::now() + Duration::from_millis(JOIN_TIMEOUT_MS);
         tracing::info!(peer = url, member_id = %hex(self.id), "joining");
         let cluster_id = loop {
@@ -188,7 +215,7 @@ impl Node {
                     "could not join through {url}: no answer within {JOIN_TIMEOUT_MS} ms"
                 )));
             }
-            match self.peers.forward(url, &request, remaining).await {
+            match self.join_attempt(url, token.as_deref(), remaining).await {
                 Ok(Ok(ForwardResponse::Join { cluster_id })) => break cluster_id,
                 Ok(Ok(other)) => {
                     return Err(StartError::Config(format!(
@@ -197,6 +224,11 @@ impl Node {
                 }
                 Ok(Err(ForwardError::Api(e @ ApiError::RejoinWithLostState { .. }))) => {
                     return Err(StartError::Config(e.to_string()))
+                }
+                Ok(Err(ForwardError::Api(e @ ApiError::JoinRefused(_)))) => {
+                    return Err(StartError::Config(format!(
+                        "could not join through {url}: {e}"
+                    )))
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(peer = url, error = ?e, "join refused for now; retrying")
@@ -234,8 +266,88 @@ impl Node {
             joined: true,
         }
         .store(data_dir)?;
+        if let Some(token) = &token {
+            // Kept so that this member can admit the next ones.
+            crate::join_token::store(data_dir, token)?;
+        }
         self.cluster_id.store(cluster_id, Ordering::SeqCst);
         tracing::info!(member_id = %hex(self.id), cluster_id = %hex(cluster_id), "joined");
+        Ok(())
+    }
+
+    fn join_token(&self) -> Option<String> {
+        self.join_token
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// One try at joining through `url`: a challenge (if this member has a token), then
+    /// the join with the proof.
+    async fn join_attempt(
+        &self,
+        url: &str,
+        token: Option<&str>,
+        timeout: Duration,
+    ) -> Result<ForwardReply, tonic::Status> {
+        let member = self.self_member();
+        let proof = match token {
+            None => None,
+            Some(token) => match self
+                .peers
+                .forward(url, &ForwardRequest::JoinChallenge, timeout)
+                .await?
+            {
+                Ok(ForwardResponse::JoinChallenge { nonce }) => Some(JoinProof {
+                    mac: crate::join_token::prove(token, self.id, &member.peer_urls, &nonce),
+                    nonce,
+                }),
+                Ok(other) => {
+                    return Err(tonic::Status::internal(format!(
+                        "{url} answered a join challenge with {other:?}"
+                    )))
+                }
+                Err(e) => return Ok(Err(e)),
+            },
+        };
+        let request = ForwardRequest::Join {
+            id: self.id,
+            member,
+            proof,
+        };
+        self.peers.forward(url, &request, timeout).await
+    }
+
+    /// Checks a joiner's proof of the token; nothing is changed when it fails.
+    fn check_join_proof(
+        &self,
+        id: NodeId,
+        member: &Member,
+        proof: Option<&JoinProof>,
+    ) -> Result<(), ForwardError> {
+        let Some(token) = self.join_token() else {
+            tracing::warn!(member_id = %hex(id), "admitting a member without a join token: this cluster has none (made before tokens)");
+            return Ok(());
+        };
+        let Some(proof) = proof else {
+            return Err(ForwardError::Api(ApiError::JoinRefused(
+                "this cluster needs its join token: start the new member with --token or \
+                 --token-file (the first member keeps it in <its data dir>/token)"
+                    .into(),
+            )));
+        };
+        if !self.challenges.take(&proof.nonce) {
+            // Expired, or issued by a member that restarted since: the joiner asks again.
+            return Err(ForwardError::Api(ApiError::Internal(
+                "join challenge unknown or expired".into(),
+            )));
+        }
+        if !crate::join_token::verify(&token, id, &member.peer_urls, &proof.nonce, &proof.mac) {
+            tracing::warn!(member_id = %hex(id), peer = ?member.peer_urls, "join refused: wrong token");
+            return Err(ForwardError::Api(ApiError::JoinRefused(
+                "the join token does not match this cluster's".into(),
+            )));
+        }
         Ok(())
     }
 
@@ -455,7 +567,13 @@ impl Node {
                     keys,
                 })
             }
-            ForwardRequest::Join { id, member } => self.serve_join(id, member).await,
+            ForwardRequest::JoinChallenge => Ok(ForwardResponse::JoinChallenge {
+                nonce: self.challenges.issue().to_vec(),
+            }),
+            ForwardRequest::Join { id, member, proof } => {
+                self.check_join_proof(id, &member, proof.as_ref())?;
+                self.serve_join(id, member).await
+            }
             ForwardRequest::RemoveMember { id } => self.serve_remove(id).await,
             ForwardRequest::PromoteMember { id } => self.serve_promote(id).await,
             ForwardRequest::Elect => match self.raft.trigger().elect().await {

@@ -47,10 +47,15 @@ pub enum ForwardRequest {
         id: LeaseId,
         keys: bool,
     },
+    /// A joining member asks for a nonce to prove it knows the join token.
+    JoinChallenge,
     /// A new member asks to be added (as a learner, then promoted to voter).
     Join {
         id: NodeId,
         member: Member,
+        /// HMAC of the token over the member and a nonce (join_token.rs); none when
+        /// the joiner has no token.
+        proof: Option<JoinProof>,
     },
     /// Remove a member (voter or learner).
     RemoveMember {
@@ -78,6 +83,9 @@ pub enum ForwardResponse {
         granted_ttl_s: i64,
         keys: Vec<Bytes>,
     },
+    JoinChallenge {
+        nonce: Vec<u8>,
+    },
     Join {
         cluster_id: u64,
     },
@@ -86,6 +94,13 @@ pub enum ForwardResponse {
     MembershipChanged(Vec<(NodeId, Member, bool)>),
     /// An election was started.
     Electing,
+}
+
+/// A joiner's answer to a join challenge.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinProof {
+    pub nonce: Vec<u8>,
+    pub mac: Vec<u8>,
 }
 
 /// What the leader answers a forwarded request with. `NotLeader` tells the sender to

@@ -70,6 +70,24 @@ impl Member {
         }
     }
 
+    /// The join token this member keeps (<data-dir>/token).
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("token"))
+            .unwrap_or_else(|e| panic!("{}: no token file: {e}", self.name))
+            .trim()
+            .to_string()
+    }
+
+    /// The args that join the cluster `first` belongs to, with its token.
+    pub fn join_args(first: &Member) -> Vec<String> {
+        vec![
+            "--join".to_string(),
+            first.peer_url(),
+            "--token".to_string(),
+            first.token(),
+        ]
+    }
+
     pub fn client_url(&self) -> String {
         format!("{}://127.0.0.1:{}", self.client_scheme, self.client_port)
     }
@@ -218,9 +236,9 @@ impl Cluster {
             })
             .collect();
         members[0].start(&["--cluster-init".to_string()]);
-        let first_peer = members[0].peer_url();
+        let join = Member::join_args(&members[0]);
         for m in members.iter_mut().skip(1) {
-            m.start(&["--join".to_string(), first_peer.clone()]);
+            m.start(&join);
         }
         Cluster { root, members }
     }
@@ -234,7 +252,7 @@ impl Cluster {
         if i == 0 {
             vec!["--cluster-init".to_string()]
         } else {
-            vec!["--join".to_string(), self.members[0].peer_url()]
+            Member::join_args(&self.members[0])
         }
     }
 

@@ -690,3 +690,62 @@ fn a_member_restarted_with_a_wiped_data_dir_is_refused_with_how_to_re_add_it() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn joining_needs_the_clusters_token_and_a_wrong_one_changes_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let cluster = Cluster::start(1, &[]);
+    let first = &cluster.members[0];
+    let token = first.token();
+    assert!(token.starts_with("raftkv-") && token.len() == 71, "{token}");
+    let mode = std::fs::metadata(first.data_dir.join("token"))
+        .expect("token file")
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "the token file is readable by its owner only"
+    );
+    let root = cluster.root.path().to_path_buf();
+    let cases: [(&[&str], &str); 2] = [
+        (
+            &["--token", "raftkv-not-the-token"],
+            "the join token does not match this cluster's",
+        ),
+        (&[], "this cluster needs its join token"),
+    ];
+    for (i, (extra, expected)) in cases.iter().enumerate() {
+        let mut m = Member::new(&root, &format!("j{i}"));
+        let mut args = vec!["--join".to_string(), first.peer_url()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        m.spawn(&args);
+        let status = m
+            .wait_exit(Duration::from_secs(15))
+            .expect("a refused joiner exits");
+        assert!(!status.success());
+        assert!(
+            m.log().contains(expected),
+            "expected {expected:?}:\n{}",
+            m.log()
+        );
+    }
+    let listed = etcdctl_ok(&etcdctl35(), &cluster.endpoints(), &["member", "list"]);
+    assert_eq!(listed.lines().count(), 1, "nothing changed: {listed}");
+
+    // The right token from a file joins, and the new member keeps it.
+    let token_file = root.join("token-copy");
+    std::fs::write(&token_file, format!("{token}\n")).expect("token copy");
+    let mut good = Member::new(&root, "good");
+    good.start(&[
+        "--join".to_string(),
+        first.peer_url(),
+        "--token-file".to_string(),
+        token_file.display().to_string(),
+    ]);
+    assert_eq!(good.token(), token);
+    let listed = etcdctl_ok(&etcdctl35(), &cluster.endpoints(), &["member", "list"]);
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    // The token itself never appears in any log.
+    assert!(!first.log().contains(&token) && !good.log().contains(&token));
+}

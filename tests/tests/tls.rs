@@ -279,9 +279,9 @@ fn members_talk_over_mutual_tls_and_a_foreign_certificate_cannot_join() {
         })
         .collect();
     members[0].start(&["--cluster-init".to_string()]);
-    let join = members[0].peer_url();
+    let join = Member::join_args(&members[0]);
     for m in members.iter_mut().skip(1) {
-        m.start(&["--join".to_string(), join.clone()]);
+        m.start(&join);
     }
     let all: Vec<String> = members.iter().map(|m| m.endpoint()).collect();
     etcdctl_ok(&etcdctl35(), &[all[0].clone()], &["put", "k", "over-tls"]);
@@ -310,7 +310,7 @@ fn members_talk_over_mutual_tls_and_a_foreign_certificate_cannot_join() {
     let mut stranger = Member::new(root.path(), "stranger");
     stranger.peer_scheme = "https";
     stranger.extra_args = peer_tls_args(&other);
-    stranger.spawn(&["--join".to_string(), join.clone()]);
+    stranger.spawn(&join);
     let status = stranger
         .wait_exit(Duration::from_secs(15))
         .expect("the stranger exits");
