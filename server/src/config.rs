@@ -114,6 +114,14 @@ pub struct ServerConfig {
         default_value_t = 600_000
     )]
     pub watch_progress_notify_interval_ms: u64,
+    /// Auto-compaction mode: "periodic" (keep --auto-compaction-retention of time) or
+    /// "revision" (keep that many revisions), as etcd's.
+    #[arg(long, env = "RAFTKV_AUTO_COMPACTION_MODE", default_value = "periodic")]
+    pub auto_compaction_mode: String,
+    /// How much history auto-compaction keeps: a duration ("1h", "30m", or a number of
+    /// hours) in periodic mode, a count in revision mode; "0" turns it off.
+    #[arg(long, env = "RAFTKV_AUTO_COMPACTION_RETENTION", default_value = "0")]
+    pub auto_compaction_retention: String,
     /// Client TLS: the server certificate (PEM) for https:// client URLs.
     #[arg(long, env = "RAFTKV_CERT_FILE")]
     pub cert_file: Option<PathBuf>,

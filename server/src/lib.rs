@@ -7,6 +7,7 @@
 //! - `identity.rs`: member.json, who this member is
 //! - `join_token.rs`: the join token, and proving knowledge of it without sending it
 //! - `peer.rs`, `peer_service.rs`: member-to-member gRPC (Raft RPCs, forwarding)
+//! - `auto_compaction.rs`: etcd's periodic and revision auto-compaction (leader only)
 //! - `leases.rs`: the leader's lease clocks and expiry
 //! - `api/`: etcd's services (kv, watch, lease, cluster, maintenance, auth)
 //! - `convert.rs`: wire messages to storage types and back
@@ -18,6 +19,7 @@
 //! The server never writes to storage except through openraft.
 
 pub mod api;
+pub mod auto_compaction;
 pub mod config;
 pub mod convert;
 pub mod errors;

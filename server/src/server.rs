@@ -92,6 +92,11 @@ pub async fn run(config: ServerConfig) -> Result<(), StartError> {
     for url in config.metrics_listen_urls() {
         metrics_listeners.push(bind(&url, "metrics").await?);
     }
+    let auto_compaction = crate::auto_compaction::parse(
+        &config.auto_compaction_mode,
+        &config.auto_compaction_retention,
+    )
+    .map_err(StartError::Config)?;
     let (node, existing) = Node::open(config.clone()).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -134,6 +139,8 @@ pub async fn run(config: ServerConfig) -> Result<(), StartError> {
         .await;
     let expiry = tokio::spawn(crate::leases::run_expiry(node.clone()));
     let leader_changes = tokio::spawn(crate::metrics::watch_leader_changes(node.clone()));
+    let auto_compaction = auto_compaction
+        .map(|policy| tokio::spawn(crate::auto_compaction::run(node.clone(), policy)));
 
     let mut client_servers = Vec::new();
     for (listener, tls) in client_listeners {
@@ -182,6 +189,9 @@ pub async fn run(config: ServerConfig) -> Result<(), StartError> {
     let _ = stop_tx.send(true);
     expiry.abort();
     leader_changes.abort();
+    if let Some(task) = auto_compaction {
+        task.abort();
+    }
     for s in client_servers {
         let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
     }

@@ -364,3 +364,81 @@ fn no_flags_serves_one_member_on_2379_with_data_in_the_current_dir() {
     let status = child.wait().expect("exit");
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn periodic_auto_compaction_drops_history_older_than_the_retention() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut m = Member::new(root.path(), "auto");
+    m.start(&[
+        "--auto-compaction-mode".to_string(),
+        "periodic".to_string(),
+        "--auto-compaction-retention".to_string(),
+        "1s".to_string(),
+    ]);
+    let ep = vec![m.endpoint()];
+    let ctl = etcdctl35();
+    etcdctl_ok(&ctl, &ep, &["put", "k", "old"]);
+    let first = json(&etcdctl_ok(&ctl, &ep, &["get", "k", "-w", "json"]));
+    let old_rev = first["header"]["revision"].as_i64().expect("revision");
+    // Within the retention the old revision still reads.
+    assert_eq!(
+        etcdctl_ok(
+            &ctl,
+            &ep,
+            &[
+                "get",
+                "k",
+                "--rev",
+                &old_rev.to_string(),
+                "--print-value-only"
+            ]
+        )
+        .trim(),
+        "old"
+    );
+    etcdctl_ok(&ctl, &ep, &["put", "k", "new"]);
+    // A little after the retention, the history before it is compacted away.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = etcdctl(
+            &ctl,
+            &ep,
+            &["get", "k", "--rev", &old_rev.to_string()],
+            None,
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            assert!(
+                stderr.contains("required revision has been compacted"),
+                "{stderr}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "revision {old_rev} was never compacted; log:\n{}",
+            m.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        etcdctl_ok(&ctl, &ep, &["get", "k", "--print-value-only"]).trim(),
+        "new"
+    );
+    assert!(m.log().contains("auto-compaction: compacted"));
+}
+
+#[test]
+fn bad_auto_compaction_flags_stop_start_up_with_etcds_meaning() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut m = Member::new(root.path(), "bad");
+    m.spawn(&[
+        "--auto-compaction-mode".to_string(),
+        "hourly".to_string(),
+        "--auto-compaction-retention".to_string(),
+        "1".to_string(),
+    ]);
+    let status = m.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert!(!status.success());
+    assert!(m.log().contains("want periodic or revision"), "{}", m.log());
+}
