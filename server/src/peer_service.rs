@@ -10,7 +10,7 @@ use raftkv_storage::raft_types::{NodeId, TypeConfig};
 use tonic::{Request, Response, Status};
 
 use crate::node::Node;
-use crate::peer::{decode, encode, ForwardRequest, TARGET_MEMBER_METADATA};
+use crate::peer::{decode, encode, ForwardError, ForwardRequest, TARGET_MEMBER_METADATA};
 
 pub struct PeerService {
     pub node: Arc<Node>,
@@ -67,7 +67,22 @@ impl Peer for PeerService {
 
     async fn forward(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
         let request: ForwardRequest = decode(req.get_ref())?;
-        let reply = self.node.serve_forward(request).await;
+        let reply = match request {
+            // A member may join through any member: a follower passes the challenge and
+            // the join on to the leader, which issues the nonce and checks the proof.
+            request @ (ForwardRequest::JoinChallenge | ForwardRequest::Join { .. })
+                if !self.node.is_leader() =>
+            {
+                // As long as the joiner itself waits: adding a learner waits for it to
+                // catch up.
+                let timeout = std::time::Duration::from_millis(crate::node::JOIN_TIMEOUT_MS);
+                self.node
+                    .on_leader(request, timeout)
+                    .await
+                    .map_err(ForwardError::Api)
+            }
+            request => self.node.serve_forward(request).await,
+        };
         Ok(Response::new(encode(&reply)))
     }
 }

@@ -746,6 +746,13 @@ fn joining_needs_the_clusters_token_and_a_wrong_one_changes_nothing() {
     assert_eq!(good.token(), token);
     let listed = etcdctl_ok(&etcdctl35(), &cluster.endpoints(), &["member", "list"]);
     assert_eq!(listed.lines().count(), 2, "{listed}");
+    // Joining through a follower works too: it passes the join on to the leader.
+    let mut third = Member::new(&root, "third");
+    third.start(&Member::join_args(&good));
+    let listed = etcdctl_ok(&etcdctl35(), &cluster.endpoints(), &["member", "list"]);
+    assert_eq!(listed.lines().count(), 3, "{listed}");
     // The token itself never appears in any log.
-    assert!(!first.log().contains(&token) && !good.log().contains(&token));
+    for m in [first, &good, &third] {
+        assert!(!m.log().contains(&token), "{} logged the token", m.name);
+    }
 }
