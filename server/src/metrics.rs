@@ -59,12 +59,25 @@ pub async fn watch_leader_changes(node: Arc<Node>) {
     let mut rx = node.raft.metrics();
     // The first leader this member learns of counts, as in etcd.
     let mut leader = None;
+    let mut voters = 0usize;
     loop {
         let now = rx.borrow_and_update().current_leader;
         if now != leader && now.is_some() {
             LEADER_CHANGES.fetch_add(1, Ordering::Relaxed);
         }
         leader = now;
+        let (count, tolerated, warning) = node.fault_tolerance();
+        if count != voters {
+            voters = count;
+            match warning {
+                Some(w) => tracing::warn!(voters, "{w}"),
+                None => tracing::info!(
+                    voters,
+                    tolerated,
+                    "the cluster can lose {tolerated} of {voters} voters"
+                ),
+            }
+        }
         if rx.changed().await.is_err() {
             return;
         }

@@ -351,6 +351,27 @@ impl Node {
         Ok(())
     }
 
+    /// How many voters the cluster has and how many of them it can lose, and a warning
+    /// when the count is even (an even count tolerates no more failures than one less).
+    pub fn fault_tolerance(&self) -> (usize, usize, Option<String>) {
+        let voters = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .count();
+        let tolerated = voters.saturating_sub(1) / 2;
+        let warning = (voters > 0 && voters.is_multiple_of(2)).then(|| {
+            format!(
+                "{voters} voters tolerate {tolerated} failure{}: run an odd number (3 tolerate 1)",
+                if tolerated == 1 { "" } else { "s" }
+            )
+        });
+        (voters, tolerated, warning)
+    }
+
     pub fn self_member(&self) -> Member {
         Member {
             name: self.name.clone(),

@@ -533,6 +533,20 @@ fn members_are_removed_with_etcdctl_and_the_last_voter_is_kept() {
         std::thread::sleep(Duration::from_millis(100));
     }
     etcdctl_ok(&ctl, &left, &["put", "after-follower-removed", "1"]);
+    // Two voters tolerate no failure: status says so, and so does the log.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !etcdctl_ok(&ctl, &left, &["endpoint", "status", "-w", "json"])
+        .contains("2 voters tolerate 0 failures")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no even-voter warning in status"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(cluster.members[leader]
+        .log()
+        .contains("2 voters tolerate 0 failures"));
     let out = etcdctl(
         &ctl,
         &left,

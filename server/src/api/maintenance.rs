@@ -63,7 +63,8 @@ impl Maintenance for MaintenanceService {
             raft_index: metrics.last_log_index.unwrap_or(0),
             raft_term: metrics.current_term,
             raft_applied_index: metrics.last_applied.map_or(0, |l| l.index),
-            errors: Vec::new(),
+            // etcd lists alarms here; raftkv adds the even-voter warning.
+            errors: self.node.fault_tolerance().2.into_iter().collect(),
             db_size_in_use: db_size,
             is_learner,
         }))
