@@ -38,6 +38,15 @@ pub enum SnapshotCommand {
         /// The member's client endpoint.
         #[arg(long, default_value = "127.0.0.1:2379")]
         endpoints: String,
+        /// CA certificate (PEM) to verify an https:// endpoint with.
+        #[arg(long)]
+        cacert: Option<PathBuf>,
+        /// Client certificate (PEM), for a member with --client-cert-auth.
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        /// The client certificate's key (PEM).
+        #[arg(long)]
+        key: Option<PathBuf>,
     },
     /// Restore FILE into a new data dir; starting raftkv on it begins a new cluster
     /// (new ids) holding the same keys and revisions.

@@ -27,10 +27,17 @@ fn main() {
         Command::Serve => runtime
             .block_on(raftkv_server::server::run(cli.server))
             .map_err(|e| e.to_string()),
-        Command::Snapshot(SnapshotCommand::Save { file, endpoints }) => {
+        Command::Snapshot(SnapshotCommand::Save {
+            file,
+            endpoints,
+            cacert,
+            cert,
+            key,
+        }) => {
             let endpoint = endpoints.split(',').next().unwrap_or_default().to_string();
+            let tls = raftkv_server::snapshot_cli::ClientTls { cacert, cert, key };
             runtime
-                .block_on(raftkv_server::snapshot_cli::save(&endpoint, &file))
+                .block_on(raftkv_server::snapshot_cli::save(&endpoint, &file, &tls))
                 .map(|size_bytes| {
                     println!("Snapshot saved at {} ({size_bytes} bytes)", file.display())
                 })

@@ -7,7 +7,7 @@
 //! Restore verifies both and refuses a corrupt file before touching the data dir.
 
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use raftkv_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use raftkv_proto::etcdserverpb::SnapshotRequest;
@@ -32,21 +32,65 @@ pub enum SnapshotCliError {
     Restore(String),
 }
 
+/// How `save` talks TLS to an https:// endpoint (etcdctl's --cacert, --cert, --key).
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    pub cacert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+fn channel(url: &str, tls: &ClientTls) -> Result<tonic::transport::Endpoint, SnapshotCliError> {
+    let connect = |reason: String| SnapshotCliError::Connect {
+        endpoint: url.to_string(),
+        reason,
+    };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|e| connect(e.to_string()))?;
+    if url.starts_with("https://") {
+        let mut config = tonic::transport::ClientTlsConfig::new();
+        if let Some(ca) = &tls.cacert {
+            config =
+                config.ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(ca)?));
+        }
+        match (&tls.cert, &tls.key) {
+            (Some(cert), Some(key)) => {
+                config = config.identity(tonic::transport::Identity::from_pem(
+                    std::fs::read(cert)?,
+                    std::fs::read(key)?,
+                ))
+            }
+            (None, None) => {}
+            _ => return Err(connect("--cert and --key go together".into())),
+        }
+        endpoint = endpoint
+            .tls_config(config)
+            .map_err(|e| connect(e.to_string()))?;
+    }
+    Ok(endpoint)
+}
+
 /// Streams a snapshot from `endpoint` into `file` (written to a temp file, synced, then
 /// renamed, so a failed save leaves no partial file behind).
-pub async fn save(endpoint: &str, file: &Path) -> Result<u64, SnapshotCliError> {
+pub async fn save(endpoint: &str, file: &Path, tls: &ClientTls) -> Result<u64, SnapshotCliError> {
     let url = if endpoint.contains("://") {
         endpoint.to_string()
     } else {
         format!("http://{endpoint}")
     };
-    let mut client = MaintenanceClient::connect(url.clone())
+    let channel = channel(&url, tls)?
+        .connect()
         .await
         .map_err(|e| SnapshotCliError::Connect {
             endpoint: url.clone(),
-            reason: e.to_string(),
-        })?
-        .max_decoding_message_size(usize::MAX);
+            reason: format!(
+                "{e}: {}",
+                std::error::Error::source(&e)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default()
+            ),
+        })?;
+    let mut client = MaintenanceClient::new(channel).max_decoding_message_size(usize::MAX);
     let mut stream = client
         .snapshot(SnapshotRequest {})
         .await

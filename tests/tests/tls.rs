@@ -163,6 +163,36 @@ fn client_certificates_are_required_checked_and_reloaded() {
         &["get", "k", "--print-value-only"],
     );
     assert_eq!(String::from_utf8_lossy(&after.stdout).trim(), "v");
+
+    // raftkv's own backup command takes the same files.
+    let backup = root.path().join("backup.snap");
+    let saved = Command::new(raftkv_bin())
+        .args(["snapshot", "save"])
+        .arg(&backup)
+        .args(["--endpoints", &url])
+        .arg("--cacert")
+        .arg(certs.join("ca.pem"))
+        .arg("--cert")
+        .arg(certs.join("client.pem"))
+        .arg("--key")
+        .arg(certs.join("client-key.pem"))
+        .output()
+        .expect("raftkv snapshot save runs");
+    assert!(saved.status.success(), "{saved:?}");
+    assert!(std::fs::metadata(&backup).expect("backup file").len() > 0);
+    let refused = Command::new(raftkv_bin())
+        .args(["snapshot", "save"])
+        .arg(root.path().join("refused.snap"))
+        .args(["--endpoints", &url])
+        .arg("--cacert")
+        .arg(certs.join("ca.pem"))
+        .output()
+        .expect("raftkv snapshot save runs");
+    assert!(
+        !refused.status.success(),
+        "a save without a client certificate was served"
+    );
+    assert!(!root.path().join("refused.snap").exists());
     assert!(member.is_running());
     member.stop();
 }
