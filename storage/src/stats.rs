@@ -48,6 +48,12 @@ impl DurationHistogram {
         self.sum_ns.fetch_add(nanos, Ordering::Relaxed);
     }
 
+    /// Records `elapsed`; true when it exceeded `warn_after` (the caller logs why).
+    pub fn observe_slow(&self, elapsed: Duration, warn_after: Duration) -> bool {
+        self.observe(elapsed);
+        elapsed > warn_after
+    }
+
     pub fn snapshot(&self) -> HistogramSnapshot {
         let mut buckets = Vec::with_capacity(self.counts.len());
         let mut cumulative = 0u64;

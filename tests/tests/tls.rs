@@ -12,21 +12,25 @@ use std::time::{Duration, Instant};
 
 use raftkv_tests::*;
 
+/// The TLS flags for the certificates in `certs`: `prefix` "" for clients, "peer-" for
+/// members.
+fn tls_args(prefix: &str, certs: &Path) -> Vec<String> {
+    let file = |name: &str| certs.join(name).display().to_string();
+    vec![
+        format!("--{prefix}cert-file"),
+        file("server.pem"),
+        format!("--{prefix}key-file"),
+        file("server-key.pem"),
+        format!("--{prefix}trusted-ca-file"),
+        file("ca.pem"),
+        format!("--{prefix}client-cert-auth"),
+    ]
+}
+
 fn tls_member(root: &Path, certs: &Path) -> Member {
     let mut m = Member::new(root, "m0");
     m.client_scheme = "https";
-    m.extra_args = [
-        "--cert-file",
-        &certs.join("server.pem").display().to_string(),
-        "--key-file",
-        &certs.join("server-key.pem").display().to_string(),
-        "--trusted-ca-file",
-        &certs.join("ca.pem").display().to_string(),
-        "--client-cert-auth",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    m.extra_args = tls_args("", certs);
     m.start(&[]);
     m
 }
@@ -281,18 +285,7 @@ fn bad_tls_flags_fail_at_start_with_a_clear_message() {
 }
 
 fn peer_tls_args(certs: &Path) -> Vec<String> {
-    [
-        "--peer-cert-file",
-        &certs.join("server.pem").display().to_string(),
-        "--peer-key-file",
-        &certs.join("server-key.pem").display().to_string(),
-        "--peer-trusted-ca-file",
-        &certs.join("ca.pem").display().to_string(),
-        "--peer-client-cert-auth",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    tls_args("peer-", certs)
 }
 
 #[test]

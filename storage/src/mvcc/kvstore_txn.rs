@@ -560,8 +560,7 @@ impl WriteTxn<'_> {
         let writes = batch.len();
         self.tree.apply_batch(batch)?;
         let elapsed = started.elapsed();
-        crate::stats::BACKEND_COMMIT.observe(elapsed);
-        if elapsed > crate::stats::SLOW_APPLY_WARN {
+        if crate::stats::BACKEND_COMMIT.observe_slow(elapsed, crate::stats::SLOW_APPLY_WARN) {
             tracing::warn!(
                 took_ms = elapsed.as_millis() as u64,
                 expected_ms = crate::stats::SLOW_APPLY_WARN.as_millis() as u64,

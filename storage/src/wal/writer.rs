@@ -167,8 +167,7 @@ impl Writer {
             .sync_data()
             .map_err(|e| WalError::io(&self.path, e))?;
         let elapsed = started.elapsed();
-        crate::stats::WAL_FSYNC.observe(elapsed);
-        if elapsed > crate::stats::SLOW_FSYNC_WARN {
+        if crate::stats::WAL_FSYNC.observe_slow(elapsed, crate::stats::SLOW_FSYNC_WARN) {
             tracing::warn!(
                 took_ms = elapsed.as_millis() as u64,
                 expected_ms = crate::stats::SLOW_FSYNC_WARN.as_millis() as u64,
