@@ -12,12 +12,33 @@ use std::time::{Duration, Instant};
 /// How long a member may take to start serving.
 pub const START_TIMEOUT_MS: u64 = 20_000;
 
-/// A free loopback port (bound and released; the tiny race is acceptable in tests).
+/// A free loopback port for a server, chosen at random below Linux's ephemeral range
+/// (32768–60999): a port from that range, once released, can be taken by any outgoing
+/// connection before the server binds it (CI saw "port in use" that way). Ports are
+/// never handed out twice by one test process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::collections::HashSet;
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::Mutex;
+    const LOW: u16 = 20_000;
+    const HIGH: u16 = 32_000;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    for attempt in 0u64..10_000 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(attempt);
+        h.write_u32(std::process::id());
+        let port = LOW + (h.finish() % u64::from(HIGH - LOW)) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{HIGH}")
 }
 
 /// The raftkv binary cargo built next to this test binary (or $RAFTKV_BIN).

@@ -596,10 +596,20 @@ fn run_seed(
         let got = raftkv.history(from, gen.revision).await?;
         if want != got {
             let at = want.iter().zip(&got).position(|(w, g)| w != g).unwrap_or(want.len().min(got.len()));
+            // The operations that produced the revisions around the divergence.
+            let around: Vec<&String> = history
+                .iter()
+                .filter(|h| {
+                    (from..=from + 1).any(|r| h.contains(&format!("revision: {r},")))
+                })
+                .take(8)
+                .collect();
             return Err(format!(
-                "seed {seed}: the watch from revision {from} diverges at event #{at}\n etcd:   {:?}\n raftkv: {:?}",
+                "seed {seed}: the watch from revision {from} diverges at event #{at}\n etcd:   {:?}\n raftkv: {:?}\n operations answered at revisions {from} and {}:\n{}",
                 want.get(at),
-                got.get(at)
+                got.get(at),
+                from + 1,
+                around.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n")
             ));
         }
         Ok(())

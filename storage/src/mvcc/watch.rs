@@ -208,7 +208,15 @@ fn history_event(
     // last write of that revision; a put a later change of its txn overwrote carries its
     // own record in the change record.
     let record = match &change.shadowed {
-        Some(record) => record.clone(),
+        Some(record) => {
+            // The later write of the txn is gone: it was a tombstone that compaction
+            // removed, so the key ended this (compacted) revision deleted, and etcd
+            // keeps no version of it at that revision — not even this put.
+            if tree.get(keys::kv_key(&change.key, rev))?.is_none() {
+                return Ok(None);
+            }
+            record.clone()
+        }
         None => {
             let Some(raw) = tree.get(keys::kv_key(&change.key, rev))? else {
                 return Ok(None);
