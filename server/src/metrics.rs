@@ -24,13 +24,18 @@ pub static LEADER_CHANGES: AtomicU64 = AtomicU64::new(0);
 static HEALTH_SUCCESS: AtomicU64 = AtomicU64::new(0);
 static HEALTH_FAILURE: AtomicU64 = AtomicU64::new(0);
 
-/// (service, method, type) -> started; (service, method, type, code) -> handled.
-type StartedKey = (String, String, &'static str);
-type HandledKey = (String, String, &'static str, &'static str);
-static GRPC_STARTED: Mutex<BTreeMap<StartedKey, u64>> = Mutex::new(BTreeMap::new());
-static GRPC_HANDLED: Mutex<BTreeMap<HandledKey, u64>> = Mutex::new(BTreeMap::new());
-/// Distinct label sets kept at most: a bound against clients calling made-up methods.
-const MAX_GRPC_LABEL_SETS: usize = 1_000;
+/// Calls of one gRPC method (keyed by its path, "/etcdserverpb.KV/Range").
+#[derive(Default)]
+struct CallCounts {
+    started: u64,
+    /// By gRPC code name.
+    handled: BTreeMap<&'static str, u64>,
+}
+/// Looked up by the request's path without allocating; a path is copied once, when
+/// first seen. Service, method and type labels are derived from it when rendering.
+static GRPC_CALLS: Mutex<BTreeMap<Arc<str>, CallCounts>> = Mutex::new(BTreeMap::new());
+/// Distinct methods kept at most: a bound against clients calling made-up methods.
+const MAX_GRPC_METHODS: usize = 1_000;
 
 /// Round trips of Raft messages to each peer, by peer member id.
 static PEER_RTT: Mutex<BTreeMap<u64, Arc<DurationHistogram>>> = Mutex::new(BTreeMap::new());
@@ -115,12 +120,41 @@ fn grpc_code_name(code: &str) -> &'static str {
     }
 }
 
-fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K) {
-    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(n) = map.get_mut(&key) {
-        *n += 1;
-    } else if map.len() < MAX_GRPC_LABEL_SETS {
-        map.insert(key, 1);
+/// "/service/method" split into (service, method); None for anything else.
+fn service_and_method(path: &str) -> Option<(&str, &str)> {
+    match path.strip_prefix('/')?.split_once('/') {
+        Some((s, m)) if !s.is_empty() && !m.is_empty() => Some((s, m)),
+        _ => None,
+    }
+}
+
+/// Counts a started call; the shared path to count its end with, if it is tracked.
+fn count_started(path: &str) -> Option<Arc<str>> {
+    let mut calls = GRPC_CALLS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(key) = calls.get_key_value(path).map(|(key, _)| key.clone()) {
+        if let Some(counts) = calls.get_mut(path) {
+            counts.started += 1;
+        }
+        return Some(key);
+    }
+    if calls.len() >= MAX_GRPC_METHODS {
+        return None;
+    }
+    let key: Arc<str> = Arc::from(path);
+    calls.insert(
+        key.clone(),
+        CallCounts {
+            started: 1,
+            handled: BTreeMap::new(),
+        },
+    );
+    Some(key)
+}
+
+fn count_handled(path: &str, code: &'static str) {
+    let mut calls = GRPC_CALLS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(counts) = calls.get_mut(path) {
+        *counts.handled.entry(code).or_insert(0) += 1;
     }
 }
 
@@ -155,17 +189,12 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let path = req.uri().path().to_string();
-        let (service, method) = match path.trim_start_matches('/').split_once('/') {
-            Some((s, m)) if !s.is_empty() && !m.is_empty() => (s.to_string(), m.to_string()),
-            _ => {
-                // Not gRPC (an HTTP endpoint): not counted.
-                let future = self.inner.call(req);
-                return Box::pin(future);
-            }
+        let path = req.uri().path();
+        // Not gRPC (an HTTP endpoint such as /metrics), or past the bound: not counted.
+        let tracked = service_and_method(path).and_then(|_| count_started(path));
+        let Some(path) = tracked else {
+            return Box::pin(self.inner.call(req));
         };
-        let kind = grpc_type(&service, &method);
-        bump(&GRPC_STARTED, (service.clone(), method.clone(), kind));
         let started = Instant::now();
         let future = self.inner.call(req);
         Box::pin(async move {
@@ -182,16 +211,20 @@ where
                 Err(_) => "Unknown",
             };
             let elapsed = started.elapsed();
-            if kind == "unary" && elapsed > SLOW_REQUEST_WARN {
-                tracing::warn!(
-                    service = %service,
-                    method = %method,
-                    code,
-                    took_ms = elapsed.as_millis() as u64,
-                    "grpc: slow request"
-                );
+            if elapsed > SLOW_REQUEST_WARN {
+                if let Some((service, method)) = service_and_method(&path) {
+                    if grpc_type(service, method) == "unary" {
+                        tracing::warn!(
+                            service,
+                            method,
+                            code,
+                            took_ms = elapsed.as_millis() as u64,
+                            "grpc: slow request"
+                        );
+                    }
+                }
             }
-            bump(&GRPC_HANDLED, (service, method, kind, code));
+            count_handled(&path, code);
             result
         })
     }
@@ -400,38 +433,42 @@ pub fn render(node: &Node) -> String {
         );
     }
 
+    let mut started = String::new();
+    let mut handled = String::new();
+    for (path, counts) in GRPC_CALLS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        let Some((service, method)) = service_and_method(path) else {
+            continue;
+        };
+        let labels = format!(
+            "grpc_method=\"{method}\",grpc_service=\"{service}\",grpc_type=\"{}\"",
+            grpc_type(service, method)
+        );
+        let _ = writeln!(
+            started,
+            "grpc_server_started_total{{{labels}}} {}",
+            counts.started
+        );
+        for (code, n) in &counts.handled {
+            let _ = writeln!(
+                handled,
+                "grpc_server_handled_total{{grpc_code=\"{code}\",{labels}}} {n}"
+            );
+        }
+    }
     help(
         &mut out,
         "grpc_server_started_total",
         "counter",
         "Total number of RPCs started on the server.",
     );
-    for ((service, method, kind), n) in GRPC_STARTED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-    {
-        let _ = writeln!(
-            out,
-            "grpc_server_started_total{{grpc_method=\"{method}\",grpc_service=\"{service}\",grpc_type=\"{kind}\"}} {n}"
-        );
-    }
+    out.push_str(&started);
     help(
         &mut out,
         "grpc_server_handled_total",
         "counter",
         "Total number of RPCs completed on the server, regardless of success or failure.",
     );
-    for ((service, method, kind, code), n) in GRPC_HANDLED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-    {
-        let _ = writeln!(
-            out,
-            "grpc_server_handled_total{{grpc_code=\"{code}\",grpc_method=\"{method}\",grpc_service=\"{service}\",grpc_type=\"{kind}\"}} {n}"
-        );
-    }
+    out.push_str(&handled);
 
     let (rss, fds) = process_facts();
     if let Some(rss) = rss {

@@ -157,46 +157,51 @@ impl PeerClients {
         }
     }
 
-    /// The client TLS configuration for an https:// peer URL, and whether the files
-    /// changed since the channels in the pool were made.
-    fn client_tls(&self) -> Result<(tonic::transport::ClientTlsConfig, bool), ApiError> {
+    /// True when the peer TLS files changed since the pooled channels were made (looked
+    /// at most once per `PEER_TLS_CHECK_MS`; a stat, never a read).
+    fn tls_files_changed(&self) -> bool {
+        let Some(tls) = &self.tls else {
+            return false;
+        };
+        let mut tls = tls.lock().unwrap_or_else(|e| e.into_inner());
+        if tls.checked_at.elapsed() < Duration::from_millis(PEER_TLS_CHECK_MS) {
+            return false;
+        }
+        tls.checked_at = std::time::Instant::now();
+        let stamps = tls.files.stamps();
+        let changed = stamps != tls.stamps;
+        tls.stamps = stamps;
+        changed
+    }
+
+    /// The client TLS configuration for a new channel to an https:// peer URL, read from
+    /// the files as they are now.
+    fn client_tls(&self) -> Result<tonic::transport::ClientTlsConfig, ApiError> {
         let Some(tls) = &self.tls else {
             return Err(ApiError::InvalidArgument(
                 "an https:// peer URL needs --peer-cert-file, --peer-key-file and --peer-trusted-ca-file".into(),
             ));
         };
-        let mut tls = tls.lock().unwrap_or_else(|e| e.into_inner());
-        let mut changed = false;
-        if tls.checked_at.elapsed() >= Duration::from_millis(PEER_TLS_CHECK_MS) {
-            tls.checked_at = std::time::Instant::now();
-            let stamps = tls.files.stamps();
-            if stamps != tls.stamps {
-                tls.stamps = stamps;
-                changed = true;
-            }
-        }
+        let files = tls.lock().unwrap_or_else(|e| e.into_inner()).files.clone();
         let read = |p: &std::path::Path| {
             std::fs::read(p).map_err(|e| {
                 ApiError::Internal(format!("peer TLS: cannot read {}: {e}", p.display()))
             })
         };
         let mut config = tonic::transport::ClientTlsConfig::new().identity(
-            tonic::transport::Identity::from_pem(read(&tls.files.cert)?, read(&tls.files.key)?),
+            tonic::transport::Identity::from_pem(read(&files.cert)?, read(&files.key)?),
         );
-        if let Some(ca) = &tls.files.trusted_ca {
+        if let Some(ca) = &files.trusted_ca {
             config = config.ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
         }
-        Ok((config, changed))
+        Ok(config)
     }
 
+    /// A client for the member at `url`, over the pooled channel (made on first use).
     pub fn client(&self, url: &str) -> Result<PeerClient<Channel>, ApiError> {
-        let tls = if url.starts_with("https://") {
-            Some(self.client_tls()?)
-        } else {
-            None
-        };
+        let changed = self.tls_files_changed();
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        if tls.as_ref().is_some_and(|(_, changed)| *changed) {
+        if changed {
             tracing::info!("peer TLS files changed; reconnecting to peers with them");
             channels.clear();
         }
@@ -209,8 +214,8 @@ impl PeerClients {
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(5))
                     .keep_alive_while_idle(true);
-                if let Some((config, _)) = tls {
-                    endpoint = endpoint.tls_config(config).map_err(|e| {
+                if url.starts_with("https://") {
+                    endpoint = endpoint.tls_config(self.client_tls()?).map_err(|e| {
                         ApiError::InvalidArgument(format!("peer TLS for {url}: {e}"))
                     })?;
                 }

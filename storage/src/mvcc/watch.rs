@@ -205,25 +205,17 @@ fn history_event(
     rev: Revision,
 ) -> Result<Option<Event>, StoreError> {
     // The change record says what happened. The stored version at (key, rev) is the
-    // last write of that revision; a put a later change of its txn overwrote carries its
-    // own record in the change record.
+    // last write of that revision. When compaction removed it (a tombstone at the
+    // compacted revision), etcd keeps no version of the key at that revision: no event,
+    // not even for a put its txn made before deleting the key.
+    let Some(raw) = tree.get(keys::kv_key(&change.key, rev))? else {
+        return Ok(None);
+    };
+    // A put that a later change of its txn overwrote carries its own record.
     let record = match &change.shadowed {
-        Some(record) => {
-            // The later write of the txn is gone: it was a tombstone that compaction
-            // removed, so the key ended this (compacted) revision deleted, and etcd
-            // keeps no version of it at that revision — not even this put.
-            if tree.get(keys::kv_key(&change.key, rev))?.is_none() {
-                return Ok(None);
-            }
-            record.clone()
-        }
-        None => {
-            let Some(raw) = tree.get(keys::kv_key(&change.key, rev))? else {
-                return Ok(None);
-            };
-            KvRecord::decode(&raw, true)
-                .ok_or_else(|| StoreError::Corrupt(format!("bad record of {:?}", change.key)))?
-        }
+        Some(record) => record.clone(),
+        None => KvRecord::decode(&raw, true)
+            .ok_or_else(|| StoreError::Corrupt(format!("bad record of {:?}", change.key)))?,
     };
     // As etcd: a create event has no prev_kv; others get the version before the txn.
     let is_create = !change.tombstone && record.create_revision == rev;
