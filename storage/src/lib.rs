@@ -2,7 +2,7 @@
 //!
 //! - `wal/`: the segmented write-ahead log (framing, segments, group-commit writer)
 //! - `raft_log.rs`: openraft's log storage over the WAL
-//! - `mvcc/`: etcd's key space on fjall (see its module comment for the file map)
+//! - `mvcc/`: etcd's key space on an LSM tree (lsm-tree) (see its module comment for the file map)
 //! - `state_machine.rs`: openraft's state machine over the MVCC store, and snapshots
 //! - `raft_types.rs`: the openraft type configuration
 //! - `error.rs`: typed errors, etcd's messages for the ones clients see

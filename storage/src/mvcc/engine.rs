@@ -1,28 +1,56 @@
-//! The ordered key-value engine under the MVCC key space: fjall (an LSM tree), behind
-//! the handful of calls the store makes — point get, ordered range scans both ways,
-//! atomic batches, durable flush, and whole-tree rotation for snapshot install.
+//! The ordered key-value engine under the MVCC key space: LSM trees (lsm-tree, the
+//! engine inside fjall), behind the handful of calls the store makes — point get,
+//! ordered range scans both ways, atomic batches, durable flush, and whole-tree
+//! rotation for snapshot install. This is the only file that names the engine.
 //!
 //! Why an LSM and not sled 0.34 (bench/RESULTS.md, "Why not sled"): dropping history
 //! is a stream of deletes, and once the key space outgrows sled's page cache its
 //! deletes stall writers for seconds; an LSM writes a delete as one small tombstone and
 //! reclaims space in background merges.
 //!
-//! This module must never fsync on a write: `apply_batch` only appends to fjall's
-//! journal buffer. Durability comes from the Raft log; `Db::flush` (off the request
-//! path) is what makes applied state durable before the log may be purged.
+//! Why lsm-tree without fjall's journal: the Raft log already is the durable record of
+//! every write, so a second write-ahead log only doubles the bytes written, and fjall
+//! fsyncs that journal under the lock every write takes (bench/RESULTS.md, "Engine
+//! pauses"). Here a write goes to an in-memory table only; a background thread per
+//! tree writes full memtables out as sorted files and merges them. After a crash the
+//! tree holds a prefix of the applied batches (memtables are rotated between batches
+//! and written out in order), and Raft replays the rest from its log: `flush` is what
+//! makes applied state durable before the log behind it may be purged.
+//!
+//! This module must never fsync on a write: `apply_batch` touches memory only, and
+//! waits only when `MAX_SEALED_MEMTABLES` are queued for writing (back-pressure on a
+//! disk that cannot keep up, logged).
 
+use std::collections::HashMap;
 use std::ops::{Bound, RangeBounds};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-pub use fjall::Error as EngineError;
+use lsm_tree::config::{
+    BlockSizePolicy, BloomConstructionPolicy, CompressionPolicy, FilterPolicy, FilterPolicyEntry,
+    PartitioningPolicy, PinningPolicy, RestartIntervalPolicy,
+};
+use lsm_tree::{AbstractTree, AnyTree, Guard, SequenceNumberCounter};
+
+pub use lsm_tree::Error as EngineError;
 /// Keys and values as the engine returns them; they dereference to `[u8]`.
-pub type Slice = fjall::Slice;
+pub type Slice = lsm_tree::Slice;
 
-/// Keyspace holding which data tree is current (its name), so that a snapshot install
-/// can switch trees atomically.
-const META_KEYSPACE: &str = "meta";
-const CURRENT_TREE: &[u8] = b"data_tree";
+/// The file naming the current data tree, replaced atomically on a snapshot install.
+const CURRENT_FILE: &str = "CURRENT";
+const TREES_DIR: &str = "trees";
 const FIRST_TREE: &str = "mvcc-0";
+/// Full memtables waiting to be written out before writers wait for the disk.
+const MAX_SEALED_MEMTABLES: usize = 4;
+/// How often a tree's worker looks for work when nobody signals it.
+const WORKER_TICK_MS: u64 = 1_000;
+/// After a failed flush or merge, the worker waits this long before trying again.
+const WORKER_RETRY_MS: u64 = 1_000;
+/// Sorted files are cut at this size: the last file of a merge is finished just before
+/// the merge result is installed, so smaller files keep that step short.
+const TABLE_TARGET_SIZE_BYTES: u64 = 32 << 20;
 
 /// Engine limits and tuning.
 #[derive(Debug, Clone, Copy)]
@@ -33,20 +61,56 @@ pub struct EngineOptions {
     pub memtable_size_bytes: u64,
 }
 
-/// The database: the current data tree lives in it, found through `meta`.
+/// The database: a folder of trees and the name of the current one.
 #[derive(Clone)]
-pub struct Db {
-    db: fjall::Database,
-    meta: fjall::Keyspace,
+pub struct Db(Arc<DbInner>);
+
+struct DbInner {
+    dir: PathBuf,
+    cache: Arc<lsm_tree::Cache>,
+    descriptors: Arc<lsm_tree::DescriptorTable>,
     options: EngineOptions,
+    /// Every open tree, by name, so that `flush` and `size_on_disk_bytes` see them all.
+    open: Mutex<HashMap<String, Tree>>,
 }
 
-/// One ordered tree (a fjall keyspace).
+/// One ordered tree with its own background worker.
 #[derive(Clone)]
-pub struct Tree {
-    db: fjall::Database,
-    keyspace: fjall::Keyspace,
+pub struct Tree(Arc<TreeInner>);
+
+struct TreeInner {
     name: String,
+    dir: PathBuf,
+    lsm: AnyTree,
+    /// Sequence numbers for batches (and lsm-tree's own version records).
+    seqno: SequenceNumberCounter,
+    /// Readers see every write with a sequence number below this: every finished batch
+    /// and nothing of one in progress.
+    read_seqno: Arc<AtomicU64>,
+    /// One batch at a time, so that `read_seqno` never uncovers half of a batch.
+    write_lock: Mutex<()>,
+    memtable_size_bytes: u64,
+    worker: Arc<Worker>,
+    worker_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// What a tree's background thread shares with the writers.
+struct Worker {
+    lsm: AnyTree,
+    read_seqno: Arc<AtomicU64>,
+    strategy: Arc<dyn lsm_tree::compaction::CompactionStrategy + Send + Sync>,
+    state: Mutex<WorkerState>,
+    /// Signalled when there is work (a sealed memtable) or when the tree closes.
+    wake: Condvar,
+    /// Signalled after each round of work, for writers waiting on back-pressure.
+    done: Condvar,
+    stop: AtomicBool,
+}
+
+#[derive(Default)]
+struct WorkerState {
+    pending: bool,
+    rounds: u64,
 }
 
 /// Writes applied atomically by `Tree::apply_batch`.
@@ -74,91 +138,134 @@ impl Batch {
     }
 }
 
+fn io_error(message: String) -> EngineError {
+    EngineError::Io(std::io::Error::other(message))
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Db {
     pub fn open(path: &Path, options: EngineOptions) -> Result<Db, EngineError> {
-        let db = fjall::Database::builder(path)
-            .cache_size(options.cache_size_bytes)
-            // Never fsync on our behalf: the Raft log is the durable record, and
-            // `flush` is called where durability is needed.
-            .manual_journal_persist(true)
-            .open()?;
-        let meta = db.keyspace(META_KEYSPACE, fjall::KeyspaceCreateOptions::default)?;
-        Ok(Db { db, meta, options })
-    }
-
-    fn create_options(&self) -> fjall::KeyspaceCreateOptions {
-        fjall::KeyspaceCreateOptions::default()
-            .manual_journal_persist(true)
-            .max_memtable_size(self.options.memtable_size_bytes)
+        if path.join("keyspaces").exists() {
+            return Err(io_error(format!(
+                "{} holds a key space in the fjall format of raftkv before 0.2; move it \
+                 away and restart: the member then catches up from the cluster",
+                path.display()
+            )));
+        }
+        std::fs::create_dir_all(path.join(TREES_DIR))?;
+        Ok(Db(Arc::new(DbInner {
+            dir: path.to_path_buf(),
+            cache: Arc::new(lsm_tree::Cache::with_capacity_bytes(
+                options.cache_size_bytes,
+            )),
+            descriptors: Arc::new(lsm_tree::DescriptorTable::new(OPEN_FILES_MAX)),
+            options,
+            open: Mutex::new(HashMap::new()),
+        })))
     }
 
     /// The current data tree, created empty on first open.
     pub fn current_tree(&self) -> Result<Tree, EngineError> {
-        let name = match self.meta.get(CURRENT_TREE)? {
-            Some(v) => String::from_utf8_lossy(&v).into_owned(),
-            None => FIRST_TREE.to_string(),
+        let name = match std::fs::read_to_string(self.0.dir.join(CURRENT_FILE)) {
+            Ok(name) => name.trim().to_string(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => FIRST_TREE.to_string(),
+            Err(e) => return Err(e.into()),
         };
         self.open_tree(&name)
     }
 
     pub fn open_tree(&self, name: &str) -> Result<Tree, EngineError> {
-        let keyspace = self.db.keyspace(name, || self.create_options())?;
-        Ok(Tree {
-            db: self.db.clone(),
-            keyspace,
-            name: name.to_string(),
-        })
+        let mut open = lock(&self.0.open);
+        if let Some(tree) = open.get(name) {
+            return Ok(tree.clone());
+        }
+        let tree = Tree::open(name, &self.0.dir.join(TREES_DIR).join(name), &self.0)?;
+        open.insert(name.to_string(), tree.clone());
+        Ok(tree)
     }
 
     /// A new, empty tree whose name no tree has (for a snapshot install).
     pub fn fresh_tree(&self, current: &Tree) -> Result<Tree, EngineError> {
         let n: u64 = current
+            .0
             .name
             .strip_prefix("mvcc-")
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
         let name = format!("mvcc-{}", n + 1);
-        if self.db.keyspace_exists(&name) {
-            let stale = self.open_tree(&name)?;
-            self.db.delete_keyspace(stale.keyspace)?;
+        let dir = self.0.dir.join(TREES_DIR).join(&name);
+        if let Some(stale) = lock(&self.0.open).remove(&name) {
+            stale.close();
+        }
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
         }
         self.open_tree(&name)
     }
 
     /// Makes `tree` the current one, durably, then deletes `old`.
     pub fn switch_to(&self, tree: &Tree, old: Tree) -> Result<(), EngineError> {
-        self.flush()?;
-        self.meta.insert(CURRENT_TREE, tree.name.as_bytes())?;
-        self.flush()?;
-        self.db.delete_keyspace(old.keyspace)
+        tree.flush()?;
+        let tmp = self.0.dir.join("CURRENT.tmp");
+        {
+            let mut file = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut file, tree.0.name.as_bytes())?;
+            file.sync_all()?;
+        }
+        std::fs::rename(&tmp, self.0.dir.join(CURRENT_FILE))?;
+        std::fs::File::open(&self.0.dir)?.sync_all()?;
+        self.drop_tree(old)
     }
 
     /// Deletes `tree` and everything in it.
     pub fn drop_tree(&self, tree: Tree) -> Result<(), EngineError> {
-        self.db.delete_keyspace(tree.keyspace)
+        lock(&self.0.open).remove(&tree.0.name);
+        tree.close();
+        match std::fs::remove_dir_all(&tree.0.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
     }
 
     /// Deletes data trees other than the current one (left by an interrupted install).
     pub fn drop_stale_trees(&self, current: &Tree) -> Result<(), EngineError> {
-        for name in self.db.list_keyspace_names() {
-            let name: &str = name.as_ref();
-            if name.starts_with("mvcc-") && name != current.name {
-                let stale = self.open_tree(name)?;
-                self.db.delete_keyspace(stale.keyspace)?;
+        for entry in std::fs::read_dir(self.0.dir.join(TREES_DIR))? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name != current.0.name {
+                if let Some(stale) = lock(&self.0.open).remove(&name) {
+                    stale.close();
+                }
+                std::fs::remove_dir_all(entry.path())?;
             }
         }
         Ok(())
     }
 
-    /// Makes every write so far durable (fdatasync of the journal).
+    /// Makes every write so far durable: writes out every tree's memtables.
     pub fn flush(&self) -> Result<(), EngineError> {
-        self.db.persist(fjall::PersistMode::SyncData)
+        let trees: Vec<Tree> = lock(&self.0.open).values().cloned().collect();
+        for tree in trees {
+            tree.flush()?;
+        }
+        Ok(())
     }
 
+    /// The sorted files' size plus what waits in memtables to be written out (etcd's
+    /// db size is never 0 either: its file is preallocated).
     pub fn size_on_disk_bytes(&self) -> Result<u64, EngineError> {
-        self.db.disk_space()
+        Ok(lock(&self.0.open)
+            .values()
+            .map(|t| t.0.lsm.disk_space() + t.0.lsm.version_memtable_size_sum())
+            .sum())
     }
 }
+
+/// Open file descriptors the engine keeps for its sorted files (shared by all trees).
+const OPEN_FILES_MAX: usize = 512;
 
 fn owned_bound(b: Bound<&[u8]>) -> Bound<Slice> {
     match b {
@@ -169,7 +276,7 @@ fn owned_bound(b: Bound<&[u8]>) -> Bound<Slice> {
 }
 
 /// An ordered scan; `next_back` walks from the end.
-pub struct Iter(fjall::Iter);
+pub struct Iter(Box<dyn DoubleEndedIterator<Item = lsm_tree::IterGuardImpl> + Send + 'static>);
 
 impl Iterator for Iter {
     type Item = Result<(Slice, Slice), EngineError>;
@@ -185,13 +292,82 @@ impl DoubleEndedIterator for Iter {
     }
 }
 
+fn tree_config(dir: &Path, db: &DbInner, seqno: SequenceNumberCounter) -> lsm_tree::Config {
+    // lsm-tree bumps this counter when it installs versions; readers use `read_seqno`
+    // instead, which only batches move.
+    let versions_seqno = SequenceNumberCounter::default();
+    lsm_tree::Config::new(dir, seqno, versions_seqno)
+        .use_cache(db.cache.clone())
+        .use_descriptor_table(Some(db.descriptors.clone()))
+        // fjall's defaults, which the numbers in bench/RESULTS.md were measured with.
+        .data_block_size_policy(BlockSizePolicy::all(4 * 1_024))
+        .data_block_restart_interval_policy(RestartIntervalPolicy::new([10, 16]))
+        .index_block_pinning_policy(PinningPolicy::new([true, true, false]))
+        .filter_block_pinning_policy(PinningPolicy::new([true, false]))
+        .index_block_partitioning_policy(PartitioningPolicy::new([false, false, false, true]))
+        .filter_block_partitioning_policy(PartitioningPolicy::new([false, false, false, true]))
+        .filter_policy(FilterPolicy::new([
+            FilterPolicyEntry::Bloom(BloomConstructionPolicy::FalsePositiveRate(0.0001)),
+            FilterPolicyEntry::Bloom(BloomConstructionPolicy::BitsPerKey(10.0)),
+        ]))
+        .data_block_compression_policy(CompressionPolicy::new([
+            lsm_tree::CompressionType::None,
+            lsm_tree::CompressionType::None,
+            lsm_tree::CompressionType::Lz4,
+        ]))
+}
+
 impl Tree {
+    fn open(name: &str, dir: &Path, db: &DbInner) -> Result<Tree, EngineError> {
+        std::fs::create_dir_all(dir)?;
+        let seqno = SequenceNumberCounter::default();
+        let lsm = tree_config(dir, db, seqno.clone()).open()?;
+        // Everything recovered is visible; new batches number after it.
+        if let Some(highest) = lsm.get_highest_persisted_seqno() {
+            seqno.fetch_max(highest + 1);
+        }
+        let read_seqno = Arc::new(AtomicU64::new(seqno.get()));
+        let worker = Arc::new(Worker {
+            lsm: lsm.clone(),
+            read_seqno: read_seqno.clone(),
+            strategy: Arc::new(
+                lsm_tree::compaction::Leveled::default()
+                    .with_table_target_size(TABLE_TARGET_SIZE_BYTES),
+            ),
+            state: Mutex::new(WorkerState::default()),
+            wake: Condvar::new(),
+            done: Condvar::new(),
+            stop: AtomicBool::new(false),
+        });
+        let thread = {
+            let worker = worker.clone();
+            std::thread::Builder::new()
+                .name(format!("engine-{name}"))
+                .spawn(move || worker.run())?
+        };
+        Ok(Tree(Arc::new(TreeInner {
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+            lsm,
+            seqno,
+            read_seqno,
+            write_lock: Mutex::new(()),
+            memtable_size_bytes: db.options.memtable_size_bytes,
+            worker,
+            worker_thread: Mutex::new(Some(thread)),
+        })))
+    }
+
     pub fn name(&self) -> &str {
-        &self.name
+        &self.0.name
+    }
+
+    fn read_seqno(&self) -> u64 {
+        self.0.read_seqno.load(Ordering::Acquire)
     }
 
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Slice>, EngineError> {
-        self.keyspace.get(key)
+        self.0.lsm.get(key, self.read_seqno())
     }
 
     pub fn insert(
@@ -199,38 +375,182 @@ impl Tree {
         key: impl AsRef<[u8]>,
         value: impl AsRef<[u8]>,
     ) -> Result<(), EngineError> {
-        self.keyspace
-            .insert(Slice::from(key.as_ref()), Slice::from(value.as_ref()))
+        let mut batch = Batch::default();
+        batch.insert(key, value);
+        self.apply_batch(batch)
     }
 
     pub fn remove(&self, key: impl AsRef<[u8]>) -> Result<(), EngineError> {
-        self.keyspace.remove(Slice::from(key.as_ref()))
+        let mut batch = Batch::default();
+        batch.remove(key);
+        self.apply_batch(batch)
     }
 
     /// Every pair with a key in `range`, in key order.
     pub fn range<K: AsRef<[u8]>, R: RangeBounds<K>>(&self, range: R) -> Iter {
         let start = owned_bound(range.start_bound().map(|k| k.as_ref()));
         let end = owned_bound(range.end_bound().map(|k| k.as_ref()));
-        Iter(self.keyspace.range::<Slice, _>((start, end)))
+        Iter(
+            self.0
+                .lsm
+                .range::<Slice, _>((start, end), self.read_seqno(), None),
+        )
     }
 
     /// Every pair whose key starts with `prefix`, in key order.
     pub fn scan_prefix(&self, prefix: impl AsRef<[u8]>) -> Iter {
-        Iter(self.keyspace.prefix(prefix))
+        Iter(self.0.lsm.prefix(prefix, self.read_seqno(), None))
     }
 
-    /// Applies every write of `batch` atomically (all or none after a crash).
+    /// Applies every write of `batch` atomically: readers see all of it or none, and
+    /// after a crash the tree holds all of it or none.
     pub fn apply_batch(&self, batch: Batch) -> Result<(), EngineError> {
         if batch.ops.is_empty() {
             return Ok(());
         }
-        let mut writes = self.db.batch();
+        let _writing = lock(&self.0.write_lock);
+        let seqno = self.0.seqno.next();
+        let mut memtable_size_bytes = 0;
         for (key, value) in batch.ops {
-            match value {
-                Some(value) => writes.insert(&self.keyspace, key, value),
-                None => writes.remove(&self.keyspace, key),
+            let (_, size) = match value {
+                Some(value) => self.0.lsm.insert(key, value, seqno),
+                None => self.0.lsm.remove(key, seqno),
+            };
+            memtable_size_bytes = size;
+        }
+        self.0.read_seqno.store(seqno + 1, Ordering::Release);
+        if memtable_size_bytes >= self.0.memtable_size_bytes {
+            // Between two batches, so a memtable never holds part of one.
+            if self.0.lsm.rotate_memtable().is_some() {
+                self.0.worker.signal();
+            }
+            self.0.worker.wait_for_room();
+        }
+        Ok(())
+    }
+
+    /// Writes out everything applied so far (memtables become sorted files, fsynced,
+    /// with the tree's version record).
+    pub fn flush(&self) -> Result<(), EngineError> {
+        {
+            let _writing = lock(&self.0.write_lock);
+            self.0.lsm.rotate_memtable();
+        }
+        self.0.worker.flush_sealed()
+    }
+
+    /// Stops the worker (waiting for its current round) without writing anything out:
+    /// for a tree about to be deleted.
+    fn close(&self) {
+        self.0.worker.stop.store(true, Ordering::Release);
+        self.0.worker.signal();
+        if let Some(thread) = lock(&self.0.worker_thread).take() {
+            if thread.join().is_err() {
+                tracing::error!(tree = %self.0.name, "engine worker panicked");
             }
         }
-        writes.commit()
+    }
+}
+
+impl Drop for TreeInner {
+    /// A clean close writes out what is in memory, so that a reopen needs no replay.
+    fn drop(&mut self) {
+        if !self.worker.stop.load(Ordering::Acquire) {
+            self.lsm.rotate_memtable();
+            if let Err(e) = self.worker.flush_sealed() {
+                tracing::warn!(tree = %self.name, error = %e, "engine: writing out memtables at close");
+            }
+        }
+        self.worker.stop.store(true, Ordering::Release);
+        self.worker.signal();
+        if let Some(thread) = lock(&self.worker_thread).take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Worker {
+    fn signal(&self) {
+        lock(&self.state).pending = true;
+        self.wake.notify_all();
+    }
+
+    fn run(&self) {
+        loop {
+            {
+                let state = lock(&self.state);
+                let (mut state, _) = self
+                    .wake
+                    .wait_timeout_while(state, Duration::from_millis(WORKER_TICK_MS), |s| {
+                        !s.pending && !self.stop.load(Ordering::Acquire)
+                    })
+                    .unwrap_or_else(|e| e.into_inner());
+                state.pending = false;
+            }
+            if self.stop.load(Ordering::Acquire) {
+                return;
+            }
+            let result = self.flush_sealed().and_then(|()| self.compact());
+            {
+                let mut state = lock(&self.state);
+                state.rounds += 1;
+            }
+            self.done.notify_all();
+            if let Err(e) = result {
+                tracing::error!(error = %e, "engine: writing out or merging sorted files failed; retrying");
+                std::thread::sleep(Duration::from_millis(WORKER_RETRY_MS));
+                self.signal();
+            }
+        }
+    }
+
+    /// Readers never go below this, so versions older than it may be dropped.
+    fn gc_seqno(&self) -> u64 {
+        self.read_seqno.load(Ordering::Acquire)
+    }
+
+    fn flush_sealed(&self) -> Result<(), EngineError> {
+        if self.lsm.sealed_memtable_count() == 0 {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let flushing = self.lsm.get_flush_lock();
+        let flushed_bytes = self.lsm.flush(&flushing, self.gc_seqno())?;
+        drop(flushing);
+        tracing::debug!(
+            flushed_bytes = flushed_bytes.unwrap_or(0),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "engine: memtables written out"
+        );
+        self.done.notify_all();
+        Ok(())
+    }
+
+    fn compact(&self) -> Result<(), EngineError> {
+        self.lsm.compact(self.strategy.clone(), self.gc_seqno())
+    }
+
+    /// Back-pressure: waits while `MAX_SEALED_MEMTABLES` wait to be written out.
+    fn wait_for_room(&self) {
+        if self.lsm.sealed_memtable_count() < MAX_SEALED_MEMTABLES {
+            return;
+        }
+        let started = Instant::now();
+        let mut state = lock(&self.state);
+        while self.lsm.sealed_memtable_count() >= MAX_SEALED_MEMTABLES
+            && !self.stop.load(Ordering::Acquire)
+        {
+            state = self
+                .done
+                .wait_timeout(state, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        drop(state);
+        tracing::warn!(
+            waited_ms = started.elapsed().as_millis() as u64,
+            sealed_max = MAX_SEALED_MEMTABLES,
+            "engine: writes waited for memtables to be written out (slow disk?)"
+        );
     }
 }

@@ -1,9 +1,9 @@
-//! etcd's MVCC key space on an ordered key-value engine (fjall): revisions, versions, tombstones, Range and Txn,
+//! etcd's MVCC key space on an ordered key-value engine (lsm-tree): revisions, versions, tombstones, Range and Txn,
 //! leases, compaction, the watch feed and snapshots.
 //!
 //! One job per file, as in etcd's mvcc package:
 //! - `types.rs`: the plain data (requests, responses, key-values, events)
-//! - `engine.rs`: the ordered key-value engine (fjall) and the few calls the store makes
+//! - `engine.rs`: the ordered key-value engine (lsm-tree) and the few calls the store makes
 //! - `keys.rs`: how that data is laid out in the engine
 //! - `kvstore.rs`: the store, its counters and read entry points
 //! - `range.rs`: which versions a read sees, and etcd's Range semantics
