@@ -28,6 +28,58 @@ pub enum Command {
     /// Save a snapshot from a running member, or restore one into a new data dir.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// List, add, remove, promote or update members of a running cluster.
+    Member {
+        #[command(subcommand)]
+        action: MemberCommand,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// How a client command reaches the cluster (as etcdctl's flags).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// Comma-separated client endpoints; the first that answers is used.
+    #[arg(long, global = true, default_value = "127.0.0.1:2379")]
+    pub endpoints: String,
+    /// CA certificate (PEM) to verify https:// endpoints with.
+    #[arg(long, global = true)]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate (PEM), for members with --client-cert-auth.
+    #[arg(long, global = true)]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, global = true)]
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MemberCommand {
+    /// Show every member: id, started or not, name, URLs, voter or learner.
+    List,
+    /// Reserve an id for a new member; then start it with --join and this peer URL.
+    Add {
+        /// The new member's name (what it will be started with).
+        name: String,
+        /// The peer URL(s) it will listen on, comma-separated.
+        #[arg(long = "peer-urls")]
+        peer_urls: String,
+        /// It stays a learner until promoted (otherwise it becomes a voter once it has
+        /// started and caught up).
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Remove a member (its id in hex). The last voter cannot be removed.
+    Remove { id: String },
+    /// Make a learner that has caught up a voter.
+    Promote { id: String },
+    /// Change a member's peer URLs.
+    Update {
+        id: String,
+        #[arg(long = "peer-urls")]
+        peer_urls: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -76,6 +128,11 @@ pub struct ServerConfig {
     /// <data-dir>/token). A joining member must give the same one.
     #[arg(long, env = "RAFTKV_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Join as a learner and stay one until promoted (`raftkv member promote ID` or
+    /// `etcdctl member promote ID`); without it a joined member becomes a voter as soon
+    /// as it has caught up.
+    #[arg(long, env = "RAFTKV_LEARNER")]
+    pub learner: bool,
     /// A file whose first line is the join token (instead of --token).
     #[arg(long, env = "RAFTKV_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,

@@ -22,6 +22,8 @@ pub enum ApiError {
     Stopped,
     #[error("etcdserver: member not found")]
     MemberNotFound,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
     #[error("etcdserver: can only promote a learner member")]
     MemberNotLearner,
     #[error("etcdserver: can only promote a learner member which is in sync with leader")]
@@ -70,6 +72,7 @@ impl ApiError {
             | ApiError::TimeoutDueToLeaderFail
             | ApiError::Stopped => Code::Unavailable,
             ApiError::MemberNotFound => Code::NotFound,
+            ApiError::PeerUrlExists => Code::FailedPrecondition,
             ApiError::MemberNotLearner | ApiError::LearnerNotReady => Code::FailedPrecondition,
             ApiError::LastVoter => Code::FailedPrecondition,
             ApiError::RejoinWithLostState { .. } => Code::FailedPrecondition,

@@ -14,18 +14,22 @@
 //! - `errors.rs`: errors with etcd's messages and gRPC codes
 //! - `metrics.rs`: /metrics (etcd's names), /health, /livez, /readyz, gRPC call counts
 //! - `tls.rs`: TLS on the client listeners, client certificates, reload on change
+//! - `cli_client.rs`: how raftkv's client commands reach a member (endpoints, TLS)
 //! - `snapshot_cli.rs`: `raftkv snapshot save|restore`
+//! - `member_cli.rs`: `raftkv member list|add|remove|promote|update`
 //!
 //! The server never writes to storage except through openraft.
 
 pub mod api;
 pub mod auto_compaction;
+pub mod cli_client;
 pub mod config;
 pub mod convert;
 pub mod errors;
 pub mod identity;
 pub mod join_token;
 pub mod leases;
+pub mod member_cli;
 pub mod metrics;
 pub mod node;
 pub mod peer;

@@ -1,7 +1,8 @@
 //! `raftkv`: parse the command line, set up logging, run the member.
 
 use clap::Parser;
-use raftkv_server::config::{Cli, Command, SnapshotCommand};
+use raftkv_server::config::{Cli, Command, MemberCommand, SnapshotCommand};
+use raftkv_server::member_cli::MemberAction;
 
 fn main() {
     let cli = Cli::parse();
@@ -41,6 +42,40 @@ fn main() {
                 .map(|size_bytes| {
                     println!("Snapshot saved at {} ({size_bytes} bytes)", file.display())
                 })
+                .map_err(|e| e.to_string())
+        }
+        Command::Member { action, client } => {
+            let split = |urls: String| urls.split(',').map(|u| u.trim().to_string()).collect();
+            let action = match action {
+                MemberCommand::List => MemberAction::List,
+                MemberCommand::Add {
+                    name,
+                    peer_urls,
+                    learner,
+                } => MemberAction::Add {
+                    name,
+                    peer_urls: split(peer_urls),
+                    learner,
+                },
+                MemberCommand::Remove { id } => MemberAction::Remove { id },
+                MemberCommand::Promote { id } => MemberAction::Promote { id },
+                MemberCommand::Update { id, peer_urls } => MemberAction::Update {
+                    id,
+                    peer_urls: split(peer_urls),
+                },
+            };
+            let tls = raftkv_server::cli_client::ClientTls {
+                cacert: client.cacert,
+                cert: client.cert,
+                key: client.key,
+            };
+            runtime
+                .block_on(raftkv_server::member_cli::run(
+                    &client.endpoints,
+                    &tls,
+                    action,
+                ))
+                .map(|out| print!("{out}"))
                 .map_err(|e| e.to_string())
         }
         Command::Snapshot(SnapshotCommand::Restore { file, data_dir }) => {

@@ -34,6 +34,8 @@ use crate::peer::{
 /// How long a join may take: the leader adds the new member as a learner and waits for
 /// it to catch up before promoting it.
 pub const JOIN_TIMEOUT_MS: u64 = 120_000;
+/// How long a starting member waits to learn whether MemberAdd reserved its id.
+const PENDING_MEMBER_TIMEOUT_MS: u64 = 5_000;
 /// How far behind the leader's log a learner may be and still be promoted (etcd:
 /// 90% of the leader's progress; here a fixed number of entries).
 const LEARNER_READY_LAG_ENTRIES: u64 = 1_000;
@@ -94,10 +96,14 @@ impl Node {
             (Some(stored), _) => Some(stored),
             (None, given) => given,
         };
+        let peers = PeerClients::new(config.peer_tls().map_err(StartError::Config)?);
         let identity = match &existing {
             Some(id) => id.clone(),
             None => Identity {
-                member_id: random_id(),
+                member_id: match &config.join {
+                    Some(url) => reserved_id(&peers, url, &config).await?,
+                    None => random_id(),
+                },
                 cluster_id: 0,
                 name: config.name.clone(),
                 joined: false,
@@ -127,7 +133,6 @@ impl Node {
         }
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
-        let peers = PeerClients::new(config.peer_tls().map_err(StartError::Config)?);
         let network = RaftNetworkImpl {
             clients: peers.clone(),
         };
@@ -377,6 +382,7 @@ impl Node {
             name: self.name.clone(),
             peer_urls: vec![self.config.peer_advertise_url()],
             client_urls: self.config.client_advertise_urls(),
+            stay_learner: self.config.learner,
         }
     }
 
@@ -597,6 +603,15 @@ impl Node {
             }
             ForwardRequest::RemoveMember { id } => self.serve_remove(id).await,
             ForwardRequest::PromoteMember { id } => self.serve_promote(id).await,
+            ForwardRequest::AddMember { peer_urls, learner } => {
+                self.serve_add(peer_urls, learner).await
+            }
+            ForwardRequest::UpdateMember { id, peer_urls } => {
+                self.serve_update(id, peer_urls).await
+            }
+            ForwardRequest::PendingMember { peer_urls } => Ok(ForwardResponse::PendingMember {
+                id: self.pending_member(&peer_urls),
+            }),
             ForwardRequest::Elect => match self.raft.trigger().elect().await {
                 Ok(()) => Ok(ForwardResponse::Electing),
                 Err(_) => Err(ForwardError::Api(ApiError::Stopped)),
@@ -614,18 +629,37 @@ impl Node {
                 url: m.peer_urls.join(","),
             }));
         }
-        let already_voter = self
-            .members()
-            .iter()
-            .any(|(m, _, learner)| *m == id && !learner);
+        let existing = self.members().into_iter().find(|(m, _, _)| *m == id);
+        let already_voter = existing.as_ref().is_some_and(|(_, _, learner)| !learner);
         if !already_voter {
-            tracing::info!(member_id = %hex(id), name = %member.name, peer = ?member.peer_urls, "adding a member as a learner");
-            match self.raft.add_learner(id, member, true).await {
-                Ok(_) => {}
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                    return Err(ForwardError::NotLeader)
+            let mut member = member;
+            if let Some((_, reserved, _)) = &existing {
+                // Added by MemberAdd: it starts now, with its name and client URLs.
+                member.stay_learner |= reserved.stay_learner;
+                tracing::info!(member_id = %hex(id), name = %member.name, "a member added by MemberAdd has started");
+                if let Err(e) = self
+                    .raft
+                    .change_membership(
+                        ChangeMembers::SetNodes(BTreeMap::from([(id, member.clone())])),
+                        true,
+                    )
+                    .await
+                {
+                    return Err(raft_write_error(e));
                 }
-                Err(e) => return Err(ForwardError::Api(ApiError::Internal(e.to_string()))),
+            } else {
+                tracing::info!(member_id = %hex(id), name = %member.name, peer = ?member.peer_urls, "adding a member as a learner");
+            }
+            let stay_learner = member.stay_learner;
+            // Returns once the learner has caught up with the leader's log.
+            if let Err(e) = self.raft.add_learner(id, member, true).await {
+                return Err(raft_write_error(e));
+            }
+            if stay_learner {
+                tracing::info!(member_id = %hex(id), "the learner caught up; it stays a learner until promoted");
+                return Ok(ForwardResponse::Join {
+                    cluster_id: self.cluster_id(),
+                });
             }
             tracing::info!(member_id = %hex(id), "the learner caught up; promoting it to voter");
             match self
@@ -642,6 +676,65 @@ impl Node {
         }
         Ok(ForwardResponse::Join {
             cluster_id: self.cluster_id(),
+        })
+    }
+
+    /// etcd's MemberAdd: reserves an id for a member that will start with `--join` and
+    /// these peer URLs. It is a learner until it has started and caught up.
+    async fn serve_add(&self, peer_urls: Vec<String>, learner: bool) -> ForwardReply {
+        if peer_urls.is_empty() {
+            return Err(ForwardError::Api(ApiError::InvalidArgument(
+                "etcdserver: member peer URLs are missing".into(),
+            )));
+        }
+        let clash = self
+            .members()
+            .into_iter()
+            .any(|(_, m, _)| m.peer_urls.iter().any(|u| peer_urls.contains(u)));
+        if clash {
+            return Err(ForwardError::Api(ApiError::PeerUrlExists));
+        }
+        let id = random_id();
+        let member = Member {
+            name: String::new(),
+            peer_urls,
+            client_urls: Vec::new(),
+            stay_learner: learner,
+        };
+        tracing::info!(member_id = %hex(id), peer = ?member.peer_urls, learner, "member added; waiting for it to start");
+        if let Err(e) = self.raft.add_learner(id, member, false).await {
+            return Err(raft_write_error(e));
+        }
+        Ok(ForwardResponse::MemberAdded {
+            id,
+            members: self.members(),
+        })
+    }
+
+    /// etcd's MemberUpdate: new peer URLs for a member.
+    async fn serve_update(&self, id: NodeId, peer_urls: Vec<String>) -> ForwardReply {
+        let members = self.members();
+        let Some((_, current, _)) = members.iter().find(|(m, _, _)| *m == id) else {
+            return Err(ForwardError::Api(ApiError::MemberNotFound));
+        };
+        let clash = members
+            .iter()
+            .any(|(other, m, _)| *other != id && m.peer_urls.iter().any(|u| peer_urls.contains(u)));
+        if clash {
+            return Err(ForwardError::Api(ApiError::PeerUrlExists));
+        }
+        let mut member = current.clone();
+        member.peer_urls = peer_urls;
+        tracing::info!(member_id = %hex(id), peer = ?member.peer_urls, "updating a member's peer URLs");
+        self.change_membership(ChangeMembers::SetNodes(BTreeMap::from([(id, member)])))
+            .await
+    }
+
+    /// The id MemberAdd reserved for a member with one of these peer URLs, while that
+    /// member has not started (its name is still empty).
+    fn pending_member(&self, peer_urls: &[String]) -> Option<NodeId> {
+        self.members().into_iter().find_map(|(id, m, _)| {
+            (m.name.is_empty() && m.peer_urls.iter().any(|u| peer_urls.contains(u))).then_some(id)
         })
     }
 
@@ -697,10 +790,7 @@ impl Node {
     async fn change_membership(&self, change: ChangeMembers<NodeId, Member>) -> ForwardReply {
         match self.raft.change_membership(change, false).await {
             Ok(_) => Ok(ForwardResponse::MembershipChanged(self.members())),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                Err(ForwardError::NotLeader)
-            }
-            Err(e) => Err(ForwardError::Api(ApiError::Internal(e.to_string()))),
+            Err(e) => Err(raft_write_error(e)),
         }
     }
 
@@ -756,6 +846,38 @@ impl Node {
         if let Err(e) = self.store.flush() {
             tracing::warn!(error = %e, "flushing the key space at shutdown");
         }
+    }
+}
+
+/// The id a new member takes: the one MemberAdd reserved for its peer URL, if any, or
+/// a new random one. An unreachable cluster is left for the join itself to report.
+async fn reserved_id(
+    peers: &PeerClients,
+    url: &str,
+    config: &ServerConfig,
+) -> Result<NodeId, StartError> {
+    let request = ForwardRequest::PendingMember {
+        peer_urls: vec![config.peer_advertise_url()],
+    };
+    let timeout = Duration::from_millis(PENDING_MEMBER_TIMEOUT_MS);
+    match peers.forward(url, &request, timeout).await {
+        Ok(Ok(ForwardResponse::PendingMember { id: Some(id) })) => {
+            tracing::info!(member_id = %hex(id), "taking the id that member add reserved for this peer URL");
+            Ok(id)
+        }
+        Ok(_) => Ok(random_id()),
+        Err(status) => {
+            tracing::debug!(peer = url, error = %status.message(), "could not ask for a reserved member id");
+            Ok(random_id())
+        }
+    }
+}
+
+/// A failed membership write as a forward error: not the leader (look again), or why.
+fn raft_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> ForwardError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => ForwardError::NotLeader,
+        e => ForwardError::Api(ApiError::Internal(e.to_string())),
     }
 }
 

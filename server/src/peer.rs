@@ -65,6 +65,22 @@ pub enum ForwardRequest {
     PromoteMember {
         id: NodeId,
     },
+    /// Add a member that has not started yet (etcd's MemberAdd): a learner, promoted
+    /// once it has joined and caught up unless `learner` says it stays one.
+    AddMember {
+        peer_urls: Vec<String>,
+        learner: bool,
+    },
+    /// Change a member's peer URLs (etcd's MemberUpdate).
+    UpdateMember {
+        id: NodeId,
+        peer_urls: Vec<String>,
+    },
+    /// A starting member with an empty data dir asks whether MemberAdd reserved an id
+    /// for its peer URL.
+    PendingMember {
+        peer_urls: Vec<String>,
+    },
     /// Sent by the leader to the member it hands leadership to: stand for election now.
     /// (Served by that member, not forwarded to the leader.)
     Elect,
@@ -94,6 +110,15 @@ pub enum ForwardResponse {
     MembershipChanged(Vec<(NodeId, Member, bool)>),
     /// An election was started.
     Electing,
+    /// MemberAdd's new member id, and the members after the change.
+    MemberAdded {
+        id: NodeId,
+        members: Vec<(NodeId, Member, bool)>,
+    },
+    /// The id MemberAdd reserved for these peer URLs, if any.
+    PendingMember {
+        id: Option<NodeId>,
+    },
 }
 
 /// A joiner's answer to a join challenge.

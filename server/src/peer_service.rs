@@ -70,7 +70,9 @@ impl Peer for PeerService {
         let reply = match request {
             // A member may join through any member: a follower passes the challenge and
             // the join on to the leader, which issues the nonce and checks the proof.
-            request @ (ForwardRequest::JoinChallenge | ForwardRequest::Join { .. })
+            request @ (ForwardRequest::JoinChallenge
+            | ForwardRequest::Join { .. }
+            | ForwardRequest::PendingMember { .. })
                 if !self.node.is_leader() =>
             {
                 // As long as the joiner itself waits: adding a learner waits for it to

@@ -7,7 +7,7 @@
 //! Restore verifies both and refuses a corrupt file before touching the data dir.
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use raftkv_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use raftkv_proto::etcdserverpb::SnapshotRequest;
@@ -20,8 +20,8 @@ const SHA256_BYTES: usize = 32;
 pub enum SnapshotCliError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    #[error("cannot reach {endpoint}: {reason}")]
-    Connect { endpoint: String, reason: String },
+    #[error(transparent)]
+    Connect(#[from] crate::cli_client::ConnectError),
     #[error("the snapshot stream failed: {0}")]
     Stream(String),
     #[error("{path}: the snapshot is corrupt ({reason}); it was not restored")]
@@ -32,64 +32,12 @@ pub enum SnapshotCliError {
     Restore(String),
 }
 
-/// How `save` talks TLS to an https:// endpoint (etcdctl's --cacert, --cert, --key).
-#[derive(Debug, Clone, Default)]
-pub struct ClientTls {
-    pub cacert: Option<PathBuf>,
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
-}
-
-fn channel(url: &str, tls: &ClientTls) -> Result<tonic::transport::Endpoint, SnapshotCliError> {
-    let connect = |reason: String| SnapshotCliError::Connect {
-        endpoint: url.to_string(),
-        reason,
-    };
-    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
-        .map_err(|e| connect(e.to_string()))?;
-    if url.starts_with("https://") {
-        let mut config = tonic::transport::ClientTlsConfig::new();
-        if let Some(ca) = &tls.cacert {
-            config =
-                config.ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(ca)?));
-        }
-        match (&tls.cert, &tls.key) {
-            (Some(cert), Some(key)) => {
-                config = config.identity(tonic::transport::Identity::from_pem(
-                    std::fs::read(cert)?,
-                    std::fs::read(key)?,
-                ))
-            }
-            (None, None) => {}
-            _ => return Err(connect("--cert and --key go together".into())),
-        }
-        endpoint = endpoint
-            .tls_config(config)
-            .map_err(|e| connect(e.to_string()))?;
-    }
-    Ok(endpoint)
-}
+pub use crate::cli_client::ClientTls;
 
 /// Streams a snapshot from `endpoint` into `file` (written to a temp file, synced, then
 /// renamed, so a failed save leaves no partial file behind).
 pub async fn save(endpoint: &str, file: &Path, tls: &ClientTls) -> Result<u64, SnapshotCliError> {
-    let url = if endpoint.contains("://") {
-        endpoint.to_string()
-    } else {
-        format!("http://{endpoint}")
-    };
-    let channel = channel(&url, tls)?
-        .connect()
-        .await
-        .map_err(|e| SnapshotCliError::Connect {
-            endpoint: url.clone(),
-            reason: format!(
-                "{e}: {}",
-                std::error::Error::source(&e)
-                    .map(|s| s.to_string())
-                    .unwrap_or_default()
-            ),
-        })?;
+    let channel = crate::cli_client::connect(endpoint, tls).await?;
     let mut client = MaintenanceClient::new(channel).max_decoding_message_size(usize::MAX);
     let mut stream = client
         .snapshot(SnapshotRequest {})

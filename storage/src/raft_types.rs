@@ -7,9 +7,13 @@ use crate::mvcc::{Command, CommandResult};
 /// What Raft knows of a member: how to reach it and what to show for it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
+    /// Empty until the member has started (one added by MemberAdd, not yet joined).
     pub name: String,
     pub peer_urls: Vec<String>,
     pub client_urls: Vec<String>,
+    /// Stays a learner until promoted by hand (MemberAdd with is_learner, or a member
+    /// started with --learner); otherwise a joined learner is promoted once caught up.
+    pub stay_learner: bool,
 }
 
 openraft::declare_raft_types!(

@@ -286,6 +286,15 @@ impl Cluster {
     }
 }
 
+/// Runs a raftkv client command (`raftkv member list --endpoints …`, say) to the end.
+pub fn raftkv_cli(args: &[&str]) -> Output {
+    Command::new(raftkv_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("raftkv runs")
+}
+
 /// Debian's etcdctl (3.4).
 pub fn etcdctl34() -> PathBuf {
     let p = PathBuf::from("/usr/bin/etcdctl");

@@ -2,16 +2,7 @@
 //! `raftkv snapshot restore` into a new data dir, and the restored member serving the
 //! same keys at the same revisions as a new cluster. A corrupt file is refused.
 
-use std::process::Command;
-
 use raftkv_tests::*;
-
-fn raftkv(args: &[&str]) -> std::process::Output {
-    Command::new(raftkv_bin())
-        .args(args)
-        .output()
-        .expect("raftkv runs")
-}
 
 fn everything(endpoint: &str) -> serde_json::Value {
     let mut j = json(&etcdctl_ok(
@@ -44,7 +35,7 @@ fn a_snapshot_restores_into_a_new_cluster_with_the_same_data() {
     let want = everything(&m.endpoint());
 
     let ours = root.path().join("ours.db");
-    let out = raftkv(&[
+    let out = raftkv_cli(&[
         "snapshot",
         "save",
         ours.to_str().unwrap(),
@@ -63,7 +54,7 @@ fn a_snapshot_restores_into_a_new_cluster_with_the_same_data() {
 
     for (name, file) in [("from-raftkv", &ours), ("from-etcdctl", &theirs)] {
         let mut restored = Member::new(root.path(), name);
-        let out = raftkv(&[
+        let out = raftkv_cli(&[
             "snapshot",
             "restore",
             file.to_str().unwrap(),
@@ -72,7 +63,7 @@ fn a_snapshot_restores_into_a_new_cluster_with_the_same_data() {
         ]);
         assert!(out.status.success(), "{out:?}");
         // Restoring over it again is refused: it holds data now.
-        let again = raftkv(&[
+        let again = raftkv_cli(&[
             "snapshot",
             "restore",
             file.to_str().unwrap(),
@@ -117,7 +108,7 @@ fn a_snapshot_restores_into_a_new_cluster_with_the_same_data() {
     let bad = root.path().join("bad.db");
     std::fs::write(&bad, bytes).expect("write");
     let target = root.path().join("never");
-    let out = raftkv(&[
+    let out = raftkv_cli(&[
         "snapshot",
         "restore",
         bad.to_str().unwrap(),

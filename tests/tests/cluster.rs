@@ -770,3 +770,181 @@ fn joining_needs_the_clusters_token_and_a_wrong_one_changes_nothing() {
         assert!(!m.log().contains(&token), "{} logged the token", m.name);
     }
 }
+
+/// One line of `etcdctl member list` (simple format) for the member with id `id`.
+fn member_line(ctl: &std::path::Path, endpoints: &[String], id: &str) -> String {
+    etcdctl_ok(ctl, endpoints, &["member", "list"])
+        .lines()
+        .find(|l| l.starts_with(&format!("{id},")))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Waits until `id`'s member-list line ends with `suffix` (", false" for a voter).
+fn wait_member_line(cluster: &Cluster, id: &str, want: &str) {
+    let ctl = etcdctl35();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let line = member_line(&ctl, &cluster.endpoints()[..1], id);
+        if line.contains(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "member {id}: {line:?}, want {want:?}; logs:\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn members_added_before_they_start_take_their_reserved_ids_and_roles() {
+    let mut cluster = Cluster::start(1, &[]);
+    let ctl = etcdctl35();
+    let ep = cluster.endpoints();
+    let root = cluster.root.path().to_path_buf();
+
+    // etcdctl member add --learner reserves an id: the member shows as unstarted.
+    let mut m1 = Member::new(&root, "m1");
+    let out = etcdctl_ok(
+        &ctl,
+        &ep,
+        &[
+            "member",
+            "add",
+            "m1",
+            "--peer-urls",
+            &m1.peer_url(),
+            "--learner",
+        ],
+    );
+    assert!(out.contains("added to cluster"), "{out}");
+    let id1 = out
+        .split_whitespace()
+        .nth(1)
+        .expect("Member <id> added")
+        .to_string();
+    let line = member_line(&ctl, &ep, &id1);
+    assert!(
+        line.contains("unstarted") && line.ends_with("true"),
+        "{line}"
+    );
+    // The same peer URL twice is refused with etcd's message.
+    let out = etcdctl(
+        &ctl,
+        &ep,
+        &["member", "add", "again", "--peer-urls", &m1.peer_url()],
+        None,
+    );
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("Peer URLs already exists"),
+        "{out:?}"
+    );
+
+    // m1 starts with --join and takes the reserved id; added as a learner, it stays one.
+    m1.start(&Member::join_args(&cluster.members[0]));
+    cluster.members.push(m1);
+    wait_member_line(&cluster, &id1, ", m1, ");
+    assert!(member_line(&ctl, &ep, &id1).ends_with("true"));
+    assert_eq!(
+        format!(
+            "{:x}",
+            rt().block_on(member_id(&cluster.members[1].endpoint()))
+        ),
+        id1,
+        "m1 runs as the member that was added"
+    );
+
+    // raftkv's own CLI promotes it.
+    let out = raftkv_cli(&["member", "promote", &id1, "--endpoints", &ep[0]]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("promoted to voter"),
+        "{out:?}"
+    );
+    wait_member_line(&cluster, &id1, ", false");
+
+    // raftkv member add without --learner; a wrong peer URL fixed with etcdctl member
+    // update before the member starts; started, it becomes a voter by itself.
+    let mut m2 = Member::new(&root, "m2");
+    let wrong = format!("http://127.0.0.1:{}", free_port());
+    let out = raftkv_cli(&[
+        "member",
+        "add",
+        "m2",
+        "--peer-urls",
+        &wrong,
+        "--endpoints",
+        &ep[0],
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let id2 = stdout
+        .split_whitespace()
+        .nth(1)
+        .expect("Member <id> added")
+        .to_string();
+    assert!(stdout.contains("unstarted"), "{stdout}");
+    let out = etcdctl_ok(
+        &ctl,
+        &ep,
+        &["member", "update", &id2, "--peer-urls", &m2.peer_url()],
+    );
+    assert!(out.contains("updated"), "{out}");
+    m2.start(&Member::join_args(&cluster.members[0]));
+    cluster.members.push(m2);
+    wait_member_line(&cluster, &id2, ", false");
+    let line = member_line(&ctl, &ep, &id2);
+    assert!(
+        line.contains(", m2, ") && line.contains(&cluster.members[2].peer_url()),
+        "{line}"
+    );
+
+    // Three voters: losing any one keeps the cluster writable.
+    let out = raftkv_cli(&["member", "list", "--endpoints", &ep[0]]);
+    let listed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(listed.matches(" voter").count(), 3, "{listed}");
+    assert_eq!(listed.matches("started").count(), 3, "{listed}");
+    cluster.members[0].kill9();
+    rt().block_on(async {
+        let mut c = client(&cluster.members[2].endpoint()).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while c.put("after", "m0 died", None).await.is_err() {
+            assert!(Instant::now() < deadline, "no write after m0 died");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+
+    // Unknown ids: etcd's message and a non-zero exit, from both CLIs.
+    let survivors = [cluster.members[1].endpoint()];
+    let out = raftkv_cli(&["member", "remove", "abc123", "--endpoints", &survivors[0]]);
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("etcdserver: member not found"),
+        "{out:?}"
+    );
+    let out = etcdctl(
+        &ctl,
+        &survivors,
+        &[
+            "member",
+            "update",
+            "abc123",
+            "--peer-urls",
+            "http://127.0.0.1:1",
+        ],
+        None,
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("member not found"),
+        "{out:?}"
+    );
+    let out = raftkv_cli(&["member", "promote", "not-hex", "--endpoints", &survivors[0]]);
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("is not a member id"),
+        "{out:?}"
+    );
+}

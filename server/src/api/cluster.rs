@@ -1,6 +1,7 @@
-//! etcd's Cluster service: MemberList, MemberRemove and MemberPromote over Raft's
-//! membership. New members join with `raftkv --join` (which adds them as learners and
-//! promotes them once caught up); MemberAdd and MemberUpdate are not implemented yet.
+//! etcd's Cluster service over Raft's membership: MemberList, MemberAdd, MemberUpdate,
+//! MemberRemove and MemberPromote. Members usually join with `raftkv --join` (added as
+//! learners, promoted once caught up); MemberAdd reserves an id for a member that has
+//! not started, which it takes when it starts with `--join` and the same peer URL.
 
 use std::sync::Arc;
 
@@ -48,20 +49,51 @@ impl ClusterService {
     }
 }
 
-fn not_yet(what: &str) -> Status {
-    ApiError::Unsupported(format!(
-        "{what} is not implemented by raftkv yet; use raftkv --join"
-    ))
-    .status()
+/// A peer URL must be http(s)://host:port, as members dial it.
+fn check_url(url: &str) -> Result<(), Status> {
+    let ok = (url.starts_with("http://") || url.starts_with("https://"))
+        && url
+            .parse::<tonic::transport::Uri>()
+            .is_ok_and(|u| u.port_u16().is_some());
+    if ok {
+        Ok(())
+    } else {
+        Err(
+            ApiError::InvalidArgument(format!("peer URL {url:?} is not http(s)://host:port"))
+                .status(),
+        )
+    }
 }
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(
         &self,
-        _r: Request<pb::MemberAddRequest>,
+        req: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
-        Err(not_yet("MemberAdd"))
+        check_leader_metadata(&self.node, &req)?;
+        let pb::MemberAddRequest {
+            peer_ur_ls,
+            is_learner,
+        } = req.into_inner();
+        for url in &peer_ur_ls {
+            check_url(url)?;
+        }
+        let request = ForwardRequest::AddMember {
+            peer_urls: peer_ur_ls,
+            learner: is_learner,
+        };
+        let timeout = std::time::Duration::from_millis(crate::node::JOIN_TIMEOUT_MS);
+        let (id, members) = match self.node.on_leader(request, timeout).await? {
+            ForwardResponse::MemberAdded { id, members } => (id, to_pb(members)),
+            other => return Err(ApiError::Internal(format!("unexpected reply {other:?}")).status()),
+        };
+        let member = members.iter().find(|m| m.id == id).cloned();
+        Ok(Response::new(pb::MemberAddResponse {
+            header: Some(self.node.header()),
+            member,
+            members,
+        }))
     }
 
     async fn member_remove(
@@ -79,9 +111,26 @@ impl Cluster for ClusterService {
 
     async fn member_update(
         &self,
-        _r: Request<pb::MemberUpdateRequest>,
+        req: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
-        Err(not_yet("MemberUpdate"))
+        check_leader_metadata(&self.node, &req)?;
+        let pb::MemberUpdateRequest { id, peer_ur_ls } = req.into_inner();
+        if peer_ur_ls.is_empty() {
+            return Err(ApiError::InvalidArgument("member peer URLs are missing".into()).status());
+        }
+        for url in &peer_ur_ls {
+            check_url(url)?;
+        }
+        let members = self
+            .change(ForwardRequest::UpdateMember {
+                id,
+                peer_urls: peer_ur_ls,
+            })
+            .await?;
+        Ok(Response::new(pb::MemberUpdateResponse {
+            header: Some(self.node.header()),
+            members,
+        }))
     }
 
     async fn member_list(

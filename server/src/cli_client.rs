@@ -1,0 +1,87 @@
+//! How raftkv's own client commands (`raftkv snapshot save`, `raftkv member …`) reach a
+//! running member: endpoint parsing and TLS as etcdctl does them (--endpoints,
+//! --cacert, --cert, --key). It must never hold more than one connection per command.
+
+use std::path::PathBuf;
+
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// How a command talks TLS to an https:// endpoint (etcdctl's --cacert, --cert, --key).
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    pub cacert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// Why a command could not reach a member.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot reach {endpoint}: {reason}")]
+pub struct ConnectError {
+    pub endpoint: String,
+    pub reason: String,
+}
+
+/// "host:port" becomes "http://host:port"; URLs are kept as they are.
+pub fn url_of(endpoint: &str) -> String {
+    if endpoint.contains("://") {
+        endpoint.to_string()
+    } else {
+        format!("http://{endpoint}")
+    }
+}
+
+fn endpoint(url: &str, tls: &ClientTls) -> Result<Endpoint, ConnectError> {
+    let fail = |reason: String| ConnectError {
+        endpoint: url.to_string(),
+        reason,
+    };
+    let read =
+        |path: &PathBuf| std::fs::read(path).map_err(|e| fail(format!("{}: {e}", path.display())));
+    let mut endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| fail(e.to_string()))?;
+    if url.starts_with("https://") {
+        let mut config = ClientTlsConfig::new();
+        if let Some(ca) = &tls.cacert {
+            config = config.ca_certificate(Certificate::from_pem(read(ca)?));
+        }
+        match (&tls.cert, &tls.key) {
+            (Some(cert), Some(key)) => {
+                config = config.identity(Identity::from_pem(read(cert)?, read(key)?))
+            }
+            (None, None) => {}
+            _ => return Err(fail("--cert and --key go together".into())),
+        }
+        endpoint = endpoint
+            .tls_config(config)
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    Ok(endpoint)
+}
+
+/// Connects to the first of the comma-separated `endpoints` that answers.
+pub async fn connect(endpoints: &str, tls: &ClientTls) -> Result<Channel, ConnectError> {
+    let mut last = ConnectError {
+        endpoint: endpoints.to_string(),
+        reason: "no endpoint given".into(),
+    };
+    for one in endpoints
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+    {
+        let url = url_of(one);
+        match endpoint(&url, tls)?.connect().await {
+            Ok(channel) => return Ok(channel),
+            Err(e) => {
+                last = ConnectError {
+                    endpoint: url,
+                    reason: match std::error::Error::source(&e) {
+                        Some(source) => format!("{e}: {source}"),
+                        None => e.to_string(),
+                    },
+                }
+            }
+        }
+    }
+    Err(last)
+}
