@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+/// etcd's default --quota-backend-bytes.
+pub const DEFAULT_QUOTA_BYTES: u64 = 2 << 30;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "raftkv",
@@ -170,6 +173,22 @@ pub struct ServerConfig {
     /// How long a client request may wait for Raft before "request timed out".
     #[arg(long, env = "RAFTKV_REQUEST_TIMEOUT_MS", default_value_t = 7000)]
     pub request_timeout_ms: u64,
+    /// Space quota of the key space (etcd's flag): a write that finds the database
+    /// larger raises the NOSPACE alarm, and the cluster then takes only reads, deletes
+    /// and compactions until `etcdctl alarm disarm`. 0: etcd's default, 2 GiB;
+    /// negative: no quota.
+    #[arg(
+        long,
+        env = "RAFTKV_QUOTA_BACKEND_BYTES",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    pub quota_backend_bytes: i64,
+    /// Free space to keep on the data dir's file system: below it, writes raise the
+    /// NOSPACE alarm as an exceeded quota does, so that a full disk never fails a log
+    /// append (deletes and compactions still have room).
+    #[arg(long, env = "RAFTKV_DISK_RESERVE_BYTES", default_value_t = 256 << 20)]
+    pub disk_reserve_bytes: u64,
     /// Take a Raft snapshot (and allow purging the log) every this many applied entries.
     #[arg(long, env = "RAFTKV_SNAPSHOT_COUNT", default_value_t = 10_000)]
     pub snapshot_count: u64,
@@ -292,6 +311,15 @@ impl ServerConfig {
         self.advertise_peer_urls
             .clone()
             .unwrap_or_else(|| self.listen_peer_urls.clone())
+    }
+
+    /// The quota in bytes, or None without one.
+    pub fn quota_bytes(&self) -> Option<u64> {
+        match self.quota_backend_bytes {
+            0 => Some(DEFAULT_QUOTA_BYTES),
+            q if q < 0 => None,
+            q => Some(q as u64),
+        }
     }
 
     pub fn request_timeout(&self) -> Duration {

@@ -66,6 +66,7 @@ impl ApiError {
                 ErrorClass::NotFound => Code::NotFound,
                 ErrorClass::InvalidArgument => Code::InvalidArgument,
                 ErrorClass::FailedPrecondition => Code::FailedPrecondition,
+                ErrorClass::ResourceExhausted => Code::ResourceExhausted,
             },
             ApiError::NoLeader
             | ApiError::Timeout

@@ -11,6 +11,7 @@
 //! - `leases.rs`: the leader's lease clocks and expiry
 //! - `api/`: etcd's services (kv, watch, lease, cluster, maintenance, auth)
 //! - `convert.rs`: wire messages to storage types and back
+//! - `disk.rs`: free space on the data dir's file system (for the NOSPACE alarm)
 //! - `errors.rs`: errors with etcd's messages and gRPC codes
 //! - `metrics.rs`: /metrics (etcd's names), /health, /livez, /readyz, gRPC call counts
 //! - `tls.rs`: TLS on the client listeners, client certificates, reload on change
@@ -25,6 +26,7 @@ pub mod auto_compaction;
 pub mod cli_client;
 pub mod config;
 pub mod convert;
+pub mod disk;
 pub mod errors;
 pub mod identity;
 pub mod join_token;

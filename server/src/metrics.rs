@@ -394,6 +394,12 @@ pub fn render(node: &Node) -> String {
     );
     gauge(
         &mut out,
+        "etcd_server_quota_backend_bytes",
+        "Current backend storage quota size in bytes.",
+        node.config.quota_bytes().map_or(0.0, |q| q as f64),
+    );
+    gauge(
+        &mut out,
         "etcd_mvcc_db_total_size_in_use_in_bytes",
         "Total size of the underlying database logically in use in bytes.",
         db_size_bytes,

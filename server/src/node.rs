@@ -16,11 +16,14 @@ use std::time::{Duration, Instant};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Raft, ServerState, SnapshotPolicy};
 use raftkv_proto::etcdserverpb::ResponseHeader;
-use raftkv_storage::mvcc::{Command, CommandResponse, MvccOptions, MvccStore};
+use raftkv_storage::mvcc::{
+    AlarmMember, AlarmType, Command, CommandResponse, MvccOptions, MvccStore,
+};
 use raftkv_storage::raft_log::RaftLogStore;
 use raftkv_storage::raft_types::{Member, NodeId, TypeConfig};
 use raftkv_storage::state_machine::StateMachine;
 use raftkv_storage::wal::WalOptions;
+use raftkv_storage::MvccError;
 
 use crate::config::ServerConfig;
 use crate::errors::ApiError;
@@ -448,6 +451,9 @@ impl Node {
     /// once this member has applied it too: as with etcd, a client reads its own writes
     /// from the member it wrote through, and response headers are never behind.
     pub async fn write(&self, command: Command) -> Result<CommandResponse, ApiError> {
+        if command.needs_space() {
+            self.check_space().await?;
+        }
         let timeout = self.config.request_timeout();
         let started = Instant::now();
         match self
@@ -465,6 +471,45 @@ impl Node {
             }
             other => Err(ApiError::Internal(format!("unexpected reply {other:?}"))),
         }
+    }
+
+    /// etcd's quota check, before proposing a write that may grow the database: over the
+    /// quota (or with the disk nearly full) the write is refused and the NOSPACE alarm is
+    /// raised for this member, through Raft. While the alarm is raised every member's
+    /// applier refuses such writes as well.
+    async fn check_space(&self) -> Result<(), ApiError> {
+        let store = &self.store;
+        if store.has_alarm(AlarmType::NoSpace) {
+            return Err(MvccError::NoSpace.into());
+        }
+        let db_bytes = store.size_on_disk_bytes().unwrap_or(0);
+        let over_quota = self.config.quota_bytes().is_some_and(|q| db_bytes >= q);
+        let free_bytes = crate::disk::free_bytes(&self.config.data_dir);
+        let disk_full = free_bytes.is_some_and(|f| f < self.config.disk_reserve_bytes);
+        if !over_quota && !disk_full {
+            return Ok(());
+        }
+        tracing::warn!(
+            db_bytes,
+            quota_bytes = self.config.quota_bytes(),
+            free_bytes,
+            reserve_bytes = self.config.disk_reserve_bytes,
+            "out of space: raising the NOSPACE alarm; only reads, deletes and compactions are \
+             taken until `etcdctl alarm disarm` (after compacting, or raising the quota, or \
+             freeing disk space)"
+        );
+        let raise = Command::Alarm {
+            activate: true,
+            alarm: AlarmMember {
+                member_id: self.id,
+                alarm: AlarmType::NoSpace,
+            },
+        };
+        // Boxed: raising goes through `write` again (an alarm needs no space).
+        if let Err(e) = Box::pin(self.write(raise)).await {
+            tracing::warn!(error = %e, "could not raise the NOSPACE alarm");
+        }
+        Err(MvccError::NoSpace.into())
     }
 
     /// Waits until this member has applied everything the leader had committed when the

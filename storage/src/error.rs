@@ -33,6 +33,9 @@ pub enum MvccError {
     ValueProvided,
     #[error("etcdserver: lease is provided")]
     LeaseProvided,
+    /// The NOSPACE alarm is raised: only reads, deletes and compaction are applied.
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
 }
 
 /// The gRPC status class etcd answers each error with; the server maps it to tonic.
@@ -42,6 +45,7 @@ pub enum ErrorClass {
     NotFound,
     InvalidArgument,
     FailedPrecondition,
+    ResourceExhausted,
 }
 
 impl MvccError {
@@ -59,6 +63,7 @@ impl MvccError {
             | MvccError::KeyNotFound
             | MvccError::ValueProvided
             | MvccError::LeaseProvided => ErrorClass::InvalidArgument,
+            MvccError::NoSpace => ErrorClass::ResourceExhausted,
         }
     }
 }

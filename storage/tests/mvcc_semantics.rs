@@ -786,3 +786,87 @@ fn put_then_delete_of_one_key_in_one_txn() {
         .unwrap();
     assert_eq!(got.kvs[0].version, 1);
 }
+
+#[test]
+fn nospace_caps_the_applier_until_disarmed_and_survives_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = open(dir.path());
+    put(&s, "a", "1");
+    let nospace = AlarmMember {
+        member_id: 7,
+        alarm: AlarmType::NoSpace,
+    };
+    let raised = apply(
+        &s,
+        Command::Alarm {
+            activate: true,
+            alarm: nospace,
+        },
+    );
+    assert_eq!(
+        raised,
+        Ok(CommandResponse::Alarm {
+            alarms: vec![nospace]
+        })
+    );
+    let put_a = Command::Put(PutRequest {
+        key: b("a"),
+        value: b("2"),
+        ..Default::default()
+    });
+    assert_eq!(apply(&s, put_a.clone()), Err(MvccError::NoSpace));
+    assert_eq!(
+        apply(&s, Command::LeaseGrant { id: 5, ttl_s: 10 }),
+        Err(MvccError::NoSpace)
+    );
+    // A put in either branch (or a nested txn) makes a txn need space.
+    let nested_put = TxnRequest {
+        compare: vec![],
+        success: vec![range_op("a")],
+        failure: vec![RequestOp::Txn(TxnRequest {
+            compare: vec![],
+            success: vec![put_op("b", "1")],
+            failure: vec![],
+        })],
+    };
+    assert_eq!(txn(&s, nested_put), Err(MvccError::NoSpace));
+    let reads_only = TxnRequest {
+        compare: vec![],
+        success: vec![range_op("a")],
+        failure: vec![],
+    };
+    assert!(txn(&s, reads_only).is_ok());
+    assert_eq!(delete(&s, "a", "").deleted, 1);
+    assert_eq!(s.revision(), 3, "only the delete moved the revision");
+    drop(s);
+
+    let s = open(dir.path());
+    assert_eq!(s.alarms(), vec![nospace], "alarms survive a restart");
+    assert_eq!(apply(&s, put_a.clone()), Err(MvccError::NoSpace));
+    let disarmed = apply(
+        &s,
+        Command::Alarm {
+            activate: false,
+            alarm: nospace,
+        },
+    );
+    assert_eq!(
+        disarmed,
+        Ok(CommandResponse::Alarm {
+            alarms: vec![nospace]
+        })
+    );
+    // Disarming what is not raised answers nothing.
+    assert_eq!(
+        apply(
+            &s,
+            Command::Alarm {
+                activate: false,
+                alarm: nospace,
+            },
+        ),
+        Ok(CommandResponse::Alarm { alarms: vec![] })
+    );
+    assert!(apply(&s, put_a).is_ok());
+    assert!(s.alarms().is_empty());
+}

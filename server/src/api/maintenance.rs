@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 use crate::api::check_leader_metadata;
 use crate::errors::ApiError;
 use crate::node::Node;
+use raftkv_storage::mvcc::{AlarmMember, AlarmType, Command, CommandResponse};
 
 /// The etcd API level raftkv implements, as Maintenance.Status reports it. The
 /// Kubernetes API server needs ≥ 3.5.13 to enable its consistent-read features.
@@ -26,6 +27,24 @@ pub struct MaintenanceService {
     pub node: Arc<Node>,
 }
 
+fn alarm_type(t: pb::AlarmType) -> Option<AlarmType> {
+    match t {
+        pb::AlarmType::None => None,
+        pb::AlarmType::Nospace => Some(AlarmType::NoSpace),
+        pb::AlarmType::Corrupt => Some(AlarmType::Corrupt),
+    }
+}
+
+fn alarm_to_pb(a: AlarmMember) -> pb::AlarmMember {
+    pb::AlarmMember {
+        member_id: a.member_id,
+        alarm: match a.alarm {
+            AlarmType::NoSpace => pb::AlarmType::Nospace,
+            AlarmType::Corrupt => pb::AlarmType::Corrupt,
+        } as i32,
+    }
+}
+
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
     async fn alarm(
@@ -33,9 +52,40 @@ impl Maintenance for MaintenanceService {
         req: Request<pb::AlarmRequest>,
     ) -> Result<Response<pb::AlarmResponse>, Status> {
         check_leader_metadata(&self.node, &req)?;
+        let r = req.into_inner();
+        let alarms = match (r.action(), alarm_type(r.alarm())) {
+            // etcd's GET: every raised alarm, or those of one type.
+            (pb::alarm_request::AlarmAction::Get, wanted) => {
+                self.node.read_barrier().await?;
+                self.node
+                    .store
+                    .alarms()
+                    .into_iter()
+                    .filter(|a| wanted.is_none_or(|t| a.alarm == t))
+                    .collect()
+            }
+            (_, None) => Vec::new(),
+            (action, Some(alarm)) => {
+                let command = Command::Alarm {
+                    activate: action == pb::alarm_request::AlarmAction::Activate,
+                    alarm: AlarmMember {
+                        member_id: r.member_id,
+                        alarm,
+                    },
+                };
+                match self.node.write(command).await? {
+                    CommandResponse::Alarm { alarms } => alarms,
+                    other => {
+                        return Err(
+                            ApiError::Internal(format!("unexpected reply {other:?}")).status()
+                        )
+                    }
+                }
+            }
+        };
         Ok(Response::new(pb::AlarmResponse {
             header: Some(self.node.header()),
-            alarms: Vec::new(),
+            alarms: alarms.into_iter().map(alarm_to_pb).collect(),
         }))
     }
 
@@ -64,7 +114,17 @@ impl Maintenance for MaintenanceService {
             raft_term: metrics.current_term,
             raft_applied_index: metrics.last_applied.map_or(0, |l| l.index),
             // etcd lists alarms here; raftkv adds the even-voter warning.
-            errors: self.node.fault_tolerance().2.into_iter().collect(),
+            errors: self
+                .node
+                .store
+                .alarms()
+                .into_iter()
+                .map(|a| {
+                    let name = alarm_to_pb(a).alarm().as_str_name();
+                    format!("memberID:{} alarm:{name} ", a.member_id)
+                })
+                .chain(self.node.fault_tolerance().2)
+                .collect(),
             db_size_in_use: db_size,
             is_learner,
         }))

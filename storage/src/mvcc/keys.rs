@@ -27,6 +27,8 @@ pub const META_COMPACT: &[u8] = b"mcompact";
 pub const META_COMPACT_DONE: &[u8] = b"mcompact_done";
 pub const META_APPLIED: &[u8] = b"mapplied";
 pub const META_MEMBERSHIP: &[u8] = b"mmembership";
+/// The raised alarms (postcard list of `AlarmMember`).
+pub const META_ALARMS: &[u8] = b"malarms";
 
 /// 'k' enc(key), the prefix of every version of `key`.
 pub fn kv_prefix(key: &[u8]) -> Vec<u8> {

@@ -64,6 +64,8 @@ pub(crate) struct Inner {
     pub revision: AtomicI64,
     pub compact_revision: AtomicI64,
     pub leases: RwLock<BTreeMap<LeaseId, Lease>>,
+    /// Raised alarms (NOSPACE makes the applier refuse writes that need space).
+    pub alarms: RwLock<std::collections::BTreeSet<AlarmMember>>,
     pub feed: broadcast::Sender<Arc<EventBatch>>,
     /// Serialises writers: one apply at a time.
     pub apply_lock: Mutex<()>,
@@ -101,6 +103,7 @@ impl MvccStore {
             revision: AtomicI64::new(1),
             compact_revision: AtomicI64::new(-1),
             leases: RwLock::new(BTreeMap::new()),
+            alarms: RwLock::new(Default::default()),
             feed,
             apply_lock: Mutex::new(()),
             compaction_lock: Mutex::new(()),
@@ -125,10 +128,37 @@ impl MvccStore {
                 .map_err(|e| StoreError::Corrupt(format!("undecodable lease record: {e}")))?;
             leases.insert(lease.id, lease);
         }
+        let alarms: Vec<AlarmMember> = match tree.get(keys::META_ALARMS)? {
+            Some(bytes) => postcard::from_bytes(&bytes)
+                .map_err(|e| StoreError::Corrupt(format!("undecodable alarm list: {e}")))?,
+            None => Vec::new(),
+        };
         self.inner.revision.store(revision, Ordering::SeqCst);
         self.inner.compact_revision.store(compact, Ordering::SeqCst);
         *self.inner.leases.write().unwrap_or_else(|e| e.into_inner()) = leases;
+        *self.inner.alarms.write().unwrap_or_else(|e| e.into_inner()) =
+            alarms.into_iter().collect();
         Ok(())
+    }
+
+    /// The raised alarms, in member and type order.
+    pub fn alarms(&self) -> Vec<AlarmMember> {
+        self.inner
+            .alarms
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    pub fn has_alarm(&self, alarm: AlarmType) -> bool {
+        self.inner
+            .alarms
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|a| a.alarm == alarm)
     }
 
     pub(crate) fn tree(&self) -> super::engine::Tree {
@@ -191,6 +221,8 @@ impl MvccStore {
         let tree = self.tree();
         tree.remove(keys::META_APPLIED)?;
         tree.remove(keys::META_MEMBERSHIP)?;
+        // Alarms name members of the old cluster.
+        tree.remove(keys::META_ALARMS)?;
         self.flush()
     }
 

@@ -9,7 +9,7 @@
 //! It must never fail half-way: a client error (lease not found, ...) is detected before
 //! any change is recorded, and the applied log id is written either way.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -43,6 +43,8 @@ struct WriteTxn<'a> {
     /// Attachment edits: (lease, key) -> attach (true) or detach (false).
     attachments: BTreeMap<(LeaseId, Bytes), bool>,
     compact: Option<Revision>,
+    /// The whole alarm set after this transaction, when it changed.
+    alarms: Option<BTreeSet<AlarmMember>>,
 }
 
 pub(crate) fn apply(
@@ -66,6 +68,7 @@ pub(crate) fn apply(
         leases: BTreeMap::new(),
         attachments: BTreeMap::new(),
         compact: None,
+        alarms: None,
     };
     let result = match command {
         None => Ok(CommandResponse::Applied),
@@ -93,6 +96,7 @@ impl WriteTxn<'_> {
         self.leases.clear();
         self.attachments.clear();
         self.compact = None;
+        self.alarms = None;
     }
 
     /// The revision this transaction writes at.
@@ -118,6 +122,9 @@ impl WriteTxn<'_> {
     }
 
     fn execute(&mut self, command: &Command) -> Result<CommandResult, StoreError> {
+        if command.needs_space() && self.store.has_alarm(AlarmType::NoSpace) {
+            return Ok(Err(MvccError::NoSpace));
+        }
         Ok(match command {
             Command::Put(req) => self.standalone_put(req)?.map(CommandResponse::Put),
             Command::DeleteRange(req) => match validate::delete(req) {
@@ -134,7 +141,28 @@ impl WriteTxn<'_> {
                 id,
                 remaining_ttl_s,
             } => self.lease_checkpoint(*id, *remaining_ttl_s),
+            Command::Alarm { activate, alarm } => Ok(self.alarm(*activate, *alarm)),
         })
+    }
+
+    /// etcd's alarm store: activating adds the alarm (answering it), deactivating removes
+    /// it (answering it if it was there). Alarms survive restarts and snapshots.
+    fn alarm(&mut self, activate: bool, alarm: AlarmMember) -> CommandResponse {
+        let mut alarms: BTreeSet<AlarmMember> = self.store.alarms().into_iter().collect();
+        let changed = if activate {
+            alarms.insert(alarm)
+        } else {
+            alarms.remove(&alarm)
+        };
+        let answered = if activate || changed {
+            vec![alarm]
+        } else {
+            Vec::new()
+        };
+        if changed {
+            self.alarms = Some(alarms);
+        }
+        CommandResponse::Alarm { alarms: answered }
     }
 
     fn lease_exists(&self, id: LeaseId) -> bool {
@@ -550,6 +578,12 @@ impl WriteTxn<'_> {
         if let Some(compact) = self.compact {
             batch.insert(keys::META_COMPACT, &compact.to_be_bytes()[..]);
         }
+        if let Some(alarms) = &self.alarms {
+            let list: Vec<AlarmMember> = alarms.iter().copied().collect();
+            let bytes =
+                postcard::to_allocvec(&list).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            batch.insert(keys::META_ALARMS, bytes);
+        }
         if !meta.applied.is_empty() {
             batch.insert(keys::META_APPLIED, meta.applied.as_slice());
         }
@@ -583,6 +617,9 @@ impl WriteTxn<'_> {
         if let Some(compact) = self.compact {
             inner.compact_revision.store(compact, Ordering::SeqCst);
             inner.compactor.wake();
+        }
+        if let Some(alarms) = self.alarms {
+            *inner.alarms.write().unwrap_or_else(|e| e.into_inner()) = alarms;
         }
         if !self.changes.is_empty() {
             debug_assert_eq!(self.events.len(), self.changes.len());

@@ -44,10 +44,45 @@ pub enum Command {
     Put(PutRequest),
     DeleteRange(DeleteRangeRequest),
     Txn(TxnRequest),
-    Compact { revision: Revision },
-    LeaseGrant { id: LeaseId, ttl_s: i64 },
-    LeaseRevoke { id: LeaseId },
-    LeaseCheckpoint { id: LeaseId, remaining_ttl_s: i64 },
+    Compact {
+        revision: Revision,
+    },
+    LeaseGrant {
+        id: LeaseId,
+        ttl_s: i64,
+    },
+    LeaseRevoke {
+        id: LeaseId,
+    },
+    LeaseCheckpoint {
+        id: LeaseId,
+        remaining_ttl_s: i64,
+    },
+    /// Raise (`activate`) or disarm an alarm.
+    Alarm {
+        activate: bool,
+        alarm: AlarmMember,
+    },
+}
+
+impl Command {
+    /// Whether applying this may grow the database: refused while NOSPACE is raised
+    /// (etcd's capped applier: puts, txns with a put in either branch, lease grants).
+    pub fn needs_space(&self) -> bool {
+        match self {
+            Command::Put(_) | Command::LeaseGrant { .. } => true,
+            Command::Txn(txn) => txn_puts(txn),
+            _ => false,
+        }
+    }
+}
+
+fn txn_puts(txn: &TxnRequest) -> bool {
+    txn.success.iter().chain(&txn.failure).any(|op| match op {
+        RequestOp::Put(_) => true,
+        RequestOp::Txn(inner) => txn_puts(inner),
+        _ => false,
+    })
 }
 
 /// What applying a command answered.
@@ -71,6 +106,10 @@ pub enum CommandResponse {
     },
     LeaseCheckpoint {
         revision: Revision,
+    },
+    /// The alarms raised (activate) or disarmed (deactivate) by the command.
+    Alarm {
+        alarms: Vec<AlarmMember>,
     },
 }
 

@@ -57,6 +57,7 @@ pub struct SnapshotPoint {
     pub applied: Vec<u8>,
     pub membership: Vec<u8>,
     pub leases: Vec<Lease>,
+    pub alarms: Vec<AlarmMember>,
 }
 
 /// What an export wrote.
@@ -106,6 +107,7 @@ impl MvccStore {
             applied: applied.unwrap_or_default(),
             membership: membership.unwrap_or_default(),
             leases: self.leases(),
+            alarms: self.alarms(),
         })
     }
 
@@ -317,6 +319,11 @@ fn finish_install(tree: &super::engine::Tree, point: &SnapshotPoint) -> Result<(
         let bytes =
             postcard::to_allocvec(lease).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
         batch.insert(&keys::lease_key(lease.id)[..], bytes);
+    }
+    if !point.alarms.is_empty() {
+        let bytes = postcard::to_allocvec(&point.alarms)
+            .map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
+        batch.insert(keys::META_ALARMS, bytes);
     }
     // Attachments follow from each key's newest version: rebuild them.
     let mut last_prefix: Option<Vec<u8>> = None;

@@ -216,3 +216,20 @@ pub fn prefix_range_end(prefix: &[u8]) -> Bytes {
     }
     Bytes::from_static(&[0])
 }
+
+/// etcd's alarm types (etcdserverpb.AlarmType without NONE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum AlarmType {
+    /// The database (or the disk under it) is full: the cluster takes only reads,
+    /// deletes and compactions until the alarm is disarmed.
+    NoSpace,
+    /// A member found its data inconsistent with the others.
+    Corrupt,
+}
+
+/// An alarm raised by (or for) one member; alarms are cluster state, applied through Raft.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AlarmMember {
+    pub member_id: u64,
+    pub alarm: AlarmType,
+}
