@@ -104,13 +104,60 @@ pub enum SnapshotCommand {
         key: Option<PathBuf>,
     },
     /// Restore FILE into a new data dir; starting raftkv on it begins a new cluster
-    /// (new ids) holding the same keys and revisions.
+    /// (new ids) holding the same keys and revisions. With --snapshot-s3-endpoint, FILE
+    /// is the name of a scheduled snapshot in the bucket (and folder).
     Restore {
         file: PathBuf,
         /// Where to restore (must not hold a member).
         #[arg(long = "data-dir", id = "restore_data_dir")]
         data_dir: PathBuf,
+        #[command(flatten)]
+        s3: S3Args,
     },
+}
+
+/// Where scheduled snapshots are uploaded to (and restored from).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct S3Args {
+    /// Upload scheduled snapshots to this S3-compatible endpoint (http(s)://host[:port];
+    /// path-style requests), or restore one from it.
+    #[arg(long, env = "RAFTKV_SNAPSHOT_S3_ENDPOINT")]
+    pub snapshot_s3_endpoint: Option<String>,
+    #[arg(long, env = "RAFTKV_SNAPSHOT_S3_BUCKET")]
+    pub snapshot_s3_bucket: Option<String>,
+    #[arg(long, env = "RAFTKV_SNAPSHOT_S3_REGION", default_value = "us-east-1")]
+    pub snapshot_s3_region: String,
+    /// Key prefix ("folder") in the bucket.
+    #[arg(long, env = "RAFTKV_SNAPSHOT_S3_FOLDER", default_value = "")]
+    pub snapshot_s3_folder: String,
+    #[arg(long, env = "RAFTKV_SNAPSHOT_S3_ACCESS_KEY", hide_env_values = true)]
+    pub snapshot_s3_access_key: Option<String>,
+    #[arg(long, env = "RAFTKV_SNAPSHOT_S3_SECRET_KEY", hide_env_values = true)]
+    pub snapshot_s3_secret_key: Option<String>,
+    /// CA bundle (PEM) for an https S3 endpoint (default: the system's).
+    #[arg(long, env = "RAFTKV_SNAPSHOT_S3_CA_FILE")]
+    pub snapshot_s3_ca_file: Option<PathBuf>,
+}
+
+impl S3Args {
+    /// The S3 target, None without an endpoint, or what is missing.
+    pub fn config(&self) -> Result<Option<crate::s3::S3Config>, String> {
+        let Some(endpoint) = &self.snapshot_s3_endpoint else {
+            return Ok(None);
+        };
+        Ok(Some(crate::s3::S3Config {
+            endpoint: endpoint.clone(),
+            bucket: self
+                .snapshot_s3_bucket
+                .clone()
+                .ok_or("--snapshot-s3-endpoint needs --snapshot-s3-bucket")?,
+            region: self.snapshot_s3_region.clone(),
+            folder: self.snapshot_s3_folder.trim_matches('/').to_string(),
+            access_key: self.snapshot_s3_access_key.clone().unwrap_or_default(),
+            secret_key: self.snapshot_s3_secret_key.clone().unwrap_or_default(),
+            ca_file: self.snapshot_s3_ca_file.clone(),
+        }))
+    }
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -207,6 +254,19 @@ pub struct ServerConfig {
     /// hours) in periodic mode, a count in revision mode; "0" turns it off.
     #[arg(long, env = "RAFTKV_AUTO_COMPACTION_RETENTION", default_value = "0")]
     pub auto_compaction_retention: String,
+    /// Scheduled snapshots (backups) on a cron schedule: "0 */6 * * *" is every six
+    /// hours; six fields put seconds first. Off when not given.
+    #[arg(long, env = "RAFTKV_SNAPSHOT_SCHEDULE")]
+    pub snapshot_schedule: Option<String>,
+    /// Scheduled snapshots this member keeps (in --snapshot-dir, and in S3).
+    #[arg(long, env = "RAFTKV_SNAPSHOT_RETENTION", default_value_t = crate::backups::DEFAULT_RETENTION)]
+    pub snapshot_retention: usize,
+    /// Where scheduled snapshots go (default: <data-dir>/backups).
+    #[arg(long, env = "RAFTKV_SNAPSHOT_DIR")]
+    pub snapshot_dir: Option<PathBuf>,
+    /// S3-compatible storage for scheduled snapshots.
+    #[command(flatten)]
+    pub s3: S3Args,
     /// Client TLS: the server certificate (PEM) for https:// client URLs.
     #[arg(long, env = "RAFTKV_CERT_FILE")]
     pub cert_file: Option<PathBuf>,
@@ -311,6 +371,30 @@ impl ServerConfig {
         self.advertise_peer_urls
             .clone()
             .unwrap_or_else(|| self.listen_peer_urls.clone())
+    }
+
+    /// Scheduled snapshots as configured, None when off, or what is wrong with the flags.
+    pub fn backups(&self) -> Result<Option<crate::backups::BackupConfig>, String> {
+        let Some(schedule) = &self.snapshot_schedule else {
+            if self.s3.snapshot_s3_endpoint.is_some() {
+                return Err("--snapshot-s3-endpoint needs --snapshot-schedule".into());
+            }
+            return Ok(None);
+        };
+        crate::backups::parse_schedule(schedule)?;
+        if self.snapshot_retention == 0 {
+            return Err("--snapshot-retention must keep at least 1 snapshot".into());
+        }
+        let s3 = self.s3.config()?;
+        Ok(Some(crate::backups::BackupConfig {
+            schedule: schedule.clone(),
+            retention: self.snapshot_retention,
+            dir: self
+                .snapshot_dir
+                .clone()
+                .unwrap_or_else(|| self.data_dir.join("backups")),
+            s3,
+        }))
     }
 
     /// The quota in bytes, or None without one.

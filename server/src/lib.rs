@@ -8,6 +8,7 @@
 //! - `join_token.rs`: the join token, and proving knowledge of it without sending it
 //! - `peer.rs`, `peer_service.rs`: member-to-member gRPC (Raft RPCs, forwarding)
 //! - `auto_compaction.rs`: etcd's periodic and revision auto-compaction (leader only)
+//! - `backups.rs`: scheduled snapshots with retention, optionally uploaded (`s3.rs`)
 //! - `leases.rs`: the leader's lease clocks and expiry
 //! - `api/`: etcd's services (kv, watch, lease, cluster, maintenance, auth)
 //! - `convert.rs`: wire messages to storage types and back
@@ -23,6 +24,7 @@
 
 pub mod api;
 pub mod auto_compaction;
+pub mod backups;
 pub mod cli_client;
 pub mod config;
 pub mod convert;
@@ -36,6 +38,7 @@ pub mod metrics;
 pub mod node;
 pub mod peer;
 pub mod peer_service;
+pub mod s3;
 pub mod server;
 pub mod snapshot_cli;
 pub mod tls;

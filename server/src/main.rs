@@ -78,11 +78,18 @@ fn main() {
                 .map(|out| print!("{out}"))
                 .map_err(|e| e.to_string())
         }
-        Command::Snapshot(SnapshotCommand::Restore { file, data_dir }) => {
-            raftkv_server::snapshot_cli::restore(&file, &data_dir)
-                .map(|()| println!("Snapshot restored into {}", data_dir.display()))
-                .map_err(|e| e.to_string())
-        }
+        Command::Snapshot(SnapshotCommand::Restore { file, data_dir, s3 }) => s3
+            .config()
+            .and_then(|s3| match s3 {
+                None => raftkv_server::snapshot_cli::restore(&file, &data_dir)
+                    .map_err(|e| e.to_string()),
+                Some(s3) => runtime.block_on(raftkv_server::snapshot_cli::restore_from_s3(
+                    s3,
+                    &file.to_string_lossy(),
+                    &data_dir,
+                )),
+            })
+            .map(|()| println!("Snapshot restored into {}", data_dir.display())),
     };
     if let Err(e) = result {
         eprintln!("raftkv: {e}");

@@ -97,6 +97,7 @@ pub async fn run(config: ServerConfig) -> Result<(), StartError> {
         &config.auto_compaction_retention,
     )
     .map_err(StartError::Config)?;
+    let backups = config.backups().map_err(StartError::Config)?;
     let (node, existing) = Node::open(config.clone()).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -141,6 +142,9 @@ pub async fn run(config: ServerConfig) -> Result<(), StartError> {
     let leader_changes = tokio::spawn(crate::metrics::watch_leader_changes(node.clone()));
     let auto_compaction = auto_compaction
         .map(|policy| tokio::spawn(crate::auto_compaction::run(node.clone(), policy)));
+    if let Some(backups) = backups {
+        crate::backups::start(node.clone(), backups).map_err(StartError::Config)?;
+    }
 
     let mut client_servers = Vec::new();
     for (listener, tls) in client_listeners {

@@ -107,6 +107,28 @@ fn image_len(body: &[u8]) -> Option<usize> {
 
 /// Restores `file` into `data_dir` (which must not hold a member yet). Starting raftkv
 /// on that data dir then creates a new cluster holding the restored key space.
+/// Downloads the scheduled snapshot `name` (or a full key) from S3 next to `data_dir`,
+/// restores it as `restore` does, and removes the download.
+pub async fn restore_from_s3(
+    s3: crate::s3::S3Config,
+    name: &str,
+    data_dir: &Path,
+) -> Result<(), String> {
+    let folder = format!("{}/", s3.folder);
+    let key = if !s3.folder.is_empty() && name.starts_with(&folder) {
+        name.to_string()
+    } else {
+        s3.key(name)
+    };
+    let client = crate::s3::S3Client::new(s3).map_err(|e| e.to_string())?;
+    let body = client.get(&key).await.map_err(|e| e.to_string())?;
+    let download = data_dir.with_extension("s3-download");
+    std::fs::write(&download, &body).map_err(|e| format!("{}: {e}", download.display()))?;
+    let result = restore(&download, data_dir).map_err(|e| e.to_string());
+    let _ = std::fs::remove_file(&download);
+    result
+}
+
 pub fn restore(file: &Path, data_dir: &Path) -> Result<(), SnapshotCliError> {
     if data_dir.join(crate::identity::FILE_NAME).exists() || data_dir.join("mvcc").exists() {
         return Err(SnapshotCliError::NotEmpty(data_dir.display().to_string()));

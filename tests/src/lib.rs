@@ -513,6 +513,16 @@ pub mod normalize {
 /// A plain HTTP/1.1 GET to 127.0.0.1:`port`: (status code, body). For /metrics and
 /// /health, which etcd and raftkv serve beside gRPC.
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    let (status, head, body) = http_request(port, "GET", path);
+    let body = String::from_utf8_lossy(&body).into_owned();
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    (status, if chunked { dechunk(&body) } else { body })
+}
+
+/// One HTTP/1.1 request without a body to 127.0.0.1:`port`: status, head, raw body.
+pub fn http_request(port: u16, method: &str, path: &str) -> (u16, String, Vec<u8>) {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connects for HTTP");
     stream
@@ -520,29 +530,81 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
         .expect("timeout");
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .expect("request");
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).expect("response");
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(raw.len());
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let body = raw.get(split + 4..).unwrap_or_default().to_vec();
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    (
-        status,
-        if chunked {
-            dechunk(body)
-        } else {
-            body.to_string()
-        },
-    )
+    (status, head, body)
+}
+
+/// moto's S3-compatible server on a loopback port (PyPI's moto[server], installed by
+/// scripts/test); killed on drop.
+pub struct S3Server {
+    pub port: u16,
+    child: Child,
+}
+
+impl S3Server {
+    pub fn start() -> S3Server {
+        let port = free_port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server runs (scripts/test installs moto[server])");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not listen");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        S3Server { port, child }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn create_bucket(&self, bucket: &str) {
+        let (status, head, _) = http_request(self.port, "PUT", &format!("/{bucket}"));
+        assert_eq!(status, 200, "{head}");
+    }
+
+    /// The keys under `prefix` in `bucket`.
+    pub fn list(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let (status, _, body) = http_request(
+            self.port,
+            "GET",
+            &format!("/{bucket}?list-type=2&prefix={prefix}"),
+        );
+        assert_eq!(status, 200);
+        let xml = String::from_utf8_lossy(&body);
+        xml.split("<Key>")
+            .skip(1)
+            .filter_map(|s| s.split("</Key>").next())
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn dechunk(body: &str) -> String {

@@ -125,3 +125,122 @@ fn a_snapshot_restores_into_a_new_cluster_with_the_same_data() {
         "nothing was written for a corrupt snapshot"
     );
 }
+
+/// Snapshot files in `dir`, oldest first.
+fn snapshots_in(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".snap"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn scheduled_snapshots_keep_the_newest_locally_and_in_s3_and_restore_identically() {
+    let s3 = S3Server::start();
+    s3.create_bucket("backups");
+    let root = tempfile::tempdir().expect("temp dir");
+    let ctl = etcdctl35();
+    let mut m = Member::new(root.path(), "sched");
+    m.start(&["--cluster-init".to_string()]);
+    let ep = [m.endpoint()];
+    for i in 0..50 {
+        etcdctl_ok(
+            &ctl,
+            &ep,
+            &["put", &format!("k/{:02}", i % 25), &format!("v{i}")],
+        );
+    }
+    etcdctl_ok(&ctl, &ep, &["del", "k/0", "--prefix"]);
+    let want = everything(&m.endpoint());
+
+    // Every two seconds, keeping two: restarted with the schedule (a service unit's
+    // changed flags), with an upload to the local S3 server.
+    m.stop();
+    let dir = root.path().join("backups");
+    let schedule = [
+        "--snapshot-schedule",
+        "*/2 * * * * *",
+        "--snapshot-retention",
+        "2",
+        "--snapshot-dir",
+        dir.to_str().unwrap(),
+        "--snapshot-s3-endpoint",
+        &s3.endpoint(),
+        "--snapshot-s3-bucket",
+        "backups",
+        "--snapshot-s3-folder",
+        "nightly",
+        "--snapshot-s3-access-key",
+        "test",
+        "--snapshot-s3-secret-key",
+        "test",
+    ]
+    .map(String::from);
+    m.start(&schedule);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while m.log().matches("old snapshot deleted from s3").count() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fewer than four scheduled snapshots; log:\n{}",
+            m.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let local = snapshots_in(&dir);
+    assert_eq!(local.len(), 2, "{local:?}");
+    assert!(
+        local.iter().all(|n| n.starts_with("raftkv-sched-")),
+        "{local:?}"
+    );
+    let mut remote = s3.list("backups", "nightly/");
+    remote.sort();
+    assert!(
+        (2..=3).contains(&remote.len()),
+        "retention 2 in the bucket (a third may be uploading): {remote:?}"
+    );
+
+    // The newest uploaded snapshot restores straight from the bucket into a new
+    // cluster with identical data.
+    let newest = remote.last().expect("uploaded").clone();
+    let name = newest.trim_start_matches("nightly/");
+    let mut restored = Member::new(root.path(), "from-s3");
+    let out = raftkv_cli(&[
+        "snapshot",
+        "restore",
+        name,
+        "--data-dir",
+        restored.data_dir.to_str().unwrap(),
+        "--snapshot-s3-endpoint",
+        &s3.endpoint(),
+        "--snapshot-s3-bucket",
+        "backups",
+        "--snapshot-s3-folder",
+        "nightly",
+        "--snapshot-s3-access-key",
+        "test",
+        "--snapshot-s3-secret-key",
+        "test",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    restored.start(&["--cluster-init".to_string()]);
+    assert_eq!(everything(&restored.endpoint()), want);
+
+    // A schedule that is not cron is refused at start with the flag named.
+    let mut bad = Member::new(root.path(), "bad-schedule");
+    bad.spawn(&[
+        "--cluster-init".to_string(),
+        "--snapshot-schedule".to_string(),
+        "every day".to_string(),
+    ]);
+    let status = bad
+        .wait_exit(std::time::Duration::from_secs(10))
+        .expect("exits");
+    assert!(!status.success());
+    assert!(bad.log().contains("--snapshot-schedule"), "{}", bad.log());
+}

@@ -21,7 +21,7 @@ pub const ETCD_API_VERSION: &str = "3.5.16";
 /// Snapshot bytes per stream message (etcd sends 32 KiB).
 const SNAPSHOT_CHUNK_BYTES: usize = 32 * 1024;
 /// etcd's snapshots are whole 512-byte pages; etcdctl checks the length by that.
-const SNAPSHOT_ALIGN_BYTES: u64 = 512;
+pub const SNAPSHOT_ALIGN_BYTES: u64 = 512;
 
 pub struct MaintenanceService {
     pub node: Arc<Node>,
