@@ -14,6 +14,7 @@ use crate::vlog::blob_file::scanner::ScanEntry;
 use crate::vlog::{BlobFileId, BlobFileMergeScanner, BlobFileWriter};
 use crate::{BlobFile, HashSet, InternalValue, Table};
 use std::iter::Peekable;
+use std::sync::{RwLock, RwLockWriteGuard};
 use std::time::Instant;
 
 /// Drains all blobs that come "before" the given vptr.
@@ -126,16 +127,18 @@ pub(super) trait CompactionFlavour {
     /// table under it stalled every insert for tens of milliseconds.
     fn seal(&mut self, opts: &Options, dst_lvl: usize) -> crate::Result<()>;
 
+    /// Installs the result. raftkv patch: takes the lock itself, writing the version
+    /// record before taking it for writing (`upgrade_outside_lock`), and returns it.
     #[warn(clippy::too_many_arguments)]
-    fn finish(
+    fn finish<'a>(
         self: Box<Self>,
-        super_version: &mut SuperVersions,
+        super_version: &'a RwLock<SuperVersions>,
         opts: &Options,
         payload: &CompactionPayload,
         dst_lvl: usize,
         blob_frag_map: FragmentationMap,
         extra_blob_files: Vec<BlobFile>,
-    ) -> crate::Result<()>;
+    ) -> crate::Result<RwLockWriteGuard<'a, SuperVersions>>;
 }
 
 /// Compaction worker that will relocate blobs that sit in blob files that are being rewritten
@@ -265,15 +268,15 @@ impl CompactionFlavour for RelocatingCompaction {
         self.inner.seal(opts, dst_lvl)
     }
 
-    fn finish(
+    fn finish<'a>(
         mut self: Box<Self>,
-        super_version: &mut SuperVersions,
+        super_version: &'a RwLock<SuperVersions>,
         opts: &Options,
         payload: &CompactionPayload,
         dst_lvl: usize,
         blob_frag_map_diff: FragmentationMap,
         extra_blob_files: Vec<BlobFile>,
-    ) -> crate::Result<()> {
+    ) -> crate::Result<RwLockWriteGuard<'a, SuperVersions>> {
         log::debug!(
             "Relocating compaction done in {:?}",
             self.inner.start.elapsed(),
@@ -287,20 +290,16 @@ impl CompactionFlavour for RelocatingCompaction {
 
         let mut blob_files_to_drop = self.rewriting_blob_files;
 
-        let current_version = super_version.latest_version();
-
-        for blob_file in current_version.version.blob_files.iter() {
-            if blob_file.is_dead(current_version.version.gc_stats()) {
-                blob_files_to_drop.push(blob_file.clone());
-            }
-        }
-
-        super_version.upgrade_version(
+        let guard = crate::version::upgrade_outside_lock(
+            super_version,
             &opts.config.path,
             |current| {
-                let mut copy = current.clone();
-
-                copy.version = copy.version.with_merge(
+                for blob_file in current.version.blob_files.iter() {
+                    if blob_file.is_dead(current.version.gc_stats()) {
+                        blob_files_to_drop.push(blob_file.clone());
+                    }
+                }
+                current.version.with_merge(
                     &payload.table_ids.iter().copied().collect::<Vec<_>>(),
                     &created_tables,
                     payload.dest_level as usize,
@@ -314,10 +313,9 @@ impl CompactionFlavour for RelocatingCompaction {
                         .iter()
                         .map(BlobFile::id)
                         .collect::<HashSet<_>>(),
-                );
-
-                Ok(copy)
+                )
             },
+            |_| {},
             &opts.global_seqno,
             &opts.visible_seqno,
         )?;
@@ -333,7 +331,7 @@ impl CompactionFlavour for RelocatingCompaction {
             blob_file.mark_as_deleted();
         }
 
-        Ok(())
+        Ok(guard)
     }
 }
 
@@ -429,15 +427,15 @@ impl CompactionFlavour for StandardCompaction {
         StandardCompaction::seal(self, opts, dst_lvl)
     }
 
-    fn finish(
+    fn finish<'a>(
         mut self: Box<Self>,
-        super_version: &mut SuperVersions,
+        super_version: &'a RwLock<SuperVersions>,
         opts: &Options,
         payload: &CompactionPayload,
         dst_lvl: usize,
         blob_frag_map: FragmentationMap,
         extra_blob_files: Vec<BlobFile>,
-    ) -> crate::Result<()> {
+    ) -> crate::Result<RwLockWriteGuard<'a, SuperVersions>> {
         log::debug!("Compaction done in {:?}", self.start.elapsed());
 
         let table_ids_to_delete = std::mem::take(&mut self.tables_to_rewrite);
@@ -446,20 +444,16 @@ impl CompactionFlavour for StandardCompaction {
 
         let mut blob_files_to_drop = Vec::default();
 
-        let current_version = super_version.latest_version();
-
-        for blob_file in current_version.version.blob_files.iter() {
-            if blob_file.is_dead(current_version.version.gc_stats()) {
-                blob_files_to_drop.push(blob_file.clone());
-            }
-        }
-
-        super_version.upgrade_version(
+        let guard = crate::version::upgrade_outside_lock(
+            super_version,
             &opts.config.path,
             |current| {
-                let mut copy = current.clone();
-
-                copy.version = copy.version.with_merge(
+                for blob_file in current.version.blob_files.iter() {
+                    if blob_file.is_dead(current.version.gc_stats()) {
+                        blob_files_to_drop.push(blob_file.clone());
+                    }
+                }
+                current.version.with_merge(
                     &payload.table_ids.iter().copied().collect::<Vec<_>>(),
                     &created_tables,
                     payload.dest_level as usize,
@@ -473,10 +467,9 @@ impl CompactionFlavour for StandardCompaction {
                         .iter()
                         .map(BlobFile::id)
                         .collect::<HashSet<_>>(),
-                );
-
-                Ok(copy)
+                )
             },
+            |_| {},
             &opts.global_seqno,
             &opts.visible_seqno,
         )?;
@@ -492,7 +485,7 @@ impl CompactionFlavour for StandardCompaction {
             blob_file.mark_as_deleted();
         }
 
-        Ok(())
+        Ok(guard)
     }
 }
 

@@ -186,9 +186,6 @@ fn move_tables(
     opts: &Options,
     payload: &CompactionPayload,
 ) -> crate::Result<()> {
-    #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
-    let mut version_history_lock = opts.version_history.write().expect("lock is poisoned");
-
     // Fail-safe for buggy compaction strategies
     if compaction_state
         .hidden_set()
@@ -211,28 +208,32 @@ fn move_tables(
     // `Version::with_moved` asserts that every input table is still present, so committing a
     // stale move would panic while holding both the compaction state mutex and the version
     // history write lock, poisoning them.
-    if table_ids.iter().any(|&id| {
-        version_history_lock
-            .latest_version()
-            .version
-            .get_table(id)
-            .is_none()
-    }) {
-        log::debug!("{table_ids:?} are not referenced anymore; skipping move");
-        return Ok(());
+    // (raftkv patch: checked under a read lock; the compaction state lock the caller holds
+    // keeps every other version change out until the move is installed.)
+    {
+        #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
+        let version_history_lock = opts.version_history.read().expect("lock is poisoned");
+        if table_ids.iter().any(|&id| {
+            version_history_lock
+                .latest_version()
+                .version
+                .get_table(id)
+                .is_none()
+        }) {
+            log::debug!("{table_ids:?} are not referenced anymore; skipping move");
+            return Ok(());
+        }
     }
 
-    version_history_lock.upgrade_version(
+    let mut version_history_lock = crate::version::upgrade_outside_lock(
+        &opts.version_history,
         &opts.config.path,
         |current| {
-            let mut copy = current.clone();
-
-            copy.version = copy
+            current
                 .version
-                .with_moved(&table_ids, payload.dest_level as usize);
-
-            Ok(copy)
+                .with_moved(&table_ids, payload.dest_level as usize)
         },
+        |_| {},
         &opts.global_seqno,
         &opts.visible_seqno,
     )?;
@@ -532,24 +533,26 @@ fn merge_tables(
     #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
     let mut compaction_state = opts.compaction_state.lock().expect("lock is poisoned");
 
-    log::trace!("Acquiring super version write lock");
-    #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
-    let mut version_history_lock = opts.version_history.write().expect("lock is poisoned");
-    log::trace!("Acquired super version write lock");
-
     // NOTE: Check for race condition - https://github.com/fjall-rs/fjall/issues/287
     //
     // We held no lock while doing the actual merge, so the version may have been swapped out
     // in the meantime (`clear()` for example installs a brand new, empty version).
     // Committing the merge result would then insert the compacted tables into a version that no longer
     // references their inputs, resurrecting data that was already logically removed.
-    if payload.table_ids.iter().any(|&id| {
-        version_history_lock
-            .latest_version()
-            .version
-            .get_table(id)
-            .is_none()
-    }) {
+    // (raftkv patch: checked under a read lock; the compaction state lock held from here
+    // on keeps every other version change out until the result is installed.)
+    let inputs_gone = {
+        #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
+        let version_history_lock = opts.version_history.read().expect("lock is poisoned");
+        payload.table_ids.iter().any(|&id| {
+            version_history_lock
+                .latest_version()
+                .version
+                .get_table(id)
+                .is_none()
+        })
+    };
+    if inputs_gone {
         log::debug!("Input table(s) are not referenced anymore; skipping result installation");
 
         compaction_state
@@ -575,9 +578,9 @@ fn merge_tables(
         })?
         .unwrap_or_default();
 
-    compactor
+    let mut version_history_lock = compactor
         .finish(
-            &mut version_history_lock,
+            &opts.version_history,
             opts,
             payload,
             dst_lvl,

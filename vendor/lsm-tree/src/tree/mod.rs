@@ -447,36 +447,37 @@ impl AbstractTree for Tree {
 
         #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
         let mut _compaction_state = self.compaction_state.lock().expect("lock is poisoned");
-        #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
-        let mut version_lock = self.version_history.write().expect("lock is poisoned");
 
         // NOTE: Check for race condition
         // Fixes: https://github.com/fjall-rs/fjall/issues/287#issuecomment-4938188362
-        if sealed_memtables_to_delete
-            .iter()
-            .any(|id| !version_lock.latest_version().sealed_memtables.contains(id))
         {
-            log::debug!("Not registering tables because flush task processed some sealed memtables which do not exist (anymore)");
-            return Ok(());
+            #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
+            let version_lock = self.version_history.read().expect("lock is poisoned");
+            if sealed_memtables_to_delete
+                .iter()
+                .any(|id| !version_lock.latest_version().sealed_memtables.contains(id))
+            {
+                log::debug!("Not registering tables because flush task processed some sealed memtables which do not exist (anymore)");
+                return Ok(());
+            }
         }
 
-        version_lock.upgrade_version(
+        // raftkv patch: the version record is written before the write lock is taken.
+        let mut version_lock = crate::version::upgrade_outside_lock(
+            &self.version_history,
             &self.config.path,
             |current| {
-                let mut copy = current.clone();
-
-                copy.version = copy.version.with_new_l0_run(
+                current.version.with_new_l0_run(
                     tables,
                     blob_files,
                     frag_map.filter(|x| !x.is_empty()),
-                );
-
+                )
+            },
+            |next| {
                 for &table_id in sealed_memtables_to_delete {
                     log::trace!("releasing sealed memtable #{table_id}");
-                    copy.sealed_memtables = Arc::new(copy.sealed_memtables.remove(table_id));
+                    next.sealed_memtables = Arc::new(next.sealed_memtables.remove(table_id));
                 }
-
-                Ok(copy)
             },
             &self.config.seqno,
             &self.config.visible_seqno,

@@ -8,7 +8,46 @@ use crate::{
     version::{persist_version, Version},
     SeqNo, SequenceNumberCounter,
 };
-use std::{collections::VecDeque, path::Path, sync::Arc};
+use std::{
+    collections::VecDeque,
+    path::Path,
+    sync::{Arc, RwLock, RwLockWriteGuard},
+};
+
+/// raftkv patch: installs the next version with its record written and fsynced
+/// *before* the super version write lock is taken, so that inserts and reads (which
+/// take that lock to read) never wait for an fsync. `next_version` maps the latest
+/// version to the next one (under a read lock); `adjust` then edits the super version
+/// that is latest at the swap (a memtable may have been rotated meanwhile).
+///
+/// Callers must hold the compaction state lock: every change of `version` takes it,
+/// so the version read here is still the latest when the swap happens.
+pub(crate) fn upgrade_outside_lock<'a>(
+    lock: &'a RwLock<SuperVersions>,
+    tree_path: &Path,
+    next_version: impl FnOnce(&SuperVersion) -> Version,
+    adjust: impl FnOnce(&mut SuperVersion),
+    seqno: &SequenceNumberCounter,
+    visible_seqno: &SequenceNumberCounter,
+) -> crate::Result<RwLockWriteGuard<'a, SuperVersions>> {
+    let version = {
+        #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
+        let guard = lock.read().expect("lock is poisoned");
+        next_version(&guard.latest_version())
+    };
+    let seqno = seqno.next();
+    persist_version(tree_path, &version)?;
+    #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
+    let mut guard = lock.write().expect("lock is poisoned");
+    let mut next = guard.latest_version();
+    next.version = version;
+    adjust(&mut next);
+    next.seqno = seqno;
+    log::trace!("Next version seqno={seqno}");
+    guard.append_version(next);
+    visible_seqno.fetch_max(seqno + 1);
+    Ok(guard)
+}
 
 /// A super version is a point-in-time snapshot of memtables and a [`Version`] (list of disk files)
 #[derive(Clone)]
