@@ -1,5 +1,5 @@
 //! Finds put stalls while the compactor runs: preloads N revisions over 1000 keys,
-//! compacts them all, and prints every concurrent put slower than 50 ms with when it
+//! compacts them all, and prints every concurrent put slower than 8 ms with when it
 //! happened (bench/RESULTS.md). `cargo run --release -p raftkv-bench --example
 //! compaction_stalls -- 1000000 [cache_mib] [puts_per_s] [memtable_mib]`
 //! (puts_per_s 0 or absent: as fast as one thread can)
@@ -55,7 +55,7 @@ fn main() {
                 put(&store, format!("w{}", i % 1000), &Bytes::from_static(b"v"));
                 let d = t.elapsed();
                 worst = worst.max(d);
-                if d > Duration::from_millis(50) {
+                if d > Duration::from_millis(8) {
                     println!("put {i}: {d:?} at {:?}", started.elapsed());
                 }
                 i += 1;

@@ -11,6 +11,7 @@
 //! This crate knows nothing of gRPC or protobuf: the server converts wire messages into
 //! `mvcc::types` and back. The log is the only thing fsynced on the write path.
 
+mod background;
 pub mod error;
 pub mod mvcc;
 pub mod raft_log;

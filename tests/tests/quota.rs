@@ -2,7 +2,9 @@
 //! write raises the NOSPACE alarm, as etcd does. The cluster then answers puts, txns
 //! with puts and lease grants with "etcdserver: mvcc: database space exceeded" while
 //! reads, deletes and compactions go on; `etcdctl alarm list` shows the alarm, it
-//! survives a restart, and `etcdctl alarm disarm` lifts it.
+//! survives a restart, and `etcdctl alarm disarm` lifts it. Compaction and Defragment
+//! give space back without stopping the member; a really filling disk (a small tmpfs)
+//! raises NOSPACE before the Raft log could fail, and nothing acknowledged is lost.
 
 use raftkv_tests::*;
 
@@ -117,4 +119,171 @@ fn a_nearly_full_disk_raises_nospace_instead_of_failing_the_log() {
     m.start(&[]);
     etcdctl_ok(&ctl, &ep, &["alarm", "disarm"]);
     etcdctl_ok(&ctl, &ep, &["put", "after", "2"]);
+}
+
+/// The member's db size as `etcdctl endpoint status` reports it.
+fn db_size(ctl: &std::path::Path, ep: &[String]) -> u64 {
+    let status = json(&etcdctl_ok(ctl, ep, &["endpoint", "status", "-w", "json"]));
+    status[0]["Status"]["dbSize"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn compaction_and_defrag_give_space_back_while_writes_go_on() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut m = Member::new(root.path(), "reclaim");
+    m.start(&["--cluster-init".to_string()]);
+    let ctl = etcdctl35();
+    let ep = [m.endpoint()];
+    let value = "x".repeat(20_000);
+    // 4 MB live, written three times over: 12 MB of history.
+    for round in 0..3 {
+        for i in 0..200 {
+            etcdctl_ok(
+                &ctl,
+                &ep,
+                &["put", &format!("big/{i:03}"), &format!("{round}{value}")],
+            );
+        }
+    }
+    etcdctl_ok(&ctl, &ep, &["del", "big/", "--prefix"]);
+    let peak = db_size(&ctl, &ep);
+    assert!(peak > 8_000_000, "db size {peak} after 12 MB of writes");
+    let rev = json(&etcdctl_ok(
+        &ctl,
+        &ep,
+        &["put", "marker", "1", "-w", "json"],
+    ))["header"]["revision"]
+        .as_i64()
+        .expect("revision");
+    etcdctl_ok(&ctl, &ep, &["compaction", &rev.to_string()]);
+    // Defragment returns at once; the engine merges in the background while writes
+    // keep being answered.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut n = 0;
+    loop {
+        let out = etcdctl_ok(&ctl, &ep, &["defrag"]);
+        assert!(out.contains("Finished defragmenting"), "{out}");
+        etcdctl_ok(&ctl, &ep, &["put", &format!("during/{n}"), "w"]);
+        n += 1;
+        let size = db_size(&ctl, &ep);
+        if size < peak / 4 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "db size still {size} (peak {peak}); log:\n{}",
+            m.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert!(m.log().contains("space reclaimed"), "{}", m.log());
+    let count = json(&etcdctl_ok(
+        &ctl,
+        &ep,
+        &["get", "during/", "--prefix", "--keys-only", "-w", "json"],
+    ));
+    assert_eq!(count["count"], n, "every write during the reclaim was kept");
+}
+
+/// A tmpfs of `size_mib` at `path`, unmounted on drop. The suite runs as root (the
+/// README's test command), so a failing mount fails the test rather than skipping it.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(path: &std::path::Path, size_mib: u64) -> SmallDisk {
+        std::fs::create_dir_all(path).expect("mount point");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
+            .arg(path)
+            .output()
+            .expect("mount runs");
+        assert!(out.status.success(), "mount a tmpfs (needs root): {out:?}");
+        SmallDisk(path.to_path_buf())
+    }
+
+    fn free_bytes(&self) -> u64 {
+        let out = std::process::Command::new("df")
+            .args(["-B1", "--output=avail"])
+            .arg(&self.0)
+            .output()
+            .expect("df runs");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .expect("df output")
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_filling_disk_raises_nospace_before_the_log_fails_and_loses_nothing() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let disk = SmallDisk::mount(&root.path().join("small"), 160);
+    let mut m = Member::new(&disk.0, "full");
+    // Room for the Raft log's next 64 MiB segment and more.
+    let reserve = [
+        "--disk-reserve-bytes".to_string(),
+        (70u64 << 20).to_string(),
+    ];
+    m.start(&[&["--cluster-init".to_string()][..], &reserve].concat());
+    let ctl = etcdctl35();
+    let ep = [m.endpoint()];
+    // Something else fills the disk until 6 MiB above the reserve are left.
+    let filler_bytes = disk.free_bytes().saturating_sub(76 << 20);
+    let filler = disk.0.join("filler");
+    std::fs::write(&filler, vec![0u8; filler_bytes as usize]).expect("filler");
+
+    let value = "v".repeat(100_000);
+    let mut acknowledged = Vec::new();
+    for i in 0..200 {
+        let key = format!("fill/{i:03}");
+        let out = etcdctl(&ctl, &ep, &["put", &key, &value], None);
+        if out.status.success() {
+            acknowledged.push(key);
+            continue;
+        }
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("database space exceeded"),
+            "{out:?}"
+        );
+        break;
+    }
+    assert!(
+        !acknowledged.is_empty() && acknowledged.len() < 200,
+        "{} puts before NOSPACE",
+        acknowledged.len()
+    );
+    assert!(etcdctl_ok(&ctl, &ep, &["alarm", "list"]).contains("alarm:NOSPACE"));
+
+    // A crash on the nearly full disk: the log opens and every acknowledged put is there.
+    m.kill9();
+    m.start(&reserve);
+    let got = json(&etcdctl_ok(
+        &ctl,
+        &ep,
+        &["get", "fill/", "--prefix", "--keys-only", "-w", "json"],
+    ));
+    assert_eq!(got["count"], acknowledged.len(), "{got}");
+    assert_eq!(
+        etcdctl_ok(&ctl, &ep, &["get", &acknowledged[0], "--print-value-only"]).trim(),
+        value
+    );
+    // Deletes still go through; with room again and the alarm disarmed, so do puts.
+    assert_eq!(
+        etcdctl_ok(&ctl, &ep, &["del", &acknowledged[0]]).trim(),
+        "1"
+    );
+    std::fs::remove_file(&filler).expect("remove filler");
+    etcdctl_ok(&ctl, &ep, &["alarm", "disarm"]);
+    etcdctl_ok(&ctl, &ep, &["put", "after", "room"]);
+    m.stop();
 }

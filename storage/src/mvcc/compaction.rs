@@ -67,7 +67,7 @@ impl Compactor {
         let spawned = std::thread::Builder::new()
             .name("raftkv-compactor".into())
             .spawn(move || {
-                lower_thread_priority();
+                crate::background::lower_thread_priority("mvcc compactor");
                 run(shared, weak)
             });
         if let Err(e) = spawned {
@@ -96,21 +96,6 @@ impl Compactor {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-    }
-}
-
-/// Compaction is background work: on a two-core machine it must not take the CPU from the
-/// threads that apply writes. Nice 10 leaves it a fair share only when the writers idle.
-fn lower_thread_priority() {
-    const COMPACTOR_NICE: libc::c_int = 10;
-    // SAFETY: gettid has no preconditions; setpriority on our own thread id only changes
-    // this thread's scheduling weight.
-    let rc = unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, COMPACTOR_NICE)
-    };
-    if rc != 0 {
-        tracing::debug!("mvcc: could not lower the compaction thread's priority");
     }
 }
 

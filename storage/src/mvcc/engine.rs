@@ -91,26 +91,33 @@ struct TreeInner {
     write_lock: Mutex<()>,
     memtable_size_bytes: u64,
     worker: Arc<Worker>,
-    worker_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The flusher and the merger.
+    worker_threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
-/// What a tree's background thread shares with the writers.
+/// What a tree's two background threads share with the writers: the flusher writes
+/// out sealed memtables, the merger merges sorted files. Apart, a long merge never
+/// keeps memtables waiting (writers would then wait on back-pressure).
 struct Worker {
     lsm: AnyTree,
     read_seqno: Arc<AtomicU64>,
     strategy: Arc<dyn lsm_tree::compaction::CompactionStrategy + Send + Sync>,
     state: Mutex<WorkerState>,
-    /// Signalled when there is work (a sealed memtable) or when the tree closes.
+    /// Signalled when there is work for either thread, or when the tree closes.
     wake: Condvar,
     /// Signalled after each round of work, for writers waiting on back-pressure.
     done: Condvar,
     stop: AtomicBool,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 struct WorkerState {
-    pending: bool,
-    rounds: u64,
+    /// A memtable was sealed.
+    flush_pending: bool,
+    /// Files were written out: the merger may have work.
+    merge_pending: bool,
+    /// A full merge was asked for (space reclaim).
+    merge_all: bool,
 }
 
 /// Writes applied atomically by `Tree::apply_batch`.
@@ -245,6 +252,24 @@ impl Db {
         Ok(())
     }
 
+    /// Asks every tree's worker to write out its memtables and merge all of its files
+    /// into one sorted run, dropping deleted and superseded data: space goes back to
+    /// the file system in the background while reads and writes go on. Returns at once.
+    pub fn reclaim_space(&self) {
+        for tree in lock(&self.0.open).values() {
+            {
+                let _writing = lock(&tree.0.write_lock);
+                tree.0.lsm.rotate_memtable();
+            }
+            {
+                let mut state = lock(&tree.0.worker.state);
+                state.flush_pending = true;
+                state.merge_all = true;
+            }
+            tree.0.worker.wake.notify_all();
+        }
+    }
+
     /// Makes every write so far durable: writes out every tree's memtables.
     pub fn flush(&self) -> Result<(), EngineError> {
         let trees: Vec<Tree> = lock(&self.0.open).values().cloned().collect();
@@ -339,11 +364,17 @@ impl Tree {
             done: Condvar::new(),
             stop: AtomicBool::new(false),
         });
-        let thread = {
+        let flusher = {
             let worker = worker.clone();
             std::thread::Builder::new()
-                .name(format!("engine-{name}"))
-                .spawn(move || worker.run())?
+                .name(format!("flush-{name}"))
+                .spawn(move || worker.run_flusher())?
+        };
+        let merger = {
+            let worker = worker.clone();
+            std::thread::Builder::new()
+                .name(format!("merge-{name}"))
+                .spawn(move || worker.run_merger())?
         };
         Ok(Tree(Arc::new(TreeInner {
             name: name.to_string(),
@@ -354,7 +385,7 @@ impl Tree {
             write_lock: Mutex::new(()),
             memtable_size_bytes: db.options.memtable_size_bytes,
             worker,
-            worker_thread: Mutex::new(Some(thread)),
+            worker_threads: Mutex::new(vec![flusher, merger]),
         })))
     }
 
@@ -444,7 +475,7 @@ impl Tree {
     fn close(&self) {
         self.0.worker.stop.store(true, Ordering::Release);
         self.0.worker.signal();
-        if let Some(thread) = lock(&self.0.worker_thread).take() {
+        for thread in lock(&self.0.worker_threads).drain(..) {
             if thread.join().is_err() {
                 tracing::error!(tree = %self.0.name, "engine worker panicked");
             }
@@ -463,43 +494,65 @@ impl Drop for TreeInner {
         }
         self.worker.stop.store(true, Ordering::Release);
         self.worker.signal();
-        if let Some(thread) = lock(&self.worker_thread).take() {
+        for thread in lock(&self.worker_threads).drain(..) {
             let _ = thread.join();
         }
     }
 }
 
 impl Worker {
+    /// A memtable was sealed (or the tree closes): wakes the flusher.
     fn signal(&self) {
-        lock(&self.state).pending = true;
+        lock(&self.state).flush_pending = true;
         self.wake.notify_all();
     }
 
-    fn run(&self) {
-        loop {
-            {
-                let state = lock(&self.state);
-                let (mut state, _) = self
-                    .wake
-                    .wait_timeout_while(state, Duration::from_millis(WORKER_TICK_MS), |s| {
-                        !s.pending && !self.stop.load(Ordering::Acquire)
-                    })
-                    .unwrap_or_else(|e| e.into_inner());
-                state.pending = false;
-            }
-            if self.stop.load(Ordering::Acquire) {
-                return;
-            }
-            let result = self.flush_sealed().and_then(|()| self.compact());
-            {
-                let mut state = lock(&self.state);
-                state.rounds += 1;
-            }
-            self.done.notify_all();
+    /// Waits until `ready` or a tick has passed; the flags then, or None when stopping.
+    fn wait_for(&self, ready: impl Fn(&WorkerState) -> bool) -> Option<WorkerState> {
+        let state = lock(&self.state);
+        let (state, _) = self
+            .wake
+            .wait_timeout_while(state, Duration::from_millis(WORKER_TICK_MS), |s| {
+                !ready(s) && !self.stop.load(Ordering::Acquire)
+            })
+            .unwrap_or_else(|e| e.into_inner());
+        if self.stop.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(*state)
+    }
+
+    fn run_flusher(&self) {
+        while let Some(_state) = self.wait_for(|s| s.flush_pending) {
+            lock(&self.state).flush_pending = false;
+            let result = self.flush_sealed();
+            lock(&self.state).merge_pending = true;
+            self.wake.notify_all();
             if let Err(e) = result {
-                tracing::error!(error = %e, "engine: writing out or merging sorted files failed; retrying");
+                tracing::error!(error = %e, "engine: writing out memtables failed; retrying");
                 std::thread::sleep(Duration::from_millis(WORKER_RETRY_MS));
                 self.signal();
+            }
+        }
+    }
+
+    fn run_merger(&self) {
+        while let Some(state) = self.wait_for(|s| s.merge_pending || s.merge_all) {
+            {
+                let mut s = lock(&self.state);
+                s.merge_pending = false;
+                s.merge_all = false;
+            }
+            // A full merge starts once what was sealed for it is written out.
+            let result = if state.merge_all {
+                self.flush_sealed().and_then(|()| self.merge_all())
+            } else {
+                self.compact()
+            };
+            if let Err(e) = result {
+                tracing::error!(error = %e, "engine: merging sorted files failed; retrying");
+                std::thread::sleep(Duration::from_millis(WORKER_RETRY_MS));
+                lock(&self.state).merge_pending = true;
             }
         }
     }
@@ -528,6 +581,21 @@ impl Worker {
 
     fn compact(&self) -> Result<(), EngineError> {
         self.lsm.compact(self.strategy.clone(), self.gc_seqno())
+    }
+
+    /// Merges every file into one run (what a defragmentation asks for).
+    fn merge_all(&self) -> Result<(), EngineError> {
+        let started = Instant::now();
+        let before_bytes = self.lsm.disk_space();
+        self.lsm
+            .major_compact(TABLE_TARGET_SIZE_BYTES, self.gc_seqno())?;
+        tracing::info!(
+            before_bytes,
+            after_bytes = self.lsm.disk_space(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "engine: space reclaimed (all files merged)"
+        );
+        Ok(())
     }
 
     /// Back-pressure: waits while `MAX_SEALED_MEMTABLES` wait to be written out.

@@ -271,6 +271,12 @@ impl MvccStore {
         Ok(self.inner.db.flush()?)
     }
 
+    /// Gives the space of deleted and compacted data back to the file system, in the
+    /// background (etcd's defragmentation, without stopping anything).
+    pub fn reclaim_space(&self) {
+        self.inner.db.reclaim_space();
+    }
+
     pub fn size_on_disk_bytes(&self) -> Result<u64, StoreError> {
         Ok(self.inner.db.size_on_disk_bytes()?)
     }
