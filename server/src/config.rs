@@ -15,7 +15,9 @@ pub const DEFAULT_QUOTA_BYTES: u64 = 2 << 30;
 #[command(
     name = "raftkv",
     version,
-    about = "A Raft-replicated etcd v3 server for k3s"
+    about = "A Raft-replicated etcd v3 server for k3s",
+    // A flag given twice takes its last value: the command line's over --config's.
+    args_override_self = true
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -31,6 +33,15 @@ pub enum Command {
     /// Save a snapshot from a running member, or restore one into a new data dir.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Every member's role, Raft term and index, db size and health, and what the
+    /// cluster can still lose.
+    Status {
+        /// table, or json for scripts.
+        #[arg(short = 'w', long = "write-out", default_value = "table")]
+        write_out: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// List, add, remove, promote or update members of a running cluster.
     Member {
         #[command(subcommand)]
@@ -162,6 +173,10 @@ impl S3Args {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerConfig {
+    /// A YAML file of flags (keys are the long flag names: `data-dir: /var/lib/raftkv`,
+    /// `cluster-init: true`); flags and RAFTKV_* variables given as well win over it.
+    #[arg(long, env = "RAFTKV_CONFIG")]
+    pub config: Option<PathBuf>,
     /// This member's human-readable name.
     #[arg(long, env = "RAFTKV_NAME", default_value = "default")]
     pub name: String,

@@ -1,7 +1,7 @@
 //! The raftkv server: etcd's v3 gRPC API over openraft, on the storage crate.
 //!
 //! Code map (see ARCHITECTURE.md):
-//! - `config.rs`: the command line
+//! - `config.rs`: the command line; `config_file.rs`: `--config FILE` (YAML) into flags
 //! - `server.rs`: listeners, start-up order, shutdown
 //! - `node.rs`: one member — storage, openraft, leader routing (writes, read index)
 //! - `identity.rs`: member.json, who this member is
@@ -19,6 +19,7 @@
 //! - `cli_client.rs`: how raftkv's client commands reach a member (endpoints, TLS)
 //! - `snapshot_cli.rs`: `raftkv snapshot save|restore`
 //! - `member_cli.rs`: `raftkv member list|add|remove|promote|update`
+//! - `status_cli.rs`: `raftkv status` (every member at a glance, and the fault tolerance)
 //!
 //! The server never writes to storage except through openraft.
 
@@ -27,6 +28,7 @@ pub mod auto_compaction;
 pub mod backups;
 pub mod cli_client;
 pub mod config;
+pub mod config_file;
 pub mod convert;
 pub mod disk;
 pub mod errors;
@@ -41,4 +43,5 @@ pub mod peer_service;
 pub mod s3;
 pub mod server;
 pub mod snapshot_cli;
+pub mod status_cli;
 pub mod tls;

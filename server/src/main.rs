@@ -5,7 +5,14 @@ use raftkv_server::config::{Cli, Command, MemberCommand, SnapshotCommand};
 use raftkv_server::member_cli::MemberAction;
 
 fn main() {
-    let cli = Cli::parse();
+    let args = match raftkv_server::config_file::expand(std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("raftkv: {e}");
+            std::process::exit(2);
+        }
+    };
+    let cli = Cli::parse_from(args);
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.server.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
@@ -42,6 +49,21 @@ fn main() {
                 .map(|size_bytes| {
                     println!("Snapshot saved at {} ({size_bytes} bytes)", file.display())
                 })
+                .map_err(|e| e.to_string())
+        }
+        Command::Status { write_out, client } => {
+            let tls = raftkv_server::cli_client::ClientTls {
+                cacert: client.cacert,
+                cert: client.cert,
+                key: client.key,
+            };
+            runtime
+                .block_on(raftkv_server::status_cli::run(
+                    &client.endpoints,
+                    &tls,
+                    &write_out,
+                ))
+                .map(|out| print!("{out}"))
                 .map_err(|e| e.to_string())
         }
         Command::Member { action, client } => {

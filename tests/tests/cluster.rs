@@ -948,3 +948,51 @@ fn members_added_before_they_start_take_their_reserved_ids_and_roles() {
         "{out:?}"
     );
 }
+
+#[test]
+fn raftkv_status_shows_every_member_and_what_the_cluster_can_lose() {
+    let mut cluster = Cluster::start(3, &[]);
+    let ep = cluster.members[0].endpoint();
+    let out = raftkv_cli(&["status", "--endpoints", &ep]);
+    assert!(out.status.success(), "{out:?}");
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(table.contains("can lose 1 of 3"), "{table}");
+    for m in &cluster.members {
+        assert!(
+            table.contains(&m.name) && table.contains(&m.client_url()),
+            "{table}"
+        );
+    }
+    assert_eq!(table.matches("  leader  ").count(), 1, "{table}");
+    assert_eq!(table.matches("  follower  ").count(), 2, "{table}");
+
+    // One member down: shown as unreachable, and the cluster can lose no other.
+    let down = (rt().block_on(leader_index(&mut cluster)) + 1) % 3;
+    cluster.members[down].kill9();
+    let up = (down + 1) % 3;
+    let out = raftkv_cli(&[
+        "status",
+        "--endpoints",
+        &cluster.members[up].endpoint(),
+        "-w",
+        "json",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let status = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(status["voters"], 3, "{status}");
+    assert_eq!(status["voters_up"], 2, "{status}");
+    assert_eq!(status["can_lose"], 0, "{status}");
+    let members = status["members"].as_array().expect("members");
+    let row = members
+        .iter()
+        .find(|m| m["name"] == cluster.members[down].name.as_str())
+        .expect("the member that is down is listed");
+    assert_eq!(row["health"], "unreachable", "{status}");
+    assert!(
+        members
+            .iter()
+            .filter(|m| m["health"] == "ok")
+            .all(|m| m["raft_index"].as_u64().unwrap_or(0) > 0),
+        "{status}"
+    );
+}
