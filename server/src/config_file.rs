@@ -153,6 +153,31 @@ mod tests {
         );
     }
 
+    /// deploy/config/*.yaml, what docs/k3s-ha.md tells people to install, must parse.
+    #[test]
+    fn the_example_configs_in_deploy_parse() {
+        use clap::Parser;
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config");
+        for name in ["a.yaml", "b.yaml", "c.yaml"] {
+            let args = vec!["raftkv".into(), "--config".into(), dir.join(name).into()];
+            let args = expand(args).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let server = cli.server;
+            assert_eq!(server.cluster_init, name == "a.yaml", "{name}");
+            assert_eq!(
+                server.join.as_deref(),
+                (name != "a.yaml").then_some("https://10.0.0.1:2380"),
+                "{name}"
+            );
+            assert!(
+                server.client_cert_auth && server.peer_client_cert_auth,
+                "{name}"
+            );
+            let backups = server.backups().unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(backups.is_some_and(|b| b.retention == 5), "{name}");
+        }
+    }
+
     #[test]
     fn mistakes_name_the_file_and_the_key() {
         let e = expand_with("data_dir: /x\n", &[]).expect_err("unknown key");
