@@ -42,6 +42,34 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Copy every key (and lease) of an etcd v3 server — k3s's embedded etcd, kine over
+    /// SQLite or MariaDB, etcd — into an empty raftkv cluster, at one revision.
+    Migrate {
+        /// The source's client endpoints, comma-separated.
+        #[arg(long)]
+        from: String,
+        /// CA certificate (PEM) for an https:// source.
+        #[arg(long)]
+        cacert: Option<PathBuf>,
+        /// Client certificate (PEM) for the source.
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        /// The client certificate's key (PEM).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// raftkv's client endpoints, comma-separated.
+        #[arg(long, default_value = "127.0.0.1:2379")]
+        endpoints: String,
+        /// CA certificate (PEM) for https:// raftkv endpoints.
+        #[arg(long)]
+        to_cacert: Option<PathBuf>,
+        /// Client certificate (PEM) for raftkv.
+        #[arg(long)]
+        to_cert: Option<PathBuf>,
+        /// The client certificate's key (PEM).
+        #[arg(long)]
+        to_key: Option<PathBuf>,
+    },
     /// List, add, remove, promote or update members of a running cluster.
     Member {
         #[command(subcommand)]

@@ -19,6 +19,7 @@
 //! - `cli_client.rs`: how raftkv's client commands reach a member (endpoints, TLS)
 //! - `snapshot_cli.rs`: `raftkv snapshot save|restore`
 //! - `member_cli.rs`: `raftkv member list|add|remove|promote|update`
+//! - `migrate_cli.rs`: `raftkv migrate --from <etcd>` (copy a whole key space in)
 //! - `status_cli.rs`: `raftkv status` (every member at a glance, and the fault tolerance)
 //!
 //! The server never writes to storage except through openraft.
@@ -37,6 +38,7 @@ pub mod join_token;
 pub mod leases;
 pub mod member_cli;
 pub mod metrics;
+pub mod migrate_cli;
 pub mod node;
 pub mod peer;
 pub mod peer_service;

@@ -1,0 +1,226 @@
+//! `raftkv migrate --from <etcd endpoints> --endpoints <raftkv endpoints>`: copies every
+//! key of any etcd v3 server (k3s's embedded etcd, kine in front of SQLite or MariaDB,
+//! etcd itself) into an empty raftkv cluster, all read at one revision of the source so
+//! the copy is consistent. Leases come along with their remaining TTLs and keys stay
+//! attached to them. The copy is checked by counting keys on both sides at the end.
+//!
+//! Revisions are not copied (raftkv numbers its own): clients such as the Kubernetes
+//! API server must start fresh against the copy, as k3s does when it is restarted with
+//! --datastore-endpoint. This module only reads the source; it never writes to it.
+
+use std::collections::HashSet;
+use std::io::Write;
+
+use raftkv_proto::etcdserverpb as pb;
+use raftkv_proto::etcdserverpb::kv_client::KvClient;
+use raftkv_proto::etcdserverpb::lease_client::LeaseClient;
+use tonic::transport::Channel;
+
+use crate::cli_client::{connect, ClientTls, ConnectError};
+
+/// Keys read from the source per page.
+const PAGE_KEYS: i64 = 500;
+/// Puts per transaction on the destination (etcd's limit is 128 operations).
+const TXN_PUTS_MAX: usize = 64;
+/// Bytes of values per transaction on the destination, under the 1.5 MiB request limit.
+const TXN_BYTES_MAX: usize = 1 << 20;
+/// The most leases a migration carries over.
+const LEASES_MAX: usize = 1_000_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("reading the source: {0}")]
+    Source(String),
+    #[error("writing raftkv: {0}")]
+    Destination(String),
+    #[error("raftkv already holds {0} keys: migrate into an empty cluster")]
+    NotEmpty(i64),
+    #[error("the copy does not match: the source has {source_keys} keys at revision {revision}, raftkv {copied_keys}")]
+    CountMismatch {
+        source_keys: i64,
+        copied_keys: i64,
+        revision: i64,
+    },
+}
+
+/// What was copied.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Copied {
+    pub revision: i64,
+    pub keys: i64,
+    pub leases: usize,
+}
+
+fn source_err(s: tonic::Status) -> MigrateError {
+    MigrateError::Source(s.message().to_string())
+}
+
+fn dest_err(s: tonic::Status) -> MigrateError {
+    MigrateError::Destination(s.message().to_string())
+}
+
+async fn count(kv: &mut KvClient<Channel>, revision: i64) -> Result<(i64, i64), tonic::Status> {
+    let r = kv
+        .range(pb::RangeRequest {
+            key: bytes::Bytes::from_static(&[0]),
+            range_end: bytes::Bytes::from_static(&[0]),
+            revision,
+            count_only: true,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    Ok((r.count, r.header.map_or(0, |h| h.revision)))
+}
+
+/// Copies everything from `from` into `to`, printing progress to stderr.
+pub async fn run(
+    from: &str,
+    from_tls: &ClientTls,
+    to: &str,
+    to_tls: &ClientTls,
+) -> Result<Copied, MigrateError> {
+    let mut src =
+        KvClient::new(connect(from, from_tls).await?).max_decoding_message_size(usize::MAX);
+    let mut src_leases = LeaseClient::new(connect(from, from_tls).await?);
+    let dst_channel = connect(to, to_tls).await?;
+    let mut dst = KvClient::new(dst_channel.clone());
+    let mut dst_leases = LeaseClient::new(dst_channel);
+
+    let (existing, _) = count(&mut dst, 0).await.map_err(dest_err)?;
+    if existing > 0 {
+        return Err(MigrateError::NotEmpty(existing));
+    }
+    // One revision for everything: the source's current one.
+    let (total, revision) = count(&mut src, 0).await.map_err(source_err)?;
+    eprintln!("raftkv migrate: {total} keys at revision {revision} of {from}");
+
+    // Leases first, with what is left of their TTLs, under the same ids.
+    let leases = src_leases
+        .lease_leases(pb::LeaseLeasesRequest {})
+        .await
+        .map_err(source_err)?
+        .into_inner()
+        .leases;
+    let mut granted = HashSet::new();
+    for lease in leases.iter().take(LEASES_MAX) {
+        let ttl = src_leases
+            .lease_time_to_live(pb::LeaseTimeToLiveRequest {
+                id: lease.id,
+                keys: false,
+            })
+            .await
+            .map_err(source_err)?
+            .into_inner();
+        if ttl.ttl <= 0 {
+            continue; // expired meanwhile: its keys go with it
+        }
+        dst_leases
+            .lease_grant(pb::LeaseGrantRequest {
+                ttl: ttl.ttl,
+                id: lease.id,
+            })
+            .await
+            .map_err(dest_err)?;
+        granted.insert(lease.id);
+    }
+
+    let mut copied = 0i64;
+    let mut skipped = 0i64;
+    let mut from_key = vec![0u8];
+    loop {
+        let page = src
+            .range(pb::RangeRequest {
+                key: bytes::Bytes::from(from_key.clone()),
+                range_end: bytes::Bytes::from_static(&[0]),
+                revision,
+                limit: PAGE_KEYS,
+                ..Default::default()
+            })
+            .await
+            .map_err(source_err)?
+            .into_inner();
+        let Some(last) = page.kvs.last() else { break };
+        from_key = last.key.to_vec();
+        from_key.push(0);
+        let mut puts = Vec::new();
+        let mut bytes = 0usize;
+        for kv in &page.kvs {
+            // A key on a lease that has expired since is not copied (etcd would have
+            // deleted it by now).
+            let lease = if kv.lease != 0 && granted.contains(&kv.lease) {
+                kv.lease
+            } else {
+                0
+            };
+            if kv.lease != 0 && lease == 0 {
+                skipped += 1;
+                continue;
+            }
+            if !puts.is_empty()
+                && (puts.len() == TXN_PUTS_MAX || bytes + kv.value.len() > TXN_BYTES_MAX)
+            {
+                write_batch(&mut dst, std::mem::take(&mut puts)).await?;
+                bytes = 0;
+            }
+            bytes += kv.key.len() + kv.value.len();
+            puts.push(pb::PutRequest {
+                key: kv.key.clone(),
+                value: kv.value.clone(),
+                lease,
+                ..Default::default()
+            });
+            copied += 1;
+        }
+        if !puts.is_empty() {
+            write_batch(&mut dst, puts).await?;
+        }
+        eprint!("\rraftkv migrate: {copied}/{total} keys copied");
+        let _ = std::io::stderr().flush();
+        if !page.more {
+            break;
+        }
+    }
+    eprintln!();
+
+    // The check: every key of the source's revision is in raftkv.
+    let (copied_keys, _) = count(&mut dst, 0).await.map_err(dest_err)?;
+    let (source_keys, _) = count(&mut src, revision).await.map_err(source_err)?;
+    if copied_keys != copied || copied + skipped != source_keys {
+        return Err(MigrateError::CountMismatch {
+            source_keys,
+            copied_keys,
+            revision,
+        });
+    }
+    if skipped > 0 {
+        eprintln!(
+            "raftkv migrate: {skipped} keys on leases that expired during the copy were left out"
+        );
+    }
+    Ok(Copied {
+        revision,
+        keys: copied_keys,
+        leases: granted.len(),
+    })
+}
+
+async fn write_batch(
+    dst: &mut KvClient<Channel>,
+    puts: Vec<pb::PutRequest>,
+) -> Result<(), MigrateError> {
+    let txn = pb::TxnRequest {
+        compare: Vec::new(),
+        success: puts
+            .into_iter()
+            .map(|p| pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestPut(p)),
+            })
+            .collect(),
+        failure: Vec::new(),
+    };
+    dst.txn(txn).await.map_err(dest_err)?;
+    Ok(())
+}
