@@ -15,6 +15,8 @@ use raftkv_storage::mvcc::{MvccOptions, MvccStore};
 use sha2::Digest;
 
 const SHA256_BYTES: usize = 32;
+/// `snapshot save` reports progress on stderr every this many bytes received.
+const PROGRESS_STEP_BYTES: u64 = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotCliError {
@@ -47,13 +49,30 @@ pub async fn save(endpoint: &str, file: &Path, tls: &ClientTls) -> Result<u64, S
     let tmp = file.with_extension("part");
     let mut out = std::fs::File::create(&tmp)?;
     let mut size_bytes = 0u64;
+    let mut reported_bytes = 0u64;
     loop {
         match stream.message().await {
             Ok(Some(chunk)) => {
                 out.write_all(&chunk.blob)?;
                 size_bytes += chunk.blob.len() as u64;
+                if size_bytes - reported_bytes >= PROGRESS_STEP_BYTES || chunk.remaining_bytes == 0
+                {
+                    reported_bytes = size_bytes;
+                    let total_bytes = size_bytes + chunk.remaining_bytes;
+                    eprint!(
+                        "\rsnapshot save: {:.1} of {:.1} MB ({}%)",
+                        size_bytes as f64 / 1e6,
+                        total_bytes as f64 / 1e6,
+                        size_bytes * 100 / total_bytes.max(1)
+                    );
+                }
             }
-            Ok(None) => break,
+            Ok(None) => {
+                if reported_bytes > 0 {
+                    eprintln!();
+                }
+                break;
+            }
             Err(s) => {
                 let _ = std::fs::remove_file(&tmp);
                 return Err(SnapshotCliError::Stream(s.message().to_string()));

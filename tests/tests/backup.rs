@@ -43,6 +43,11 @@ fn a_snapshot_restores_into_a_new_cluster_with_the_same_data() {
         &m.endpoint(),
     ]);
     assert!(out.status.success(), "{out:?}");
+    // Progress on stderr, ending at 100%.
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("(100%)"),
+        "{out:?}"
+    );
     let theirs = root.path().join("etcdctl.db");
     let out = etcdctl(
         &ctl,
