@@ -15,7 +15,7 @@ use raftkv_storage::mvcc::{MvccOptions, MvccStore};
 use sha2::Digest;
 
 const SHA256_BYTES: usize = 32;
-/// `snapshot save` reports progress on stderr every this many bytes received.
+/// `snapshot save` and `restore` report progress on stderr every this many bytes.
 const PROGRESS_STEP_BYTES: u64 = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +85,32 @@ pub async fn save(endpoint: &str, file: &Path, tls: &ClientTls) -> Result<u64, S
 }
 
 /// Checks the SHA-256 trailer and returns the snapshot image (with its padding).
+/// Reports on stderr how much of the image a restore has read, every
+/// `PROGRESS_STEP_BYTES`.
+struct Progress<R> {
+    inner: R,
+    read_bytes: u64,
+    reported_bytes: u64,
+    total_bytes: u64,
+}
+
+impl<R: Read> Read for Progress<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read_bytes += n as u64;
+        if self.read_bytes - self.reported_bytes >= PROGRESS_STEP_BYTES {
+            self.reported_bytes = self.read_bytes;
+            eprint!(
+                "\rsnapshot restore: {:.1} of {:.1} MB ({}%)",
+                self.read_bytes as f64 / 1e6,
+                self.total_bytes as f64 / 1e6,
+                self.read_bytes * 100 / self.total_bytes.max(1)
+            );
+        }
+        Ok(n)
+    }
+}
+
 fn verified_image(file: &Path) -> Result<Vec<u8>, SnapshotCliError> {
     let corrupt = |reason: &str| SnapshotCliError::Corrupt {
         path: file.display().to_string(),
@@ -156,12 +182,23 @@ pub fn restore(file: &Path, data_dir: &Path) -> Result<(), SnapshotCliError> {
     std::fs::create_dir_all(data_dir)?;
     let store = MvccStore::open(&data_dir.join("mvcc"), MvccOptions::default())
         .map_err(|e| SnapshotCliError::Restore(e.to_string()))?;
+    let total_bytes = image.len() as u64;
     let point = store
-        .install_snapshot(std::io::Cursor::new(image))
+        .install_snapshot(Progress {
+            inner: std::io::Cursor::new(image),
+            read_bytes: 0,
+            reported_bytes: 0,
+            total_bytes,
+        })
         .map_err(|e| SnapshotCliError::Corrupt {
             path: file.display().to_string(),
             reason: e.to_string(),
         })?;
+    eprintln!(
+        "\rsnapshot restore: {:.1} of {:.1} MB (100%)",
+        total_bytes as f64 / 1e6,
+        total_bytes as f64 / 1e6
+    );
     store
         .forget_raft_state()
         .map_err(|e| SnapshotCliError::Restore(e.to_string()))?;

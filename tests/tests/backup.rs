@@ -67,6 +67,10 @@ fn a_snapshot_restores_into_a_new_cluster_with_the_same_data() {
             restored.data_dir.to_str().unwrap(),
         ]);
         assert!(out.status.success(), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("snapshot restore:"),
+            "{out:?}"
+        );
         // Restoring over it again is refused: it holds data now.
         let again = raftkv_cli(&[
             "snapshot",
