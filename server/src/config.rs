@@ -129,18 +129,8 @@ pub enum SnapshotCommand {
     /// Stream a consistent snapshot from a running member into FILE.
     Save {
         file: PathBuf,
-        /// The member's client endpoint.
-        #[arg(long, default_value = "127.0.0.1:2379")]
-        endpoints: String,
-        /// CA certificate (PEM) to verify an https:// endpoint with.
-        #[arg(long)]
-        cacert: Option<PathBuf>,
-        /// Client certificate (PEM), for a member with --client-cert-auth.
-        #[arg(long)]
-        cert: Option<PathBuf>,
-        /// The client certificate's key (PEM).
-        #[arg(long)]
-        key: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Restore FILE into a new data dir; starting raftkv on it begins a new cluster
     /// (new ids) holding the same keys and revisions. With --snapshot-s3-endpoint, FILE
@@ -153,6 +143,16 @@ pub enum SnapshotCommand {
         #[command(flatten)]
         s3: S3Args,
     },
+}
+
+impl ClientArgs {
+    pub fn tls(&self) -> crate::cli_client::ClientTls {
+        crate::cli_client::ClientTls {
+            cacert: self.cacert.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }
+    }
 }
 
 /// Where scheduled snapshots are uploaded to (and restored from).

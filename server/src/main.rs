@@ -35,28 +35,16 @@ fn main() {
         Command::Serve => runtime
             .block_on(raftkv_server::server::run(cli.server))
             .map_err(|e| e.to_string()),
-        Command::Snapshot(SnapshotCommand::Save {
-            file,
-            endpoints,
-            cacert,
-            cert,
-            key,
-        }) => {
-            let endpoint = endpoints.split(',').next().unwrap_or_default().to_string();
-            let tls = raftkv_server::snapshot_cli::ClientTls { cacert, cert, key };
-            runtime
-                .block_on(raftkv_server::snapshot_cli::save(&endpoint, &file, &tls))
-                .map(|size_bytes| {
-                    println!("Snapshot saved at {} ({size_bytes} bytes)", file.display())
-                })
-                .map_err(|e| e.to_string())
-        }
+        Command::Snapshot(SnapshotCommand::Save { file, client }) => runtime
+            .block_on(raftkv_server::snapshot_cli::save(
+                &client.endpoints,
+                &file,
+                &client.tls(),
+            ))
+            .map(|size_bytes| println!("Snapshot saved at {} ({size_bytes} bytes)", file.display()))
+            .map_err(|e| e.to_string()),
         Command::Status { write_out, client } => {
-            let tls = raftkv_server::cli_client::ClientTls {
-                cacert: client.cacert,
-                cert: client.cert,
-                key: client.key,
-            };
+            let tls = client.tls();
             runtime
                 .block_on(raftkv_server::status_cli::run(
                     &client.endpoints,
@@ -115,11 +103,7 @@ fn main() {
                     peer_urls: split(peer_urls),
                 },
             };
-            let tls = raftkv_server::cli_client::ClientTls {
-                cacert: client.cacert,
-                cert: client.cert,
-                key: client.key,
-            };
+            let tls = client.tls();
             runtime
                 .block_on(raftkv_server::member_cli::run(
                     &client.endpoints,

@@ -140,16 +140,13 @@ pub async fn run(
 
 /// Members as an aligned table: id, status, name, peer URLs, client URLs, role.
 pub fn table(members: &[pb::Member]) -> String {
-    let mut rows = vec![[
-        "ID".to_string(),
-        "STATUS".into(),
-        "NAME".into(),
-        "PEER ADDRS".into(),
-        "CLIENT ADDRS".into(),
-        "ROLE".into(),
-    ]];
+    let mut rows = vec![
+        ["ID", "STATUS", "NAME", "PEER ADDRS", "CLIENT ADDRS", "ROLE"]
+            .map(String::from)
+            .to_vec(),
+    ];
     for m in members {
-        rows.push([
+        rows.push(vec![
             hex(m.id),
             if m.name.is_empty() {
                 "unstarted"
@@ -163,18 +160,5 @@ pub fn table(members: &[pb::Member]) -> String {
             if m.is_learner { "learner" } else { "voter" }.into(),
         ]);
     }
-    let widths: Vec<usize> = (0..6)
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    crate::cli_client::aligned(&rows)
 }

@@ -196,9 +196,10 @@ pub async fn run(endpoints: &str, tls: &ClientTls, format: &str) -> Result<Strin
     let mut rows = vec![[
         "NAME", "ID", "ENDPOINT", "ROLE", "TERM", "INDEX", "APPLIED", "DB SIZE", "HEALTH",
     ]
-    .map(String::from)];
+    .map(String::from)
+    .to_vec()];
     for m in &status.members {
-        rows.push([
+        rows.push(vec![
             m.name.clone(),
             m.id.clone(),
             m.endpoint.clone(),
@@ -210,20 +211,12 @@ pub async fn run(endpoints: &str, tls: &ClientTls, format: &str) -> Result<Strin
             m.health.clone(),
         ]);
     }
-    let widths: Vec<usize> = (0..9)
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = format!("cluster {}: {}\n\n", status.cluster_id, status.summary);
-    for row in rows {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    Ok(out)
+    Ok(format!(
+        "cluster {}: {}\n\n{}",
+        status.cluster_id,
+        status.summary,
+        crate::cli_client::aligned(&rows)
+    ))
 }
 
 fn human_bytes(n: i64) -> String {

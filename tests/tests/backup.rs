@@ -135,6 +135,24 @@ fn a_snapshot_restores_into_a_new_cluster_with_the_same_data() {
     );
 }
 
+/// The --snapshot-s3-* flags for the test bucket on the local S3 server.
+fn s3_flags(s3: &S3Server) -> Vec<String> {
+    [
+        "--snapshot-s3-endpoint",
+        &s3.endpoint(),
+        "--snapshot-s3-bucket",
+        "backups",
+        "--snapshot-s3-folder",
+        "nightly",
+        "--snapshot-s3-access-key",
+        "test",
+        "--snapshot-s3-secret-key",
+        "test",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// Snapshot files in `dir`, oldest first.
 fn snapshots_in(dir: &std::path::Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -172,25 +190,17 @@ fn scheduled_snapshots_keep_the_newest_locally_and_in_s3_and_restore_identically
     // changed flags), with an upload to the local S3 server.
     m.stop();
     let dir = root.path().join("backups");
-    let schedule = [
+    let mut schedule = [
         "--snapshot-schedule",
         "*/2 * * * * *",
         "--snapshot-retention",
         "2",
         "--snapshot-dir",
         dir.to_str().unwrap(),
-        "--snapshot-s3-endpoint",
-        &s3.endpoint(),
-        "--snapshot-s3-bucket",
-        "backups",
-        "--snapshot-s3-folder",
-        "nightly",
-        "--snapshot-s3-access-key",
-        "test",
-        "--snapshot-s3-secret-key",
-        "test",
     ]
-    .map(String::from);
+    .map(String::from)
+    .to_vec();
+    schedule.extend(s3_flags(&s3));
     m.start(&schedule);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while m.log().matches("old snapshot deleted from s3").count() < 2 {
@@ -219,23 +229,12 @@ fn scheduled_snapshots_keep_the_newest_locally_and_in_s3_and_restore_identically
     let newest = remote.last().expect("uploaded").clone();
     let name = newest.trim_start_matches("nightly/");
     let mut restored = Member::new(root.path(), "from-s3");
-    let out = raftkv_cli(&[
-        "snapshot",
-        "restore",
-        name,
-        "--data-dir",
-        restored.data_dir.to_str().unwrap(),
-        "--snapshot-s3-endpoint",
-        &s3.endpoint(),
-        "--snapshot-s3-bucket",
-        "backups",
-        "--snapshot-s3-folder",
-        "nightly",
-        "--snapshot-s3-access-key",
-        "test",
-        "--snapshot-s3-secret-key",
-        "test",
-    ]);
+    let mut restore = ["snapshot", "restore", name, "--data-dir"]
+        .map(String::from)
+        .to_vec();
+    restore.push(restored.data_dir.display().to_string());
+    restore.extend(s3_flags(&s3));
+    let out = raftkv_cli(&restore.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.status.success(), "{out:?}");
     restored.start(&["--cluster-init".to_string()]);
     assert_eq!(everything(&restored.endpoint()), want);
