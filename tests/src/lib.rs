@@ -523,14 +523,19 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
 
 /// One HTTP/1.1 request without a body to 127.0.0.1:`port`: status, head, raw body.
 pub fn http_request(port: u16, method: &str, path: &str) -> (u16, String, Vec<u8>) {
+    http_request_to("127.0.0.1", port, method, path)
+}
+
+/// `http_request` to another address (another loopback address, say).
+pub fn http_request_to(ip: &str, port: u16, method: &str, path: &str) -> (u16, String, Vec<u8>) {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connects for HTTP");
+    let mut stream = std::net::TcpStream::connect((ip, port)).expect("connects for HTTP");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {ip}:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .expect("request");
     let mut raw = Vec::new();
