@@ -70,6 +70,12 @@ pub enum Command {
         #[arg(long)]
         to_key: Option<PathBuf>,
     },
+    /// Give the space of deleted and compacted data back on each endpoint (in the
+    /// background: nothing stops), showing the db size as it shrinks.
+    Defrag {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// List, add, remove, promote or update members of a running cluster.
     Member {
         #[command(subcommand)]

@@ -19,6 +19,7 @@
 //! - `cli_client.rs`: how raftkv's client commands reach a member (endpoints, TLS)
 //! - `snapshot_cli.rs`: `raftkv snapshot save|restore`
 //! - `member_cli.rs`: `raftkv member list|add|remove|promote|update`
+//! - `defrag_cli.rs`: `raftkv defrag` (space reclaim, with the db size shown shrinking)
 //! - `migrate_cli.rs`: `raftkv migrate --from <etcd>` (copy a whole key space in)
 //! - `status_cli.rs`: `raftkv status` (every member at a glance, and the fault tolerance)
 //!
@@ -31,6 +32,7 @@ pub mod cli_client;
 pub mod config;
 pub mod config_file;
 pub mod convert;
+pub mod defrag_cli;
 pub mod disk;
 pub mod errors;
 pub mod identity;

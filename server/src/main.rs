@@ -83,6 +83,13 @@ fn main() {
                 })
                 .map_err(|e| e.to_string())
         }
+        Command::Defrag { client } => runtime
+            .block_on(raftkv_server::defrag_cli::run(
+                &client.endpoints,
+                &client.tls(),
+            ))
+            .map(|out| print!("{out}"))
+            .map_err(|e| e.to_string()),
         Command::Member { action, client } => {
             let split = |urls: String| urls.split(',').map(|u| u.trim().to_string()).collect();
             let action = match action {

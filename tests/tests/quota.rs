@@ -177,6 +177,14 @@ fn compaction_and_defrag_give_space_back_while_writes_go_on() {
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
     assert!(m.log().contains("space reclaimed"), "{}", m.log());
+    // raftkv's own command shows the size as the merge goes, then where it settled.
+    let out = raftkv_cli(&["defrag", "--endpoints", &m.endpoint()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Finished defragmenting")
+            && String::from_utf8_lossy(&out.stderr).contains(" MB (was "),
+        "{out:?}"
+    );
     let count = json(&etcdctl_ok(
         &ctl,
         &ep,
