@@ -18,7 +18,7 @@ use sha2::Digest;
 use crate::node::Node;
 use crate::s3::{S3Client, S3Config};
 
-use crate::api::maintenance::SNAPSHOT_ALIGN_BYTES;
+use crate::api::maintenance::snapshot_padding_bytes;
 /// Backups kept when --snapshot-retention is not given (k3s's default).
 pub const DEFAULT_RETENTION: usize = 5;
 
@@ -72,8 +72,7 @@ pub fn write_backup(store: &raftkv_storage::mvcc::MvccStore, dest: &Path) -> Res
         store
             .export_snapshot(&point, &mut out)
             .map_err(|e| e.to_string())?;
-        let padding =
-            (SNAPSHOT_ALIGN_BYTES - out.written % SNAPSHOT_ALIGN_BYTES) % SNAPSHOT_ALIGN_BYTES;
+        let padding = snapshot_padding_bytes(out.written);
         out.write_all(&vec![0u8; padding as usize])
             .map_err(|e| e.to_string())?;
         let digest = std::mem::take(&mut out.hasher).finalize();

@@ -82,9 +82,10 @@ pub async fn run(
     to: &str,
     to_tls: &ClientTls,
 ) -> Result<Copied, MigrateError> {
-    let mut src =
-        KvClient::new(connect(from, from_tls).await?).max_decoding_message_size(usize::MAX);
-    let mut src_leases = LeaseClient::new(connect(from, from_tls).await?);
+    // One connection to each side.
+    let src_channel = connect(from, from_tls).await?;
+    let mut src = KvClient::new(src_channel.clone()).max_decoding_message_size(usize::MAX);
+    let mut src_leases = LeaseClient::new(src_channel);
     let dst_channel = connect(to, to_tls).await?;
     let mut dst = KvClient::new(dst_channel.clone());
     let mut dst_leases = LeaseClient::new(dst_channel);

@@ -37,6 +37,18 @@ use crate::peer::{
 /// How long a join may take: the leader adds the new member as a learner and waits for
 /// it to catch up before promoting it.
 pub const JOIN_TIMEOUT_MS: u64 = 120_000;
+/// The quota and free-disk check reads the db size and statvfs at most this often; in
+/// between, writes use the last answer (a write costs no extra I/O or locking).
+const SPACE_CHECK_INTERVAL_MS: u64 = 100;
+
+/// The last space check: when (ms since start, +1 so 0 means never) and whether the
+/// member was out of space then.
+#[derive(Default)]
+struct SpaceCheck {
+    checked_at_ms: AtomicU64,
+    out_of_space: std::sync::atomic::AtomicBool,
+}
+
 /// How long a starting member waits to learn whether MemberAdd reserved its id.
 const PENDING_MEMBER_TIMEOUT_MS: u64 = 5_000;
 /// How far behind the leader's log a learner may be and still be promoted (etcd:
@@ -62,6 +74,7 @@ pub struct Node {
     join_token: std::sync::Mutex<Option<String>>,
     /// Nonces handed to joiners (join_token.rs).
     challenges: crate::join_token::Challenges,
+    space: SpaceCheck,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +167,7 @@ impl Node {
             started: Instant::now(),
             join_token: std::sync::Mutex::new(join_token),
             challenges: crate::join_token::Challenges::default(),
+            space: SpaceCheck::default(),
         });
         Ok((node, existing))
     }
@@ -482,10 +496,22 @@ impl Node {
         if store.has_alarm(AlarmType::NoSpace) {
             return Err(MvccError::NoSpace.into());
         }
+        let now_ms = self.started.elapsed().as_millis() as u64 + 1;
+        let checked_at_ms = self.space.checked_at_ms.load(Ordering::Relaxed);
+        if checked_at_ms != 0 && now_ms.saturating_sub(checked_at_ms) < SPACE_CHECK_INTERVAL_MS {
+            if self.space.out_of_space.load(Ordering::Relaxed) {
+                return Err(MvccError::NoSpace.into());
+            }
+            return Ok(());
+        }
+        self.space.checked_at_ms.store(now_ms, Ordering::Relaxed);
         let db_bytes = store.size_on_disk_bytes().unwrap_or(0);
         let over_quota = self.config.quota_bytes().is_some_and(|q| db_bytes >= q);
         let free_bytes = crate::disk::free_bytes(&self.config.data_dir);
         let disk_full = free_bytes.is_some_and(|f| f < self.config.disk_reserve_bytes);
+        self.space
+            .out_of_space
+            .store(over_quota || disk_full, Ordering::Relaxed);
         if !over_quota && !disk_full {
             return Ok(());
         }

@@ -23,6 +23,12 @@ const SNAPSHOT_CHUNK_BYTES: usize = 32 * 1024;
 /// etcd's snapshots are whole 512-byte pages; etcdctl checks the length by that.
 pub const SNAPSHOT_ALIGN_BYTES: u64 = 512;
 
+/// Zero bytes etcd's snapshot stream puts after an image of `size_bytes`, before the
+/// SHA-256 trailer (shared with the scheduled backups, which write the same file).
+pub fn snapshot_padding_bytes(size_bytes: u64) -> u64 {
+    (SNAPSHOT_ALIGN_BYTES - size_bytes % SNAPSHOT_ALIGN_BYTES) % SNAPSHOT_ALIGN_BYTES
+}
+
 pub struct MaintenanceService {
     pub node: Arc<Node>,
 }
@@ -256,8 +262,7 @@ async fn stream_file(
     tx: &tokio::sync::mpsc::Sender<Result<pb::SnapshotResponse, Status>>,
 ) -> std::io::Result<()> {
     use sha2::Digest;
-    let padding_bytes =
-        (SNAPSHOT_ALIGN_BYTES - size_bytes % SNAPSHOT_ALIGN_BYTES) % SNAPSHOT_ALIGN_BYTES;
+    let padding_bytes = snapshot_padding_bytes(size_bytes);
     let total_bytes = size_bytes + padding_bytes + 32;
     let mut file = tokio::fs::File::open(path).await?;
     let mut hasher = sha2::Sha256::new();
