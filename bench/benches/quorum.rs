@@ -6,7 +6,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use raftkv_bench::{build_raftkv, BenchCluster, FsyncFloor};
+use raftkv_bench::cluster::{ProcCluster, System};
+use raftkv_bench::{build_raftkv, FsyncFloor};
 
 /// Sequential puts of 256-byte values through one client connection to `endpoints`.
 fn put_bench(
@@ -58,7 +59,7 @@ fn quorum(c: &mut Criterion) {
         })
     });
 
-    let cluster = BenchCluster::start(&bin, &parent, 3);
+    let cluster = ProcCluster::start(System::Raftkv, &bin, &parent, 3, &[]);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -80,7 +81,7 @@ fn quorum(c: &mut Criterion) {
     drop(cluster);
 
     // The same against a single member: what replication adds is the difference.
-    let single = BenchCluster::start(&bin, &parent, 1);
+    let single = ProcCluster::start(System::Raftkv, &bin, &parent, 1, &[]);
     put_bench(
         &mut group,
         "put_256B_single_member",

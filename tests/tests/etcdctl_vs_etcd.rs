@@ -128,6 +128,9 @@ fn script() -> Vec<Step> {
         step(&["auth", "status"]),
         step(&["user", "list"]),
         step(&["role", "list"]),
+        step(&["auth", "disable"]),
+        // A user name makes etcdctl call Authenticate first.
+        step(&["--user", "root:secret", "get", "b"]),
         step(&["alarm", "list"]),
     ];
     steps.push(step(&["watch", "b", "--rev=1", "--prev-kv"]));

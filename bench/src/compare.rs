@@ -1,0 +1,716 @@
+//! `raftkv-bench compare`: raftkv and etcd side by side on this machine, in one run.
+//!
+//! Starts a three-member cluster of each (one system at a time, data under the same
+//! parent directory), measures the floor (a bare 256-byte fdatasync there plus a
+//! loopback round trip), runs the same workloads against both and writes a table of
+//! raftkv/etcd ratios against the performance targets. Owns the order of the phases
+//! and the table; the workloads are load.rs's and the processes cluster.rs's.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::cluster::{leader_index, ProcCluster, ProcStats, System};
+use crate::load::{self, LoadConfig, Report, Workload};
+use crate::stats::{ms, Recorder, Summary};
+
+/// How long and how large each phase is.
+#[derive(Debug, Clone)]
+pub struct CompareConfig {
+    pub raftkv_bin: PathBuf,
+    pub etcd_bin: PathBuf,
+    /// Data dirs and the floor file go under here (one file system for all).
+    pub parent: PathBuf,
+    /// Each throughput or latency run.
+    pub run: Duration,
+    /// The k3s-at-rest load.
+    pub rest: Duration,
+    pub failover_trials: usize,
+    /// Keys held for the memory and compaction phase.
+    pub big_keys: u64,
+    /// The write window around compaction and space reclaim (and the baseline's).
+    pub compaction_window: Duration,
+}
+
+impl CompareConfig {
+    /// The full run the targets are judged on (about 45 minutes on two cores).
+    pub fn full(raftkv_bin: PathBuf, etcd_bin: PathBuf, parent: PathBuf) -> Self {
+        CompareConfig {
+            raftkv_bin,
+            etcd_bin,
+            parent,
+            run: Duration::from_secs(10),
+            rest: Duration::from_secs(600),
+            failover_trials: 20,
+            big_keys: 1_000_000,
+            compaction_window: Duration::from_secs(60),
+        }
+    }
+
+    /// A smoke run for CI: every phase, tiny, nothing asserted about speed.
+    pub fn quick(raftkv_bin: PathBuf, etcd_bin: PathBuf, parent: PathBuf) -> Self {
+        CompareConfig {
+            run: Duration::from_secs(1),
+            rest: Duration::from_secs(5),
+            failover_trials: 2,
+            big_keys: 5_000,
+            compaction_window: Duration::from_secs(3),
+            ..CompareConfig::full(raftkv_bin, etcd_bin, parent)
+        }
+    }
+}
+
+/// Everything measured on one system.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Measured {
+    pub put_1_client: Summary,
+    pub put_64_ops_per_s: f64,
+    pub put_256_ops_per_s: f64,
+    pub range_linearizable_ops_per_s: f64,
+    pub range_serializable_ops_per_s: f64,
+    pub update_ops_per_s: f64,
+    pub watch: Summary,
+    pub list_10k: Summary,
+    pub failover_ms: Summary,
+    pub rest_write_bytes: u64,
+    pub rest_cpu_ms: u64,
+    pub rest_data_bytes: u64,
+    pub load_ops_per_s: f64,
+    pub rss_loaded_bytes: u64,
+    pub rss_peak_bytes: u64,
+    pub put_before_compaction: Summary,
+    pub put_during_compaction: Summary,
+    pub compaction_and_reclaim_ms: u64,
+    /// Errors any run counted (a healthy run has none).
+    pub errors: u64,
+}
+
+/// The floor a durable, replicated write can approach on this machine.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Floor {
+    pub fdatasync_256_p50_us: u32,
+    pub loopback_rtt_p50_us: u32,
+}
+
+impl Floor {
+    pub fn total_us(&self) -> u32 {
+        self.fdatasync_256_p50_us + self.loopback_rtt_p50_us
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Prints a run's result for people and as one JSON line, and keeps it.
+fn emit(report: Result<Report, load::LoadError>, errors: &mut u64) -> Report {
+    match report {
+        Ok(r) => {
+            println!("{}", r.human());
+            println!("{}", r.json());
+            *errors += r.errors;
+            r
+        }
+        Err(e) => panic!("a benchmark run could not start: {e}"),
+    }
+}
+
+/// The floor: p50 of 1000 bare 256-byte fdatasyncs in `dir` and of 1000 loopback round
+/// trips of 64 bytes.
+pub fn floor(dir: &Path) -> Floor {
+    use std::io::{Read, Write};
+    let mut fsync = crate::FsyncFloor::new(dir, 256).expect("floor file");
+    let mut rec = Recorder::default();
+    for i in 0..1000u64 {
+        rec.record(fsync.once(i * 4096).expect("fdatasync"));
+    }
+    let fdatasync_256_p50_us = rec.summary().p50_us;
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let echo = std::thread::spawn(move || {
+        if let Ok((mut s, _)) = listener.accept() {
+            let _ = s.set_nodelay(true);
+            let mut buf = [0u8; 64];
+            while s.read_exact(&mut buf).is_ok() {
+                if s.write_all(&buf).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    let mut rec = Recorder::default();
+    let mut buf = [7u8; 64];
+    for _ in 0..1000 {
+        let start = Instant::now();
+        s.write_all(&buf).expect("write");
+        s.read_exact(&mut buf).expect("read");
+        rec.record(start.elapsed());
+    }
+    drop(s);
+    let _ = echo.join();
+    Floor {
+        fdatasync_256_p50_us,
+        loopback_rtt_p50_us: rec.summary().p50_us,
+    }
+}
+
+fn sum_stats(cluster: &ProcCluster) -> ProcStats {
+    let mut total = ProcStats::default();
+    for i in 0..cluster.len() {
+        let s = cluster.stats(i);
+        total.peak_rss_bytes = total.peak_rss_bytes.max(s.peak_rss_bytes);
+        total.rss_bytes = total.rss_bytes.max(s.rss_bytes);
+        total.write_bytes += s.write_bytes;
+        total.cpu_ms += s.cpu_ms;
+    }
+    total
+}
+
+fn leader(rt: &tokio::runtime::Runtime, cluster: &ProcCluster) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(i) = rt.block_on(leader_index(&cluster.endpoints())) {
+            return i;
+        }
+        assert!(Instant::now() < deadline, "no leader for 30 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Measures one system: every phase, in the same order for both.
+pub fn measure(config: &CompareConfig, system: System) -> Measured {
+    let bin = match system {
+        System::Raftkv => &config.raftkv_bin,
+        System::Etcd => &config.etcd_bin,
+    };
+    let rt = rt();
+    let mut m = Measured::default();
+    let label = system.name();
+    let base = |workload: Workload, clients: usize, connections: usize| LoadConfig {
+        workload,
+        clients,
+        connections,
+        duration: config.run,
+        ..LoadConfig::default()
+    };
+
+    eprintln!("== {label}: throughput and latency");
+    let mut cluster = ProcCluster::start(system, bin, &config.parent, 3, &[]);
+    let all = cluster.endpoints();
+    let leader_ep = vec![cluster.endpoint(leader(&rt, &cluster))];
+
+    let r = emit(
+        rt.block_on(load::run(
+            &LoadConfig {
+                endpoints: leader_ep.clone(),
+                ..base(Workload::Put, 1, 1)
+            },
+            label,
+        )),
+        &mut m.errors,
+    );
+    m.put_1_client = r.latency;
+    for (clients, connections) in [(64, 8), (256, 16)] {
+        let r = emit(
+            rt.block_on(load::run(
+                &LoadConfig {
+                    endpoints: all.clone(),
+                    random_keys: true,
+                    ..base(Workload::Put, clients, connections)
+                },
+                label,
+            )),
+            &mut m.errors,
+        );
+        if clients == 64 {
+            m.put_64_ops_per_s = r.ops_per_s;
+        } else {
+            m.put_256_ops_per_s = r.ops_per_s;
+        }
+    }
+    for serializable in [false, true] {
+        let r = emit(
+            rt.block_on(load::run(
+                &LoadConfig {
+                    endpoints: all.clone(),
+                    serializable,
+                    // Filled once, by the first of the two runs.
+                    populate: !serializable,
+                    ..base(Workload::Range, 64, 8)
+                },
+                label,
+            )),
+            &mut m.errors,
+        );
+        if serializable {
+            m.range_serializable_ops_per_s = r.ops_per_s;
+        } else {
+            m.range_linearizable_ops_per_s = r.ops_per_s;
+        }
+    }
+    let r = emit(
+        rt.block_on(load::run(
+            &LoadConfig {
+                endpoints: all.clone(),
+                key_space: 1000,
+                value_size_bytes: 1024,
+                ..base(Workload::Update, 64, 8)
+            },
+            label,
+        )),
+        &mut m.errors,
+    );
+    m.update_ops_per_s = r.ops_per_s;
+    let r = emit(
+        rt.block_on(load::run(
+            &LoadConfig {
+                endpoints: all.clone(),
+                watchers: 100,
+                key_space: 100,
+                rate_per_s: Some(100),
+                ..base(Workload::Watch, 4, 8)
+            },
+            label,
+        )),
+        &mut m.errors,
+    );
+    m.watch = r.latency;
+    let r = emit(
+        rt.block_on(load::run(
+            &LoadConfig {
+                endpoints: all.clone(),
+                key_space: 10_000,
+                page_size: 500,
+                ..base(Workload::List, 4, 4)
+            },
+            label,
+        )),
+        &mut m.errors,
+    );
+    m.list_10k = r.latency;
+
+    eprintln!(
+        "== {label}: leader SIGKILL, {} trials",
+        config.failover_trials
+    );
+    m.failover_ms = failover(&rt, &mut cluster, config.failover_trials);
+    drop(cluster);
+
+    eprintln!("== {label}: k3s at rest for {:?}", config.rest);
+    let cluster = ProcCluster::start(system, bin, &config.parent, 3, &[]);
+    let before = sum_stats(&cluster);
+    rt.block_on(at_rest(&cluster.endpoints(), config.rest));
+    let after = sum_stats(&cluster);
+    m.rest_write_bytes = after.write_bytes.saturating_sub(before.write_bytes);
+    m.rest_cpu_ms = after.cpu_ms.saturating_sub(before.cpu_ms);
+    m.rest_data_bytes = cluster.data_bytes();
+    println!(
+        "{label} at rest {:?}: {} bytes written, {} ms CPU, data dirs {} bytes (all members)",
+        config.rest, m.rest_write_bytes, m.rest_cpu_ms, m.rest_data_bytes
+    );
+    drop(cluster);
+
+    eprintln!(
+        "== {label}: {} keys, compaction and space reclaim",
+        config.big_keys
+    );
+    let cluster = ProcCluster::start(system, bin, &config.parent, 3, &[]);
+    big(&rt, &cluster, config, &mut m);
+    drop(cluster);
+    m
+}
+
+/// Kills the leader `trials` times; how long until a write through a survivor succeeds.
+fn failover(rt: &tokio::runtime::Runtime, cluster: &mut ProcCluster, trials: usize) -> Summary {
+    let mut rec = Recorder::default();
+    for trial in 0..trials {
+        let leader = leader(rt, cluster);
+        let survivor = cluster.endpoint((leader + 1) % cluster.len());
+        let mut client = rt
+            .block_on(load::connect(&[survivor], 1))
+            .expect("connect to a survivor")
+            .remove(0);
+        // Warm the connection: the first request after kill must not pay for it.
+        rt.block_on(client.put("bench/failover", "warm", None))
+            .expect("a put before the kill");
+        cluster.kill9(leader);
+        let killed = Instant::now();
+        // A new attempt every 50 ms, each allowed to wait: a member may hold a request
+        // until there is a leader (etcd does) or fail it at once (raftkv forwarding to
+        // a dead leader does). Writes have resumed when any attempt succeeds.
+        rt.block_on(async {
+            let mut attempts = tokio::task::JoinSet::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let mut c = client.clone();
+                        let value = format!("{trial}");
+                        attempts.spawn(async move { c.put("bench/failover", value, None).await.is_ok() });
+                    }
+                    Some(done) = attempts.join_next() => {
+                        if matches!(done, Ok(true)) {
+                            break;
+                        }
+                    }
+                }
+                assert!(
+                    killed.elapsed() < Duration::from_secs(30),
+                    "no write for 30 s after the leader was killed"
+                );
+            }
+            attempts.abort_all();
+        });
+        let took = killed.elapsed();
+        println!("failover trial {trial}: {} ms", took.as_millis());
+        // Kept in the recorder's microsecond field as milliseconds: the summary reads in ms.
+        rec.record(Duration::from_micros(took.as_millis() as u64));
+        cluster.restart(leader);
+        // Let the restarted member catch up and the cluster settle.
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    rec.summary()
+}
+
+/// A k3s cluster at rest: about 30 Kubernetes-shaped updates per second (node and
+/// controller leases, status updates; values of 1 KiB on 500 objects), an event with
+/// a 60 s lease every 10 s, and the API server's compaction every 5 minutes (every
+/// `duration`/4 in short runs) to the revision seen at the one before.
+async fn at_rest(endpoints: &[String], duration: Duration) {
+    let updates = LoadConfig {
+        endpoints: endpoints.to_vec(),
+        workload: Workload::Update,
+        clients: 6,
+        connections: 3,
+        duration,
+        value_size_bytes: 1024,
+        key_space: 500,
+        rate_per_s: Some(30),
+        ..LoadConfig::default()
+    };
+    let mut client = load::connect(endpoints, 1)
+        .await
+        .expect("connect")
+        .remove(0);
+    let background = tokio::spawn(async move {
+        let compact_every = Duration::from_secs(300).min(duration / 4);
+        let start = Instant::now();
+        let mut next_event = start;
+        let mut next_compaction = start + compact_every;
+        let mut seen_revision = 0i64;
+        let mut n = 0u64;
+        while start.elapsed() < duration {
+            if Instant::now() >= next_event {
+                next_event += Duration::from_secs(10);
+                if let Ok(lease) = client.lease_grant(60, None).await {
+                    let options = etcd_client::PutOptions::new().with_lease(lease.id());
+                    let _ = client
+                        .put(
+                            format!("bench/events/{n:010}"),
+                            vec![b'e'; 512],
+                            Some(options),
+                        )
+                        .await;
+                    n += 1;
+                }
+            }
+            if Instant::now() >= next_compaction {
+                next_compaction += compact_every;
+                if seen_revision > 0 {
+                    let _ = client.compact(seen_revision, None).await;
+                }
+                if let Ok(r) = client.get("compact_rev_key", None).await {
+                    seen_revision = r.header().map(|h| h.revision()).unwrap_or(0);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut errors = 0;
+    emit(load::run(&updates, "at-rest").await, &mut errors);
+    let _ = background.await;
+}
+
+/// Fills `big_keys` keys (and writes them all once more, leaving as many revisions of
+/// history), then measures paced puts without and with compaction + space reclaim.
+fn big(
+    rt: &tokio::runtime::Runtime,
+    cluster: &ProcCluster,
+    config: &CompareConfig,
+    m: &mut Measured,
+) {
+    let label = cluster.system.name();
+    let endpoints = cluster.endpoints();
+    let conns = rt.block_on(load::connect(&endpoints, 16)).expect("connect");
+    let start = Instant::now();
+    rt.block_on(load::populate(&conns, Workload::Put, config.big_keys, 256))
+        .expect("fill the key space");
+    m.load_ops_per_s = config.big_keys as f64 / start.elapsed().as_secs_f64();
+    m.rss_loaded_bytes = sum_stats(cluster).peak_rss_bytes;
+    println!(
+        "{label}: {} keys loaded at {:.0} puts/s, peak RSS {} MiB",
+        config.big_keys,
+        m.load_ops_per_s,
+        m.rss_loaded_bytes >> 20
+    );
+    rt.block_on(load::populate(&conns, Workload::Put, config.big_keys, 256))
+        .expect("write the key space again");
+
+    let paced = LoadConfig {
+        endpoints: endpoints.clone(),
+        workload: Workload::Put,
+        clients: 16,
+        connections: 4,
+        duration: config.compaction_window,
+        random_keys: true,
+        key_space: config.big_keys,
+        rate_per_s: Some(1000),
+        ..LoadConfig::default()
+    };
+    let before = emit(rt.block_on(load::run(&paced, label)), &mut m.errors);
+    m.put_before_compaction = before.latency;
+
+    let mut admin = conns[0].clone();
+    let reclaim = {
+        let endpoints = endpoints.clone();
+        rt.spawn(async move {
+            let start = Instant::now();
+            let revision = admin
+                .get("bench/", None)
+                .await
+                .ok()
+                .and_then(|r| r.header().map(|h| h.revision()))
+                .unwrap_or(0);
+            let options = etcd_client::CompactionOptions::new().with_physical();
+            if let Err(e) = admin.compact(revision, Some(options)).await {
+                eprintln!("compaction failed: {e}");
+            }
+            // Space reclaim on every member, one after another (etcdctl defrag --cluster).
+            for endpoint in &endpoints {
+                if let Ok(mut c) = load::connect(std::slice::from_ref(endpoint), 1).await {
+                    if let Err(e) = c[0].defragment().await {
+                        eprintln!("defragment {endpoint} failed: {e}");
+                    }
+                }
+            }
+            start.elapsed()
+        })
+    };
+    let during = emit(rt.block_on(load::run(&paced, label)), &mut m.errors);
+    m.put_during_compaction = during.latency;
+    let took = rt.block_on(reclaim).unwrap_or_default();
+    m.compaction_and_reclaim_ms = took.as_millis() as u64;
+    m.rss_peak_bytes = sum_stats(cluster).peak_rss_bytes;
+    println!(
+        "{label}: compaction of {} revisions and defragment took {} ms; peak RSS {} MiB",
+        config.big_keys,
+        m.compaction_and_reclaim_ms,
+        m.rss_peak_bytes >> 20
+    );
+}
+
+/// One row of the table.
+struct Row {
+    measure: &'static str,
+    raftkv: String,
+    etcd: String,
+    ratio: f64,
+    target: &'static str,
+    met: bool,
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b == 0.0 {
+        f64::NAN
+    } else {
+        a / b
+    }
+}
+
+/// The table of ratios against the targets, in Markdown.
+pub fn table(floor: &Floor, r: &Measured, e: &Measured) -> String {
+    let mib = |b: u64| format!("{:.0} MiB", b as f64 / f64::from(1 << 20));
+    let ops = |x: f64| format!("{x:.0}/s");
+    let mut rows = Vec::new();
+    let put_ratio = ratio(r.put_1_client.p50_us.into(), e.put_1_client.p50_us.into());
+    rows.push(Row {
+        measure: "put p50, 1 client (ms)",
+        raftkv: ms(r.put_1_client.p50_us),
+        etcd: ms(e.put_1_client.p50_us),
+        ratio: put_ratio,
+        target: "≤ 0.7",
+        met: put_ratio <= 0.7,
+    });
+    let floor_ratio = ratio(r.put_1_client.p50_us.into(), floor.total_us().into());
+    rows.push(Row {
+        measure: "put p50, 1 client ÷ (fdatasync + loopback RTT)",
+        raftkv: ms(r.put_1_client.p50_us),
+        etcd: format!("floor {}", ms(floor.total_us())),
+        ratio: floor_ratio,
+        target: "≤ 1.5",
+        met: floor_ratio <= 1.5,
+    });
+    for (measure, a, b, goal, target) in [
+        (
+            "put throughput, 64 clients",
+            r.put_64_ops_per_s,
+            e.put_64_ops_per_s,
+            1.5,
+            "≥ 1.5",
+        ),
+        (
+            "put throughput, 256 clients",
+            r.put_256_ops_per_s,
+            e.put_256_ops_per_s,
+            1.5,
+            "≥ 1.5",
+        ),
+        (
+            "linearizable range throughput, 64 clients",
+            r.range_linearizable_ops_per_s,
+            e.range_linearizable_ops_per_s,
+            1.5,
+            "≥ 1.5",
+        ),
+        (
+            "serializable range throughput, 64 clients",
+            r.range_serializable_ops_per_s,
+            e.range_serializable_ops_per_s,
+            2.0,
+            "≥ 2",
+        ),
+        (
+            "Kubernetes-shaped update throughput, 64 clients",
+            r.update_ops_per_s,
+            e.update_ops_per_s,
+            1.5,
+            "≥ 1.5",
+        ),
+    ] {
+        let x = ratio(a, b);
+        rows.push(Row {
+            measure,
+            raftkv: ops(a),
+            etcd: ops(b),
+            ratio: x,
+            target,
+            met: x >= goal,
+        });
+    }
+    let watch = ratio(r.watch.p99_us.into(), e.watch.p99_us.into());
+    rows.push(Row {
+        measure: "watch delivery p99, 100 watchers (ms)",
+        raftkv: ms(r.watch.p99_us),
+        etcd: ms(e.watch.p99_us),
+        ratio: watch,
+        target: "≤ 1",
+        met: watch <= 1.0,
+    });
+    let rss = ratio(r.rss_loaded_bytes as f64, e.rss_loaded_bytes as f64);
+    rows.push(Row {
+        measure: "peak RSS per member holding the keys",
+        raftkv: mib(r.rss_loaded_bytes),
+        etcd: mib(e.rss_loaded_bytes),
+        ratio: rss,
+        target: "≤ 0.5",
+        met: rss <= 0.5,
+    });
+    let rss_peak = ratio(r.rss_peak_bytes as f64, e.rss_peak_bytes as f64);
+    rows.push(Row {
+        measure: "peak RSS per member, after compaction + space reclaim",
+        raftkv: mib(r.rss_peak_bytes),
+        etcd: mib(e.rss_peak_bytes),
+        ratio: rss_peak,
+        target: "≤ 0.5",
+        met: rss_peak <= 0.5,
+    });
+    let slow = |m: &Measured, f: fn(&Summary) -> u32| {
+        ratio(
+            f(&m.put_during_compaction).into(),
+            f(&m.put_before_compaction).into(),
+        )
+    };
+    let (p999, max) = (slow(r, |s| s.p999_us), slow(r, |s| s.max_us));
+    let (ep999, emax) = (slow(e, |s| s.p999_us), slow(e, |s| s.max_us));
+    rows.push(Row {
+        measure: "put p99.9 during ÷ before compaction + reclaim",
+        raftkv: format!(
+            "{} → {} ms",
+            ms(r.put_before_compaction.p999_us),
+            ms(r.put_during_compaction.p999_us)
+        ),
+        etcd: format!(
+            "{} → {} ms ({ep999:.1}×)",
+            ms(e.put_before_compaction.p999_us),
+            ms(e.put_during_compaction.p999_us)
+        ),
+        ratio: p999,
+        target: "≤ 2 (raftkv's own)",
+        met: p999 <= 2.0,
+    });
+    rows.push(Row {
+        measure: "put max during ÷ before compaction + reclaim",
+        raftkv: format!(
+            "{} → {} ms",
+            ms(r.put_before_compaction.max_us),
+            ms(r.put_during_compaction.max_us)
+        ),
+        etcd: format!(
+            "{} → {} ms ({emax:.1}×)",
+            ms(e.put_before_compaction.max_us),
+            ms(e.put_during_compaction.max_us)
+        ),
+        ratio: max,
+        target: "≤ 2 (raftkv's own)",
+        met: max <= 2.0,
+    });
+    let bytes = ratio(r.rest_write_bytes as f64, e.rest_write_bytes as f64);
+    rows.push(Row {
+        measure: "k3s at rest: bytes written, all members",
+        raftkv: mib(r.rest_write_bytes),
+        etcd: mib(e.rest_write_bytes),
+        ratio: bytes,
+        target: "≤ 0.5",
+        met: bytes <= 0.5,
+    });
+    let cpu = ratio(r.rest_cpu_ms as f64, e.rest_cpu_ms as f64);
+    rows.push(Row {
+        measure: "k3s at rest: CPU seconds, all members",
+        raftkv: format!("{:.1} s", r.rest_cpu_ms as f64 / 1000.0),
+        etcd: format!("{:.1} s", e.rest_cpu_ms as f64 / 1000.0),
+        ratio: cpu,
+        target: "≤ 0.5",
+        met: cpu <= 0.5,
+    });
+    let fail = ratio(r.failover_ms.p99_us.into(), e.failover_ms.p99_us.into());
+    rows.push(Row {
+        measure: "leader SIGKILL → writes resume, p99 (ms)",
+        raftkv: format!("{} (p50 {})", r.failover_ms.p99_us, r.failover_ms.p50_us),
+        etcd: format!("{} (p50 {})", e.failover_ms.p99_us, e.failover_ms.p50_us),
+        ratio: fail,
+        target: "≤ 0.5",
+        met: fail <= 0.5,
+    });
+
+    let mut out = String::from(
+        "| measure | raftkv | etcd | raftkv/etcd | target | met |\n|---|---|---|---|---|---|\n",
+    );
+    for row in rows {
+        out.push_str(&format!(
+            "| {} | {} | {} | {:.2} | {} | {} |\n",
+            row.measure,
+            row.raftkv,
+            row.etcd,
+            row.ratio,
+            row.target,
+            if row.met { "yes" } else { "**no**" }
+        ));
+    }
+    out
+}
