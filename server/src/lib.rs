@@ -28,6 +28,7 @@
 pub mod api;
 pub mod auto_compaction;
 pub mod backups;
+pub mod batching;
 pub mod cli_client;
 pub mod config;
 pub mod config_file;

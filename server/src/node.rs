@@ -75,6 +75,10 @@ pub struct Node {
     /// Nonces handed to joiners (join_token.rs).
     challenges: crate::join_token::Challenges,
     space: SpaceCheck,
+    /// The index of the last applied log entry (the state machine's).
+    applied_index: tokio::sync::watch::Receiver<u64>,
+    /// Read-index rounds and forwarded write batches (batching.rs); set once by `open`.
+    coalescer: std::sync::OnceLock<crate::batching::Coalescer>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +140,7 @@ impl Node {
         }
         let store = MvccStore::open(&data_dir.join("mvcc"), MvccOptions::default())?;
         let sm = StateMachine::open(store.clone(), &data_dir.join("snapshots"), purge_guard)?;
+        let applied_index = sm.applied_index();
         let raft_config = openraft::Config {
             cluster_name: "raftkv".into(),
             heartbeat_interval: config.heartbeat_interval_ms,
@@ -168,7 +173,10 @@ impl Node {
             join_token: std::sync::Mutex::new(join_token),
             challenges: crate::join_token::Challenges::default(),
             space: SpaceCheck::default(),
+            applied_index,
+            coalescer: std::sync::OnceLock::new(),
         });
+        let _ = node.coalescer.set(crate::batching::Coalescer::start(&node));
         Ok((node, existing))
     }
 
@@ -470,20 +478,32 @@ impl Node {
         }
         let timeout = self.config.request_timeout();
         let started = Instant::now();
-        match self
-            .on_leader(ForwardRequest::Write(command), timeout)
-            .await?
-        {
-            ForwardResponse::Write(result, index) => {
-                let remaining = timeout.saturating_sub(started.elapsed());
-                self.raft
-                    .wait(Some(remaining))
-                    .applied_index_at_least(Some(index), "local apply of a write")
-                    .await
-                    .map_err(|_| ApiError::Timeout)?;
-                Ok(result?)
+        let (result, index) = match (self.leader(), self.coalescer.get()) {
+            // A follower sends its writes to the leader in batches.
+            (Some(leader), Some(coalescer)) if leader != self.id => {
+                coalescer.forward_write(command).await?
             }
-            other => Err(ApiError::Internal(format!("unexpected reply {other:?}"))),
+            _ => match self
+                .on_leader(ForwardRequest::Write(command), timeout)
+                .await?
+            {
+                ForwardResponse::Write(result, index) => (result, index),
+                other => return Err(ApiError::Internal(format!("unexpected reply {other:?}"))),
+            },
+        };
+        self.wait_applied(index, timeout.saturating_sub(started.elapsed()))
+            .await?;
+        Ok(result?)
+    }
+
+    /// Waits until this member has applied the log up to `index`.
+    async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), ApiError> {
+        let mut applied = self.applied_index.clone();
+        let waited = tokio::time::timeout(timeout, applied.wait_for(|&i| i >= index)).await;
+        match waited {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(ApiError::Stopped),
+            Err(_) => Err(ApiError::Timeout),
         }
     }
 
@@ -543,17 +563,16 @@ impl Node {
     pub async fn read_barrier(&self) -> Result<(), ApiError> {
         let timeout = self.config.request_timeout();
         let started = Instant::now();
-        let index = match self.on_leader(ForwardRequest::ReadIndex, timeout).await? {
-            ForwardResponse::ReadIndex(i) => i,
-            other => return Err(ApiError::Internal(format!("unexpected reply {other:?}"))),
+        let index = match self.coalescer.get() {
+            // Reads arriving together share one round (batching.rs).
+            Some(coalescer) => coalescer.read_index().await?,
+            None => match self.on_leader(ForwardRequest::ReadIndex, timeout).await? {
+                ForwardResponse::ReadIndex(i) => i,
+                other => return Err(ApiError::Internal(format!("unexpected reply {other:?}"))),
+            },
         };
-        let remaining = timeout.saturating_sub(started.elapsed());
-        self.raft
-            .wait(Some(remaining))
-            .applied_index_at_least(Some(index), "read index")
+        self.wait_applied(index, timeout.saturating_sub(started.elapsed()))
             .await
-            .map_err(|_| ApiError::Timeout)?;
-        Ok(())
     }
 
     /// Serves `request` on the leader, wherever it is, within `timeout`.
@@ -563,7 +582,10 @@ impl Node {
         timeout: Duration,
     ) -> Result<ForwardResponse, ApiError> {
         let deadline = Instant::now() + timeout;
-        let is_write = matches!(request, ForwardRequest::Write(_));
+        let is_write = matches!(
+            request,
+            ForwardRequest::Write(_) | ForwardRequest::Writes(_)
+        );
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -616,6 +638,21 @@ impl Node {
     /// done and the sender should find the leader again.
     pub async fn serve_forward(&self, request: ForwardRequest) -> ForwardReply {
         match request {
+            // A follower's batch: each write is served as if it came alone, all at once,
+            // so they share the leader's next log flush.
+            ForwardRequest::Writes(commands) => {
+                let results = futures::future::join_all(commands.into_iter().map(|c| async {
+                    match Box::pin(self.serve_forward(ForwardRequest::Write(c))).await {
+                        Ok(ForwardResponse::Write(result, index)) => Ok((result, index)),
+                        Ok(other) => Err(ForwardError::Api(ApiError::Internal(format!(
+                            "unexpected reply {other:?}"
+                        )))),
+                        Err(e) => Err(e),
+                    }
+                }))
+                .await;
+                Ok(ForwardResponse::Writes(results))
+            }
             ForwardRequest::Write(command) => match self.raft.client_write(command.clone()).await {
                 Ok(reply) => {
                     self.leases.after_write(&command, &reply.data);

@@ -38,6 +38,8 @@ const CONNECT_TIMEOUT_MS: u64 = 1_000;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ForwardRequest {
     Write(Command),
+    /// Writes a follower batched (batching.rs); answered one result each, in order.
+    Writes(Vec<Command>),
     /// The leader's read index: the log index a linearizable read must wait for.
     ReadIndex,
     LeaseKeepAlive {
@@ -90,6 +92,8 @@ pub enum ForwardRequest {
 pub enum ForwardResponse {
     /// What applying the write answered, and the log index it was applied at.
     Write(CommandResult, u64),
+    /// For `Writes`: each write's result and log index, or why the leader did not take it.
+    Writes(Vec<Result<(CommandResult, u64), ForwardError>>),
     ReadIndex(u64),
     LeaseKeepAlive {
         ttl_s: i64,

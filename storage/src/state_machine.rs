@@ -37,6 +37,10 @@ pub struct StateMachine {
     dir: PathBuf,
     purge_guard: Arc<AtomicU64>,
     current: Arc<Mutex<Option<SnapshotFile>>>,
+    /// The index of the last applied log entry, for waiters (a write's local apply, a
+    /// linearizable read's read index): one u64 to compare, where openraft's metrics
+    /// would clone its whole metrics struct per waiter at every change.
+    applied_index: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 fn io_err(e: impl std::fmt::Display) -> std::io::Error {
@@ -80,9 +84,12 @@ impl StateMachine {
             dir: dir.to_path_buf(),
             purge_guard,
             current: Arc::new(Mutex::new(None)),
+            applied_index: Arc::new(tokio::sync::watch::Sender::new(0)),
         };
         // What the engine recovered is durable: the log may be purged up to it.
         let applied = sm.applied_log_id()?;
+        sm.applied_index
+            .send_replace(applied.map_or(0, |l| l.index));
         sm.purge_guard
             .store(applied.map_or(0, |l| l.index), Ordering::SeqCst);
         *sm.current.lock().unwrap_or_else(|e| e.into_inner()) = sm.find_latest_snapshot()?;
@@ -91,6 +98,11 @@ impl StateMachine {
 
     pub fn store(&self) -> &MvccStore {
         &self.store
+    }
+
+    /// Follows the index of the last applied log entry.
+    pub fn applied_index(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied_index.subscribe()
     }
 
     fn applied_log_id(&self) -> Result<Option<LogId>, std::io::Error> {
@@ -226,11 +238,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: Send,
     {
         let mut results = Vec::new();
+        let mut last_index = None;
         for entry in entries {
             let result = self
                 .apply_one(&entry)
                 .map_err(|e| StorageIOError::apply(entry.log_id, &e))?;
             results.push(result);
+            last_index = Some(entry.log_id.index);
+        }
+        if let Some(index) = last_index {
+            self.applied_index.send_replace(index);
         }
         Ok(results)
     }
@@ -284,6 +301,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 meta_owned.last_log_id.map_or(0, |l| l.index),
                 Ordering::SeqCst,
             );
+            sm.applied_index
+                .send_replace(meta_owned.last_log_id.map_or(0, |l| l.index));
             let path = sm.snapshot_path(&meta_owned);
             std::fs::rename(sm.dir.join(INCOMING), &path)?;
             sm.set_current(SnapshotFile {

@@ -77,6 +77,47 @@ impl Command {
     }
 }
 
+impl Command {
+    /// About how many bytes the command carries (keys, values, a fixed overhead): for
+    /// limits on batches, not an exact encoded size.
+    pub fn size_bytes(&self) -> usize {
+        const OVERHEAD_BYTES: usize = 32;
+        match self {
+            Command::Put(p) => OVERHEAD_BYTES + p.key.len() + p.value.len(),
+            Command::DeleteRange(d) => OVERHEAD_BYTES + d.key.len() + d.range_end.len(),
+            Command::Txn(t) => txn_size_bytes(t),
+            _ => OVERHEAD_BYTES,
+        }
+    }
+}
+
+fn txn_size_bytes(txn: &TxnRequest) -> usize {
+    const OVERHEAD_BYTES: usize = 32;
+    let compares: usize = txn
+        .compare
+        .iter()
+        .map(|c| {
+            let value = match &c.operand {
+                Some(CompareOperand::Value(v)) => v.len(),
+                _ => 8,
+            };
+            OVERHEAD_BYTES + c.key.len() + c.range_end.len() + value
+        })
+        .sum();
+    let ops: usize = txn
+        .success
+        .iter()
+        .chain(&txn.failure)
+        .map(|op| match op {
+            RequestOp::Range(r) => OVERHEAD_BYTES + r.key.len() + r.range_end.len(),
+            RequestOp::Put(p) => OVERHEAD_BYTES + p.key.len() + p.value.len(),
+            RequestOp::DeleteRange(d) => OVERHEAD_BYTES + d.key.len() + d.range_end.len(),
+            RequestOp::Txn(inner) => txn_size_bytes(inner),
+        })
+        .sum();
+    OVERHEAD_BYTES + compares + ops
+}
+
 fn txn_puts(txn: &TxnRequest) -> bool {
     txn.success.iter().chain(&txn.failure).any(|op| match op {
         RequestOp::Put(_) => true,
