@@ -262,9 +262,12 @@ pub struct ServerConfig {
     /// Raft heartbeat interval.
     #[arg(long, env = "RAFTKV_HEARTBEAT_INTERVAL_MS", default_value_t = 100)]
     pub heartbeat_interval_ms: u64,
-    /// Raft election timeout (a follower waits between this and twice this before
-    /// standing for election). Half etcd's default: failover within about a second.
-    #[arg(long, env = "RAFTKV_ELECTION_TIMEOUT_MS", default_value_t = 500)]
+    /// Raft election timeout. A follower that hears nothing from the leader stands for
+    /// election after 3 to 4 times this: openraft's leader lease (2×, during which it
+    /// also refuses to vote for others, so a live leader is not disrupted) plus its own
+    /// timeout (1× to 2×). 150 ms: failover in about half a second, where etcd's
+    /// defaults take 1 to 2 s (bench/RESULTS.md; docs/tuning.md for slow disks).
+    #[arg(long, env = "RAFTKV_ELECTION_TIMEOUT_MS", default_value_t = 150)]
     pub election_timeout_ms: u64,
     /// How long a client request may wait for Raft before "request timed out".
     #[arg(long, env = "RAFTKV_REQUEST_TIMEOUT_MS", default_value_t = 7000)]

@@ -54,9 +54,6 @@ const PENDING_MEMBER_TIMEOUT_MS: u64 = 5_000;
 /// How far behind the leader's log a learner may be and still be promoted (etcd:
 /// 90% of the leader's progress; here a fixed number of entries).
 const LEARNER_READY_LAG_ENTRIES: u64 = 1_000;
-/// How long past the followers' leader lease a leader transfer waits before the target
-/// stands for election.
-const LEADER_TRANSFER_MARGIN_MS: u64 = 100;
 /// Pause between attempts to find a leader.
 const LEADER_POLL_MS: u64 = 20;
 
@@ -922,9 +919,13 @@ impl Node {
             .first()
             .cloned()
             .ok_or(ApiError::BadLeaderTransferee)?;
+        // The followers' lease runs out 2× the election timeout after the last
+        // heartbeat; their own timers fire 1× to 2× after that. The target stands for
+        // election a third of the way into that window.
         let lease = Duration::from_millis(self.config.election_timeout_ms * 2);
+        let margin = Duration::from_millis(self.config.election_timeout_ms / 3);
         self.raft.runtime_config().heartbeat(false);
-        tokio::time::sleep(lease + Duration::from_millis(LEADER_TRANSFER_MARGIN_MS)).await;
+        tokio::time::sleep(lease + margin).await;
         let asked = self
             .peers
             .forward(&url, &ForwardRequest::Elect, lease)

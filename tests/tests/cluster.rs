@@ -135,10 +135,9 @@ fn three_members_survive_leader_kill_and_quorum_loss() {
             assert_eq!(r.count(), 30, "linearizable read through {}", m.name);
         }
 
-        // SIGKILL the leader: writes resume through the survivors, well before the 7 s
-        // request timeout a client would otherwise hit. (Typically ~1.2 s; the failover
-        // time itself is a benchmark target, measured against etcd in bench/, not here:
-        // on two loaded cores this test has seen 2.05 s.)
+        // SIGKILL the leader: writes resume through the survivors within 2 s. (A
+        // follower stands for election 450–600 ms after the last heartbeat; the
+        // failover time against etcd's is measured in bench/, not here.)
         let leader = leader_index(&mut cluster).await;
         let survivor = (leader + 1) % 3;
         let survivor_ep = cluster.members[survivor].endpoint();
@@ -161,7 +160,7 @@ fn three_members_survive_leader_kill_and_quorum_loss() {
         }
         let failover = killed.elapsed();
         assert!(
-            failover < Duration::from_secs(4),
+            failover < Duration::from_secs(2),
             "writes resumed after {failover:?}"
         );
         for j in 0..20 {
