@@ -29,6 +29,7 @@ pub mod api;
 pub mod auto_compaction;
 pub mod backups;
 pub mod batching;
+pub mod check_disk;
 pub mod cli_client;
 pub mod config;
 pub mod config_file;

@@ -120,6 +120,18 @@ fn main() {
                 .map(|out| print!("{out}"))
                 .map_err(|e| e.to_string())
         }
+        Command::CheckDisk { data_dir, writes } => {
+            match raftkv_server::check_disk::check(&data_dir, writes) {
+                Ok(report) => {
+                    print!("{}", report.render());
+                    if report.slow() {
+                        std::process::exit(1);
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(format!("cannot measure {}: {e}", data_dir.display())),
+            }
+        }
         Command::Snapshot(SnapshotCommand::Restore { file, data_dir, s3 }) => s3
             .config()
             .and_then(|s3| match s3 {

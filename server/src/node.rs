@@ -135,7 +135,13 @@ impl Node {
         if let Some((segment, offset, bytes)) = &report.torn_tail {
             tracing::warn!(segment = %segment.display(), offset, bytes, "raft log: a torn tail was cut");
         }
-        let store = MvccStore::open(&data_dir.join("mvcc"), MvccOptions::default())?;
+        let store = MvccStore::open(
+            &data_dir.join("mvcc"),
+            MvccOptions {
+                cache_capacity_bytes: config.backend_cache_bytes,
+                ..MvccOptions::default()
+            },
+        )?;
         let sm = StateMachine::open(store.clone(), &data_dir.join("snapshots"), purge_guard)?;
         let applied_index = sm.applied_index();
         let raft_config = openraft::Config {
