@@ -126,17 +126,20 @@ async fn run_stream(node: Arc<Node>, mut inbound: Streaming<pb::WatchRequest>, o
                 if out.send(Ok(created)).await.is_err() {
                     break;
                 }
+                // Copied: a watch lives long, and the request's bytes are a slice of
+                // the connection's receive buffer.
                 let key = if create.key.is_empty() {
                     bytes::Bytes::from_static(&[0])
                 } else {
-                    create.key.clone()
+                    bytes::Bytes::copy_from_slice(&create.key)
                 };
                 let start = if create.start_revision == 0 {
                     header_rev + 1
                 } else {
                     create.start_revision
                 };
-                let watcher = node.store.watch(key, create.range_end.clone(), start);
+                let range_end = bytes::Bytes::copy_from_slice(&create.range_end);
+                let watcher = node.store.watch(key, range_end, start);
                 let (control_tx, control_rx) = mpsc::channel(4);
                 let spec = Spec {
                     id,
