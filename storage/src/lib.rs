@@ -13,6 +13,7 @@
 
 mod background;
 pub mod error;
+pub mod failpoint;
 pub mod mvcc;
 pub mod raft_log;
 pub mod raft_types;

@@ -4,6 +4,8 @@
 //!
 //! A missing tool is a failure, not a skip: scripts/test installs them all.
 
+pub mod linearizability;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -70,6 +72,8 @@ pub struct Member {
     pub client_scheme: &'static str,
     /// "http" or "https" (then pass the --peer-* TLS flags in `extra_args`).
     pub peer_scheme: &'static str,
+    /// Environment variables for the process (failpoints, say).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     /// "ready" lines in the log before the current start.
     starts_before: usize,
@@ -86,6 +90,7 @@ impl Member {
             extra_args: Vec::new(),
             client_scheme: "http",
             peer_scheme: "http",
+            env: Vec::new(),
             child: None,
             starts_before: 0,
         }
@@ -141,6 +146,7 @@ impl Member {
             .arg(self.peer_url())
             .args(&self.extra_args)
             .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
@@ -181,6 +187,16 @@ impl Member {
         match self.child.as_mut() {
             Some(c) => matches!(c.try_wait(), Ok(None)),
             None => false,
+        }
+    }
+
+    /// Sends `signal` (SIGSTOP, SIGCONT, …) to the running process, if any.
+    pub fn signal(&self, signal: i32) {
+        if let Some(child) = self.child.as_ref() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, signal);
+            }
         }
     }
 

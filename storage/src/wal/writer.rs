@@ -116,9 +116,12 @@ impl Writer {
                 self.track(*kind, payload, &mut purge_upto);
             }
         }
+        crate::failpoint::hit("wal-before-write");
         self.write_buf(buf)?;
+        crate::failpoint::hit("wal-after-write");
         if sync {
             self.timed_sync(batch.len())?;
+            crate::failpoint::hit("wal-after-sync");
         }
         if let Some(upto) = purge_upto {
             if !sync {
@@ -163,6 +166,7 @@ impl Writer {
     /// fdatasync of the active segment, timed for /metrics and warned about when slow.
     fn timed_sync(&mut self, requests: usize) -> Result<(), WalError> {
         let started = std::time::Instant::now();
+        crate::failpoint::fsync_delay();
         self.file
             .sync_data()
             .map_err(|e| WalError::io(&self.path, e))?;

@@ -1,0 +1,566 @@
+//! Faults on real clusters, checked by machine: while members are SIGKILLed and
+//! restarted, paused with SIGSTOP, and leaders killed, concurrent clients run register
+//! operations (put, get, compare-and-set) whose histories must be linearizable
+//! (tests/src/linearizability.rs), counter clients whose acknowledged increments must
+//! all be there, and a watcher whose stream, resumed across failures, must have no
+//! gap, duplicate or reordering.
+//!
+//! Every scenario is seeded: a failure prints the seed, the fault schedule and the
+//! offending part of the history, and `RAFTKV_FAULT_SEED=<seed>` replays the schedule.
+//! `RAFTKV_SOAK_MINUTES=<m>` (scripts/soak) runs scenarios with fresh seeds for that
+//! long instead of CI's bounded set.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, Txn, TxnOp, WatchOptions,
+};
+use raftkv_tests::linearizability::{check, Op, RegisterOp, Verdict};
+use raftkv_tests::Cluster;
+
+const REGISTER_KEYS: u64 = 8;
+/// A register client's pause between operations (keeps histories checkable).
+const THINK_MS: u64 = 2;
+const REGISTER_CLIENTS: usize = 4;
+const COUNTER_CLIENTS: usize = 2;
+/// A request's outcome counts as unknown after this long.
+const REQUEST_TIMEOUT_MS: u64 = 1_500;
+
+/// A small deterministic generator (xorshift64*): the seed alone fixes the schedule.
+#[derive(Clone)]
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// SIGKILL a member, restart it after the pause.
+    Kill { member: usize, down_ms: u64 },
+    /// SIGKILL whoever leads, restart it after the pause.
+    KillLeader { down_ms: u64 },
+    /// SIGSTOP a member, SIGCONT it after the pause.
+    Pause { member: usize, paused_ms: u64 },
+}
+
+/// The fault schedule of a seed: one fault every 1–2 s for `duration`.
+fn schedule(seed: u64, members: usize, duration: Duration) -> Vec<(u64, Fault)> {
+    let mut rng = Rng::new(seed);
+    let mut at_ms = 500;
+    let mut faults = Vec::new();
+    while at_ms < duration.as_millis() as u64 {
+        let member = rng.below(members as u64) as usize;
+        let pause_ms = 300 + rng.below(1200);
+        let fault = match rng.below(3) {
+            0 => Fault::Kill {
+                member,
+                down_ms: pause_ms,
+            },
+            1 => Fault::KillLeader { down_ms: pause_ms },
+            _ => Fault::Pause {
+                member,
+                paused_ms: pause_ms,
+            },
+        };
+        faults.push((at_ms, fault));
+        at_ms += pause_ms + 700 + rng.below(800);
+    }
+    faults
+}
+
+fn now_ns(base: Instant) -> u64 {
+    base.elapsed().as_nanos() as u64
+}
+
+async fn connect(endpoint: &str) -> Option<Client> {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_millis(500))
+        .with_timeout(Duration::from_millis(REQUEST_TIMEOUT_MS));
+    Client::connect([endpoint], Some(options)).await.ok()
+}
+
+/// A client on one member (moving to the next when it cannot connect), running random
+/// register operations on the register keys and recording each.
+async fn register_client(
+    id: usize,
+    seed: u64,
+    endpoints: Vec<String>,
+    base: Instant,
+    stop: Arc<AtomicBool>,
+    history: Arc<Mutex<HashMap<u64, Vec<Op>>>>,
+) {
+    let mut rng = Rng::new(seed ^ ((id as u64 + 1) << 32));
+    let mut member = id % endpoints.len();
+    let mut client = None;
+    let mut seq = 0u64;
+    let mut last_seen: HashMap<u64, u64> = HashMap::new();
+    while !stop.load(Ordering::Relaxed) {
+        if client.is_none() {
+            client = connect(&endpoints[member]).await;
+            if client.is_none() {
+                member = (member + 1) % endpoints.len();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        }
+        let Some(c) = client.as_mut() else { continue };
+        let key = rng.below(REGISTER_KEYS);
+        let name = format!("reg/{key}");
+        seq += 1;
+        // Values are unique per write: client id in the high bits.
+        let value = ((id as u64 + 1) << 40) | seq;
+        let invoke_ns = now_ns(base);
+        let (op, outcome_known) = match rng.below(3) {
+            0 => {
+                let r = c.put(name.as_str(), value.to_string(), None).await;
+                (RegisterOp::Write(value), r.is_ok())
+            }
+            1 => match c.get(name.as_str(), None).await {
+                Ok(r) => {
+                    let seen = r
+                        .kvs()
+                        .first()
+                        .and_then(|kv| kv.value_str().ok()?.parse::<u64>().ok());
+                    if let Some(v) = seen {
+                        last_seen.insert(key, v);
+                    }
+                    (RegisterOp::Read(seen), true)
+                }
+                Err(_) => (RegisterOp::Read(None), false),
+            },
+            _ => {
+                let expect = last_seen.get(&key).copied().unwrap_or(0);
+                let txn = Txn::new()
+                    .when([Compare::value(
+                        name.as_str(),
+                        CompareOp::Equal,
+                        expect.to_string(),
+                    )])
+                    .and_then([TxnOp::put(name.as_str(), value.to_string(), None)]);
+                match c.txn(txn).await {
+                    Ok(r) => (
+                        RegisterOp::Cas {
+                            expect,
+                            new: value,
+                            ok: r.succeeded(),
+                        },
+                        true,
+                    ),
+                    Err(_) => (
+                        RegisterOp::Cas {
+                            expect,
+                            new: value,
+                            ok: false,
+                        },
+                        false,
+                    ),
+                }
+            }
+        };
+        let complete_ns = outcome_known.then(|| now_ns(base));
+        history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_default()
+            .push(Op {
+                client: id,
+                invoke_ns,
+                complete_ns,
+                op,
+            });
+        if !outcome_known {
+            // A failed request may mean a dead member: reconnect, elsewhere.
+            client = None;
+            member = (member + 1) % endpoints.len();
+        }
+        tokio::time::sleep(Duration::from_millis(THINK_MS)).await;
+    }
+}
+
+/// Increments "counter" with compare-and-set; returns (acknowledged, unknown outcome).
+async fn counter_client(id: usize, endpoints: Vec<String>, stop: Arc<AtomicBool>) -> (u64, u64) {
+    let mut member = id % endpoints.len();
+    let (mut acked, mut unknown) = (0u64, 0u64);
+    let mut client = None;
+    while !stop.load(Ordering::Relaxed) {
+        if client.is_none() {
+            client = connect(&endpoints[member]).await;
+            if client.is_none() {
+                member = (member + 1) % endpoints.len();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        }
+        let Some(c) = client.as_mut() else { continue };
+        let Ok(current) = c.get("counter", None).await else {
+            client = None;
+            member = (member + 1) % endpoints.len();
+            continue;
+        };
+        let (value, revision) = current
+            .kvs()
+            .first()
+            .map(|kv| {
+                (
+                    kv.value_str()
+                        .ok()
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(0),
+                    kv.mod_revision(),
+                )
+            })
+            .unwrap_or((0, 0));
+        let txn = Txn::new()
+            .when([Compare::mod_revision("counter", CompareOp::Equal, revision)])
+            .and_then([TxnOp::put("counter", (value + 1).to_string(), None)]);
+        match c.txn(txn).await {
+            Ok(r) if r.succeeded() => acked += 1,
+            Ok(_) => {}
+            Err(_) => {
+                unknown += 1;
+                client = None;
+                member = (member + 1) % endpoints.len();
+            }
+        }
+    }
+    (acked, unknown)
+}
+
+/// One event as a watcher saw it.
+type Seen = (i64, String, bool);
+
+/// Watches "reg/" from `from`, resuming from the last revision seen (on another
+/// member) whenever the stream fails, until `stop`.
+async fn watcher(endpoints: Vec<String>, from: i64, stop: Arc<AtomicBool>) -> Vec<Seen> {
+    let mut seen: Vec<Seen> = Vec::new();
+    let mut next = from;
+    let mut member = 0;
+    while !stop.load(Ordering::Relaxed) {
+        member = (member + 1) % endpoints.len();
+        let Some(mut c) = connect(&endpoints[member]).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let options = WatchOptions::new().with_prefix().with_start_revision(next);
+        let Ok(mut stream) = c.watch("reg/", Some(options)).await else {
+            continue;
+        };
+        loop {
+            let message = tokio::select! {
+                m = stream.message() => m,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if stop.load(Ordering::Relaxed) { break } else { continue }
+                }
+            };
+            match message {
+                Ok(Some(resp)) => {
+                    if resp.canceled() {
+                        break;
+                    }
+                    for ev in resp.events() {
+                        let Some(kv) = ev.kv() else { continue };
+                        let rev = kv.mod_revision();
+                        seen.push((
+                            rev,
+                            String::from_utf8_lossy(kv.key()).to_string(),
+                            ev.event_type() == EventType::Put,
+                        ));
+                        next = rev + 1;
+                    }
+                }
+                _ => break,
+            }
+        }
+    }
+    seen
+}
+
+/// Every event of "reg/" from `from` to `upto`, read in one go from a healthy member.
+async fn all_events(endpoint: &str, from: i64, upto: i64) -> Vec<Seen> {
+    let mut c = connect(endpoint)
+        .await
+        .expect("connect for the final check");
+    let options = WatchOptions::new().with_prefix().with_start_revision(from);
+    let mut stream = c.watch("reg/", Some(options)).await.expect("watch");
+    let mut events = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while events.last().is_none_or(|(rev, _, _): &Seen| *rev < upto) {
+        assert!(Instant::now() < deadline, "the history watch stalled");
+        let Ok(Ok(Some(resp))) =
+            tokio::time::timeout(Duration::from_secs(5), stream.message()).await
+        else {
+            panic!("the history watch ended early");
+        };
+        for ev in resp.events() {
+            if let Some(kv) = ev.kv() {
+                if kv.mod_revision() <= upto {
+                    events.push((
+                        kv.mod_revision(),
+                        String::from_utf8_lossy(kv.key()).to_string(),
+                        ev.event_type() == EventType::Put,
+                    ));
+                }
+            }
+        }
+    }
+    events
+}
+
+fn leader_index(cluster: &mut Cluster, rt: &tokio::runtime::Runtime) -> Option<usize> {
+    for (i, m) in cluster.members.iter_mut().enumerate() {
+        if !m.is_running() {
+            continue;
+        }
+        let endpoint = m.endpoint();
+        let is_leader = rt.block_on(async {
+            let mut c = connect(&endpoint).await?;
+            let s = c.status().await.ok()?;
+            Some(s.header().is_some_and(|h| h.member_id() == s.leader()))
+        });
+        if is_leader == Some(true) {
+            return Some(i);
+        }
+    }
+    None
+}
+
+/// What a failing scenario prints: enough to replay and to see the problem.
+fn report(seed: u64, members: usize, faults: &[(u64, Fault)], problem: &str) -> String {
+    format!(
+        "fault scenario failed: {problem}\n  seed {seed} ({members} members); replay with RAFTKV_FAULT_SEED={seed}\n  schedule (ms from start): {faults:?}"
+    )
+}
+
+fn run_scenario(seed: u64, members: usize, duration: Duration) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut cluster = Cluster::start(members, &[]);
+    let endpoints = cluster.endpoints();
+    let faults = schedule(seed, members, duration);
+    let base = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let history: Arc<Mutex<HashMap<u64, Vec<Op>>>> = Arc::default();
+
+    let start_revision = rt.block_on(async {
+        let mut c = connect(&endpoints[0]).await.expect("connect");
+        let r = c.get("reg/", None).await.expect("get");
+        r.header().map(|h| h.revision()).unwrap_or(1) + 1
+    });
+    let mut registers = Vec::new();
+    for id in 0..REGISTER_CLIENTS {
+        registers.push(rt.spawn(register_client(
+            id,
+            seed,
+            endpoints.clone(),
+            base,
+            stop.clone(),
+            history.clone(),
+        )));
+    }
+    let counters: Vec<_> = (0..COUNTER_CLIENTS)
+        .map(|id| rt.spawn(counter_client(id, endpoints.clone(), stop.clone())))
+        .collect();
+    let watch = rt.spawn(watcher(endpoints.clone(), start_revision, stop.clone()));
+
+    // The faults, in the order and at the times the seed says.
+    for (at_ms, fault) in &faults {
+        let due = base + Duration::from_millis(*at_ms);
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        match *fault {
+            Fault::Kill { member, down_ms } => {
+                cluster.members[member].kill9();
+                std::thread::sleep(Duration::from_millis(down_ms));
+                let args = cluster.restart_args(member);
+                cluster.members[member].start(&args);
+            }
+            Fault::KillLeader { down_ms } => {
+                if let Some(leader) = leader_index(&mut cluster, &rt) {
+                    cluster.members[leader].kill9();
+                    std::thread::sleep(Duration::from_millis(down_ms));
+                    let args = cluster.restart_args(leader);
+                    cluster.members[leader].start(&args);
+                }
+            }
+            Fault::Pause { member, paused_ms } => {
+                cluster.members[member].signal(libc::SIGSTOP);
+                std::thread::sleep(Duration::from_millis(paused_ms));
+                cluster.members[member].signal(libc::SIGCONT);
+            }
+        }
+    }
+    std::thread::sleep((base + duration).saturating_duration_since(Instant::now()));
+    stop.store(true, Ordering::Relaxed);
+    for r in registers {
+        rt.block_on(r).expect("register client");
+    }
+    let (mut acked, mut unknown) = (0, 0);
+    for c in counters {
+        let (a, u) = rt.block_on(c).expect("counter client");
+        acked += a;
+        unknown += u;
+    }
+    let seen = rt.block_on(watch).expect("watcher");
+
+    // Linearizability of every register key.
+    let history = history.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut total_ops = 0;
+    for (key, ops) in &history {
+        total_ops += ops.len();
+        match check(ops) {
+            Verdict::Linearizable => {}
+            Verdict::NotLinearizable { longest, stuck } => {
+                let mut shown: Vec<String> = stuck
+                    .iter()
+                    .map(|&i| format!("  stuck: {:?}", ops[i]))
+                    .collect();
+                for &i in longest.iter().rev().take(10) {
+                    shown.push(format!("  linearized (last first): {:?}", ops[i]));
+                }
+                panic!(
+                    "{}\n  key reg/{key}: {} ops, not linearizable\n{}\n{}",
+                    report(seed, members, &faults, "a register history"),
+                    ops.len(),
+                    shown.join("\n"),
+                    cluster.logs()
+                );
+            }
+            Verdict::Undecided { states } => panic!(
+                "{}\n  key reg/{key}: undecided after {states} states",
+                report(seed, members, &faults, "the checker's bound")
+            ),
+        }
+    }
+    // The checker is not vacuous on this very history: a read, after everything else,
+    // of the first value ever written to a key that was written again later, must fail.
+    if let Some(ops) = history.values().max_by_key(|ops| ops.len()) {
+        let writes: Vec<u64> = ops
+            .iter()
+            .filter(|o| o.complete_ns.is_some())
+            .filter_map(|o| match o.op {
+                RegisterOp::Write(v) => Some(v),
+                RegisterOp::Cas { new, ok: true, .. } => Some(new),
+                _ => None,
+            })
+            .collect();
+        if writes.len() >= 2 {
+            let end = ops.iter().filter_map(|o| o.complete_ns).max().unwrap_or(0) + 1;
+            let mut stale = ops.clone();
+            stale.push(Op {
+                client: usize::MAX,
+                invoke_ns: end,
+                complete_ns: Some(end + 1),
+                op: RegisterOp::Read(Some(writes[0])),
+            });
+            assert!(
+                !matches!(check(&stale), Verdict::Linearizable),
+                "the checker accepted a stale read appended to a real history"
+            );
+        }
+    }
+    assert!(
+        total_ops > 50,
+        "{}: only {total_ops} register operations ran",
+        report(seed, members, &faults, "too little load")
+    );
+
+    // Nothing acknowledged was lost; nothing appeared from nowhere.
+    let final_value = rt.block_on(async {
+        for endpoint in &endpoints {
+            let Some(mut c) = connect(endpoint).await else {
+                continue;
+            };
+            if let Ok(r) = c.get("counter", None).await {
+                return r
+                    .kvs()
+                    .first()
+                    .and_then(|kv| kv.value_str().ok()?.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+        panic!("no member answers after the faults");
+    });
+    assert!(
+        acked <= final_value && final_value <= acked + unknown,
+        "{}: counter is {final_value}, {acked} increments acknowledged, {unknown} unknown",
+        report(seed, members, &faults, "a counter")
+    );
+
+    // The watcher's stream, resumed across failures, is exactly the history.
+    let upto = seen.last().map(|(rev, _, _)| *rev).unwrap_or(0);
+    if upto > 0 {
+        let all = rt.block_on(all_events(&endpoints[0], start_revision, upto));
+        if seen != all {
+            let first = seen
+                .iter()
+                .zip(&all)
+                .position(|(a, b)| a != b)
+                .unwrap_or(seen.len().min(all.len()));
+            panic!(
+                "{}: watch stream differs from the history at event {first}: saw {:?}, history {:?}",
+                report(seed, members, &faults, "a watch stream"),
+                seen.get(first.saturating_sub(2)..(first + 3).min(seen.len())),
+                all.get(first.saturating_sub(2)..(first + 3).min(all.len())),
+            );
+        }
+    }
+    eprintln!(
+        "seed {seed}, {members} members: {} faults, {total_ops} register ops linearizable, counter {final_value} ({acked} acked, {unknown} unknown), {} watch events in order",
+        faults.len(),
+        seen.len()
+    );
+}
+
+fn seeds(default: &[u64]) -> Vec<u64> {
+    match std::env::var("RAFTKV_FAULT_SEED") {
+        Ok(s) => vec![s.parse().expect("RAFTKV_FAULT_SEED is a number")],
+        Err(_) => default.to_vec(),
+    }
+}
+
+fn soak_minutes() -> Option<u64> {
+    std::env::var("RAFTKV_SOAK_MINUTES")
+        .ok()
+        .and_then(|m| m.parse().ok())
+}
+
+#[test]
+fn three_members_under_kills_and_pauses_stay_linearizable() {
+    if let Some(minutes) = soak_minutes() {
+        let until = Instant::now() + Duration::from_secs(minutes * 60);
+        let mut seed = std::process::id() as u64;
+        while Instant::now() < until {
+            seed = Rng::new(seed).next();
+            run_scenario(seed, 3, Duration::from_secs(30));
+        }
+        return;
+    }
+    for seed in seeds(&[1, 2]) {
+        run_scenario(seed, 3, Duration::from_secs(12));
+    }
+}
+
+#[test]
+fn five_members_under_kills_and_pauses_stay_linearizable() {
+    for seed in seeds(&[3]) {
+        run_scenario(seed, 5, Duration::from_secs(12));
+    }
+}
