@@ -190,6 +190,11 @@ impl Member {
         }
     }
 
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// Sends `signal` (SIGSTOP, SIGCONT, …) to the running process, if any.
     pub fn signal(&self, signal: i32) {
         if let Some(child) = self.child.as_ref() {
