@@ -91,6 +91,12 @@ struct CompareArgs {
     /// Override the k3s-at-rest duration, in seconds.
     #[arg(long)]
     rest_s: Option<u64>,
+    /// Override how many keys the memory and compaction phase holds.
+    #[arg(long)]
+    big_keys: Option<u64>,
+    /// Override the write window around compaction (and the baseline's), in seconds.
+    #[arg(long)]
+    compaction_window_s: Option<u64>,
 }
 
 fn main() {
@@ -161,6 +167,12 @@ fn run_compare(args: CompareArgs) {
     };
     if let Some(s) = args.rest_s {
         config.rest = Duration::from_secs(s);
+    }
+    if let Some(k) = args.big_keys {
+        config.big_keys = k;
+    }
+    if let Some(s) = args.compaction_window_s {
+        config.compaction_window = Duration::from_secs(s);
     }
     let floor_dir = tempfile::tempdir_in(&parent).expect("temp dir for the floor");
     let floor = compare::floor(floor_dir.path());

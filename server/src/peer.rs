@@ -333,9 +333,10 @@ impl PeerConnection {
         let reply = reply.map_err(|status| {
             let err = TransportError(format!("{method} to {}: {}", self.url, status.message()));
             match status.code() {
-                tonic::Code::Unavailable
-                | tonic::Code::DeadlineExceeded
-                | tonic::Code::Cancelled => RPCError::Unreachable(Unreachable::new(&err)),
+                // No connection: openraft backs off (500 ms) before trying again.
+                tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&err)),
+                // A slow answer is not a dead member: no back-off, so that heartbeats
+                // keep reaching a member that is only busy.
                 _ => RPCError::Network(NetworkError::new(&err)),
             }
         })?;

@@ -452,7 +452,11 @@ where
             self.config.heartbeat_interval
         );
 
-        let the_timeout = Duration::from_millis(self.config.heartbeat_interval);
+        // raftkv patch: an append-entries call may take as long as the longest election
+        // timeout, not just one heartbeat interval. A follower busy with a large batch
+        // (its fdatasync, a full write buffer) answers in more than a heartbeat; timing
+        // it out made the leader resend the same entries to an already slow follower.
+        let the_timeout = Duration::from_millis(self.config.heartbeat_interval.max(self.config.election_timeout_max));
         let option = RPCOption::new(the_timeout);
         let res = C::timeout(the_timeout, self.network.append_entries(payload, option)).await;
 
