@@ -47,12 +47,13 @@ pub struct Coalescer {
 }
 
 impl Coalescer {
-    /// Makes the queues and starts their tasks for `node`.
-    pub fn start(node: &Arc<Node>) -> Coalescer {
+    /// Makes the queues and starts their tasks for `node` (which may still be under
+    /// construction: the tasks upgrade it only when a request arrives).
+    pub fn start(node: Weak<Node>) -> Coalescer {
         let (reads, read_rx) = mpsc::channel(MAX_QUEUED_READS);
         let (writes, write_rx) = mpsc::channel(MAX_QUEUED_FORWARDS);
-        tokio::spawn(read_rounds(Arc::downgrade(node), read_rx));
-        tokio::spawn(forward_batches(Arc::downgrade(node), write_rx));
+        tokio::spawn(read_rounds(node.clone(), read_rx));
+        tokio::spawn(forward_batches(node, write_rx));
         Coalescer { reads, writes }
     }
 

@@ -74,8 +74,8 @@ pub struct Node {
     space: SpaceCheck,
     /// The index of the last applied log entry (the state machine's).
     applied_index: tokio::sync::watch::Receiver<u64>,
-    /// Read-index rounds and forwarded write batches (batching.rs); set once by `open`.
-    coalescer: std::sync::OnceLock<crate::batching::Coalescer>,
+    /// Read-index rounds and forwarded write batches (batching.rs).
+    coalescer: crate::batching::Coalescer,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -163,7 +163,7 @@ impl Node {
         let raft = Raft::new(identity.member_id, Arc::new(raft_config), network, log, sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
-        let node = Arc::new(Node {
+        let node = Arc::new_cyclic(|weak| Node {
             id: identity.member_id,
             name: identity.name.clone(),
             cluster_id: AtomicU64::new(identity.cluster_id),
@@ -177,9 +177,8 @@ impl Node {
             challenges: crate::join_token::Challenges::default(),
             space: SpaceCheck::default(),
             applied_index,
-            coalescer: std::sync::OnceLock::new(),
+            coalescer: crate::batching::Coalescer::start(weak.clone()),
         });
-        let _ = node.coalescer.set(crate::batching::Coalescer::start(&node));
         Ok((node, existing))
     }
 
@@ -481,11 +480,9 @@ impl Node {
         }
         let timeout = self.config.request_timeout();
         let started = Instant::now();
-        let (result, index) = match (self.leader(), self.coalescer.get()) {
+        let (result, index) = match self.leader() {
             // A follower sends its writes to the leader in batches.
-            (Some(leader), Some(coalescer)) if leader != self.id => {
-                coalescer.forward_write(command).await?
-            }
+            Some(leader) if leader != self.id => self.coalescer.forward_write(command).await?,
             _ => match self
                 .on_leader(ForwardRequest::Write(command), timeout)
                 .await?
@@ -566,14 +563,8 @@ impl Node {
     pub async fn read_barrier(&self) -> Result<(), ApiError> {
         let timeout = self.config.request_timeout();
         let started = Instant::now();
-        let index = match self.coalescer.get() {
-            // Reads arriving together share one round (batching.rs).
-            Some(coalescer) => coalescer.read_index().await?,
-            None => match self.on_leader(ForwardRequest::ReadIndex, timeout).await? {
-                ForwardResponse::ReadIndex(i) => i,
-                other => return Err(ApiError::Internal(format!("unexpected reply {other:?}"))),
-            },
-        };
+        // Reads arriving together share one round (batching.rs).
+        let index = self.coalescer.read_index().await?;
         self.wait_applied(index, timeout.saturating_sub(started.elapsed()))
             .await
     }

@@ -94,6 +94,43 @@ async fn connect(endpoint: &str) -> Option<Client> {
     Client::connect([endpoint], Some(options)).await.ok()
 }
 
+/// A connection to one member that moves to the next member when it cannot connect
+/// or a request fails (the member may be dead or paused).
+struct Roaming {
+    endpoints: Vec<String>,
+    member: usize,
+    client: Option<Client>,
+}
+
+impl Roaming {
+    fn new(endpoints: Vec<String>, first: usize) -> Roaming {
+        let member = first % endpoints.len();
+        Roaming {
+            endpoints,
+            member,
+            client: None,
+        }
+    }
+
+    /// The current client, connecting first if needed; None after a failed attempt.
+    async fn get(&mut self) -> Option<&mut Client> {
+        if self.client.is_none() {
+            self.client = connect(&self.endpoints[self.member]).await;
+            if self.client.is_none() {
+                self.move_on();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return None;
+            }
+        }
+        self.client.as_mut()
+    }
+
+    fn move_on(&mut self) {
+        self.client = None;
+        self.member = (self.member + 1) % self.endpoints.len();
+    }
+}
+
 /// A client on one member (moving to the next when it cannot connect), running random
 /// register operations on the register keys and recording each.
 async fn register_client(
@@ -105,20 +142,13 @@ async fn register_client(
     history: Arc<Mutex<HashMap<u64, Vec<Op>>>>,
 ) {
     let mut rng = Rng::new(seed ^ ((id as u64 + 1) << 32));
-    let mut member = id % endpoints.len();
-    let mut client = None;
+    let mut roaming = Roaming::new(endpoints, id);
     let mut seq = 0u64;
     let mut last_seen: HashMap<u64, u64> = HashMap::new();
     while !stop.load(Ordering::Relaxed) {
-        if client.is_none() {
-            client = connect(&endpoints[member]).await;
-            if client.is_none() {
-                member = (member + 1) % endpoints.len();
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        }
-        let Some(c) = client.as_mut() else { continue };
+        let Some(c) = roaming.get().await else {
+            continue;
+        };
         let key = rng.below(REGISTER_KEYS);
         let name = format!("reg/{key}");
         seq += 1;
@@ -186,8 +216,7 @@ async fn register_client(
             });
         if !outcome_known {
             // A failed request may mean a dead member: reconnect, elsewhere.
-            client = None;
-            member = (member + 1) % endpoints.len();
+            roaming.move_on();
         }
         tokio::time::sleep(Duration::from_millis(THINK_MS)).await;
     }
@@ -195,22 +224,14 @@ async fn register_client(
 
 /// Increments "counter" with compare-and-set; returns (acknowledged, unknown outcome).
 async fn counter_client(id: usize, endpoints: Vec<String>, stop: Arc<AtomicBool>) -> (u64, u64) {
-    let mut member = id % endpoints.len();
     let (mut acked, mut unknown) = (0u64, 0u64);
-    let mut client = None;
+    let mut roaming = Roaming::new(endpoints, id);
     while !stop.load(Ordering::Relaxed) {
-        if client.is_none() {
-            client = connect(&endpoints[member]).await;
-            if client.is_none() {
-                member = (member + 1) % endpoints.len();
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        }
-        let Some(c) = client.as_mut() else { continue };
+        let Some(c) = roaming.get().await else {
+            continue;
+        };
         let Ok(current) = c.get("counter", None).await else {
-            client = None;
-            member = (member + 1) % endpoints.len();
+            roaming.move_on();
             continue;
         };
         let (value, revision) = current
@@ -234,8 +255,7 @@ async fn counter_client(id: usize, endpoints: Vec<String>, stop: Arc<AtomicBool>
             Ok(_) => {}
             Err(_) => {
                 unknown += 1;
-                client = None;
-                member = (member + 1) % endpoints.len();
+                roaming.move_on();
             }
         }
     }
