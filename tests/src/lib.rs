@@ -5,6 +5,7 @@
 //! A missing tool is a failure, not a skip: scripts/test installs them all.
 
 pub mod linearizability;
+pub mod netns;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -74,6 +75,10 @@ pub struct Member {
     pub peer_scheme: &'static str,
     /// Environment variables for the process (failpoints, say).
     pub env: Vec<(String, String)>,
+    /// The address the member listens on: loopback, or its own in a test network.
+    pub host: String,
+    /// The network namespace it runs in (netns.rs), if any.
+    pub netns: Option<String>,
     child: Option<Child>,
     /// "ready" lines in the log before the current start.
     starts_before: usize,
@@ -91,6 +96,8 @@ impl Member {
             client_scheme: "http",
             peer_scheme: "http",
             env: Vec::new(),
+            host: "127.0.0.1".to_string(),
+            netns: None,
             child: None,
             starts_before: 0,
         }
@@ -115,15 +122,18 @@ impl Member {
     }
 
     pub fn client_url(&self) -> String {
-        format!("{}://127.0.0.1:{}", self.client_scheme, self.client_port)
+        format!(
+            "{}://{}:{}",
+            self.client_scheme, self.host, self.client_port
+        )
     }
 
     pub fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.client_port)
+        format!("{}:{}", self.host, self.client_port)
     }
 
     pub fn peer_url(&self) -> String {
-        format!("{}://127.0.0.1:{}", self.peer_scheme, self.peer_port)
+        format!("{}://{}:{}", self.peer_scheme, self.host, self.peer_port)
     }
 
     /// Starts the process with `args` after the member's own flags; does not wait.
@@ -135,7 +145,15 @@ impl Member {
             .append(true)
             .open(&self.log_path)
             .expect("log file");
-        let mut cmd = Command::new(raftkv_bin());
+        let mut cmd = match &self.netns {
+            // `ip netns exec` execs the command: the child's pid is raftkv's.
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns]).arg(raftkv_bin());
+                cmd
+            }
+            None => Command::new(raftkv_bin()),
+        };
         cmd.arg("--name")
             .arg(&self.name)
             .arg("--data-dir")
@@ -265,15 +283,31 @@ impl Drop for Member {
 pub struct Cluster {
     pub root: tempfile::TempDir,
     pub members: Vec<Member>,
+    /// The members' private network, when they run in namespaces (dropped after them).
+    pub net: Option<netns::Net>,
 }
 
 impl Cluster {
     pub fn start(n: usize, extra_args: &[&str]) -> Cluster {
+        Cluster::start_on(None, n, extra_args)
+    }
+
+    /// A cluster whose members each run in their own network namespace (netns.rs), so
+    /// that the test can partition them.
+    pub fn start_in_netns(n: usize, extra_args: &[&str]) -> Cluster {
+        Cluster::start_on(Some(netns::Net::new(n)), n, extra_args)
+    }
+
+    fn start_on(net: Option<netns::Net>, n: usize, extra_args: &[&str]) -> Cluster {
         let root = tempfile::tempdir().expect("temp dir");
         let mut members: Vec<Member> = (0..n)
             .map(|i| {
                 let mut m = Member::new(root.path(), &format!("m{i}"));
                 m.extra_args = extra_args.iter().map(|s| s.to_string()).collect();
+                if let Some(net) = &net {
+                    m.host = net.addr(i);
+                    m.netns = Some(net.namespace(i));
+                }
                 m
             })
             .collect();
@@ -282,7 +316,7 @@ impl Cluster {
         for m in members.iter_mut().skip(1) {
             m.start(&join);
         }
-        Cluster { root, members }
+        Cluster { root, members, net }
     }
 
     pub fn endpoints(&self) -> Vec<String> {

@@ -1,5 +1,7 @@
 //! Faults on real clusters, checked by machine: while members are SIGKILLed and
-//! restarted, paused with SIGSTOP, and leaders killed, concurrent clients run register
+//! restarted, paused with SIGSTOP, leaders killed, or the network between members cut
+//! (minority or leader isolated, one-way loss, partial partitions; the members then run
+//! in network namespaces, tests/src/netns.rs), concurrent clients run register
 //! operations (put, get, compare-and-set) whose histories must be linearizable
 //! (tests/src/linearizability.rs), counter clients whose acknowledged increments must
 //! all be there, and a watcher whose stream, resumed across failures, must have no
@@ -56,25 +58,65 @@ enum Fault {
     KillLeader { down_ms: u64 },
     /// SIGSTOP a member, SIGCONT it after the pause.
     Pause { member: usize, paused_ms: u64 },
+    /// Cut the members in the bit set off from the others, both ways, then heal: one
+    /// member (minority isolated), or two of five.
+    Isolate { members: u8, cut_ms: u64 },
+    /// Cut whoever leads off from every other member, both ways, then heal.
+    IsolateLeader { cut_ms: u64 },
+    /// Drop every packet `from` sends to `to` (asymmetric), then heal.
+    OneWay { from: usize, to: usize, cut_ms: u64 },
+    /// Cut `a` and `b` apart, both ways, while both still reach everyone else (a
+    /// partial partition: the others bridge them).
+    Split { a: usize, b: usize, cut_ms: u64 },
+}
+
+/// Which faults a schedule draws from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kinds {
+    /// SIGKILL, leader SIGKILL, SIGSTOP.
+    Crashes,
+    /// Network partitions (the members run in network namespaces, tests/src/netns.rs).
+    Partitions,
 }
 
 /// The fault schedule of a seed: one fault every 1–2 s for `duration`.
-fn schedule(seed: u64, members: usize, duration: Duration) -> Vec<(u64, Fault)> {
+fn schedule(seed: u64, members: usize, duration: Duration, kinds: Kinds) -> Vec<(u64, Fault)> {
     let mut rng = Rng::new(seed);
     let mut at_ms = 500;
     let mut faults = Vec::new();
     while at_ms < duration.as_millis() as u64 {
         let member = rng.below(members as u64) as usize;
+        let other = (member + 1 + rng.below(members as u64 - 1) as usize) % members;
         let pause_ms = 300 + rng.below(1200);
-        let fault = match rng.below(3) {
-            0 => Fault::Kill {
+        let fault = match (kinds, rng.below(4)) {
+            (Kinds::Crashes, 0) => Fault::Kill {
                 member,
                 down_ms: pause_ms,
             },
-            1 => Fault::KillLeader { down_ms: pause_ms },
-            _ => Fault::Pause {
+            (Kinds::Crashes, 1) => Fault::KillLeader { down_ms: pause_ms },
+            (Kinds::Crashes, _) => Fault::Pause {
                 member,
                 paused_ms: pause_ms,
+            },
+            (Kinds::Partitions, 0) => Fault::Isolate {
+                // Five members: sometimes two (still a minority) go together.
+                members: if members >= 5 && rng.below(2) == 0 {
+                    (1 << member) | (1 << other)
+                } else {
+                    1 << member
+                },
+                cut_ms: pause_ms,
+            },
+            (Kinds::Partitions, 1) => Fault::IsolateLeader { cut_ms: pause_ms },
+            (Kinds::Partitions, 2) => Fault::OneWay {
+                from: member,
+                to: other,
+                cut_ms: pause_ms,
+            },
+            (Kinds::Partitions, _) => Fault::Split {
+                a: member,
+                b: other,
+                cut_ms: pause_ms,
             },
         };
         faults.push((at_ms, fault));
@@ -374,16 +416,25 @@ struct SlowDisk {
 }
 
 fn run_scenario(seed: u64, members: usize, duration: Duration) {
-    run_scenario_with(seed, members, duration, None)
+    run_scenario_with(seed, members, duration, Kinds::Crashes, None)
 }
 
-fn run_scenario_with(seed: u64, members: usize, duration: Duration, slow: Option<SlowDisk>) {
+fn run_scenario_with(
+    seed: u64,
+    members: usize,
+    duration: Duration,
+    kinds: Kinds,
+    slow: Option<SlowDisk>,
+) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
-    let mut cluster = Cluster::start(members, &[]);
+    let mut cluster = match kinds {
+        Kinds::Crashes => Cluster::start(members, &[]),
+        Kinds::Partitions => Cluster::start_in_netns(members, &[]),
+    };
     if let Some(slow) = &slow {
         let m = slow.member;
         cluster.members[m].kill9();
@@ -395,7 +446,7 @@ fn run_scenario_with(seed: u64, members: usize, duration: Duration, slow: Option
         cluster.members[m].start(&args);
     }
     let endpoints = cluster.endpoints();
-    let faults = schedule(seed, members, duration);
+    let faults = schedule(seed, members, duration, kinds);
     let base = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let history: Arc<Mutex<HashMap<u64, Vec<Op>>>> = Arc::default();
@@ -444,6 +495,51 @@ fn run_scenario_with(seed: u64, members: usize, duration: Duration, slow: Option
                 cluster.members[member].signal(libc::SIGSTOP);
                 std::thread::sleep(Duration::from_millis(paused_ms));
                 cluster.members[member].signal(libc::SIGCONT);
+            }
+            Fault::Isolate {
+                members: set,
+                cut_ms,
+            } => {
+                let net = cluster
+                    .net
+                    .as_mut()
+                    .expect("partitions need the test network");
+                for inside in (0..members).filter(|i| set & (1 << i) != 0) {
+                    for outside in (0..members).filter(|i| set & (1 << i) == 0) {
+                        net.cut_both(inside, outside);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(cut_ms));
+                net.heal();
+            }
+            Fault::IsolateLeader { cut_ms } => {
+                if let Some(leader) = leader_index(&mut cluster, &rt) {
+                    let net = cluster
+                        .net
+                        .as_mut()
+                        .expect("partitions need the test network");
+                    net.isolate(leader);
+                    std::thread::sleep(Duration::from_millis(cut_ms));
+                    net.heal();
+                }
+            }
+            Fault::OneWay { from, to, cut_ms } => {
+                let net = cluster
+                    .net
+                    .as_mut()
+                    .expect("partitions need the test network");
+                net.cut(from, to);
+                std::thread::sleep(Duration::from_millis(cut_ms));
+                net.heal();
+            }
+            Fault::Split { a, b, cut_ms } => {
+                let net = cluster
+                    .net
+                    .as_mut()
+                    .expect("partitions need the test network");
+                net.cut_both(a, b);
+                std::thread::sleep(Duration::from_millis(cut_ms));
+                net.heal();
             }
         }
     }
@@ -614,10 +710,102 @@ fn a_member_with_a_slow_disk_neither_stalls_nor_breaks_the_cluster() {
             seed,
             3,
             Duration::from_secs(10),
+            Kinds::Crashes,
             Some(SlowDisk {
                 member: 2,
                 fsync_delay_ms: 100,
             }),
         );
+    }
+}
+
+#[test]
+fn three_members_under_network_partitions_stay_linearizable() {
+    // Minority isolated, leader isolated, one-way loss and partial partitions; the
+    // members run in network namespaces so that only member-to-member traffic is cut.
+    if let Some(minutes) = soak_minutes() {
+        let until = Instant::now() + Duration::from_secs(minutes * 60);
+        let mut seed = std::process::id() as u64 ^ 0x5eed;
+        while Instant::now() < until {
+            seed = Rng::new(seed).next();
+            run_scenario_with(seed, 3, Duration::from_secs(30), Kinds::Partitions, None);
+        }
+        return;
+    }
+    for seed in seeds(&[5, 6]) {
+        run_scenario_with(seed, 3, Duration::from_secs(12), Kinds::Partitions, None);
+    }
+}
+
+#[test]
+fn five_members_under_network_partitions_stay_linearizable() {
+    for seed in seeds(&[7]) {
+        run_scenario_with(seed, 5, Duration::from_secs(12), Kinds::Partitions, None);
+    }
+}
+
+#[test]
+fn an_isolated_leader_is_replaced_and_serves_no_stale_reads() {
+    // The cut is real: with the leader cut off from its peers (clients still reach
+    // it), the other two elect a new leader and take writes; the old leader answers no
+    // linearizable read (it cannot confirm it still leads); once healed, it has the
+    // new value.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut cluster = Cluster::start_in_netns(3, &[]);
+    let endpoints = cluster.endpoints();
+    rt.block_on(async {
+        let mut c = connect(&endpoints[0]).await.expect("connect");
+        c.put("p", "before", None).await.expect("put");
+    });
+    let old = leader_index(&mut cluster, &rt).expect("a leader");
+    let other = (old + 1) % 3;
+    cluster.net.as_mut().expect("test network").isolate(old);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let written = rt.block_on(async {
+            let mut c = connect(&endpoints[other]).await?;
+            c.put("p", "after", None).await.ok()
+        });
+        if written.is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the majority side took no write; logs:\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stale = rt.block_on(async {
+        let mut c = connect(&endpoints[old])
+            .await
+            .expect("clients still reach it");
+        c.get("p", None).await
+    });
+    assert!(
+        stale.is_err(),
+        "the isolated old leader answered a linearizable read: {stale:?}"
+    );
+    cluster.net.as_mut().expect("test network").heal();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let value = rt.block_on(async {
+            let mut c = connect(&endpoints[old]).await?;
+            let r = c.get("p", None).await.ok()?;
+            Some(r.kvs().first()?.value_str().ok()?.to_string())
+        });
+        if value.as_deref() == Some("after") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old leader did not catch up after the heal ({value:?}); logs:\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
