@@ -6,6 +6,8 @@
 //! - `node.rs`: one member — storage, openraft, leader routing (writes, read index)
 //! - `identity.rs`: member.json, who this member is
 //! - `join_token.rs`: the join token, and proving knowledge of it without sending it
+//! - `rollback_guard.rs`: a member restarted with an older copy of its data dir never
+//!   votes or acknowledges (peers remember what each member held)
 //! - `peer.rs`, `peer_service.rs`: member-to-member gRPC (Raft RPCs, forwarding)
 //! - `auto_compaction.rs`: etcd's periodic and revision auto-compaction (leader only)
 //! - `backups.rs`: scheduled snapshots with retention, optionally uploaded (`s3.rs`)
@@ -46,6 +48,7 @@ pub mod migrate_cli;
 pub mod node;
 pub mod peer;
 pub mod peer_service;
+pub mod rollback_guard;
 pub mod s3;
 pub mod server;
 pub mod snapshot_cli;

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -76,6 +76,15 @@ pub struct Node {
     applied_index: tokio::sync::watch::Receiver<u64>,
     /// Read-index rounds and forwarded write batches (batching.rs).
     coalescer: crate::batching::Coalescer,
+    /// What this member knows the others durably held (rollback_guard.rs).
+    floors: std::sync::Mutex<crate::rollback_guard::Floors>,
+    /// The floors grew since they were last written to disk.
+    pub floors_dirty: AtomicBool,
+    /// While set, the peer service refuses Raft RPCs and the member does not stand for
+    /// election: a restarted member until peers confirm its data dir is current.
+    fenced: AtomicBool,
+    /// This member's vote and log as they were when it restarted; none for a new one.
+    pub restart_state: Option<crate::rollback_guard::LocalState>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,7 +136,7 @@ impl Node {
             },
         };
         let purge_guard = Arc::new(AtomicU64::new(0));
-        let (log, report) = RaftLogStore::open(
+        let (mut log, report) = RaftLogStore::open(
             &data_dir.join("wal"),
             WalOptions::default(),
             purge_guard.clone(),
@@ -142,7 +151,14 @@ impl Node {
                 ..MvccOptions::default()
             },
         )?;
-        let sm = StateMachine::open(store.clone(), &data_dir.join("snapshots"), purge_guard)?;
+        let mut sm = StateMachine::open(store.clone(), &data_dir.join("snapshots"), purge_guard)?;
+        if !sole_voter(&log, &mut sm, identity.member_id).await? {
+            step_down_on_restart(&mut log, identity.member_id).await?;
+        }
+        let restart_state = match &existing {
+            Some(identity) if identity.joined => Some(local_state(&mut log).await?),
+            _ => None,
+        };
         let applied_index = sm.applied_index();
         let raft_config = openraft::Config {
             cluster_name: "raftkv".into(),
@@ -163,6 +179,11 @@ impl Node {
         let raft = Raft::new(identity.member_id, Arc::new(raft_config), network, log, sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
+        if restart_state.is_some() {
+            // Fenced until peers confirm the data dir is current (rollback_guard.rs).
+            raft.runtime_config().elect(false);
+        }
+        let floors = crate::rollback_guard::load(&data_dir);
         let node = Arc::new_cyclic(|weak| Node {
             id: identity.member_id,
             name: identity.name.clone(),
@@ -178,8 +199,37 @@ impl Node {
             space: SpaceCheck::default(),
             applied_index,
             coalescer: crate::batching::Coalescer::start(weak.clone()),
+            floors: std::sync::Mutex::new(floors),
+            floors_dirty: AtomicBool::new(false),
+            fenced: AtomicBool::new(restart_state.is_some()),
+            restart_state,
         });
         Ok((node, existing))
+    }
+
+    /// Whether the peer service must refuse Raft RPCs (rollback_guard.rs).
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::Acquire)
+    }
+
+    /// Peers confirmed the data dir: take part in Raft fully.
+    pub fn lift_fence(&self) {
+        self.fenced.store(false, Ordering::Release);
+        self.raft.runtime_config().elect(true);
+    }
+
+    pub fn floors(&self) -> crate::rollback_guard::Floors {
+        self.floors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn merge_floors(&self, other: &crate::rollback_guard::Floors) {
+        let mut floors = self.floors.lock().unwrap_or_else(|e| e.into_inner());
+        if crate::rollback_guard::merge(&mut floors, other) {
+            self.floors_dirty.store(true, Ordering::Release);
+        }
     }
 
     /// Makes this member part of a cluster, once: a data dir that already holds a joined
@@ -660,6 +710,17 @@ impl Node {
                 }
                 Err(RaftError::Fatal(_)) => Err(ForwardError::Api(ApiError::Stopped)),
             },
+            ForwardRequest::Floors(floors) => {
+                self.merge_floors(&floors);
+                Ok(ForwardResponse::FloorsTaken)
+            }
+            ForwardRequest::FloorOf { member } => Ok(ForwardResponse::Floor(
+                self.floors
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&member)
+                    .copied(),
+            )),
             ForwardRequest::ReadIndex => match self.raft.get_read_log_id().await {
                 Ok((read, _)) => Ok(ForwardResponse::ReadIndex(read.map_or(0, |l| l.index))),
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
@@ -1004,4 +1065,77 @@ fn is_tls_refusal(status: &tonic::Status) -> bool {
 
 pub fn hex(id: u64) -> String {
     format!("{id:x}")
+}
+
+/// The vote and last log id a restarting member's log holds (rollback_guard.rs).
+async fn local_state(
+    log: &mut RaftLogStore,
+) -> Result<crate::rollback_guard::LocalState, StartError> {
+    use openraft::storage::RaftLogStorage;
+    let state = log
+        .get_log_state()
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+    let vote = log
+        .read_vote()
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+    Ok(crate::rollback_guard::LocalState {
+        vote_term: vote.map_or(0, |v| v.leader_id().term),
+        last_log: state.last_log_id.map(|l| (l.leader_id.term, l.index)),
+    })
+}
+
+/// Whether this member is the only voter (the newest membership in the log, else the
+/// state machine's): then nothing is committed without its own fdatasync, and it may
+/// resume leading at once after a restart.
+async fn sole_voter(
+    log: &RaftLogStore,
+    sm: &mut StateMachine,
+    id: NodeId,
+) -> Result<bool, StartError> {
+    use openraft::storage::RaftStateMachine;
+    let voters: Vec<NodeId> = match log.last_membership_voters() {
+        Some(voters) => voters,
+        None => {
+            let (_, stored) = sm
+                .applied_state()
+                .await
+                .map_err(|e| StartError::Raft(e.to_string()))?;
+            stored.membership().voter_ids().collect()
+        }
+    };
+    Ok(voters == [id])
+}
+
+/// A member that led before it stopped, with other voters, restarts as a candidate of
+/// its old term, not as that term's leader (openraft 0.9 would resume leading at once).
+///
+/// The leader sends entries to followers before its own fdatasync completes (the
+/// vendor/openraft patch), so a leader killed at the wrong moment restarts without
+/// entries its followers hold — possibly committed. Leading the same term again it
+/// would write different entries under the same log ids, and followers, which compare
+/// log ids only, would keep theirs: the members' states would diverge. Stepping down
+/// forces an election into a new term first, where the ordinary Raft rules (the most
+/// up-to-date log wins, conflicting entries are replaced) hold. The vote for itself in
+/// the old term stays, so it cannot vote for anyone else in that term.
+async fn step_down_on_restart(log: &mut RaftLogStore, id: NodeId) -> Result<(), StartError> {
+    use openraft::storage::RaftLogStorage;
+    let vote = log
+        .read_vote()
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+    if let Some(vote) = vote {
+        if vote.is_committed() && vote.leader_id().voted_for() == Some(id) {
+            let candidate = openraft::Vote::new(vote.leader_id().term, id);
+            log.save_vote(&candidate)
+                .await
+                .map_err(|e| StartError::Raft(e.to_string()))?;
+            tracing::info!(
+                term = vote.leader_id().term,
+                "led before the restart: standing for election again instead of resuming"
+            );
+        }
+    }
+    Ok(())
 }

@@ -86,6 +86,13 @@ pub enum ForwardRequest {
     /// Sent by the leader to the member it hands leadership to: stand for election now.
     /// (Served by that member, not forwarded to the leader.)
     Elect,
+    /// The leader's record of what members durably hold (rollback_guard.rs); served by
+    /// the receiving member.
+    Floors(crate::rollback_guard::Floors),
+    /// A restarting member asks what the receiver knows it held (rollback_guard.rs).
+    FloorOf {
+        member: NodeId,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -114,6 +121,10 @@ pub enum ForwardResponse {
     MembershipChanged(Vec<(NodeId, Member, bool)>),
     /// An election was started.
     Electing,
+    /// Floors were merged.
+    FloorsTaken,
+    /// What the receiver knows a member durably held, if anything.
+    Floor(Option<crate::rollback_guard::Floor>),
     /// MemberAdd's new member id, and the members after the change.
     MemberAdded {
         id: NodeId,

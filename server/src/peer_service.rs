@@ -17,8 +17,14 @@ pub struct PeerService {
 }
 
 impl PeerService {
-    /// Refuses a Raft message addressed to another member id (see peer.rs).
+    /// Refuses a Raft message addressed to another member id (see peer.rs), and every
+    /// Raft message while this member is fenced (rollback_guard.rs).
     fn check_target<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        if self.node.is_fenced() {
+            return Err(Status::unavailable(
+                "raftkv peer: this member restarted and is checking with its peers that its data dir is current",
+            ));
+        }
         let Some(target) = req.metadata().get(TARGET_MEMBER_METADATA) else {
             return Ok(());
         };

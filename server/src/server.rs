@@ -138,6 +138,21 @@ pub async fn run(config: ServerConfig) -> Result<(), StartError> {
         .wait(Some(Duration::from_millis(READY_LEADER_WAIT_MS)))
         .metrics(|m| m.current_leader.is_some(), "a leader is known")
         .await;
+    let floors_keeper = tokio::spawn(crate::rollback_guard::run_keeper(node.clone()));
+    // A restarted member stays fenced until peers confirm its data dir is current; if
+    // they know of a newer state, it stops (rollback_guard.rs).
+    let (guard_tx, mut guard_failed) = tokio::sync::oneshot::channel::<String>();
+    if let Some(local) = node.restart_state {
+        let node = node.clone();
+        tokio::spawn(async move {
+            match crate::rollback_guard::check_at_restart(node.clone(), local).await {
+                Ok(()) => node.lift_fence(),
+                Err(why) => {
+                    let _ = guard_tx.send(why);
+                }
+            }
+        });
+    }
     let expiry = tokio::spawn(crate::leases::run_expiry(node.clone()));
     let leader_changes = tokio::spawn(crate::metrics::watch_leader_changes(node.clone()));
     let auto_compaction = auto_compaction
@@ -188,9 +203,16 @@ pub async fn run(config: ServerConfig) -> Result<(), StartError> {
         "raftkv is ready"
     );
 
-    shutdown_signal().await;
-    tracing::info!("shutting down");
+    let refused = tokio::select! {
+        _ = shutdown_signal() => None,
+        Ok(why) = &mut guard_failed => Some(why),
+    };
+    match &refused {
+        Some(why) => tracing::error!("{why}"),
+        None => tracing::info!("shutting down"),
+    }
     let _ = stop_tx.send(true);
+    floors_keeper.abort();
     expiry.abort();
     leader_changes.abort();
     if let Some(task) = auto_compaction {
@@ -202,7 +224,10 @@ pub async fn run(config: ServerConfig) -> Result<(), StartError> {
     node.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), peer_server).await;
     tracing::info!("stopped");
-    Ok(())
+    match refused {
+        Some(why) => Err(StartError::Config(why)),
+        None => Ok(()),
+    }
 }
 
 fn client_router(

@@ -152,6 +152,19 @@ impl RaftLogStore {
         self.memory().entries.len()
     }
 
+    /// The voters of the newest membership entry still in the log, if there is one
+    /// (older ones live in the state machine). Scans from the end: for start-up only.
+    pub fn last_membership_voters(&self) -> Option<Vec<crate::raft_types::NodeId>> {
+        self.memory()
+            .entries
+            .values()
+            .rev()
+            .find_map(|entry| match &entry.payload {
+                openraft::EntryPayload::Membership(m) => Some(m.voter_ids().collect()),
+                _ => None,
+            })
+    }
+
     /// Writes records and waits until they are durable.
     async fn write_durably(
         &self,

@@ -708,6 +708,139 @@ fn a_member_restarted_with_a_wiped_data_dir_is_refused_with_how_to_re_add_it() {
 }
 
 #[test]
+fn a_leader_killed_and_restarted_at_once_stands_for_election_in_a_new_term() {
+    // A leader sends entries before its own fdatasync, so a killed leader may come back
+    // without entries its followers hold. Resuming the same term it could write other
+    // entries under the same log ids; it must stand for election in a new term instead.
+    let rt = rt();
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = rt.block_on(leader_index(&mut cluster));
+    let ep = cluster.members[leader].endpoint();
+    let term_before = rt.block_on(async {
+        let mut c = client(&ep).await;
+        c.put("k", "v", None).await.expect("put");
+        c.status().await.expect("status").raft_term()
+    });
+    cluster.members[leader].kill9();
+    let args = cluster.restart_args(leader);
+    cluster.members[leader].start(&args);
+    let new_leader = rt.block_on(leader_index(&mut cluster));
+    let ep = cluster.members[new_leader].endpoint();
+    let term_after = rt.block_on(async {
+        let mut c = client(&ep).await;
+        c.put("k", "w", None).await.expect("writes go on");
+        c.status().await.expect("status").raft_term()
+    });
+    assert!(
+        term_after > term_before,
+        "term {term_before} → {term_after}; logs:\n{}",
+        cluster.logs()
+    );
+    assert!(
+        cluster.members[leader]
+            .log()
+            .contains("led before the restart: standing for election again"),
+        "{}",
+        cluster.members[leader].log()
+    );
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    let out = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .output()
+        .expect("cp");
+    assert!(out.status.success(), "cp: {out:?}");
+}
+
+#[test]
+fn a_member_restarted_with_an_older_copy_of_its_data_dir_never_votes() {
+    // An older copy of a follower's data dir (a backup of the folder, a VM snapshot)
+    // is put back while the leader is down: the one peer left must recognise it, the
+    // member must stop instead of voting, and nothing acknowledged may be lost.
+    let rt = rt();
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = rt.block_on(leader_index(&mut cluster));
+    let gone = (leader + 1) % 3;
+    let witness = (leader + 2) % 3;
+    let leader_ep = cluster.members[leader].endpoint();
+    rt.block_on(async {
+        let mut c = client(&leader_ep).await;
+        for i in 0..10 {
+            c.put(format!("k/{i:03}"), "old", None).await.expect("put");
+        }
+    });
+    rt.block_on(wait_count(
+        &cluster,
+        gone,
+        "k/",
+        10,
+        Duration::from_secs(10),
+    ));
+    cluster.members[gone].stop();
+    let old_copy = cluster.root.path().join("old-copy");
+    copy_dir(&cluster.members[gone].data_dir, &old_copy);
+    let args = cluster.restart_args(gone);
+    cluster.members[gone].start(&args);
+    rt.block_on(async {
+        let mut c = client(&leader_ep).await;
+        for i in 10..200 {
+            c.put(format!("k/{i:03}"), "acknowledged", None)
+                .await
+                .expect("put");
+        }
+    });
+    rt.block_on(wait_count(
+        &cluster,
+        gone,
+        "k/",
+        200,
+        Duration::from_secs(10),
+    ));
+    // The leader tells the followers what each one holds about once a second.
+    std::thread::sleep(Duration::from_millis(2_500));
+
+    cluster.members[gone].kill9();
+    cluster.members[leader].kill9();
+    let newer = cluster.root.path().join("newer");
+    std::fs::rename(&cluster.members[gone].data_dir, &newer).expect("move aside");
+    std::fs::rename(&old_copy, &cluster.members[gone].data_dir).expect("put the copy back");
+    cluster.members[gone].spawn(&args);
+    let status = cluster.members[gone]
+        .wait_exit(Duration::from_secs(20))
+        .unwrap_or_else(|| {
+            panic!(
+                "the member with the older copy kept running; logs:\n{}",
+                cluster.logs()
+            )
+        });
+    assert!(!status.success());
+    let log = cluster.members[gone].log();
+    assert!(
+        log.contains("this data dir is older than what member")
+            && log.contains("etcdctl member remove"),
+        "{log}"
+    );
+
+    // Its real data dir, put back, is not refused: it was only down.
+    std::fs::remove_dir_all(&cluster.members[gone].data_dir).expect("remove the copy");
+    std::fs::rename(&newer, &cluster.members[gone].data_dir).expect("put it back");
+    cluster.members[gone].start(&args);
+    let leader_args = cluster.restart_args(leader);
+    cluster.members[leader].start(&leader_args);
+    for i in [gone, witness, leader] {
+        rt.block_on(wait_count(&cluster, i, "k/", 200, Duration::from_secs(15)));
+    }
+    let ep = cluster.members[witness].endpoint();
+    rt.block_on(async {
+        let mut c = client(&ep).await;
+        c.put("after", "ok", None).await.expect("writes go on");
+    });
+}
+
+#[test]
 fn joining_needs_the_clusters_token_and_a_wrong_one_changes_nothing() {
     use std::os::unix::fs::PermissionsExt;
     let cluster = Cluster::start(1, &[]);
