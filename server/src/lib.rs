@@ -16,6 +16,7 @@
 //! - `convert.rs`: wire messages to storage types and back
 //! - `disk.rs`: free space on the data dir's file system (for the NOSPACE alarm)
 //! - `errors.rs`: errors with etcd's messages and gRPC codes
+//! - `fuzzing.rs`: the gRPC request fuzz target's entry point (fuzz/)
 //! - `metrics.rs`: /metrics (etcd's names), /health, /livez, /readyz, gRPC call counts
 //! - `tls.rs`: TLS on the client listeners, client certificates, reload on change
 //! - `cli_client.rs`: how raftkv's client commands reach a member (endpoints, TLS)
@@ -39,6 +40,8 @@ pub mod convert;
 pub mod defrag_cli;
 pub mod disk;
 pub mod errors;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod join_token;
 pub mod leases;

@@ -7,6 +7,7 @@
 //! - `raft_types.rs`: the openraft type configuration
 //! - `error.rs`: typed errors, etcd's messages for the ones clients see
 //! - `stats.rs`: fsync and commit latency histograms for the server's /metrics
+//! - `fuzzing.rs`: entry points for the fuzz targets in fuzz/ (bytes in, never a panic)
 //!
 //! This crate knows nothing of gRPC or protobuf: the server converts wire messages into
 //! `mvcc::types` and back. The log is the only thing fsynced on the write path.
@@ -14,6 +15,8 @@
 mod background;
 pub mod error;
 pub mod failpoint;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod mvcc;
 pub mod raft_log;
 pub mod raft_types;

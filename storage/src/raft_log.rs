@@ -54,6 +54,7 @@ impl Memory {
                 self.entries.split_off(&since);
             }
             RecordKind::Purge => {
+                leading_u64(payload)?;
                 let log_id: LogId = decode(&payload[8..])?;
                 if self.last_purged.is_none_or(|p| p.index < log_id.index) {
                     self.last_purged = Some(log_id);
