@@ -281,25 +281,41 @@ impl Drop for Member {
 /// A cluster of `n` members on loopback: the first started with --cluster-init, the
 /// others with --join to the first's peer URL.
 pub struct Cluster {
-    pub root: tempfile::TempDir,
     pub members: Vec<Member>,
     /// The members' private network, when they run in namespaces (dropped after them).
     pub net: Option<netns::Net>,
+    /// Each member's own small file system, when the test fills disks (`start_on_small_disks`).
+    pub disks: Vec<SmallDisk>,
+    /// Dropped last: the members' data dirs and logs.
+    pub root: tempfile::TempDir,
 }
 
 impl Cluster {
     pub fn start(n: usize, extra_args: &[&str]) -> Cluster {
-        Cluster::start_on(None, n, extra_args)
+        Cluster::start_on(None, 0, n, extra_args)
+    }
+
+    /// A cluster whose members each keep their data dir on their own tmpfs of
+    /// `size_mib` (`disks[i]`), so that a test can fill one member's disk.
+    pub fn start_on_small_disks(n: usize, size_mib: u64, extra_args: &[&str]) -> Cluster {
+        Cluster::start_on(None, size_mib, n, extra_args)
     }
 
     /// A cluster whose members each run in their own network namespace (netns.rs), so
     /// that the test can partition them.
     pub fn start_in_netns(n: usize, extra_args: &[&str]) -> Cluster {
-        Cluster::start_on(Some(netns::Net::new(n)), n, extra_args)
+        Cluster::start_on(Some(netns::Net::new(n)), 0, n, extra_args)
     }
 
-    fn start_on(net: Option<netns::Net>, n: usize, extra_args: &[&str]) -> Cluster {
+    fn start_on(net: Option<netns::Net>, disk_mib: u64, n: usize, extra_args: &[&str]) -> Cluster {
         let root = tempfile::tempdir().expect("temp dir");
+        let disks: Vec<SmallDisk> = if disk_mib > 0 {
+            (0..n)
+                .map(|i| SmallDisk::mount(&root.path().join(format!("m{i}")), disk_mib))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let mut members: Vec<Member> = (0..n)
             .map(|i| {
                 let mut m = Member::new(root.path(), &format!("m{i}"));
@@ -316,7 +332,12 @@ impl Cluster {
         for m in members.iter_mut().skip(1) {
             m.start(&join);
         }
-        Cluster { root, members, net }
+        Cluster {
+            members,
+            net,
+            disks,
+            root,
+        }
     }
 
     pub fn endpoints(&self) -> Vec<String> {
@@ -338,6 +359,67 @@ impl Cluster {
             .map(|m| format!("==== {} ====\n{}", m.name, m.log()))
             .collect::<Vec<_>>()
             .join("\n")
+    }
+}
+
+/// A tmpfs of `size_mib` at `path`, unmounted on drop. The suite runs as root (the
+/// README's test command), so a failing mount fails the test rather than skipping it.
+pub struct SmallDisk(pub PathBuf);
+
+impl SmallDisk {
+    pub fn mount(path: &Path, size_mib: u64) -> SmallDisk {
+        std::fs::create_dir_all(path).expect("mount point");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
+            .arg(path)
+            .output()
+            .expect("mount runs");
+        assert!(out.status.success(), "mount a tmpfs (needs root): {out:?}");
+        SmallDisk(path.to_path_buf())
+    }
+
+    pub fn free_bytes(&self) -> u64 {
+        let out = std::process::Command::new("df")
+            .args(["-B1", "--output=avail"])
+            .arg(&self.0)
+            .output()
+            .expect("df runs");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .expect("df output")
+    }
+
+    /// Fills the file system to the last byte with `<mount>/filler` (as another
+    /// program would); returns the filler's size.
+    pub fn fill(&self) -> u64 {
+        use std::io::Write;
+        let mut file = std::fs::File::create(self.0.join("filler")).expect("filler");
+        let chunk = vec![0u8; 1 << 20];
+        let mut written = 0u64;
+        loop {
+            match file.write(&chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => written += n as u64,
+            }
+        }
+        let _ = file.sync_all();
+        written
+    }
+
+    /// Removes what `fill` wrote.
+    pub fn unfill(&self) {
+        let _ = std::fs::remove_file(self.0.join("filler"));
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
     }
 }
 

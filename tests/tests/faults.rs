@@ -1,7 +1,8 @@
 //! Faults on real clusters, checked by machine: while members are SIGKILLed and
 //! restarted, paused with SIGSTOP, leaders killed, or the network between members cut
 //! (minority or leader isolated, one-way loss, partial partitions; the members then run
-//! in network namespaces, tests/src/netns.rs), concurrent clients run register
+//! in network namespaces, tests/src/netns.rs), or a member's disk filled up (each then
+//! on its own tmpfs), concurrent clients run register
 //! operations (put, get, compare-and-set) whose histories must be linearizable
 //! (tests/src/linearizability.rs), counter clients whose acknowledged increments must
 //! all be there, and a watcher whose stream, resumed across failures, must have no
@@ -68,6 +69,9 @@ enum Fault {
     /// Cut `a` and `b` apart, both ways, while both still reach everyone else (a
     /// partial partition: the others bridge them).
     Split { a: usize, b: usize, cut_ms: u64 },
+    /// Fill a member's file system to the last byte (another program's file), then
+    /// free it and disarm the NOSPACE alarm, as an operator would.
+    DiskFull { member: usize, full_ms: u64 },
 }
 
 /// Which faults a schedule draws from.
@@ -77,6 +81,8 @@ enum Kinds {
     Crashes,
     /// Network partitions (the members run in network namespaces, tests/src/netns.rs).
     Partitions,
+    /// Full disks (each member on its own small tmpfs), with crashes.
+    Disks,
 }
 
 /// The fault schedule of a seed: one fault every 1–2 s for `duration`.
@@ -118,6 +124,15 @@ fn schedule(seed: u64, members: usize, duration: Duration, kinds: Kinds) -> Vec<
                 b: other,
                 cut_ms: pause_ms,
             },
+            (Kinds::Disks, 0 | 1) => Fault::DiskFull {
+                member,
+                full_ms: pause_ms,
+            },
+            (Kinds::Disks, 2) => Fault::Kill {
+                member,
+                down_ms: pause_ms,
+            },
+            (Kinds::Disks, _) => Fault::KillLeader { down_ms: pause_ms },
         };
         faults.push((at_ms, fault));
         at_ms += pause_ms + 700 + rng.below(800);
@@ -197,10 +212,10 @@ async fn register_client(
         // Values are unique per write: client id in the high bits.
         let value = ((id as u64 + 1) << 40) | seq;
         let invoke_ns = now_ns(base);
-        let (op, outcome_known) = match rng.below(3) {
+        let (op, result) = match rng.below(3) {
             0 => {
                 let r = c.put(name.as_str(), value.to_string(), None).await;
-                (RegisterOp::Write(value), r.is_ok())
+                (RegisterOp::Write(value), r.map(|_| ()))
             }
             1 => match c.get(name.as_str(), None).await {
                 Ok(r) => {
@@ -211,9 +226,9 @@ async fn register_client(
                     if let Some(v) = seen {
                         last_seen.insert(key, v);
                     }
-                    (RegisterOp::Read(seen), true)
+                    (RegisterOp::Read(seen), Ok(()))
                 }
-                Err(_) => (RegisterOp::Read(None), false),
+                Err(e) => (RegisterOp::Read(None), Err(e)),
             },
             _ => {
                 let expect = last_seen.get(&key).copied().unwrap_or(0);
@@ -224,26 +239,24 @@ async fn register_client(
                         expect.to_string(),
                     )])
                     .and_then([TxnOp::put(name.as_str(), value.to_string(), None)]);
-                match c.txn(txn).await {
-                    Ok(r) => (
-                        RegisterOp::Cas {
-                            expect,
-                            new: value,
-                            ok: r.succeeded(),
-                        },
-                        true,
-                    ),
-                    Err(_) => (
-                        RegisterOp::Cas {
-                            expect,
-                            new: value,
-                            ok: false,
-                        },
-                        false,
-                    ),
-                }
+                let r = c.txn(txn).await;
+                let ok = r.as_ref().is_ok_and(|r| r.succeeded());
+                (
+                    RegisterOp::Cas {
+                        expect,
+                        new: value,
+                        ok,
+                    },
+                    r.map(|_| ()),
+                )
             }
         };
+        if result.as_ref().is_err_and(refused_unapplied) {
+            // Definitely without effect: as if never issued.
+            tokio::time::sleep(Duration::from_millis(THINK_MS)).await;
+            continue;
+        }
+        let outcome_known = result.is_ok();
         let complete_ns = outcome_known.then(|| now_ns(base));
         history
             .lock()
@@ -263,6 +276,19 @@ async fn register_client(
         tokio::time::sleep(Duration::from_millis(THINK_MS)).await;
     }
 }
+
+/// Errors that say the request took no effect: the NOSPACE alarm refuses writes before
+/// or at apply, never half-way.
+fn refused_unapplied(e: &etcd_client::Error) -> bool {
+    let refused = e.to_string().contains("database space exceeded");
+    if refused {
+        NOSPACE_REFUSALS.fetch_add(1, Ordering::Relaxed);
+    }
+    refused
+}
+
+/// Requests refused with NOSPACE in this test process (each test runs in its own).
+static NOSPACE_REFUSALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Increments "counter" with compare-and-set; returns (acknowledged, unknown outcome).
 async fn counter_client(id: usize, endpoints: Vec<String>, stop: Arc<AtomicBool>) -> (u64, u64) {
@@ -295,6 +321,7 @@ async fn counter_client(id: usize, endpoints: Vec<String>, stop: Arc<AtomicBool>
         match c.txn(txn).await {
             Ok(r) if r.succeeded() => acked += 1,
             Ok(_) => {}
+            Err(e) if refused_unapplied(&e) => {}
             Err(_) => {
                 unknown += 1;
                 roaming.move_on();
@@ -402,6 +429,40 @@ fn leader_index(cluster: &mut Cluster, rt: &tokio::runtime::Runtime) -> Option<u
     None
 }
 
+/// Each member's file system in the full-disk scenarios.
+const DISK_MIB: u64 = 200;
+
+/// `etcdctl alarm disarm`, through the first member that answers: as etcd's client
+/// does, list the alarms and deactivate each one for its member.
+async fn disarm_nospace(endpoints: &[String]) {
+    use etcd_client::{AlarmAction, AlarmOptions, AlarmType};
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        for endpoint in endpoints {
+            let Some(mut c) = connect(endpoint).await else {
+                continue;
+            };
+            let Ok(listed) = c.alarm(AlarmAction::Get, AlarmType::None, None).await else {
+                continue;
+            };
+            let mut disarmed = true;
+            for alarm in listed.alarms() {
+                let mut options = AlarmOptions::new();
+                options.with_member(alarm.member_id());
+                disarmed &= c
+                    .alarm(AlarmAction::Deactivate, alarm.alarm(), Some(options))
+                    .await
+                    .is_ok();
+            }
+            if disarmed {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no member disarmed the NOSPACE alarm");
+}
+
 /// What a failing scenario prints: enough to replay and to see the problem.
 fn report(seed: u64, members: usize, faults: &[(u64, Fault)], problem: &str) -> String {
     format!(
@@ -434,6 +495,12 @@ fn run_scenario_with(
     let mut cluster = match kinds {
         Kinds::Crashes => Cluster::start(members, &[]),
         Kinds::Partitions => Cluster::start_in_netns(members, &[]),
+        // Room for a 64 MiB log segment and the key space; NOSPACE below 70 MiB free.
+        Kinds::Disks => Cluster::start_on_small_disks(
+            members,
+            DISK_MIB,
+            &["--disk-reserve-bytes", &(70u64 << 20).to_string()],
+        ),
     };
     if let Some(slow) = &slow {
         let m = slow.member;
@@ -532,6 +599,19 @@ fn run_scenario_with(
                 std::thread::sleep(Duration::from_millis(cut_ms));
                 net.heal();
             }
+            Fault::DiskFull { member, full_ms } => {
+                cluster.disks[member].fill();
+                std::thread::sleep(Duration::from_millis(full_ms));
+                cluster.disks[member].unfill();
+                rt.block_on(disarm_nospace(&endpoints));
+                if !cluster.members[member].is_running() {
+                    panic!(
+                        "{}: member {member} exited on a full disk; its log:\n{}",
+                        report(seed, members, &faults, "a full disk"),
+                        cluster.members[member].log()
+                    );
+                }
+            }
             Fault::Split { a, b, cut_ms } => {
                 let net = cluster
                     .net
@@ -618,6 +698,35 @@ fn run_scenario_with(
         report(seed, members, &faults, "too little load")
     );
 
+    // Writes resume once the faults are over.
+    let resumed = rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last_error = String::new();
+        while Instant::now() < deadline {
+            for endpoint in &endpoints {
+                if let Some(mut c) = connect(endpoint).await {
+                    match c.put("after-faults", "x", None).await {
+                        Ok(_) => return Ok(()),
+                        Err(e) => last_error = format!("{endpoint}: {e}"),
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(last_error)
+    });
+    assert!(
+        resumed.is_ok(),
+        "{}: no write succeeded within 10 s of the last fault ({resumed:?}; free bytes {:?})\n{}",
+        report(seed, members, &faults, "writes after the faults"),
+        cluster
+            .disks
+            .iter()
+            .map(|d| d.free_bytes())
+            .collect::<Vec<_>>(),
+        cluster.logs()
+    );
+
     // Nothing acknowledged was lost; nothing appeared from nowhere.
     let final_value = rt.block_on(async {
         for endpoint in &endpoints {
@@ -658,8 +767,19 @@ fn run_scenario_with(
             );
         }
     }
+    let refusals = NOSPACE_REFUSALS.load(Ordering::Relaxed);
+    if faults
+        .iter()
+        .any(|(_, f)| matches!(f, Fault::DiskFull { .. }))
+    {
+        assert!(
+            refusals > 0,
+            "{}: the disks filled up but no request was refused with NOSPACE",
+            report(seed, members, &faults, "a full disk with no effect")
+        );
+    }
     eprintln!(
-        "seed {seed}, {members} members: {} faults, {total_ops} register ops linearizable, counter {final_value} ({acked} acked, {unknown} unknown), {} watch events in order",
+        "seed {seed}, {members} members: {} faults, {total_ops} register ops linearizable, counter {final_value} ({acked} acked, {unknown} unknown), {} watch events in order, {refusals} writes refused with NOSPACE",
         faults.len(),
         seen.len()
     );
@@ -807,5 +927,15 @@ fn an_isolated_leader_is_replaced_and_serves_no_stale_reads() {
             cluster.logs()
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn members_whose_disks_fill_up_keep_running_and_lose_nothing() {
+    // A member's file system filled to the last byte by another program, freed later,
+    // between crashes: writes are refused with NOSPACE meanwhile, no member exits, and
+    // every check holds.
+    for seed in seeds(&[8]) {
+        run_scenario_with(seed, 3, Duration::from_secs(12), Kinds::Disks, None);
     }
 }

@@ -193,45 +193,6 @@ fn compaction_and_defrag_give_space_back_while_writes_go_on() {
     assert_eq!(count["count"], n, "every write during the reclaim was kept");
 }
 
-/// A tmpfs of `size_mib` at `path`, unmounted on drop. The suite runs as root (the
-/// README's test command), so a failing mount fails the test rather than skipping it.
-struct SmallDisk(std::path::PathBuf);
-
-impl SmallDisk {
-    fn mount(path: &std::path::Path, size_mib: u64) -> SmallDisk {
-        std::fs::create_dir_all(path).expect("mount point");
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
-            .arg(path)
-            .output()
-            .expect("mount runs");
-        assert!(out.status.success(), "mount a tmpfs (needs root): {out:?}");
-        SmallDisk(path.to_path_buf())
-    }
-
-    fn free_bytes(&self) -> u64 {
-        let out = std::process::Command::new("df")
-            .args(["-B1", "--output=avail"])
-            .arg(&self.0)
-            .output()
-            .expect("df runs");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .nth(1)
-            .and_then(|l| l.trim().parse().ok())
-            .expect("df output")
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 #[test]
 fn a_filling_disk_raises_nospace_before_the_log_fails_and_loses_nothing() {
     let root = tempfile::tempdir().expect("temp dir");
