@@ -20,6 +20,9 @@ use raftkv_storage::mvcc::Command;
 
 /// Reads waiting for the next read-index round, at most.
 pub const MAX_QUEUED_READS: usize = 65_536;
+/// The pause before asking for a read index again after the leader could not confirm
+/// its leadership.
+const READ_INDEX_RETRY_MS: u64 = 20;
 /// Writes waiting to be forwarded, at most (a full queue makes writers wait).
 pub const MAX_QUEUED_FORWARDS: usize = 16_384;
 /// Commands in one forwarded batch, at most.
@@ -93,11 +96,25 @@ async fn read_rounds(node: Weak<Node>, mut rx: mpsc::Receiver<ReadWaiter>) {
             }
         }
         let Some(node) = node.upgrade() else { return };
-        let timeout = node.config.request_timeout();
-        let result = match node.on_leader(ForwardRequest::ReadIndex, timeout).await {
-            Ok(ForwardResponse::ReadIndex(index)) => Ok(index),
-            Ok(other) => Err(ApiError::Internal(format!("unexpected reply {other:?}"))),
-            Err(e) => Err(e),
+        let deadline = tokio::time::Instant::now() + node.config.request_timeout();
+        let result = loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match node.on_leader(ForwardRequest::ReadIndex, remaining).await {
+                Ok(ForwardResponse::ReadIndex(index)) => break Ok(index),
+                Ok(other) => break Err(ApiError::Internal(format!("unexpected reply {other:?}"))),
+                // The leader could not hear from a quorum this time (a heartbeat lost
+                // to a busy follower): ask again while the request has time and the
+                // cluster still has a leader that heard from a quorum lately, as etcd
+                // retries its read index. A later index still serves these reads.
+                Err(ApiError::Timeout)
+                    if node.leader().is_some()
+                        && deadline.saturating_duration_since(tokio::time::Instant::now())
+                            > Duration::from_millis(READ_INDEX_RETRY_MS) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(READ_INDEX_RETRY_MS)).await;
+                }
+                Err(e) => break Err(e),
+            }
         };
         drop(node);
         for w in waiters.drain(..) {
