@@ -1,7 +1,8 @@
 //! Entry point for the gRPC request fuzz target (fuzz/, cargo fuzz) and its smoke test:
 //! arbitrary bytes are decoded as one of etcd's requests, or as a peer message, and
 //! taken through what the handler does with it — decoding, conversion, validation,
-//! and applying the resulting command to a store (or serving the range). Nothing may
+//! and applying the resulting command to a store (or serving the range, or creating
+//! the watch and reading its history). Nothing may
 //! panic; bad input gets an error.
 //!
 //! Not for production use: the store lives in a temporary directory.
@@ -54,7 +55,7 @@ pub fn grpc_request(data: &[u8]) -> Outcome {
     let Some((&which, body)) = data.split_first() else {
         return Outcome::Undecodable;
     };
-    let command = match which % 8 {
+    let command = match which % 9 {
         0 => {
             let Ok(req) = pb::PutRequest::decode(body) else {
                 return Outcome::Undecodable;
@@ -129,6 +130,34 @@ pub fn grpc_request(data: &[u8]) -> Outcome {
             };
             Command::LeaseRevoke { id: req.id }
         }
+        7 => {
+            let Ok(req) = pb::WatchRequest::decode(body) else {
+                return Outcome::Undecodable;
+            };
+            let Some(pb::watch_request::RequestUnion::CreateRequest(create)) = req.request_union
+            else {
+                return Outcome::Refused;
+            };
+            // As api/watch.rs creates a watcher, then one read of its history.
+            return with_store(|store| {
+                let key = if create.key.is_empty() {
+                    bytes::Bytes::from_static(&[0])
+                } else {
+                    create.key.clone()
+                };
+                let mut watcher = store.watch(key, create.range_end.clone(), create.start_revision);
+                if watcher.caught_up() {
+                    return Outcome::Served;
+                }
+                // One poll: history is read at once; waiting for new events would not
+                // end (nothing else writes), so that counts as served.
+                use futures::FutureExt;
+                match watcher.next(16).now_or_never() {
+                    Some(Ok(_)) | None => Outcome::Served,
+                    Some(Err(_)) => Outcome::Refused,
+                }
+            });
+        }
         _ => {
             // A peer's forwarded request (postcard), as the peer service decodes it.
             return match postcard::from_bytes::<crate::peer::ForwardRequest>(body) {
@@ -180,6 +209,16 @@ mod tests {
             failure: vec![],
         };
         let grant = pb::LeaseGrantRequest { ttl: 10, id: 7 };
+        let watch = pb::WatchRequest {
+            request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+                pb::WatchCreateRequest {
+                    key: bytes::Bytes::from_static(b"k"),
+                    start_revision: 1,
+                    prev_kv: true,
+                    ..Default::default()
+                },
+            )),
+        };
         let mut out = Vec::new();
         for (which, body) in [
             (0u8, put.encode_to_vec()),
@@ -196,6 +235,7 @@ mod tests {
             ),
             (5, grant.encode_to_vec()),
             (6, pb::LeaseRevokeRequest { id: 7 }.encode_to_vec()),
+            (7, watch.encode_to_vec()),
         ] {
             let mut input = vec![which];
             input.extend(body);
@@ -236,5 +276,19 @@ mod tests {
         }
         eprintln!("{outcomes:?}");
         assert!(outcomes.len() >= 2, "{outcomes:?}");
+    }
+
+    /// Writes the seeds above into fuzz/seeds/grpc_requests (committed; the fuzz
+    /// target starts from them):
+    /// `cargo test -p raftkv-server --lib -- --ignored write_seeds`.
+    #[test]
+    #[ignore]
+    fn write_seeds() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/grpc_requests");
+        std::fs::create_dir_all(&dir).expect("seed dir");
+        for (i, seed) in seeds().into_iter().enumerate() {
+            std::fs::write(dir.join(format!("seed-{i}")), seed).expect("seed");
+        }
     }
 }

@@ -102,3 +102,18 @@ fn snapshots_install_whole_or_change_nothing() {
         "only {refused} of 2000 corrupt snapshots refused"
     );
 }
+
+/// Writes the seeds above into fuzz/seeds/ (committed; the fuzz targets start from
+/// them): `cargo test -p raftkv-storage --test fuzz_smoke -- --ignored write_seeds`.
+#[test]
+#[ignore]
+fn write_seeds() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");
+    for (target, name, bytes) in [
+        ("wal_records", "framed", log_seed()),
+        ("snapshot", "sample", sample_snapshot()),
+    ] {
+        std::fs::create_dir_all(root.join(target)).expect("seed dir");
+        std::fs::write(root.join(target).join(name), bytes).expect("seed");
+    }
+}
