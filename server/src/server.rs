@@ -28,6 +28,9 @@ const MAX_RECV_BYTES: usize =
     raftkv_proto::MAX_REQUEST_SIZE_BYTES + raftkv_proto::GRPC_OVERHEAD_BYTES;
 /// How long start-up waits for a leader before serving regardless.
 const READY_LEADER_WAIT_MS: u64 = 3_000;
+/// How long SIGTERM waits for client requests in flight before closing the listeners'
+/// connections (open watch streams included).
+const SHUTDOWN_GRACE_MS: u64 = 1_000;
 /// Concurrent streams per client connection (etcd's default is grpc-go's: unlimited;
 /// this bounds memory per connection).
 const MAX_CONCURRENT_STREAMS: u32 = 1_000;
@@ -218,8 +221,13 @@ pub async fn run(config: ServerConfig) -> Result<(), StartError> {
     if let Some(task) = auto_compaction {
         task.abort();
     }
-    for s in client_servers {
-        let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
+    // In-flight unary requests get a moment to finish; streams (watches, keep-alives)
+    // never end by themselves, so the wait is bounded and shared by every listener.
+    let grace_ends = tokio::time::Instant::now() + Duration::from_millis(SHUTDOWN_GRACE_MS);
+    for mut s in client_servers {
+        if tokio::time::timeout_at(grace_ends, &mut s).await.is_err() {
+            s.abort();
+        }
     }
     node.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), peer_server).await;

@@ -284,8 +284,26 @@ fn restart_resumes_and_sigterm_is_clean() {
     for i in 0..20 {
         etcdctl_ok(&ctl, &ep, &["put", &format!("k{i:02}"), &i.to_string()]);
     }
+    // An open watch (as every Kubernetes API server holds) does not hold up SIGTERM:
+    // a service manager's restart takes about a second, not the stream's lifetime.
+    let mut watch = std::process::Command::new(&ctl)
+        .args(["--endpoints", &ep[0], "watch", "k", "--prefix"])
+        .env("ETCDCTL_API", "3")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("etcdctl watch");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let stopping = std::time::Instant::now();
     let status = m.stop().expect("was running");
+    let took = stopping.elapsed();
+    let _ = watch.kill();
+    let _ = watch.wait();
     assert!(status.success(), "SIGTERM exit: {status}");
+    assert!(
+        took < std::time::Duration::from_secs(3),
+        "SIGTERM with a watch open took {took:?}"
+    );
     m.start(&["--cluster-init".to_string()]);
     let j = json(&etcdctl_ok(
         &ctl,
