@@ -184,6 +184,9 @@ fn leader(rt: &tokio::runtime::Runtime, cluster: &ProcCluster) -> usize {
 }
 
 /// Measures one system: every phase, in the same order for both.
+/// The unrecorded put load before the first measurement.
+const WARMUP_MS: u64 = 3_000;
+
 pub fn measure(config: &CompareConfig, system: System) -> Measured {
     let bin = match system {
         System::Raftkv => &config.raftkv_bin,
@@ -204,6 +207,16 @@ pub fn measure(config: &CompareConfig, system: System) -> Measured {
     let mut cluster = ProcCluster::start(system, bin, &config.parent, 3, &[]);
     let all = cluster.endpoints();
     let leader_ep = vec![cluster.endpoint(leader(&rt, &cluster))];
+    // A fresh cluster is still settling (learners being promoted, first segment and
+    // table files created): a short unrecorded put load first, the same for both systems.
+    let _ = rt.block_on(load::run(
+        &LoadConfig {
+            endpoints: leader_ep.clone(),
+            duration: config.run.min(Duration::from_millis(WARMUP_MS)),
+            ..base(Workload::Put, 1, 1)
+        },
+        "warm-up",
+    ));
 
     let r = emit(
         rt.block_on(load::run(
