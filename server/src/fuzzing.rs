@@ -1,8 +1,9 @@
 //! Entry point for the gRPC request fuzz target (fuzz/, cargo fuzz) and its smoke test:
 //! arbitrary bytes are decoded as one of etcd's requests, or as a peer message, and
 //! taken through what the handler does with it — decoding, conversion, validation,
-//! and applying the resulting command to a store (or serving the range, or creating
-//! the watch and reading its history). Nothing may
+//! and applying the resulting command to a store (or serving the range, creating the
+//! watch and reading its history, hashing at a revision, checking a new member's peer
+//! URLs). Nothing may
 //! panic; bad input gets an error.
 //!
 //! Not for production use: the store lives in a temporary directory.
@@ -55,7 +56,7 @@ pub fn grpc_request(data: &[u8]) -> Outcome {
     let Some((&which, body)) = data.split_first() else {
         return Outcome::Undecodable;
     };
-    let command = match which % 9 {
+    let command = match which % 11 {
         0 => {
             let Ok(req) = pb::PutRequest::decode(body) else {
                 return Outcome::Undecodable;
@@ -158,6 +159,29 @@ pub fn grpc_request(data: &[u8]) -> Outcome {
                 }
             });
         }
+        8 => {
+            let Ok(req) = pb::MemberAddRequest::decode(body) else {
+                return Outcome::Undecodable;
+            };
+            return match req
+                .peer_ur_ls
+                .iter()
+                .try_for_each(|u| crate::api::cluster::check_url(u))
+            {
+                Ok(()) => Outcome::Served,
+                Err(_) => Outcome::Refused,
+            };
+        }
+        9 => {
+            let Ok(req) = pb::HashKvRequest::decode(body) else {
+                return Outcome::Undecodable;
+            };
+            return match with_store(|s| s.hash_kv(req.revision)) {
+                Ok(Ok(_)) => Outcome::Served,
+                Ok(Err(_)) => Outcome::Refused,
+                Err(e) => panic!("hashing at {} failed in the store: {e}", req.revision),
+            };
+        }
         _ => {
             // A peer's forwarded request (postcard), as the peer service decodes it.
             return match postcard::from_bytes::<crate::peer::ForwardRequest>(body) {
@@ -236,6 +260,15 @@ mod tests {
             (5, grant.encode_to_vec()),
             (6, pb::LeaseRevokeRequest { id: 7 }.encode_to_vec()),
             (7, watch.encode_to_vec()),
+            (
+                8,
+                pb::MemberAddRequest {
+                    peer_ur_ls: vec!["http://10.0.0.4:2380".to_string()],
+                    is_learner: false,
+                }
+                .encode_to_vec(),
+            ),
+            (9, pb::HashKvRequest { revision: 0 }.encode_to_vec()),
         ] {
             let mut input = vec![which];
             input.extend(body);

@@ -50,7 +50,7 @@ impl ClusterService {
 }
 
 /// A peer URL must be http(s)://host:port, as members dial it.
-fn check_url(url: &str) -> Result<(), Status> {
+pub(crate) fn check_url(url: &str) -> Result<(), Status> {
     let ok = (url.starts_with("http://") || url.starts_with("https://"))
         && url
             .parse::<tonic::transport::Uri>()
