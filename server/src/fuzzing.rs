@@ -3,7 +3,7 @@
 //! taken through what the handler does with it — decoding, conversion, validation,
 //! and applying the resulting command to a store (or serving the range, creating the
 //! watch and reading its history, hashing at a revision, checking a new member's peer
-//! URLs). Nothing may
+//! URLs, raising or disarming an alarm, a lease's time to live and keys). Nothing may
 //! panic; bad input gets an error.
 //!
 //! Not for production use: the store lives in a temporary directory.
@@ -56,7 +56,7 @@ pub fn grpc_request(data: &[u8]) -> Outcome {
     let Some((&which, body)) = data.split_first() else {
         return Outcome::Undecodable;
     };
-    let command = match which % 11 {
+    let command = match which % 13 {
         0 => {
             let Ok(req) = pb::PutRequest::decode(body) else {
                 return Outcome::Undecodable;
@@ -182,6 +182,31 @@ pub fn grpc_request(data: &[u8]) -> Outcome {
                 Err(e) => panic!("hashing at {} failed in the store: {e}", req.revision),
             };
         }
+        10 => {
+            let Ok(req) = pb::AlarmRequest::decode(body) else {
+                return Outcome::Undecodable;
+            };
+            let Some(alarm) = crate::api::maintenance::alarm_type(req.alarm()) else {
+                return Outcome::Refused;
+            };
+            Command::Alarm {
+                activate: req.action() == pb::alarm_request::AlarmAction::Activate,
+                alarm: raftkv_storage::mvcc::AlarmMember {
+                    member_id: req.member_id,
+                    alarm,
+                },
+            }
+        }
+        11 => {
+            let Ok(req) = pb::LeaseTimeToLiveRequest::decode(body) else {
+                return Outcome::Undecodable;
+            };
+            return with_store(|s| match (s.lease(req.id), s.lease_keys(req.id)) {
+                (Some(_), Ok(_)) => Outcome::Served,
+                (None, Ok(_)) => Outcome::Refused,
+                (_, Err(e)) => panic!("lease keys of {} failed in the store: {e}", req.id),
+            });
+        }
         _ => {
             // A peer's forwarded request (postcard), as the peer service decodes it.
             return match postcard::from_bytes::<crate::peer::ForwardRequest>(body) {
@@ -258,6 +283,10 @@ mod tests {
                 .encode_to_vec(),
             ),
             (5, grant.encode_to_vec()),
+            (
+                11,
+                pb::LeaseTimeToLiveRequest { id: 7, keys: true }.encode_to_vec(),
+            ),
             (6, pb::LeaseRevokeRequest { id: 7 }.encode_to_vec()),
             (7, watch.encode_to_vec()),
             (
@@ -269,6 +298,15 @@ mod tests {
                 .encode_to_vec(),
             ),
             (9, pb::HashKvRequest { revision: 0 }.encode_to_vec()),
+            (
+                10,
+                pb::AlarmRequest {
+                    action: pb::alarm_request::AlarmAction::Deactivate as i32,
+                    member_id: 1,
+                    alarm: pb::AlarmType::Nospace as i32,
+                }
+                .encode_to_vec(),
+            ),
         ] {
             let mut input = vec![which];
             input.extend(body);

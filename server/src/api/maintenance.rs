@@ -33,7 +33,7 @@ pub struct MaintenanceService {
     pub node: Arc<Node>,
 }
 
-fn alarm_type(t: pb::AlarmType) -> Option<AlarmType> {
+pub(crate) fn alarm_type(t: pb::AlarmType) -> Option<AlarmType> {
     match t {
         pb::AlarmType::None => None,
         pb::AlarmType::Nospace => Some(AlarmType::NoSpace),
