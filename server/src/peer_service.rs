@@ -21,7 +21,9 @@ impl PeerService {
     /// Raft message while this member is fenced (rollback_guard.rs).
     fn check_target<T>(&self, req: &Request<T>) -> Result<(), Status> {
         if self.node.is_fenced() {
-            return Err(Status::unavailable(
+            // Aborted, not Unavailable: the sender retries at once rather than backing
+            // off as from a dead member (peer.rs); the fence lasts milliseconds.
+            return Err(Status::aborted(
                 "raftkv peer: this member restarted and is checking with its peers that its data dir is current",
             ));
         }
