@@ -349,17 +349,26 @@ mod tests {
         assert!(outcomes.len() >= 2, "{outcomes:?}");
     }
 
-    /// Writes the seeds above into fuzz/seeds/grpc_requests (committed; the fuzz
-    /// target starts from them):
-    /// `cargo test -p raftkv-server --lib -- --ignored write_seeds`.
+    /// The committed seeds in fuzz/seeds/grpc_requests (where the fuzz target starts)
+    /// are the ones above; `RAFTKV_WRITE_SEEDS=1 cargo test -p raftkv-server --lib`
+    /// rewrites them after a change.
     #[test]
-    #[ignore]
-    fn write_seeds() {
+    fn the_committed_seeds_are_current() {
         let dir =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/grpc_requests");
-        std::fs::create_dir_all(&dir).expect("seed dir");
+        let write = std::env::var_os("RAFTKV_WRITE_SEEDS").is_some();
         for (i, seed) in seeds().into_iter().enumerate() {
-            std::fs::write(dir.join(format!("seed-{i}")), seed).expect("seed");
+            let path = dir.join(format!("seed-{i}"));
+            if write {
+                std::fs::create_dir_all(&dir).expect("seed dir");
+                std::fs::write(&path, &seed).expect("seed");
+            }
+            let committed = std::fs::read(&path).unwrap_or_default();
+            assert!(
+                committed == seed,
+                "{} is stale: rewrite it with RAFTKV_WRITE_SEEDS=1",
+                path.display()
+            );
         }
     }
 }

@@ -103,17 +103,27 @@ fn snapshots_install_whole_or_change_nothing() {
     );
 }
 
-/// Writes the seeds above into fuzz/seeds/ (committed; the fuzz targets start from
-/// them): `cargo test -p raftkv-storage --test fuzz_smoke -- --ignored write_seeds`.
+/// The committed seeds in fuzz/seeds/ (where the fuzz targets start) are the ones
+/// above; `RAFTKV_WRITE_SEEDS=1 cargo test -p raftkv-storage --test fuzz_smoke`
+/// rewrites them after a format change.
 #[test]
-#[ignore]
-fn write_seeds() {
+fn the_committed_seeds_are_current() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");
+    let write = std::env::var_os("RAFTKV_WRITE_SEEDS").is_some();
     for (target, name, bytes) in [
         ("wal_records", "framed", log_seed()),
         ("snapshot", "sample", sample_snapshot()),
     ] {
-        std::fs::create_dir_all(root.join(target)).expect("seed dir");
-        std::fs::write(root.join(target).join(name), bytes).expect("seed");
+        let path = root.join(target).join(name);
+        if write {
+            std::fs::create_dir_all(root.join(target)).expect("seed dir");
+            std::fs::write(&path, &bytes).expect("seed");
+        }
+        let committed = std::fs::read(&path).unwrap_or_default();
+        assert!(
+            committed == bytes,
+            "{} is stale: rewrite it with RAFTKV_WRITE_SEEDS=1",
+            path.display()
+        );
     }
 }
