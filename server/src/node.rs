@@ -76,10 +76,8 @@ pub struct Node {
     applied_index: tokio::sync::watch::Receiver<u64>,
     /// Read-index rounds and forwarded write batches (batching.rs).
     coalescer: crate::batching::Coalescer,
-    /// What this member knows the others durably held (rollback_guard.rs).
-    floors: std::sync::Mutex<crate::rollback_guard::Floors>,
-    /// The floors grew since they were last written to disk.
-    pub floors_dirty: AtomicBool,
+    /// What this member knows each member durably held (rollback_guard.rs).
+    pub floors: crate::rollback_guard::FloorTable,
     /// While set, the peer service refuses Raft RPCs and the member does not stand for
     /// election: a restarted member until peers confirm its data dir is current.
     fenced: AtomicBool,
@@ -183,7 +181,6 @@ impl Node {
             // Fenced until peers confirm the data dir is current (rollback_guard.rs).
             raft.runtime_config().elect(false);
         }
-        let floors = crate::rollback_guard::load(&data_dir);
         let node = Arc::new_cyclic(|weak| Node {
             id: identity.member_id,
             name: identity.name.clone(),
@@ -199,8 +196,7 @@ impl Node {
             space: SpaceCheck::default(),
             applied_index,
             coalescer: crate::batching::Coalescer::start(weak.clone()),
-            floors: std::sync::Mutex::new(floors),
-            floors_dirty: AtomicBool::new(false),
+            floors: crate::rollback_guard::FloorTable::open(&data_dir),
             fenced: AtomicBool::new(restart_state.is_some()),
             restart_state,
         });
@@ -216,20 +212,6 @@ impl Node {
     pub fn lift_fence(&self) {
         self.fenced.store(false, Ordering::Release);
         self.raft.runtime_config().elect(true);
-    }
-
-    pub fn floors(&self) -> crate::rollback_guard::Floors {
-        self.floors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    pub fn merge_floors(&self, other: &crate::rollback_guard::Floors) {
-        let mut floors = self.floors.lock().unwrap_or_else(|e| e.into_inner());
-        if crate::rollback_guard::merge(&mut floors, other) {
-            self.floors_dirty.store(true, Ordering::Release);
-        }
     }
 
     /// Makes this member part of a cluster, once: a data dir that already holds a joined
@@ -711,16 +693,12 @@ impl Node {
                 Err(RaftError::Fatal(_)) => Err(ForwardError::Api(ApiError::Stopped)),
             },
             ForwardRequest::Floors(floors) => {
-                self.merge_floors(&floors);
+                self.floors.merge(&floors);
                 Ok(ForwardResponse::FloorsTaken)
             }
-            ForwardRequest::FloorOf { member } => Ok(ForwardResponse::Floor(
-                self.floors
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&member)
-                    .copied(),
-            )),
+            ForwardRequest::FloorOf { member } => {
+                Ok(ForwardResponse::Floor(self.floors.get(member)))
+            }
             ForwardRequest::ReadIndex => match self.raft.get_read_log_id().await {
                 Ok((read, _)) => Ok(ForwardResponse::ReadIndex(read.map_or(0, |l| l.index))),
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {

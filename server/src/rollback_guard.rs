@@ -25,7 +25,7 @@
 //! floor is a lower bound of what the member durably held, compared as Raft orders
 //! votes and logs (see `regression`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -145,17 +145,55 @@ pub fn merge(floors: &mut Floors, other: &Floors) -> bool {
     grew
 }
 
+/// A member's table of floors, shared by the keeper, the peer service and the check.
+#[derive(Default)]
+pub struct FloorTable {
+    floors: std::sync::Mutex<Floors>,
+    /// The table grew since it was last written to disk.
+    dirty: std::sync::atomic::AtomicBool,
+}
+
+impl FloorTable {
+    /// The table kept in `data_dir` (see `load`).
+    pub fn open(data_dir: &Path) -> FloorTable {
+        FloorTable {
+            floors: std::sync::Mutex::new(load(data_dir)),
+            dirty: Default::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Floors> {
+        self.floors.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn merge(&self, other: &Floors) {
+        if merge(&mut self.lock(), other) {
+            self.dirty.store(true, Ordering::Release);
+        }
+    }
+
+    pub fn get(&self, member: NodeId) -> Option<Floor> {
+        self.lock().get(&member).copied()
+    }
+
+    fn snapshot(&self) -> Floors {
+        self.lock().clone()
+    }
+}
+
 /// The leader's view of its followers now, or nothing when this member does not lead.
 fn leader_view(node: &Node) -> Option<Floors> {
-    let metrics = node.raft.metrics().borrow().clone();
+    let watch = node.raft.metrics();
+    let metrics = watch.borrow();
     if metrics.current_leader != Some(node.id) {
         return None;
     }
     let term = metrics.current_term;
-    let replication = metrics.replication?;
     Some(
         // The leader's own entry is what it has flushed itself.
-        replication
+        metrics
+            .replication
+            .as_ref()?
             .iter()
             .filter_map(|(id, matched)| {
                 let matched = matched.as_ref()?;
@@ -179,8 +217,8 @@ pub async fn run_keeper(node: Arc<Node>) {
     loop {
         ticker.tick().await;
         if let Some(view) = leader_view(&node) {
-            node.merge_floors(&view);
-            let table = node.floors();
+            node.floors.merge(&view);
+            let table = node.floors.snapshot();
             let followers: Vec<String> = node
                 .members()
                 .into_iter()
@@ -197,10 +235,10 @@ pub async fn run_keeper(node: Arc<Node>) {
             }
         }
         if last_store.elapsed() >= Duration::from_millis(PERSIST_INTERVAL_MS)
-            && node.floors_dirty.swap(false, Ordering::AcqRel)
+            && node.floors.dirty.swap(false, Ordering::AcqRel)
         {
             last_store = Instant::now();
-            if let Err(e) = store(&node.config.data_dir, &node.floors()) {
+            if let Err(e) = store(&node.config.data_dir, &node.floors.snapshot()) {
                 tracing::warn!(error = %e, file = %path(&node.config.data_dir).display(), "could not keep what peers hold");
             }
         }
@@ -212,7 +250,7 @@ pub async fn run_keeper(node: Arc<Node>) {
 /// fence); Err with the message to stop with otherwise.
 pub async fn check_at_restart(node: Arc<Node>, local: LocalState) -> Result<(), String> {
     let started = Instant::now();
-    let mut answered: BTreeMap<NodeId, Option<Floor>> = BTreeMap::new();
+    let mut answered: BTreeSet<NodeId> = BTreeSet::new();
     let mut last_log_at = Instant::now();
     loop {
         let members = node.members();
@@ -241,7 +279,7 @@ pub async fn check_at_restart(node: Arc<Node>, local: LocalState) -> Result<(), 
         }
         let asks = voters
             .iter()
-            .filter(|(id, _)| *id != node.id && !answered.contains_key(id))
+            .filter(|(id, _)| *id != node.id && !answered.contains(id))
             .map(|(id, url)| {
                 let node = node.clone();
                 let (id, url) = (*id, url.clone());
@@ -276,7 +314,7 @@ pub async fn check_at_restart(node: Arc<Node>, local: LocalState) -> Result<(), 
                     hex(node.id)
                 ));
             }
-            answered.insert(peer, floor);
+            answered.insert(peer);
         }
         if last_log_at.elapsed() >= Duration::from_secs(5) {
             last_log_at = Instant::now();

@@ -125,3 +125,47 @@ pub fn sample_snapshot() -> Vec<u8> {
     store.export_snapshot(&point, &mut out).expect("export");
     out
 }
+
+/// Mutations for the smoke tests that run the fuzz entry points in CI: bytes flipped,
+/// cut and inserted, from a seeded xorshift, keeping the first byte (the shape or
+/// request kind every entry point reads first).
+pub struct Mutator(pub u64);
+
+impl Mutator {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn mutate(&mut self, seed: &[u8]) -> Vec<u8> {
+        let mut input = seed.to_vec();
+        for _ in 0..1 + self.next_u64() % 4 {
+            let at = 1 + (self.next_u64() % (input.len().max(2) as u64 - 1)) as usize;
+            match self.next_u64() % 3 {
+                0 if at < input.len() => input[at] ^= 1 << (self.next_u64() % 8),
+                1 => input.truncate(at),
+                _ => input.insert(at.min(input.len()), self.next_u64() as u8),
+            }
+        }
+        input
+    }
+}
+
+/// Checks that the committed seed at `path` (fuzz/seeds/, where the fuzz targets
+/// start) is `bytes`; with RAFTKV_WRITE_SEEDS set, writes it first.
+pub fn check_seed(path: &std::path::Path, bytes: &[u8]) {
+    if std::env::var_os("RAFTKV_WRITE_SEEDS").is_some() {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).expect("seed dir");
+        }
+        std::fs::write(path, bytes).expect("seed");
+    }
+    let committed = std::fs::read(path).unwrap_or_default();
+    assert!(
+        committed == bytes,
+        "{} is stale: rewrite it with RAFTKV_WRITE_SEEDS=1",
+        path.display()
+    );
+}

@@ -3,7 +3,9 @@
 //! panics, and corrupt input is refused.
 
 use openraft::{CommittedLeaderId, EntryPayload, LogId};
-use raftkv_storage::fuzzing::{log_replay, sample_snapshot, segment_from, snapshot_install};
+use raftkv_storage::fuzzing::{
+    check_seed, log_replay, sample_snapshot, segment_from, snapshot_install, Mutator,
+};
 use raftkv_storage::raft_types::{Entry, Vote};
 
 /// Framed-shape fuzz input (see `segment_from`) for the given records.
@@ -30,31 +32,6 @@ fn entry_record(index: u64) -> (u8, Vec<u8>) {
 fn log_seed() -> Vec<u8> {
     let vote = postcard::to_allocvec(&Vote::new(1, 1)).expect("encode");
     framed(&[(2, vote), entry_record(1), entry_record(2), entry_record(3)])
-}
-
-struct Mutator(u64);
-
-impl Mutator {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    /// Flips, cuts and inserts bytes, keeping the first (shape) byte.
-    fn mutate(&mut self, seed: &[u8]) -> Vec<u8> {
-        let mut input = seed.to_vec();
-        for _ in 0..1 + self.next() % 4 {
-            let at = 1 + (self.next() % (input.len().max(2) as u64 - 1)) as usize;
-            match self.next() % 3 {
-                0 if at < input.len() => input[at] ^= 1 << (self.next() % 8),
-                1 => input.truncate(at),
-                _ => input.insert(at.min(input.len()), self.next() as u8),
-            }
-        }
-        input
-    }
 }
 
 #[test]
@@ -109,21 +86,6 @@ fn snapshots_install_whole_or_change_nothing() {
 #[test]
 fn the_committed_seeds_are_current() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");
-    let write = std::env::var_os("RAFTKV_WRITE_SEEDS").is_some();
-    for (target, name, bytes) in [
-        ("wal_records", "framed", log_seed()),
-        ("snapshot", "sample", sample_snapshot()),
-    ] {
-        let path = root.join(target).join(name);
-        if write {
-            std::fs::create_dir_all(root.join(target)).expect("seed dir");
-            std::fs::write(&path, &bytes).expect("seed");
-        }
-        let committed = std::fs::read(&path).unwrap_or_default();
-        assert!(
-            committed == bytes,
-            "{} is stale: rewrite it with RAFTKV_WRITE_SEEDS=1",
-            path.display()
-        );
-    }
+    check_seed(&root.join("wal_records/framed"), &log_seed());
+    check_seed(&root.join("snapshot/sample"), &sample_snapshot());
 }

@@ -22,6 +22,7 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, Txn, TxnOp, WatchOptions,
 };
 use raftkv_tests::linearizability::{check, Op, RegisterOp, Verdict};
+use raftkv_tests::netns::Net;
 use raftkv_tests::Cluster;
 
 const REGISTER_KEYS: u64 = 8;
@@ -429,6 +430,17 @@ fn leader_index(cluster: &mut Cluster, rt: &tokio::runtime::Runtime) -> Option<u
     None
 }
 
+/// Makes the cuts `cut` says in the test network, holds them `cut_ms`, then heals.
+fn partition(cluster: &mut Cluster, cut_ms: u64, cut: impl FnOnce(&mut Net)) {
+    let net = cluster
+        .net
+        .as_mut()
+        .expect("partitions need the test network");
+    cut(net);
+    std::thread::sleep(Duration::from_millis(cut_ms));
+    net.heal();
+}
+
 /// Each member's file system in the full-disk scenarios.
 const DISK_MIB: u64 = 200;
 
@@ -566,38 +578,20 @@ fn run_scenario_with(
             Fault::Isolate {
                 members: set,
                 cut_ms,
-            } => {
-                let net = cluster
-                    .net
-                    .as_mut()
-                    .expect("partitions need the test network");
+            } => partition(&mut cluster, cut_ms, |net| {
                 for inside in (0..members).filter(|i| set & (1 << i) != 0) {
                     for outside in (0..members).filter(|i| set & (1 << i) == 0) {
                         net.cut_both(inside, outside);
                     }
                 }
-                std::thread::sleep(Duration::from_millis(cut_ms));
-                net.heal();
-            }
+            }),
             Fault::IsolateLeader { cut_ms } => {
                 if let Some(leader) = leader_index(&mut cluster, &rt) {
-                    let net = cluster
-                        .net
-                        .as_mut()
-                        .expect("partitions need the test network");
-                    net.isolate(leader);
-                    std::thread::sleep(Duration::from_millis(cut_ms));
-                    net.heal();
+                    partition(&mut cluster, cut_ms, |net| net.isolate(leader));
                 }
             }
             Fault::OneWay { from, to, cut_ms } => {
-                let net = cluster
-                    .net
-                    .as_mut()
-                    .expect("partitions need the test network");
-                net.cut(from, to);
-                std::thread::sleep(Duration::from_millis(cut_ms));
-                net.heal();
+                partition(&mut cluster, cut_ms, |net| net.cut(from, to))
             }
             Fault::DiskFull { member, full_ms } => {
                 cluster.disks[member].fill();
@@ -613,13 +607,7 @@ fn run_scenario_with(
                 }
             }
             Fault::Split { a, b, cut_ms } => {
-                let net = cluster
-                    .net
-                    .as_mut()
-                    .expect("partitions need the test network");
-                net.cut_both(a, b);
-                std::thread::sleep(Duration::from_millis(cut_ms));
-                net.heal();
+                partition(&mut cluster, cut_ms, |net| net.cut_both(a, b))
             }
         }
     }
