@@ -214,6 +214,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         MvccOptions {
             compaction_batch_revisions: 3,
             compaction_pause_ms: 0,
+            // Small enough that the model's keys are evicted and read back from the
+            // engine, so both paths of latest.rs are checked against the model.
+            latest_cache_size_bytes: 2 << 10,
             ..Default::default()
         },
     )

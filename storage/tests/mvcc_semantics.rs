@@ -662,6 +662,31 @@ fn snapshot_round_trip_and_corruption() {
     );
 }
 
+/// The newest-version cache (latest.rs) holds the old tree's versions; after a snapshot
+/// replaces the tree, reads and writes must see the snapshot's.
+#[test]
+fn a_key_cached_before_a_snapshot_install_reads_the_snapshots_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir.path().join("a"));
+    for i in 0..5 {
+        put(&s, "k", &format!("new-{i}"));
+    }
+    let point = s.snapshot_point().unwrap();
+    let mut image = Vec::new();
+    s.export_snapshot(&point, &mut image).unwrap();
+
+    let t = open(&dir.path().join("b"));
+    put(&t, "k", "old");
+    assert_eq!(get(&t, "k").unwrap().value, b("old"));
+    t.install_snapshot(&image[..]).unwrap();
+    let kv = get(&t, "k").unwrap();
+    assert_eq!((kv.value, kv.version), (b("new-4"), 5));
+    // A write after the install builds on the snapshot's version of the key.
+    put(&t, "k", "after");
+    let kv = get(&t, "k").unwrap();
+    assert_eq!((kv.version, kv.create_revision), (6, 2));
+}
+
 /// etcd panics on this txn (its check passes, then an earlier operation deletes the key
 /// an ignore_lease put needs); raftkv refuses it whole, on every member alike.
 #[test]

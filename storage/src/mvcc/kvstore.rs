@@ -27,6 +27,8 @@ pub struct MvccOptions {
     pub cache_capacity_bytes: u64,
     /// The engine's in-memory write buffer per tree.
     pub memtable_size_bytes: u64,
+    /// Each recently used key's newest version, in memory (`latest.rs`).
+    pub latest_cache_size_bytes: u64,
     /// Revisions compacted per engine batch; bounds how long one batch holds the tree.
     pub compaction_batch_revisions: usize,
     /// Pause between compaction batches, so that writers always get the tree.
@@ -41,6 +43,7 @@ impl Default for MvccOptions {
         MvccOptions {
             cache_capacity_bytes: 64 << 20,
             memtable_size_bytes: 16 << 20,
+            latest_cache_size_bytes: 32 << 20,
             compaction_batch_revisions: 32,
             compaction_pause_ms: 1,
             feed_capacity_batches: 4096,
@@ -62,6 +65,8 @@ pub(crate) struct Inner {
     pub db: super::engine::Db,
     pub tree: RwLock<super::engine::Tree>,
     pub revision: AtomicI64,
+    /// Each recently used key's newest version; filled only by the applier.
+    pub latest: super::latest::LatestCache,
     pub compact_revision: AtomicI64,
     pub leases: RwLock<BTreeMap<LeaseId, Lease>>,
     /// Raised alarms (NOSPACE makes the applier refuse writes that need space).
@@ -101,6 +106,7 @@ impl MvccStore {
             db,
             tree: RwLock::new(tree),
             revision: AtomicI64::new(1),
+            latest: super::latest::LatestCache::new(options.latest_cache_size_bytes),
             compact_revision: AtomicI64::new(-1),
             leases: RwLock::new(BTreeMap::new()),
             alarms: RwLock::new(Default::default()),
@@ -194,7 +200,7 @@ impl MvccStore {
         if rev < self.compact_revision() {
             return Err(MvccError::Compacted.into());
         }
-        let view = View::committed(&tree, rev);
+        let view = View::committed(&tree, rev).with_latest(&self.inner.latest);
         let mut response = range::execute(&view, req)?;
         response.revision = current;
         Ok(response)

@@ -114,11 +114,30 @@ impl WriteTxn<'_> {
             tree: self.tree,
             rev: self.read_rev(),
             overlay: (!self.changes.is_empty()).then_some(&self.overlay),
+            latest: Some(&self.store.inner.latest),
         }
     }
 
     fn begin_view(&self) -> View<'_> {
-        View::committed(self.tree, self.begin_rev)
+        View::committed(self.tree, self.begin_rev).with_latest(&self.store.inner.latest)
+    }
+
+    /// The key's newest stored version (tombstones included) as of the begin revision:
+    /// from the cache of newest versions, else from the engine, caching what it found.
+    /// Under the apply lock the begin revision is the newest, so what the engine says
+    /// is the key's newest version and may be cached (`latest.rs`).
+    fn newest(&self, key: &Bytes) -> Result<Option<(Revision, KvRecord)>, StoreError> {
+        let latest = &self.store.inner.latest;
+        if let Some(hit) = latest.get_at(key, self.begin_rev) {
+            return Ok(Some(hit));
+        }
+        let found = version_at(self.tree, key, self.begin_rev)?;
+        if let Some((rev, record)) = &found {
+            if !record.tombstone {
+                latest.set(key, *rev, record);
+            }
+        }
+        Ok(found)
     }
 
     fn execute(&mut self, command: &Command) -> Result<CommandResult, StoreError> {
@@ -177,7 +196,7 @@ impl WriteTxn<'_> {
         if let Some(pending) = self.overlay.get(key) {
             return Ok(pending.clone());
         }
-        Ok(match version_at(self.tree, key, self.begin_rev)? {
+        Ok(match self.newest(key)? {
             Some((rev, record)) if !record.tombstone => {
                 Some(range::to_kv(key.clone(), rev, record, true))
             }
@@ -188,7 +207,7 @@ impl WriteTxn<'_> {
     /// The key's live version before this transaction: what etcd's watch reports as an
     /// event's prev_kv (it reads the key at the event's revision - 1).
     fn before_txn(&self, key: &Bytes) -> Result<Option<KeyValue>, StoreError> {
-        Ok(match version_at(self.tree, key, self.begin_rev)? {
+        Ok(match self.newest(key)? {
             Some((rev, record)) if !record.tombstone => {
                 Some(range::to_kv(key.clone(), rev, record, true))
             }
@@ -198,7 +217,7 @@ impl WriteTxn<'_> {
 
     /// The revision of the key's newest stored version, tombstones included.
     fn stored_revision(&self, key: &Bytes) -> Result<Revision, StoreError> {
-        Ok(version_at(self.tree, key, self.begin_rev)?.map_or(0, |(rev, _)| rev))
+        Ok(self.newest(key)?.map_or(0, |(rev, _)| rev))
     }
 
     fn standalone_put(
@@ -605,6 +624,11 @@ impl WriteTxn<'_> {
         }
 
         let inner = &self.store.inner;
+        // Before the revision moves (latest.rs): a reader at the new revision must not
+        // find a key's older version cached as its newest.
+        for change in &self.changes {
+            inner.latest.set(&change.key, rev, &change.record);
+        }
         if !self.leases.is_empty() {
             let mut leases = inner.leases.write().unwrap_or_else(|e| e.into_inner());
             for (id, lease) in self.leases {

@@ -6,6 +6,7 @@
 //! - `engine.rs`: the ordered key-value engine (lsm-tree) and the few calls the store makes
 //! - `keys.rs`: how that data is laid out in the engine
 //! - `kvstore.rs`: the store, its counters and read entry points
+//! - `latest.rs`: each recently used key's newest version, in memory
 //! - `range.rs`: which versions a read sees, and etcd's Range semantics
 //! - `kvstore_txn.rs`: the write path (Put, DeleteRange, Txn, leases, Compact)
 //! - `validate.rs`: request checks etcd makes before proposing
@@ -23,6 +24,7 @@ pub mod hash;
 pub mod keys;
 pub mod kvstore;
 mod kvstore_txn;
+pub mod latest;
 pub mod range;
 pub mod snapshot;
 pub mod types;

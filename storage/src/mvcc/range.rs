@@ -24,6 +24,8 @@ pub(crate) struct View<'a> {
     pub tree: &'a super::engine::Tree,
     pub rev: Revision,
     pub overlay: Option<&'a Overlay>,
+    /// Newest versions the applier cached; consulted for single-key reads.
+    pub latest: Option<&'a super::latest::LatestCache>,
 }
 
 /// The bounds of a key range in etcd's terms.
@@ -61,6 +63,15 @@ impl<'a> View<'a> {
             tree,
             rev,
             overlay: None,
+            latest: None,
+        }
+    }
+
+    /// The same view, answering single-key reads from `latest` where it can.
+    pub fn with_latest(self, latest: &'a super::latest::LatestCache) -> View<'a> {
+        View {
+            latest: Some(latest),
+            ..self
         }
     }
 
@@ -130,7 +141,12 @@ impl<'a> View<'a> {
     ) -> Result<(), StoreError> {
         match range {
             KeyRange::Single(key) => {
-                if let Some((rev, record)) = super::kvstore::version_at(self.tree, key, self.rev)? {
+                let cached = self.latest.and_then(|l| l.get_at(key, self.rev));
+                let found = match cached {
+                    Some(hit) => Some(hit),
+                    None => super::kvstore::version_at(self.tree, key, self.rev)?,
+                };
+                if let Some((rev, record)) = found {
                     if !record.tombstone {
                         f(to_kv(key.clone(), rev, record, with_value));
                     }

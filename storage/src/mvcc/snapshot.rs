@@ -190,6 +190,8 @@ impl MvccStore {
             fresh.clone(),
         );
         drop(current);
+        // The cached newest versions are the old tree's.
+        self.inner.latest.clear();
         if let Err(e) = db.switch_to(&fresh, old) {
             tracing::warn!(error = %e, "mvcc: could not switch durably to the installed snapshot's tree");
             return Err(e.into());
