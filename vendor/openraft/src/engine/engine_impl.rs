@@ -74,11 +74,13 @@ where C: RaftTypeConfig
     pub(crate) state: Valid<RaftState<C::NodeId, C::Node, <C::AsyncRuntime as AsyncRuntime>::Instant>>,
 
     // TODO: add a Voting state as a container.
-    /// Whether a greater log id is seen during election.
+    /// The greatest last log id a rejected vote response showed, during the last election.
     ///
-    /// If it is true, then this node **may** not become a leader therefore the election timeout
-    /// should be greater.
-    pub(crate) seen_greater_log: bool,
+    /// While this node's own last log id is smaller, it **may** not become a leader, therefore
+    /// the election timeout should be greater. (raftkv patch: it was a flag that stayed set
+    /// after this node caught up as a follower, delaying its next election by
+    /// `smaller_log_timeout`; upstream fixed the same in openraft#2087.)
+    pub(crate) seen_greater_log: Option<LogId<C::NodeId>>,
 
     /// Represents the Leader state.
     pub(crate) leader: LeaderState<C>,
@@ -104,7 +106,7 @@ where C: RaftTypeConfig
         Self {
             config,
             state: Valid::new(init_state),
-            seen_greater_log: false,
+            seen_greater_log: None,
             leader: None,
             candidate: None,
             output: EngineOutput::new(4096),
@@ -392,7 +394,7 @@ where C: RaftTypeConfig
                 "seen a greater log id when {}",
                 func_name!()
             );
-            self.set_greater_log();
+            self.set_greater_log(resp.last_log_id.clone());
         }
 
         // When vote request is rejected, only update to the non-committed version of the vote.
@@ -715,20 +717,23 @@ where C: RaftTypeConfig
         }
     }
 
+    /// Whether a peer showed a greater last log id than this node has now.
     pub(crate) fn is_there_greater_log(&self) -> bool {
-        self.seen_greater_log
+        self.seen_greater_log.is_some() && self.seen_greater_log.as_ref() > self.state.last_log_id()
     }
 
-    /// Set that there is greater last log id found.
+    /// Records a greater last log id found (the greatest one seen is kept).
     ///
-    /// In such a case, this node should not try to elect aggressively.
-    pub(crate) fn set_greater_log(&mut self) {
-        self.seen_greater_log = true;
+    /// In such a case, this node should not try to elect aggressively until it has caught up.
+    pub(crate) fn set_greater_log(&mut self, log_id: Option<LogId<C::NodeId>>) {
+        if log_id > self.seen_greater_log {
+            self.seen_greater_log = log_id;
+        }
     }
 
-    /// Clear the flag of that there is greater last log id.
+    /// Forgets the greater last log id seen.
     pub(crate) fn reset_greater_log(&mut self) {
-        self.seen_greater_log = false;
+        self.seen_greater_log = None;
     }
 
     // Only used by tests
