@@ -284,6 +284,13 @@ pub struct ServerConfig {
     /// defaults take 1 to 2 s (bench/RESULTS.md; docs/tuning.md for slow disks).
     #[arg(long, env = "RAFTKV_ELECTION_TIMEOUT_MS", default_value_t = 150)]
     pub election_timeout_ms: u64,
+    /// Threads running requests (the async runtime's workers); 0: half the cores, at
+    /// least one. raftkv shares its machine with the k3s server, and its throughput is
+    /// bound by fdatasync and the network more than by parallel CPU: fewer workers
+    /// wake fewer threads per request (docs/tuning.md, "Threads"). The Raft log's
+    /// fdatasync and the engine's file work have threads of their own.
+    #[arg(long, env = "RAFTKV_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
     /// How long a client request may wait for Raft before "request timed out".
     #[arg(long, env = "RAFTKV_REQUEST_TIMEOUT_MS", default_value_t = 7000)]
     pub request_timeout_ms: u64,
@@ -478,6 +485,15 @@ impl ServerConfig {
             q if q < 0 => None,
             q => Some(q as u64),
         }
+    }
+
+    /// The runtime's worker threads: the flag, else half the cores (at least one).
+    pub fn worker_threads(&self) -> usize {
+        if self.worker_threads > 0 {
+            return self.worker_threads;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cores / 2).max(1)
     }
 
     pub fn request_timeout(&self) -> Duration {
