@@ -137,9 +137,8 @@ pub async fn run(config: ServerConfig) -> Result<(), StartError> {
     // A restarted member stays fenced until peers confirm its data dir is current; if
     // they know of a newer state, it stops (rollback_guard.rs). The check starts before
     // the wait for a leader below: fenced, the member refuses the leader's messages and
-    // would never learn of it, and a fence held for that whole wait left the cluster
-    // one failure from losing its quorum (leader failover took 1.2 s instead of 0.55 s
-    // when a member had restarted within the last 3 s).
+    // would never learn of one, and a fence held through that wait leaves the cluster
+    // one failure from losing its quorum.
     let (guard_tx, mut guard_failed) = tokio::sync::oneshot::channel::<String>();
     if let Some(local) = node.restart_state {
         let node = node.clone();

@@ -200,7 +200,7 @@ impl MvccStore {
         if rev < self.compact_revision() {
             return Err(MvccError::Compacted.into());
         }
-        let view = View::committed(&tree, rev).with_latest(&self.inner.latest);
+        let view = View::committed(&tree, &self.inner.latest, rev);
         let mut response = range::execute(&view, req)?;
         response.revision = current;
         Ok(response)

@@ -114,12 +114,12 @@ impl WriteTxn<'_> {
             tree: self.tree,
             rev: self.read_rev(),
             overlay: (!self.changes.is_empty()).then_some(&self.overlay),
-            latest: Some(&self.store.inner.latest),
+            latest: &self.store.inner.latest,
         }
     }
 
     fn begin_view(&self) -> View<'_> {
-        View::committed(self.tree, self.begin_rev).with_latest(&self.store.inner.latest)
+        View::committed(self.tree, &self.store.inner.latest, self.begin_rev)
     }
 
     /// The key's newest stored version (tombstones included) as of the begin revision:
@@ -193,26 +193,16 @@ impl WriteTxn<'_> {
 
     /// The live version of `key` as this transaction sees it.
     fn live(&self, key: &Bytes) -> Result<Option<KeyValue>, StoreError> {
-        if let Some(pending) = self.overlay.get(key) {
-            return Ok(pending.clone());
+        match self.overlay.get(key) {
+            Some(pending) => Ok(pending.clone()),
+            None => self.before_txn(key),
         }
-        Ok(match self.newest(key)? {
-            Some((rev, record)) if !record.tombstone => {
-                Some(range::to_kv(key.clone(), rev, record, true))
-            }
-            _ => None,
-        })
     }
 
     /// The key's live version before this transaction: what etcd's watch reports as an
     /// event's prev_kv (it reads the key at the event's revision - 1).
     fn before_txn(&self, key: &Bytes) -> Result<Option<KeyValue>, StoreError> {
-        Ok(match self.newest(key)? {
-            Some((rev, record)) if !record.tombstone => {
-                Some(range::to_kv(key.clone(), rev, record, true))
-            }
-            _ => None,
-        })
+        Ok(live_of(key, self.newest(key)?))
     }
 
     /// The revision of the key's newest stored version, tombstones included.
@@ -234,7 +224,14 @@ impl WriteTxn<'_> {
     }
 
     fn put(&mut self, req: &PutRequest) -> Result<Result<PutResponse, MvccError>, StoreError> {
-        let prev = self.live(&req.key)?;
+        // One lookup of the stored key serves both the live version and the revision
+        // the change record points back to (a new key misses the cache: an engine scan).
+        let stored = self.newest(&req.key)?;
+        let prev_revision = stored.as_ref().map_or(0, |(rev, _)| *rev);
+        let prev = match self.overlay.get(&req.key) {
+            Some(pending) => pending.clone(),
+            None => live_of(&req.key, stored),
+        };
         if (req.ignore_value || req.ignore_lease) && prev.is_none() {
             return Ok(Err(MvccError::KeyNotFound));
         }
@@ -264,7 +261,6 @@ impl WriteTxn<'_> {
                 self.attachments.insert((lease, req.key.clone()), true);
             }
         }
-        let prev_revision = self.stored_revision(&req.key)?;
         self.changes.push(Change {
             key: req.key.clone(),
             record: KvRecord {
@@ -356,7 +352,10 @@ impl WriteTxn<'_> {
 
     fn range_in_txn(&self, req: &RangeRequest) -> Result<RangeResponse, StoreError> {
         let mut response = if req.revision > 0 {
-            range::execute(&View::committed(self.tree, req.revision), req)?
+            range::execute(
+                &View::committed(self.tree, &self.store.inner.latest, req.revision),
+                req,
+            )?
         } else {
             range::execute(&self.view(), req)?
         };
@@ -657,6 +656,16 @@ impl WriteTxn<'_> {
             inner.revision.store(rev, Ordering::SeqCst);
         }
         Ok(())
+    }
+}
+
+/// The live key-value of a stored version: none for no version or a tombstone.
+fn live_of(key: &Bytes, stored: Option<(Revision, KvRecord)>) -> Option<KeyValue> {
+    match stored {
+        Some((rev, record)) if !record.tombstone => {
+            Some(range::to_kv(key.clone(), rev, record, true))
+        }
+        _ => None,
     }
 }
 

@@ -72,7 +72,8 @@ impl LatestCache {
         self.entries.clear();
     }
 
-    pub fn weight_bytes(&self) -> u64 {
+    #[cfg(test)]
+    fn weight_bytes(&self) -> u64 {
         self.entries.weight()
     }
 }

@@ -25,7 +25,7 @@ pub(crate) struct View<'a> {
     pub rev: Revision,
     pub overlay: Option<&'a Overlay>,
     /// Newest versions the applier cached; consulted for single-key reads.
-    pub latest: Option<&'a super::latest::LatestCache>,
+    pub latest: &'a super::latest::LatestCache,
 }
 
 /// The bounds of a key range in etcd's terms.
@@ -58,20 +58,16 @@ impl KeyRange {
 }
 
 impl<'a> View<'a> {
-    pub fn committed(tree: &'a super::engine::Tree, rev: Revision) -> View<'a> {
+    pub fn committed(
+        tree: &'a super::engine::Tree,
+        latest: &'a super::latest::LatestCache,
+        rev: Revision,
+    ) -> View<'a> {
         View {
             tree,
             rev,
             overlay: None,
-            latest: None,
-        }
-    }
-
-    /// The same view, answering single-key reads from `latest` where it can.
-    pub fn with_latest(self, latest: &'a super::latest::LatestCache) -> View<'a> {
-        View {
-            latest: Some(latest),
-            ..self
+            latest,
         }
     }
 
@@ -141,8 +137,7 @@ impl<'a> View<'a> {
     ) -> Result<(), StoreError> {
         match range {
             KeyRange::Single(key) => {
-                let cached = self.latest.and_then(|l| l.get_at(key, self.rev));
-                let found = match cached {
+                let found = match self.latest.get_at(key, self.rev) {
                     Some(hit) => Some(hit),
                     None => super::kvstore::version_at(self.tree, key, self.rev)?,
                 };
