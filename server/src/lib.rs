@@ -50,6 +50,7 @@ pub mod metrics;
 pub mod migrate_cli;
 pub mod node;
 pub mod peer;
+pub mod peer_pipe;
 pub mod peer_service;
 pub mod rollback_guard;
 pub mod s3;

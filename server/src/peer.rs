@@ -1,5 +1,6 @@
 //! Member-to-member traffic: openraft's RPCs and the requests a follower forwards to the
-//! leader, all over the `raftkv.peer.Peer` gRPC service (proto/proto/peer.proto).
+//! leader, all over the `raftkv.peer.Peer` gRPC service (proto/proto/peer.proto): on
+//! one long-lived stream per peer (peer_pipe.rs), snapshot chunks as unary calls.
 //!
 //! Payloads are postcard-encoded Rust values; gRPC only frames them. This module owns
 //! the connection pool to other members and must never block the Raft core: every call
@@ -26,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::errors::ApiError;
+use crate::peer_pipe::{PipeKind, PipeOutcome, Pipes};
 
 /// Largest peer message: an AppendEntries batch or a snapshot chunk.
 pub const MAX_PEER_MESSAGE_SIZE_BYTES: usize = 256 << 20;
@@ -180,13 +182,47 @@ struct PeerTls {
 #[derive(Clone, Default)]
 pub struct PeerClients {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Long-lived streams over those channels (peer_pipe.rs).
+    pipes: Pipes,
     tls: Option<Arc<Mutex<PeerTls>>>,
+}
+
+/// What a call to a peer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PeerMethod {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+    Forward,
+}
+
+impl PeerMethod {
+    fn name(self) -> &'static str {
+        match self {
+            PeerMethod::AppendEntries => "append_entries",
+            PeerMethod::Vote => "vote",
+            PeerMethod::InstallSnapshot => "install_snapshot",
+            PeerMethod::Forward => "forward",
+        }
+    }
+
+    /// Snapshot chunks are large and rare: they keep unary calls, so they never hold
+    /// up the heartbeats and appends behind them on a pipe.
+    fn pipe_kind(self) -> Option<PipeKind> {
+        match self {
+            PeerMethod::AppendEntries => Some(PipeKind::AppendEntries),
+            PeerMethod::Vote => Some(PipeKind::Vote),
+            PeerMethod::InstallSnapshot => None,
+            PeerMethod::Forward => Some(PipeKind::Forward),
+        }
+    }
 }
 
 impl PeerClients {
     pub fn new(tls: Option<crate::tls::TlsFiles>) -> PeerClients {
         PeerClients {
             channels: Arc::default(),
+            pipes: Pipes::default(),
             tls: tls.map(|files| {
                 Arc::new(Mutex::new(PeerTls {
                     stamps: files.stamps(),
@@ -239,12 +275,7 @@ impl PeerClients {
 
     /// A client for the member at `url`, over the pooled channel (made on first use).
     pub fn client(&self, url: &str) -> Result<PeerClient<Channel>, ApiError> {
-        let changed = self.tls_files_changed();
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        if changed {
-            tracing::info!("peer TLS files changed; reconnecting to peers with them");
-            channels.clear();
-        }
         let channel = match channels.get(url) {
             Some(c) => c.clone(),
             None => {
@@ -276,11 +307,61 @@ impl PeerClients {
         request: &ForwardRequest,
         timeout: Duration,
     ) -> Result<ForwardReply, tonic::Status> {
+        let data = encode(request).data;
+        let reply = self
+            .request(url, PeerMethod::Forward, 0, data, timeout)
+            .await?;
+        decode(&Blob { data: reply })
+    }
+
+    /// One request to the member at `url` (`target`: the member id a Raft message is
+    /// for, 0 for any): on the pipe to it, or as a unary call to a member without
+    /// pipes and for snapshot chunks. A status whose message says "connect" means the
+    /// request was never sent.
+    async fn request(
+        &self,
+        url: &str,
+        method: PeerMethod,
+        target: NodeId,
+        data: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, tonic::Status> {
+        if self.tls_files_changed() {
+            tracing::info!("peer TLS files changed; reconnecting to peers with them");
+            self.channels
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+            self.pipes.clear();
+        }
+        if let Some(kind) = method.pipe_kind() {
+            let client = || self.client(url).map_err(|e| e.status());
+            let outcome = self
+                .pipes
+                .call(url, client, kind, target, data.clone(), timeout)
+                .await;
+            if let PipeOutcome::Done(result) = outcome {
+                return result;
+            }
+        }
         let mut client = self.client(url).map_err(|e| e.status())?;
-        let mut req = tonic::Request::new(encode(request));
+        let mut req = tonic::Request::new(Blob { data });
         req.set_timeout(timeout);
-        let reply = client.forward(req).await?;
-        decode(reply.get_ref())
+        // The receiver refuses a Raft message meant for another member id: a member
+        // restarted with a wiped data dir (a new id at the old URL) must never answer
+        // for the member it was.
+        if target != 0 {
+            if let Ok(v) = target.to_string().parse() {
+                req.metadata_mut().insert(TARGET_MEMBER_METADATA, v);
+            }
+        }
+        let reply = match method {
+            PeerMethod::AppendEntries => client.append_entries(req).await,
+            PeerMethod::Vote => client.vote(req).await,
+            PeerMethod::InstallSnapshot => client.install_snapshot(req).await,
+            PeerMethod::Forward => client.forward(req).await,
+        }?;
+        Ok(reply.into_inner().data)
     }
 }
 
@@ -315,7 +396,7 @@ struct TransportError(String);
 impl PeerConnection {
     async fn call<Req, Resp, E>(
         &self,
-        method: &'static str,
+        method: PeerMethod,
         request: &Req,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<NodeId, Member, E>>
@@ -324,34 +405,27 @@ impl PeerConnection {
         Resp: for<'de> Deserialize<'de>,
         E: std::error::Error + for<'de> Deserialize<'de>,
     {
-        let mut client = self
+        let data = encode(request).data;
+        let reply = self
             .clients
-            .client(&self.url)
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&TransportError(e.to_string()))))?;
-        let mut req = tonic::Request::new(encode(request));
-        req.set_timeout(option.hard_ttl());
-        // The receiver refuses a Raft message meant for another member id: a member
-        // restarted with a wiped data dir (a new id at the old URL) must never answer
-        // for the member it was.
-        if let Ok(v) = self.target.to_string().parse() {
-            req.metadata_mut().insert(TARGET_MEMBER_METADATA, v);
-        }
-        let reply = match method {
-            "append_entries" => client.append_entries(req).await,
-            "vote" => client.vote(req).await,
-            _ => client.install_snapshot(req).await,
-        };
-        let reply = reply.map_err(|status| {
-            let err = TransportError(format!("{method} to {}: {}", self.url, status.message()));
-            match status.code() {
-                // No connection: openraft backs off (500 ms) before trying again.
-                tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&err)),
-                // A slow answer is not a dead member: no back-off, so that heartbeats
-                // keep reaching a member that is only busy.
-                _ => RPCError::Network(NetworkError::new(&err)),
-            }
-        })?;
-        let result: Result<Resp, E> = postcard::from_bytes(&reply.get_ref().data).map_err(|e| {
+            .request(&self.url, method, self.target, data, option.hard_ttl())
+            .await
+            .map_err(|status| {
+                let err = TransportError(format!(
+                    "{} to {}: {}",
+                    method.name(),
+                    self.url,
+                    status.message()
+                ));
+                match status.code() {
+                    // No connection: openraft backs off (500 ms) before trying again.
+                    tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&err)),
+                    // A slow answer is not a dead member: no back-off, so that
+                    // heartbeats keep reaching a member that is only busy.
+                    _ => RPCError::Network(NetworkError::new(&err)),
+                }
+            })?;
+        let result: Result<Resp, E> = postcard::from_bytes(&reply).map_err(|e| {
             RPCError::Network(NetworkError::new(&TransportError(format!(
                 "bad reply: {e}"
             ))))
@@ -367,7 +441,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
         let started = std::time::Instant::now();
-        let result = self.call("append_entries", &rpc, &option).await;
+        let result = self.call(PeerMethod::AppendEntries, &rpc, &option).await;
         if result.is_ok() {
             crate::metrics::observe_peer_rtt(self.target, started.elapsed());
         }
@@ -382,7 +456,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call("install_snapshot", &rpc, &option).await
+        self.call(PeerMethod::InstallSnapshot, &rpc, &option).await
     }
 
     async fn vote(
@@ -390,6 +464,6 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        self.call("vote", &rpc, &option).await
+        self.call(PeerMethod::Vote, &rpc, &option).await
     }
 }

@@ -1,25 +1,45 @@
 //! The peer gRPC service: hands Raft RPCs to openraft and forwarded requests to
-//! `Node::serve_forward`. Decoding failures are answered as errors, never panics.
+//! `Node::serve_forward`, whether they come as unary calls or as frames on a pipe
+//! (peer_pipe.rs); both are served by the same code. Decoding failures are answered as
+//! errors, never panics.
 
 use std::sync::Arc;
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use raftkv_proto::peer::peer_server::Peer;
-use raftkv_proto::peer::Blob;
+use raftkv_proto::peer::{Blob, Frame};
 use raftkv_storage::raft_types::{NodeId, TypeConfig};
-use tonic::{Request, Response, Status};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::Node;
 use crate::peer::{decode, encode, ForwardError, ForwardRequest, TARGET_MEMBER_METADATA};
+use crate::peer_pipe::{reply_frame, PipeKind, MAX_PIPE_FRAMES_IN_FLIGHT};
 
+#[derive(Clone)]
 pub struct PeerService {
     pub node: Arc<Node>,
+}
+
+/// The member id a unary call's metadata addresses, if it names one.
+fn target_of<T>(req: &Request<T>) -> Result<Option<NodeId>, Status> {
+    let Some(target) = req.metadata().get(TARGET_MEMBER_METADATA) else {
+        return Ok(None);
+    };
+    target
+        .to_str()
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .map(Some)
+        .ok_or_else(|| Status::invalid_argument("raftkv peer: bad target member id"))
 }
 
 impl PeerService {
     /// Refuses a Raft message addressed to another member id (see peer.rs), and every
     /// Raft message while this member is fenced (rollback_guard.rs).
-    fn check_target<T>(&self, req: &Request<T>) -> Result<(), Status> {
+    fn check_target(&self, target: Option<NodeId>) -> Result<(), Status> {
         if self.node.is_fenced() {
             // Aborted, not Unavailable: the sender retries at once rather than backing
             // off as from a dead member (peer.rs); the fence lasts milliseconds.
@@ -27,14 +47,9 @@ impl PeerService {
                 "raftkv peer: this member restarted and is checking with its peers that its data dir is current",
             ));
         }
-        let Some(target) = req.metadata().get(TARGET_MEMBER_METADATA) else {
+        let Some(target) = target else {
             return Ok(());
         };
-        let target: u64 = target
-            .to_str()
-            .ok()
-            .and_then(|t| t.parse().ok())
-            .ok_or_else(|| Status::invalid_argument("raftkv peer: bad target member id"))?;
         if target != self.node.id {
             tracing::warn!(
                 addressed_to = %crate::node::hex(target),
@@ -48,33 +63,31 @@ impl PeerService {
         }
         Ok(())
     }
-}
 
-#[tonic::async_trait]
-impl Peer for PeerService {
-    async fn append_entries(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
-        self.check_target(&req)?;
-        let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref())?;
-        let result = self.node.raft.append_entries(rpc).await;
-        Ok(Response::new(encode(&result)))
+    /// Serves one request, from a unary call or a pipe frame.
+    async fn serve(
+        &self,
+        kind: PipeKind,
+        target: Option<NodeId>,
+        blob: Blob,
+    ) -> Result<Blob, Status> {
+        match kind {
+            PipeKind::AppendEntries => {
+                self.check_target(target)?;
+                let rpc: AppendEntriesRequest<TypeConfig> = decode(&blob)?;
+                Ok(encode(&self.node.raft.append_entries(rpc).await))
+            }
+            PipeKind::Vote => {
+                self.check_target(target)?;
+                let rpc: VoteRequest<NodeId> = decode(&blob)?;
+                Ok(encode(&self.node.raft.vote(rpc).await))
+            }
+            PipeKind::Forward => self.forward(&blob).await,
+        }
     }
 
-    async fn vote(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
-        self.check_target(&req)?;
-        let rpc: VoteRequest<NodeId> = decode(req.get_ref())?;
-        let result = self.node.raft.vote(rpc).await;
-        Ok(Response::new(encode(&result)))
-    }
-
-    async fn install_snapshot(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
-        self.check_target(&req)?;
-        let rpc: InstallSnapshotRequest<TypeConfig> = decode(req.get_ref())?;
-        let result = self.node.raft.install_snapshot(rpc).await;
-        Ok(Response::new(encode(&result)))
-    }
-
-    async fn forward(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
-        let request: ForwardRequest = decode(req.get_ref())?;
+    async fn forward(&self, blob: &Blob) -> Result<Blob, Status> {
+        let request: ForwardRequest = decode(blob)?;
         let reply = match request {
             // A member may join through any member: a follower passes the challenge and
             // the join on to the leader, which issues the nonce and checks the proof.
@@ -93,6 +106,94 @@ impl Peer for PeerService {
             }
             request => self.node.serve_forward(request).await,
         };
-        Ok(Response::new(encode(&reply)))
+        Ok(encode(&reply))
+    }
+
+    /// Serves one pipe frame; the reply carries its id.
+    async fn serve_frame(&self, frame: Frame) -> Frame {
+        let result = match PipeKind::from_wire(frame.kind) {
+            Some(kind) => {
+                let target = (frame.target != 0).then_some(frame.target);
+                self.serve(kind, target, Blob { data: frame.data })
+                    .await
+                    .map(|blob| blob.data)
+            }
+            None => Err(Status::unimplemented(format!(
+                "raftkv peer: unknown frame kind {}",
+                frame.kind
+            ))),
+        };
+        reply_frame(frame.id, result)
+    }
+}
+
+/// Serves a pipe's frames, several at once (a vote must not wait behind a forwarded
+/// write), until the sender closes it and every reply is out. At most
+/// `MAX_PIPE_FRAMES_IN_FLIGHT` are served at once: beyond that no frame is read.
+async fn serve_pipe(
+    service: PeerService,
+    mut frames: Streaming<Frame>,
+    replies: mpsc::Sender<Result<Frame, Status>>,
+) {
+    let mut in_flight = FuturesUnordered::new();
+    let mut reading = true;
+    loop {
+        tokio::select! {
+            frame = frames.message(), if reading && in_flight.len() < MAX_PIPE_FRAMES_IN_FLIGHT => {
+                match frame {
+                    Ok(Some(frame)) => in_flight.push(service.serve_frame(frame)),
+                    // Closed by the sender, or broken: answer what was taken.
+                    Ok(None) | Err(_) => reading = false,
+                }
+            }
+            Some(reply) = in_flight.next(), if !in_flight.is_empty() => {
+                if replies.send(Ok(reply)).await.is_err() {
+                    return;
+                }
+            }
+            else => return,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn append_entries(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
+        let target = target_of(&req)?;
+        let reply = self
+            .serve(PipeKind::AppendEntries, target, req.into_inner())
+            .await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn vote(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
+        let target = target_of(&req)?;
+        let reply = self.serve(PipeKind::Vote, target, req.into_inner()).await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn install_snapshot(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
+        self.check_target(target_of(&req)?)?;
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode(req.get_ref())?;
+        let result = self.node.raft.install_snapshot(rpc).await;
+        Ok(Response::new(encode(&result)))
+    }
+
+    async fn forward(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
+        let reply = self
+            .serve(PipeKind::Forward, None, req.into_inner())
+            .await?;
+        Ok(Response::new(reply))
+    }
+
+    type PipeStream = ReceiverStream<Result<Frame, Status>>;
+
+    async fn pipe(
+        &self,
+        req: Request<Streaming<Frame>>,
+    ) -> Result<Response<Self::PipeStream>, Status> {
+        let (replies, outgoing) = mpsc::channel(MAX_PIPE_FRAMES_IN_FLIGHT);
+        tokio::spawn(serve_pipe(self.clone(), req.into_inner(), replies));
+        Ok(Response::new(ReceiverStream::new(outgoing)))
     }
 }

@@ -1,0 +1,484 @@
+//! Long-lived peer streams ("pipes"): AppendEntries, Vote and forwarded requests to one
+//! member travel as frames on one bidirectional gRPC stream, replies matched by id.
+//!
+//! A unary gRPC call costs each message a request's headers, a response's headers and
+//! trailers, and a task on the receiver; at a k3s cluster's rest load (a few messages
+//! per update, heartbeats in between) that is most of what a member does. etcd sends
+//! Raft messages on long-lived streams for the same reason.
+//!
+//! Owns the client side: opening a pipe per peer URL, sending frames, matching replies,
+//! failing the waiters of a pipe that broke. It never interprets a payload (peer.rs
+//! and peer_service.rs do, the same for a frame as for a unary call), and it must never
+//! report a request as not sent once its frame may have left: a forwarded write that
+//! might have reached the leader must not be sent twice (node.rs, `on_leader`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use raftkv_proto::peer::peer_client::PeerClient;
+use raftkv_proto::peer::Frame;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+/// Frames one pipe has in flight at most, each way: a full pipe makes senders wait,
+/// and a receiver reads no more frames until it has answered some.
+pub const MAX_PIPE_FRAMES_IN_FLIGHT: usize = 1024;
+/// How long a peer that has no pipes (an older raftkv) gets unary calls before a pipe
+/// is tried again.
+const UNARY_RETRY_PIPE_MS: u64 = 60_000;
+
+/// What a request frame carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PipeKind {
+    AppendEntries = 1,
+    Vote = 2,
+    Forward = 3,
+}
+
+impl PipeKind {
+    pub fn from_wire(kind: u32) -> Option<PipeKind> {
+        match kind {
+            1 => Some(PipeKind::AppendEntries),
+            2 => Some(PipeKind::Vote),
+            3 => Some(PipeKind::Forward),
+            _ => None,
+        }
+    }
+}
+
+/// A reply frame for request `id`: the payload, or the status the request failed with.
+pub fn reply_frame(id: u64, result: Result<Bytes, Status>) -> Frame {
+    match result {
+        Ok(data) => Frame {
+            id,
+            data,
+            ..Frame::default()
+        },
+        Err(status) => Frame {
+            id,
+            code: status.code() as u32,
+            message: status.message().to_string(),
+            ..Frame::default()
+        },
+    }
+}
+
+/// Requests sent on a pipe and not answered yet.
+#[derive(Default)]
+struct Waiting {
+    next_id: u64,
+    replies: HashMap<u64, oneshot::Sender<Frame>>,
+    /// Set once the pipe's reply stream ended; no request may be added then.
+    closed: bool,
+}
+
+/// One open pipe: the sending half and the waiters for replies.
+struct Pipe {
+    frames: mpsc::Sender<Frame>,
+    waiting: Arc<Mutex<Waiting>>,
+}
+
+impl Pipe {
+    fn is_open(&self) -> bool {
+        !self.frames.is_closed() && !lock(&self.waiting).closed
+    }
+}
+
+/// What the pool knows of one peer URL.
+#[derive(Default)]
+struct Slot {
+    current: Mutex<Option<Arc<Pipe>>>,
+    /// Held while a pipe is being opened, so that callers arriving meanwhile wait for
+    /// it rather than open pipes of their own.
+    opening: tokio::sync::Mutex<()>,
+    /// When the peer answered that it has no pipes.
+    unary_since: Mutex<Option<Instant>>,
+}
+
+impl Slot {
+    fn open_pipe(&self) -> Option<Arc<Pipe>> {
+        lock(&self.current)
+            .as_ref()
+            .filter(|p| p.is_open())
+            .cloned()
+    }
+
+    fn wants_unary(&self) -> bool {
+        lock(&self.unary_since)
+            .is_some_and(|since| since.elapsed() < Duration::from_millis(UNARY_RETRY_PIPE_MS))
+    }
+}
+
+/// The pipes to other members, one per peer URL, opened on first use and again after
+/// one breaks.
+#[derive(Clone, Default)]
+pub struct Pipes {
+    slots: Arc<Mutex<HashMap<String, Arc<Slot>>>>,
+}
+
+/// What a call on a pipe came to.
+pub enum PipeOutcome {
+    /// The reply's payload, or the status the peer failed the request with (or the
+    /// transport's: a timeout, a broken or unopenable pipe).
+    Done(Result<Bytes, Status>),
+    /// The peer has no pipes (an older raftkv): use a unary call. Nothing was sent.
+    Unsupported,
+}
+
+impl Pipes {
+    /// Forgets every pipe (new peer TLS files: new connections must use them). Calls
+    /// in flight finish on the pipes they hold.
+    pub fn clear(&self) {
+        lock(&self.slots).clear();
+    }
+
+    fn slot(&self, url: &str) -> Arc<Slot> {
+        lock(&self.slots)
+            .entry(url.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Sends one request to the member at `url` over `client`'s connection and waits
+    /// for its reply, at most `timeout`.
+    pub async fn call(
+        &self,
+        url: &str,
+        client: impl FnOnce() -> Result<PeerClient<Channel>, Status>,
+        kind: PipeKind,
+        target: u64,
+        data: Bytes,
+        timeout: Duration,
+    ) -> PipeOutcome {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let slot = self.slot(url);
+        if slot.wants_unary() {
+            return PipeOutcome::Unsupported;
+        }
+        let pipe = match slot.open_pipe() {
+            Some(pipe) => pipe,
+            None => match open(url, &slot, client, deadline).await {
+                Ok(Some(pipe)) => pipe,
+                Ok(None) => return PipeOutcome::Unsupported,
+                Err(status) => return PipeOutcome::Done(Err(status)),
+            },
+        };
+        PipeOutcome::Done(send(url, &pipe, kind, target, data, deadline).await)
+    }
+}
+
+/// Opens a pipe to `url` (or takes the one another caller opened meanwhile). None: the
+/// peer has no pipes. An error means nothing was sent; its message says "connect".
+async fn open(
+    url: &str,
+    slot: &Slot,
+    client: impl FnOnce() -> Result<PeerClient<Channel>, Status>,
+    deadline: tokio::time::Instant,
+) -> Result<Option<Arc<Pipe>>, Status> {
+    let timed_out = || {
+        Status::unavailable(format!(
+            "raftkv peer: could not connect a stream to {url} in time"
+        ))
+    };
+    let _opening = tokio::time::timeout_at(deadline, slot.opening.lock())
+        .await
+        .map_err(|_| timed_out())?;
+    if let Some(pipe) = slot.open_pipe() {
+        return Ok(Some(pipe));
+    }
+    if slot.wants_unary() {
+        return Ok(None);
+    }
+    let mut client = client()?;
+    let (frames, outgoing) = mpsc::channel(MAX_PIPE_FRAMES_IN_FLIGHT);
+    let opened = tokio::time::timeout_at(deadline, client.pipe(ReceiverStream::new(outgoing)))
+        .await
+        .map_err(|_| timed_out())?;
+    let replies = match opened {
+        Ok(response) => response.into_inner(),
+        Err(status) if status.code() == Code::Unimplemented => {
+            tracing::info!(%url, "peer has no message streams (an older raftkv?): using unary calls");
+            *lock(&slot.unary_since) = Some(Instant::now());
+            return Ok(None);
+        }
+        Err(status) => return Err(status),
+    };
+    let waiting = Arc::new(Mutex::new(Waiting::default()));
+    tokio::spawn(read_replies(url.to_string(), replies, waiting.clone()));
+    let pipe = Arc::new(Pipe { frames, waiting });
+    *lock(&slot.current) = Some(pipe.clone());
+    tracing::debug!(%url, "peer stream open");
+    Ok(Some(pipe))
+}
+
+/// Sends one request frame on `pipe` and waits for its reply until `deadline`.
+async fn send(
+    url: &str,
+    pipe: &Pipe,
+    kind: PipeKind,
+    target: u64,
+    data: Bytes,
+    deadline: tokio::time::Instant,
+) -> Result<Bytes, Status> {
+    // "connect" in the message: the request never left (on_leader may send it again).
+    let not_sent = || Status::unavailable(format!("raftkv peer: stream to {url} not connected"));
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let id = {
+        let mut waiting = lock(&pipe.waiting);
+        if waiting.closed {
+            return Err(not_sent());
+        }
+        waiting.next_id += 1;
+        let id = waiting.next_id;
+        waiting.replies.insert(id, reply_tx);
+        id
+    };
+    let frame = Frame {
+        id,
+        kind: kind as u32,
+        target,
+        data,
+        ..Frame::default()
+    };
+    let sent = tokio::time::timeout_at(deadline, pipe.frames.send(frame)).await;
+    let unsent = match sent {
+        Ok(Ok(())) => None,
+        Ok(Err(_)) => Some(not_sent()),
+        Err(_) => Some(Status::deadline_exceeded(format!(
+            "raftkv peer: stream to {url} full until the deadline"
+        ))),
+    };
+    if let Some(status) = unsent {
+        lock(&pipe.waiting).replies.remove(&id);
+        return Err(status);
+    }
+    let reply = match tokio::time::timeout_at(deadline, reply_rx).await {
+        Ok(Ok(reply)) => reply,
+        // The pipe broke after the frame was queued: it may have been delivered. The
+        // message must not say "connect" (see the module comment).
+        Ok(Err(_)) => {
+            return Err(Status::unavailable(format!(
+                "raftkv peer: stream to {url} broke; the request's outcome is unknown"
+            )))
+        }
+        Err(_) => {
+            lock(&pipe.waiting).replies.remove(&id);
+            return Err(Status::deadline_exceeded(format!(
+                "raftkv peer: no reply from {url} in time"
+            )));
+        }
+    };
+    if reply.code != 0 {
+        return Err(Status::new(Code::from(reply.code as i32), reply.message));
+    }
+    Ok(reply.data)
+}
+
+/// Hands each reply to its waiter until the stream ends, then fails those left.
+async fn read_replies(
+    url: String,
+    mut replies: tonic::Streaming<Frame>,
+    waiting: Arc<Mutex<Waiting>>,
+) {
+    let reason = loop {
+        match replies.message().await {
+            Ok(Some(frame)) => {
+                let waiter = lock(&waiting).replies.remove(&frame.id);
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(frame);
+                }
+            }
+            Ok(None) => break "closed by the peer".to_string(),
+            Err(status) => break status.message().to_string(),
+        }
+    };
+    tracing::debug!(%url, %reason, "peer stream ended");
+    let mut waiting = lock(&waiting);
+    waiting.closed = true;
+    // Dropping the senders fails the waiters ("broke; outcome unknown").
+    waiting.replies.clear();
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use raftkv_proto::peer::peer_server::{Peer, PeerServer};
+    use raftkv_proto::peer::Blob;
+    use tonic::transport::Endpoint;
+    use tonic::{Request, Response, Streaming};
+
+    use super::*;
+
+    /// A peer that answers each frame with its payload, after as many milliseconds as
+    /// the payload's first byte says (255: it breaks the pipe instead). Without
+    /// `pipes` it is an older raftkv.
+    struct Echo {
+        pipes: bool,
+        opened: Arc<AtomicUsize>,
+    }
+
+    #[tonic::async_trait]
+    impl Peer for Echo {
+        async fn append_entries(&self, _: Request<Blob>) -> Result<Response<Blob>, Status> {
+            Err(Status::unimplemented("test peer"))
+        }
+        async fn vote(&self, _: Request<Blob>) -> Result<Response<Blob>, Status> {
+            Err(Status::unimplemented("test peer"))
+        }
+        async fn install_snapshot(&self, _: Request<Blob>) -> Result<Response<Blob>, Status> {
+            Err(Status::unimplemented("test peer"))
+        }
+        async fn forward(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
+            Ok(Response::new(req.into_inner()))
+        }
+
+        type PipeStream = ReceiverStream<Result<Frame, Status>>;
+
+        async fn pipe(
+            &self,
+            req: Request<Streaming<Frame>>,
+        ) -> Result<Response<Self::PipeStream>, Status> {
+            self.opened.fetch_add(1, Ordering::SeqCst);
+            if !self.pipes {
+                return Err(Status::unimplemented("Pipe"));
+            }
+            let mut frames = req.into_inner();
+            let (replies, outgoing) = mpsc::channel(64);
+            tokio::spawn(async move {
+                while let Ok(Some(frame)) = frames.message().await {
+                    let replies = replies.clone();
+                    tokio::spawn(async move {
+                        let delay_ms = frame.data.first().copied().unwrap_or(0);
+                        if delay_ms == 255 {
+                            let _ = replies.send(Err(Status::internal("broken"))).await;
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(u64::from(delay_ms))).await;
+                        let _ = replies
+                            .send(Ok(reply_frame(frame.id, Ok(frame.data))))
+                            .await;
+                    });
+                }
+            });
+            Ok(Response::new(ReceiverStream::new(outgoing)))
+        }
+    }
+
+    /// Serves an `Echo` on a loopback port: its URL and how many pipes were asked for.
+    async fn echo_peer(pipes: bool) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let opened = Arc::new(AtomicUsize::new(0));
+        let service = PeerServer::new(Echo {
+            pipes,
+            opened: opened.clone(),
+        });
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        (url, opened)
+    }
+
+    fn client(url: &str) -> impl FnOnce() -> Result<PeerClient<Channel>, Status> {
+        let url = url.to_string();
+        move || {
+            let endpoint =
+                Endpoint::from_shared(url).map_err(|e| Status::internal(e.to_string()))?;
+            Ok(PeerClient::new(endpoint.connect_lazy()))
+        }
+    }
+
+    async fn call(pipes: &Pipes, url: &str, payload: Vec<u8>) -> PipeOutcome {
+        pipes
+            .call(
+                url,
+                client(url),
+                PipeKind::Forward,
+                0,
+                Bytes::from(payload),
+                Duration::from_secs(5),
+            )
+            .await
+    }
+
+    fn reply(outcome: PipeOutcome) -> Result<Bytes, Status> {
+        match outcome {
+            PipeOutcome::Done(result) => result,
+            PipeOutcome::Unsupported => panic!("the test peer has pipes"),
+        }
+    }
+
+    #[tokio::test]
+    async fn replies_answered_out_of_order_reach_their_own_callers_on_one_pipe() {
+        let (url, opened) = echo_peer(true).await;
+        let pipes = Pipes::default();
+        let calls = (0..20u8).map(|i| {
+            let pipes = pipes.clone();
+            let url = url.clone();
+            // The first sent is answered last.
+            async move { (i, reply(call(&pipes, &url, vec![60 - 3 * i, i]).await)) }
+        });
+        for (i, result) in futures::future::join_all(calls).await {
+            assert_eq!(result.expect("reply").as_ref(), &[60 - 3 * i, i]);
+        }
+        assert_eq!(opened.load(Ordering::SeqCst), 1, "one pipe for all calls");
+    }
+
+    #[tokio::test]
+    async fn a_peer_without_pipes_is_left_to_unary_calls_and_not_asked_again() {
+        let (url, opened) = echo_peer(false).await;
+        let pipes = Pipes::default();
+        for _ in 0..3 {
+            assert!(matches!(
+                call(&pipes, &url, vec![0]).await,
+                PipeOutcome::Unsupported
+            ));
+        }
+        assert_eq!(opened.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_is_not_there_gets_nothing_and_the_caller_knows_it() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        drop(listener);
+        let status = reply(call(&Pipes::default(), &url, vec![0]).await).expect_err("no peer");
+        assert_eq!(status.code(), Code::Unavailable);
+        // on_leader sends a forwarded write again only when the error says "connect".
+        assert!(status.message().contains("connect"), "{status:?}");
+    }
+
+    #[tokio::test]
+    async fn a_broken_pipe_fails_its_waiters_as_unknown_and_the_next_call_reopens() {
+        let (url, opened) = echo_peer(true).await;
+        let pipes = Pipes::default();
+        let slow = {
+            let pipes = pipes.clone();
+            let url = url.clone();
+            tokio::spawn(async move { reply(call(&pipes, &url, vec![200]).await) })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let breaker = reply(call(&pipes, &url, vec![255]).await).expect_err("broken");
+        let waiter = slow.await.expect("task").expect_err("broken");
+        for status in [&breaker, &waiter] {
+            assert_eq!(status.code(), Code::Unavailable);
+            assert!(!status.message().contains("connect"), "{status:?}");
+        }
+        let again = reply(call(&pipes, &url, vec![0, 7]).await).expect("reopened");
+        assert_eq!(again.as_ref(), &[0, 7]);
+        assert_eq!(opened.load(Ordering::SeqCst), 2);
+    }
+}
