@@ -16,6 +16,7 @@ use crate::convert;
 use crate::errors::ApiError;
 use crate::node::Node;
 use prost::Message;
+use tracing::Instrument;
 
 pub struct KvService {
     pub node: Arc<Node>,
@@ -33,15 +34,19 @@ impl Kv for KvService {
     ) -> Result<Response<pb::RangeResponse>, Status> {
         check_leader_metadata(&self.node, &req)?;
         let req = req.into_inner();
-        let req_range = convert::range_from_pb(req.clone());
+        let serializable = req.serializable;
+        let req_range = convert::range_from_pb(req);
         validate::range(&req_range).map_err(ApiError::from)?;
-        let span = tracing::debug_span!("range", key = ?req.key, serializable = req.serializable);
-        let _enter = span.enter();
-        if !req.serializable {
-            self.node.read_barrier().await?;
+        let span = tracing::debug_span!("range", key = ?req_range.key, serializable);
+        async {
+            if !serializable {
+                self.node.read_barrier().await?;
+            }
+            let r = self.node.store.range(&req_range).map_err(ApiError::from)?;
+            Ok::<_, Status>(Response::new(convert::range_to_pb(r, self.node.header())))
         }
-        let r = self.node.store.range(&req_range).map_err(ApiError::from)?;
-        Ok(Response::new(convert::range_to_pb(r, self.node.header())))
+        .instrument(span)
+        .await
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
