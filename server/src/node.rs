@@ -73,7 +73,7 @@ pub struct Node {
     challenges: crate::join_token::Challenges,
     space: SpaceCheck,
     /// The index of the last applied log entry (the state machine's).
-    applied_index: tokio::sync::watch::Receiver<u64>,
+    applied_index: Arc<raftkv_storage::applied::AppliedIndex>,
     /// Read-index rounds and forwarded write batches (batching.rs).
     coalescer: crate::batching::Coalescer,
     /// What this member knows each member durably held (rollback_guard.rs).
@@ -530,10 +530,9 @@ impl Node {
 
     /// Waits until this member has applied the log up to `index`.
     async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), ApiError> {
-        let mut applied = self.applied_index.clone();
-        let waited = tokio::time::timeout(timeout, applied.wait_for(|&i| i >= index)).await;
+        let waited = tokio::time::timeout(timeout, self.applied_index.wait_for(index)).await;
         match waited {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(ApiError::Stopped),
             Err(_) => Err(ApiError::Timeout),
         }

@@ -4,6 +4,7 @@
 //! - `raft_log.rs`: openraft's log storage over the WAL
 //! - `mvcc/`: etcd's key space on an LSM tree (lsm-tree) (see its module comment for the file map)
 //! - `state_machine.rs`: openraft's state machine over the MVCC store, and snapshots
+//! - `applied.rs`: the applied index and the requests waiting for it to rise
 //! - `raft_types.rs`: the openraft type configuration
 //! - `error.rs`: typed errors, etcd's messages for the ones clients see
 //! - `stats.rs`: fsync and commit latency histograms for the server's /metrics
@@ -12,6 +13,7 @@
 //! This crate knows nothing of gRPC or protobuf: the server converts wire messages into
 //! `mvcc::types` and back. The log is the only thing fsynced on the write path.
 
+pub mod applied;
 mod background;
 pub mod error;
 pub mod failpoint;

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, StorageIOError};
 
+use crate::applied::AppliedIndex;
 use crate::mvcc::snapshot::SnapshotPoint;
 use crate::mvcc::{AppliedMeta, CommandResponse, CommandResult, MvccStore};
 use crate::raft_types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
@@ -38,9 +39,21 @@ pub struct StateMachine {
     purge_guard: Arc<AtomicU64>,
     current: Arc<Mutex<Option<SnapshotFile>>>,
     /// The index of the last applied log entry, for waiters (a write's local apply, a
-    /// linearizable read's read index): one u64 to compare, where openraft's metrics
-    /// would clone its whole metrics struct per waiter at every change.
-    applied_index: Arc<tokio::sync::watch::Sender<u64>>,
+    /// linearizable read's read index; applied.rs), where openraft's metrics would
+    /// clone its whole metrics struct per waiter at every change.
+    applied_index: Arc<AppliedIndex>,
+    /// Closes `applied_index` when the last clone of this state machine is dropped.
+    _close_applied: Arc<CloseOnDrop>,
+}
+
+/// Fails the applied-index waiters when the state machine goes away (the member
+/// stops), so requests waiting for an apply end at once instead of at their timeout.
+struct CloseOnDrop(Arc<AppliedIndex>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 fn io_err(e: impl std::fmt::Display) -> std::io::Error {
@@ -79,17 +92,18 @@ impl StateMachine {
     ) -> Result<StateMachine, std::io::Error> {
         std::fs::create_dir_all(dir)?;
         let _ = std::fs::remove_file(dir.join(INCOMING));
+        let applied_index = Arc::new(AppliedIndex::default());
         let sm = StateMachine {
             store,
             dir: dir.to_path_buf(),
             purge_guard,
             current: Arc::new(Mutex::new(None)),
-            applied_index: Arc::new(tokio::sync::watch::Sender::new(0)),
+            applied_index: applied_index.clone(),
+            _close_applied: Arc::new(CloseOnDrop(applied_index)),
         };
         // What the engine recovered is durable: the log may be purged up to it.
         let applied = sm.applied_log_id()?;
-        sm.applied_index
-            .send_replace(applied.map_or(0, |l| l.index));
+        sm.applied_index.advance(applied.map_or(0, |l| l.index));
         sm.purge_guard
             .store(applied.map_or(0, |l| l.index), Ordering::SeqCst);
         *sm.current.lock().unwrap_or_else(|e| e.into_inner()) = sm.find_latest_snapshot()?;
@@ -100,9 +114,9 @@ impl StateMachine {
         &self.store
     }
 
-    /// Follows the index of the last applied log entry.
-    pub fn applied_index(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.applied_index.subscribe()
+    /// The index of the last applied log entry, to wait on.
+    pub fn applied_index(&self) -> Arc<AppliedIndex> {
+        self.applied_index.clone()
     }
 
     fn applied_log_id(&self) -> Result<Option<LogId>, std::io::Error> {
@@ -247,7 +261,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             last_index = Some(entry.log_id.index);
         }
         if let Some(index) = last_index {
-            self.applied_index.send_replace(index);
+            self.applied_index.advance(index);
         }
         Ok(results)
     }
@@ -302,7 +316,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 Ordering::SeqCst,
             );
             sm.applied_index
-                .send_replace(meta_owned.last_log_id.map_or(0, |l| l.index));
+                .advance(meta_owned.last_log_id.map_or(0, |l| l.index));
             let path = sm.snapshot_path(&meta_owned);
             std::fs::rename(sm.dir.join(INCOMING), &path)?;
             sm.set_current(SnapshotFile {
