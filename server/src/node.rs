@@ -165,7 +165,10 @@ impl Node {
             election_timeout_max: config.election_timeout_ms * 2,
             install_snapshot_timeout: 10_000,
             max_payload_entries: 64,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_interval_entries(
+                config.snapshot_count,
+                identity.member_id,
+            )),
             max_in_snapshot_log_to_keep: 1_000,
             ..Default::default()
         }
@@ -1040,6 +1043,19 @@ fn is_tls_refusal(status: &tonic::Status) -> bool {
     .any(|needle| text.contains(needle))
 }
 
+/// How many applied entries this member lets pass between Raft snapshots: `count`
+/// plus up to half again, by member id. Every member applies the same entries, so with
+/// one count all of them would export their key space at the same moment, and a
+/// quorum would be busy exporting at once (paced puts after a 300 k-key load: p99
+/// 5 ms without an export, 220 ms while all three ran one); spread out, at most one
+/// of three exports most of the time and the other two keep the quorum going.
+pub fn snapshot_interval_entries(count: u64, member_id: NodeId) -> u64 {
+    let spread = member_id % 1024;
+    count
+        .saturating_add((count / 2).saturating_mul(spread) / 1024)
+        .max(1)
+}
+
 pub fn hex(id: u64) -> String {
     format!("{id:x}")
 }
@@ -1115,4 +1131,35 @@ async fn step_down_on_restart(log: &mut RaftLogStore, id: NodeId) -> Result<(), 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::snapshot_interval_entries;
+
+    #[test]
+    fn members_take_snapshots_at_different_points_within_half_again_the_count() {
+        let count = 100_000;
+        let ids = [
+            0x2b1c_9a4f_7e03_5d11_u64,
+            0x91fe_0042_c3a8_17b6,
+            0x5c07_e1d9_3b62_a0f4,
+        ];
+        let intervals: Vec<u64> = ids
+            .iter()
+            .map(|&id| snapshot_interval_entries(count, id))
+            .collect();
+        for &interval in &intervals {
+            assert!(
+                (count..count + count / 2).contains(&interval),
+                "{intervals:?}"
+            );
+        }
+        let mut distinct = intervals.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 3, "{intervals:?}");
+        assert_eq!(snapshot_interval_entries(u64::MAX, u64::MAX), u64::MAX);
+        assert_eq!(snapshot_interval_entries(0, 7), 1);
+    }
 }
