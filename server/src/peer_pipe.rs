@@ -137,10 +137,12 @@ impl Pipes {
     }
 
     fn slot(&self, url: &str) -> Arc<Slot> {
-        lock(&self.slots)
-            .entry(url.to_string())
-            .or_default()
-            .clone()
+        let mut slots = lock(&self.slots);
+        // Looked up before inserting: the URL is copied once per peer, not per message.
+        if let Some(slot) = slots.get(url) {
+            return slot.clone();
+        }
+        slots.entry(url.to_string()).or_default().clone()
     }
 
     /// Sends one request to the member at `url` over `client`'s connection and waits

@@ -15,6 +15,8 @@ use std::sync::Mutex;
 
 use tokio::sync::oneshot;
 
+use crate::mvcc::engine::lock;
+
 /// Waiters held at most before those whose requests gave up (timed out) are dropped.
 const MAX_WAITERS_BEFORE_SWEEP: usize = 65_536;
 
@@ -108,10 +110,6 @@ fn sweep(waiters: &mut Waiters) {
         !list.is_empty()
     });
     waiters.count = waiters.by_index.values().map(Vec::len).sum();
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

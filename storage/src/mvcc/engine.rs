@@ -149,7 +149,9 @@ fn io_error(message: String) -> EngineError {
     EngineError::Io(std::io::Error::other(message))
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// Locks `m`; a poisoned lock (a holder panicked) is taken as it is, as everywhere in
+/// raftkv (request paths never panic, so poisoning means a bug already logged).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
