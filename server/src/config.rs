@@ -315,11 +315,12 @@ pub struct ServerConfig {
     #[arg(long, env = "RAFTKV_BACKEND_CACHE_BYTES", default_value_t = 64 << 20)]
     pub backend_cache_bytes: u64,
     /// Take a Raft snapshot (and allow purging the log) every this many applied entries.
-    /// etcd 3.5's default. A snapshot exports the whole key space (a 1M-key space is
-    /// ~300 MB), so a small count multiplies the bytes written; the log entries kept in
-    /// memory until then cost about their size (100k × 256 B values ≈ 40 MB). Each
-    /// member adds up to half again, by member id, so that members do not all export
-    /// at once (node.rs, `snapshot_interval_entries`).
+    /// etcd 3.5's default. A snapshot is a point: the key-space engine is flushed and
+    /// the log behind it may go; the key space (a 1M-key space is ~300 MB) is exported
+    /// only when a follower needs it. The log entries kept in memory until then cost
+    /// about their size (100k × 256 B values ≈ 40 MB). Each member adds up to half
+    /// again, by member id, so that members do not all flush at once (node.rs,
+    /// `snapshot_interval_entries`).
     #[arg(long, env = "RAFTKV_SNAPSHOT_COUNT", default_value_t = 100_000)]
     pub snapshot_count: u64,
     /// Interval of progress notifications to watchers that asked for them.

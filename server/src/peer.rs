@@ -459,6 +459,28 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         self.call(PeerMethod::InstallSnapshot, &rpc, &option).await
     }
 
+    /// Sends a snapshot in chunks (openraft's `Chunked`), once the export writing it has
+    /// ended. An export that failed (a full disk) is reported as this peer being
+    /// unreachable, not as a storage failure, which would stop the Raft core: openraft
+    /// backs off and asks the state machine for a snapshot again.
+    async fn full_snapshot(
+        &mut self,
+        vote: openraft::Vote<NodeId>,
+        mut snapshot: openraft::Snapshot<TypeConfig>,
+        cancel: impl std::future::Future<Output = openraft::error::ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<
+        openraft::raft::SnapshotResponse<NodeId>,
+        openraft::error::StreamingError<TypeConfig, openraft::error::Fatal<NodeId>>,
+    > {
+        use openraft::network::snapshot_transport::{Chunked, SnapshotTransport};
+        if let Err(e) = snapshot.snapshot.ready().await {
+            tracing::warn!(target = self.target, error = %e, "no snapshot to send");
+            return Err(Unreachable::new(&e).into());
+        }
+        Chunked::send_snapshot(self, vote, snapshot, cancel, option).await
+    }
+
     async fn vote(
         &mut self,
         rpc: VoteRequest<NodeId>,

@@ -4,6 +4,8 @@
 //! - `raft_log.rs`: openraft's log storage over the WAL
 //! - `mvcc/`: etcd's key space on an LSM tree (lsm-tree) (see its module comment for the file map)
 //! - `state_machine.rs`: openraft's state machine over the MVCC store, and snapshots
+//!   (points recorded every --snapshot-count entries, exported when a follower needs one)
+//! - `snapshot_data.rs`: a snapshot's bytes as openraft carries them, read once exported
 //! - `applied.rs`: the applied index and the requests waiting for it to rise
 //! - `raft_types.rs`: the openraft type configuration
 //! - `error.rs`: typed errors, etcd's messages for the ones clients see
@@ -22,6 +24,7 @@ pub mod fuzzing;
 pub mod mvcc;
 pub mod raft_log;
 pub mod raft_types;
+pub mod snapshot_data;
 pub mod state_machine;
 pub mod stats;
 pub mod wal;

@@ -4,9 +4,12 @@
 //! decoded, so readers never touch the disk; the WAL makes them durable. How many
 //! there are is bounded by the snapshot policy, which purges the log behind snapshots.
 //!
-//! Invariants: entries are contiguous; an append is reported durable only from the WAL
-//! writer after fdatasync; a vote is durable before `save_vote` returns; a purge never
-//! goes past `purge_guard`, the index the state machine has durably absorbed.
+//! Invariants: entries are contiguous, except for the gap a snapshot install leaves
+//! until its purge lands; an append is reported durable only from the WAL writer after
+//! fdatasync; a vote is durable before `save_vote` returns; a purge never goes past
+//! `purge_guard`, the index the state machine has durably absorbed. A purge asked for
+//! past the guard (openraft purges behind a snapshot it is still installing) is held
+//! back and done at the first append after the guard reached it.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -27,9 +30,34 @@ struct Memory {
     last_purged: Option<LogId>,
     vote: Option<Vote>,
     committed: Option<LogId>,
+    /// A purge asked for past the purge guard, to do once the guard reaches it.
+    purge_pending: Option<LogId>,
 }
 
 impl Memory {
+    /// Drops the entries up to `log_id`; false if the log was purged that far already.
+    fn purge_to(&mut self, log_id: LogId) -> bool {
+        if self.last_purged.is_some_and(|p| p.index >= log_id.index) {
+            return false;
+        }
+        self.entries = self.entries.split_off(&(log_id.index + 1));
+        self.last_purged = Some(log_id);
+        true
+    }
+
+    /// The index just before the first entry after the newest gap, if there is one.
+    fn gap_end(&self) -> Option<u64> {
+        let mut previous = self.last_purged.map(|p| p.index);
+        let mut end = None;
+        for &index in self.entries.keys() {
+            if previous.is_some_and(|p| index > p + 1) {
+                end = Some(index - 1);
+            }
+            previous = Some(index);
+        }
+        end
+    }
+
     fn last_log_id(&self) -> Option<LogId> {
         self.entries
             .values()
@@ -146,6 +174,36 @@ impl RaftLogStore {
             .memory
             .write()
             .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Start-up, with the state machine's last applied log id: a log left with a gap by a
+    /// snapshot install whose purge never landed (the member stopped first) is purged
+    /// up to what the state machine holds, if that covers the gap. If it does not, the
+    /// install did not finish, and openraft could not start on this log: the error says
+    /// how to get the member back.
+    pub async fn purge_gap_covered_by(&mut self, applied: Option<LogId>) -> Result<(), String> {
+        let Some(end) = self.memory().gap_end() else {
+            return Ok(());
+        };
+        let applied = match applied {
+            Some(applied) if applied.index >= end => applied,
+            _ => {
+                return Err(format!(
+                    "the raft log has a gap up to entry {end} that a snapshot install was \
+                     filling when this member stopped, but the key space holds only up to \
+                     entry {}: remove this member (`raftkv member remove`) and add it back \
+                     with an empty data dir",
+                    applied.map_or(0, |a| a.index)
+                ));
+            }
+        };
+        if !self.memory_mut().purge_to(applied) {
+            return Ok(());
+        }
+        tracing::info!(gap_end = end, purged = %applied, "raft log: purged a gap an installed snapshot covers");
+        self.write_durably(vec![purge_record(applied)])
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Entries held in memory (not yet purged).
@@ -324,6 +382,15 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
         let mut records = Vec::new();
         {
             let mut memory = self.memory_mut();
+            let guard = self.shared.purge_guard.load(Ordering::SeqCst);
+            if let Some(pending) = memory.purge_pending.filter(|p| p.index <= guard) {
+                memory.purge_pending = None;
+                if memory.purge_to(pending) {
+                    // Durable with these entries' fdatasync, and replayed before them.
+                    records.push(purge_record(pending));
+                    tracing::info!(purged = %pending, "raft log: a held-back purge done, the state machine holds it now");
+                }
+            }
             for entry in entries {
                 let index = entry.get_log_id().index;
                 if memory.last_purged.is_some_and(|p| index <= p.index) {
@@ -371,8 +438,15 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let guard = self.shared.purge_guard.load(Ordering::SeqCst);
         let log_id = if log_id.index > guard {
+            let mut memory = self.memory_mut();
+            // openraft does not ask again: the next append after the guard rises does it.
+            if memory.purge_pending.is_none_or(|p| p.index < log_id.index) {
+                memory.purge_pending = Some(log_id);
+            }
             // The state machine has not made these durable yet: keep them.
-            let Some(clamped) = self.memory().entries.get(&guard).map(|e| e.log_id) else {
+            let clamped = memory.entries.get(&guard).map(|e| e.log_id);
+            drop(memory);
+            let Some(clamped) = clamped else {
                 tracing::warn!(asked = %log_id, guard, "raft log: purge refused, the state machine has not flushed that far");
                 return Ok(());
             };
@@ -381,19 +455,19 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
         } else {
             log_id
         };
-        {
-            let mut memory = self.memory_mut();
-            if memory.last_purged.is_some_and(|p| p.index >= log_id.index) {
-                return Ok(());
-            }
-            memory.entries = memory.entries.split_off(&(log_id.index + 1));
-            memory.last_purged = Some(log_id);
+        if !self.memory_mut().purge_to(log_id) {
+            return Ok(());
         }
-        let mut payload = log_id.index.to_le_bytes().to_vec();
-        payload.extend_from_slice(&encode(&log_id));
-        self.write_lazily(vec![(RecordKind::Purge, payload)], true)
+        self.write_lazily(vec![purge_record(log_id)], true)
             .await
             .map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }
+}
+
+/// The WAL record of a purge up to `log_id`.
+fn purge_record(log_id: LogId) -> (RecordKind, Vec<u8>) {
+    let mut payload = log_id.index.to_le_bytes().to_vec();
+    payload.extend_from_slice(&encode(&log_id));
+    (RecordKind::Purge, payload)
 }

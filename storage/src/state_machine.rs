@@ -4,14 +4,19 @@
 //! (for membership entries) the membership, so a restart resumes exactly after the last
 //! applied entry and openraft replays the rest from the log.
 //!
-//! Snapshots live in `<dir>/snapshot-<term>-<index>.snap`; only the newest is kept.
-//! Building one first flushes the key-value engine, then raises the purge guard to the snapshot's
-//! index: the log may drop entries only once the engine holds their effect durably.
+//! Raft snapshots are lazy. openraft asks for one every --snapshot-count entries
+//! (`build_snapshot`); that only flushes the key-value engine, raises the purge guard to the
+//! point's index (the log may drop entries only once the engine holds their effect
+//! durably) and records the point. The key space is written out only when a follower
+//! needs it (`get_current_snapshot`): one export at a time, on its own thread, into
+//! `<dir>/snapshot-<term>-<index>.snap`, at the point current when it starts, never
+//! below the last recorded one. Only the newest file is kept; files are dropped at start.
+//! A snapshot installed from the leader is kept as this member's file.
 
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, StorageIOError};
@@ -20,15 +25,47 @@ use crate::applied::AppliedIndex;
 use crate::mvcc::snapshot::SnapshotPoint;
 use crate::mvcc::{AppliedMeta, CommandResponse, CommandResult, MvccStore};
 use crate::raft_types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::snapshot_data::{export_done, ExportDone, SnapshotData};
 
 const SNAPSHOT_PREFIX: &str = "snapshot-";
 const SNAPSHOT_SUFFIX: &str = ".snap";
 const INCOMING: &str = "incoming.snap.tmp";
+/// Files of this member's snapshot directory that are not whole snapshots.
+const PARTIAL_SUFFIX: &str = ".tmp";
 
 #[derive(Clone)]
 struct SnapshotFile {
     meta: SnapshotMeta,
     path: PathBuf,
+}
+
+/// What this member has of Raft snapshots.
+#[derive(Default)]
+struct Snapshots {
+    /// The newest point `build_snapshot` recorded: its effect is flushed and the purge
+    /// guard stands at it. No snapshot older than it is ever handed out, as the log
+    /// behind it may be gone.
+    built: Option<SnapshotMeta>,
+    /// The newest whole snapshot file: an export, or a snapshot installed from the leader.
+    file: Option<SnapshotFile>,
+    /// The export being written, if any; at most one runs.
+    running: Option<RunningExport>,
+}
+
+struct RunningExport {
+    meta: SnapshotMeta,
+    /// The file it writes, renamed to its snapshot path once whole.
+    partial: PathBuf,
+    done: ExportDone,
+    cancel: Arc<AtomicBool>,
+}
+
+/// What an export's thread reports once it holds its point: the point's meta and a
+/// read handle on the file it is writing.
+type ExportStarted = Result<(SnapshotMeta, std::fs::File, ExportDone), String>;
+
+fn index_of(meta: &SnapshotMeta) -> u64 {
+    meta.last_log_id.map_or(0, |l| l.index)
 }
 
 /// The state machine openraft drives. Clones share everything.
@@ -37,7 +74,7 @@ pub struct StateMachine {
     store: MvccStore,
     dir: PathBuf,
     purge_guard: Arc<AtomicU64>,
-    current: Arc<Mutex<Option<SnapshotFile>>>,
+    snapshots: Arc<Mutex<Snapshots>>,
     /// The index of the last applied log entry, for waiters (a write's local apply, a
     /// linearizable read's read index; applied.rs), where openraft's metrics would
     /// clone its whole metrics struct per waiter at every change.
@@ -64,7 +101,9 @@ fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     postcard::to_allocvec(value).expect("encoding into memory cannot fail")
 }
 
-fn meta_of(point: &SnapshotPoint, id_suffix: &str) -> Result<SnapshotMeta, std::io::Error> {
+/// The meta of a snapshot of `point`. Its id names the point only, so that a point
+/// recorded and the export made of it later carry the same meta.
+fn meta_of(point: &SnapshotPoint) -> Result<SnapshotMeta, std::io::Error> {
     let last_log_id: Option<LogId> = if point.applied.is_empty() {
         None
     } else {
@@ -79,7 +118,7 @@ fn meta_of(point: &SnapshotPoint, id_suffix: &str) -> Result<SnapshotMeta, std::
     Ok(SnapshotMeta {
         last_log_id,
         last_membership,
-        snapshot_id: format!("{term}-{index}-{id_suffix}"),
+        snapshot_id: format!("{term}-{index}-r{}", point.revision),
     })
 }
 
@@ -91,13 +130,13 @@ impl StateMachine {
         purge_guard: Arc<AtomicU64>,
     ) -> Result<StateMachine, std::io::Error> {
         std::fs::create_dir_all(dir)?;
-        let _ = std::fs::remove_file(dir.join(INCOMING));
+        remove_snapshot_files(dir, None)?;
         let applied_index = Arc::new(AppliedIndex::default());
         let sm = StateMachine {
             store,
             dir: dir.to_path_buf(),
             purge_guard,
-            current: Arc::new(Mutex::new(None)),
+            snapshots: Arc::new(Mutex::new(Snapshots::default())),
             applied_index: applied_index.clone(),
             _close_applied: Arc::new(CloseOnDrop(applied_index)),
         };
@@ -106,7 +145,6 @@ impl StateMachine {
         sm.applied_index.advance(applied.map_or(0, |l| l.index));
         sm.purge_guard
             .store(applied.map_or(0, |l| l.index), Ordering::SeqCst);
-        *sm.current.lock().unwrap_or_else(|e| e.into_inner()) = sm.find_latest_snapshot()?;
         Ok(sm)
     }
 
@@ -127,60 +165,183 @@ impl StateMachine {
         }
     }
 
-    fn find_latest_snapshot(&self) -> Result<Option<SnapshotFile>, std::io::Error> {
-        let mut newest: Option<(u64, PathBuf)> = None;
-        for entry in std::fs::read_dir(&self.dir)? {
-            let path = entry?.path();
-            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-                continue;
-            };
-            let Some(body) = name
-                .strip_prefix(SNAPSHOT_PREFIX)
-                .and_then(|n| n.strip_suffix(SNAPSHOT_SUFFIX))
-            else {
-                continue;
-            };
-            let index: u64 = body
-                .rsplit('-')
-                .next()
-                .and_then(|i| i.parse().ok())
-                .unwrap_or(0);
-            if newest.as_ref().is_none_or(|(n, _)| index >= *n) {
-                newest = Some((index, path));
-            }
+    fn snapshots(&self) -> MutexGuard<'_, Snapshots> {
+        crate::mvcc::engine::lock(&self.snapshots)
+    }
+
+    /// Records a point whose effect the engine holds durably (built or installed):
+    /// nothing older is handed out from now on, and an older file is dropped.
+    fn record_point(&self, meta: &SnapshotMeta) -> Result<(), std::io::Error> {
+        let mut snapshots = self.snapshots();
+        if snapshots
+            .built
+            .as_ref()
+            .is_some_and(|b| index_of(b) > index_of(meta))
+        {
+            return Ok(());
         }
-        let Some((_, path)) = newest else {
-            return Ok(None);
+        snapshots.built = Some(meta.clone());
+        if let Some(file) = snapshots
+            .file
+            .take_if(|f| index_of(&f.meta) < index_of(meta))
+        {
+            std::fs::remove_file(&file.path)?;
+        }
+        Ok(())
+    }
+
+    /// The snapshot to send a follower now: the newest file if it is not older than
+    /// the last recorded point, else the running export if it is not, else a new export
+    /// of the present. None while no point was ever recorded and no file exists.
+    async fn current_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, std::io::Error> {
+        let built = {
+            let snapshots = self.snapshots();
+            let floor = snapshots.built.as_ref().map(index_of);
+            if let Some(file) = snapshots.file.clone() {
+                if floor.is_none_or(|f| index_of(&file.meta) >= f) {
+                    let data = std::fs::File::open(&file.path)?;
+                    return Ok(Some(Snapshot {
+                        meta: file.meta,
+                        snapshot: Box::new(SnapshotData::file(tokio::fs::File::from_std(data))),
+                    }));
+                }
+            }
+            let Some(built) = snapshots.built.clone() else {
+                return Ok(None);
+            };
+            if let Some(running) = &snapshots.running {
+                if index_of(&running.meta) >= index_of(&built) {
+                    let file = std::fs::File::open(&running.partial)?;
+                    return Ok(Some(Snapshot {
+                        meta: running.meta.clone(),
+                        snapshot: Box::new(SnapshotData::exporting(
+                            tokio::fs::File::from_std(file),
+                            running.done.clone(),
+                        )),
+                    }));
+                }
+                // A newer point was recorded since it started: its followers would
+                // find the log behind it purged.
+                running.cancel.store(true, Ordering::Relaxed);
+            }
+            built
         };
-        let point = read_point(&mut std::fs::File::open(&path)?)?;
-        Ok(Some(SnapshotFile {
-            meta: meta_of(&point, "disk")?,
-            path,
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sm = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("snapshot-export".into())
+            .spawn(move || sm.export_present(tx));
+        let started = match spawned {
+            Ok(_) => rx
+                .await
+                .unwrap_or_else(|_| Err("the export stopped before it started".into())),
+            Err(e) => Err(e.to_string()),
+        };
+        // A failed export fails only its sending (a full disk must not stop the member);
+        // openraft asks again after a back-off.
+        let (meta, data) = match started {
+            Ok((meta, file, done)) => (
+                meta,
+                SnapshotData::exporting(tokio::fs::File::from_std(file), done),
+            ),
+            Err(reason) => {
+                tracing::warn!(error = %reason, "snapshot export could not start");
+                (built, SnapshotData::failed(reason))
+            }
+        };
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(data),
         }))
     }
 
-    fn snapshot_path(&self, meta: &SnapshotMeta) -> PathBuf {
-        let (term, index) = meta
-            .last_log_id
-            .map_or((0, 0), |l| (l.leader_id.term, l.index));
-        self.dir
-            .join(format!("{SNAPSHOT_PREFIX}{term}-{index}{SNAPSHOT_SUFFIX}"))
-    }
-
-    /// Makes `file` the current snapshot and removes the others.
-    fn set_current(&self, file: SnapshotFile) -> Result<(), std::io::Error> {
-        for entry in std::fs::read_dir(&self.dir)? {
-            let path = entry?.path();
-            let is_snapshot = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(SNAPSHOT_PREFIX) && n.ends_with(SNAPSHOT_SUFFIX));
-            if is_snapshot && path != file.path {
-                std::fs::remove_file(&path)?;
+    /// The body of an export's thread: holds compaction off, takes the point of this
+    /// moment, reports it on `started`, writes the snapshot and makes it the current file.
+    fn export_present(&self, started: tokio::sync::oneshot::Sender<ExportStarted>) {
+        let pin = self.store.pin_for_export();
+        let begun = (|| -> Result<_, std::io::Error> {
+            let point = pin.point().map_err(io_err)?;
+            let meta = meta_of(&point)?;
+            let partial = snapshot_path(&self.dir, &meta).with_extension("snap.tmp");
+            let file = std::fs::File::create(&partial)?;
+            let reader = std::fs::File::open(&partial)?;
+            Ok((point, meta, partial, file, reader))
+        })();
+        let (point, meta, partial, mut file, reader) = match begun {
+            Ok(begun) => begun,
+            Err(e) => {
+                let _ = started.send(Err(e.to_string()));
+                return;
             }
+        };
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let done = export_done(done_rx);
+        let cancel = Arc::new(AtomicBool::new(false));
+        self.snapshots().running = Some(RunningExport {
+            meta: meta.clone(),
+            partial: partial.clone(),
+            done: done.clone(),
+            cancel: cancel.clone(),
+        });
+        let _ = started.send(Ok((meta.clone(), reader, done)));
+
+        let started_at = std::time::Instant::now();
+        let written = (|| -> Result<_, std::io::Error> {
+            let summary = pin
+                .export(
+                    &point,
+                    std::io::BufWriter::with_capacity(1 << 20, WrittenBack::new(&mut file)),
+                    &cancel,
+                )
+                .map_err(io_err)?;
+            file.sync_all()?;
+            let path = snapshot_path(&self.dir, &meta);
+            std::fs::rename(&partial, &path)?;
+            std::fs::File::open(&self.dir)?.sync_all()?;
+            Ok((summary, path))
+        })();
+        drop(pin);
+        let mut snapshots = self.snapshots();
+        if snapshots
+            .running
+            .as_ref()
+            .is_some_and(|r| r.partial == partial)
+        {
+            snapshots.running = None;
         }
-        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(file);
-        Ok(())
+        let ended = match written {
+            Ok((summary, path)) => {
+                tracing::info!(
+                    index = index_of(&meta),
+                    revision = point.revision,
+                    size_bytes = summary.size_bytes,
+                    pairs = summary.pairs,
+                    elapsed_ms = started_at.elapsed().as_millis() as u64,
+                    "snapshot exported for a follower"
+                );
+                let file = SnapshotFile {
+                    meta: meta.clone(),
+                    path: path.clone(),
+                };
+                let newer = snapshots
+                    .file
+                    .as_ref()
+                    .is_none_or(|f| index_of(&f.meta) <= index_of(&meta));
+                if newer {
+                    snapshots.file = Some(file);
+                    remove_snapshot_files(&self.dir, Some(&path)).map_err(|e| e.to_string())
+                } else {
+                    std::fs::remove_file(&path).map_err(|e| e.to_string())
+                }
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&partial);
+                tracing::warn!(index = index_of(&meta), error = %e, "snapshot export failed");
+                Err(e.to_string())
+            }
+        };
+        drop(snapshots);
+        let _ = done_tx.send(ended);
     }
 
     fn apply_one(&self, entry: &Entry) -> Result<CommandResult, std::io::Error> {
@@ -204,6 +365,31 @@ impl StateMachine {
             EntryPayload::Normal(command) => self.store.apply(command, &meta).map_err(io_err),
         }
     }
+}
+
+/// `<dir>/snapshot-<term>-<index>.snap`.
+fn snapshot_path(dir: &Path, meta: &SnapshotMeta) -> PathBuf {
+    let (term, index) = meta
+        .last_log_id
+        .map_or((0, 0), |l| (l.leader_id.term, l.index));
+    dir.join(format!("{SNAPSHOT_PREFIX}{term}-{index}{SNAPSHOT_SUFFIX}"))
+}
+
+/// Removes the snapshot files in `dir` (whole or partial) except `keep`, and the
+/// partial files of exports that are not running (none at start).
+fn remove_snapshot_files(dir: &Path, keep: Option<&Path>) -> Result<(), std::io::Error> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let whole = name.starts_with(SNAPSHOT_PREFIX) && name.ends_with(SNAPSHOT_SUFFIX);
+        let partial = keep.is_none() && name.ends_with(PARTIAL_SUFFIX);
+        if (whole || partial) && Some(path.as_path()) != keep {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
 }
 
 /// Bytes of a snapshot export written out to disk at a time, at most.
@@ -259,23 +445,6 @@ impl std::io::Write for WrittenBack<'_> {
     }
 }
 
-/// Reads the point (header) of a snapshot file.
-fn read_point(file: &mut std::fs::File) -> Result<SnapshotPoint, std::io::Error> {
-    let mut head = [0u8; 13];
-    file.read_exact(&mut head)?;
-    if &head[..8] != b"RKVSNAP1" || head[8] != 1 {
-        return Err(io_err("not a raftkv snapshot"));
-    }
-    let len = u32::from_le_bytes([head[9], head[10], head[11], head[12]]) as usize;
-    if len > 64 << 20 {
-        return Err(io_err("snapshot header too large"));
-    }
-    let mut header = vec![0u8; len];
-    file.read_exact(&mut header)?;
-    file.seek(SeekFrom::Start(0))?;
-    postcard::from_bytes(&header).map_err(io_err)
-}
-
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
@@ -326,7 +495,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
         let file = tokio::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -335,47 +504,45 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .open(self.dir.join(INCOMING))
             .await
             .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        Ok(Box::new(file))
+        Ok(Box::new(SnapshotData::file(file)))
     }
 
+    /// Loads a snapshot from the leader into the engine. The file is not kept: should
+    /// this member lead and a follower need a snapshot, it exports its own.
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<tokio::fs::File>,
+        snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError> {
         let err = |e: std::io::Error| {
             StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &e))
         };
-        let file = snapshot.into_std().await;
+        let file = snapshot.into_std().await.map_err(err)?;
         let sm = self.clone();
         let meta_owned = meta.clone();
         tokio::task::spawn_blocking(move || -> Result<(), std::io::Error> {
-            file.sync_all()?;
             let mut file = file;
             file.seek(SeekFrom::Start(0))?;
             let point = sm
                 .store
                 .install_snapshot(std::io::BufReader::with_capacity(1 << 20, &mut file))
                 .map_err(io_err)?;
-            let installed = meta_of(&point, "installed")?;
+            let installed = meta_of(&point)?;
             if installed.last_log_id != meta_owned.last_log_id {
                 return Err(io_err(format!(
                     "snapshot holds {:?} but was announced as {:?}",
                     installed.last_log_id, meta_owned.last_log_id
                 )));
             }
-            sm.purge_guard.store(
-                meta_owned.last_log_id.map_or(0, |l| l.index),
-                Ordering::SeqCst,
-            );
-            sm.applied_index
-                .advance(meta_owned.last_log_id.map_or(0, |l| l.index));
-            let path = sm.snapshot_path(&meta_owned);
-            std::fs::rename(sm.dir.join(INCOMING), &path)?;
-            sm.set_current(SnapshotFile {
-                meta: meta_owned,
-                path,
-            })
+            // The install switched the engine over durably: like a built point.
+            sm.record_point(&meta_owned)?;
+            sm.purge_guard
+                .fetch_max(index_of(&meta_owned), Ordering::SeqCst);
+            sm.applied_index.advance(index_of(&meta_owned));
+            match std::fs::remove_file(sm.dir.join(INCOMING)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
         })
         .await
         .map_err(|e| err(io_err(e)))?
@@ -383,25 +550,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let current = self
-            .current
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let Some(current) = current else {
-            return Ok(None);
-        };
-        let file = tokio::fs::File::open(&current.path)
+        self.current_snapshot()
             .await
-            .map_err(|e| StorageIOError::read_snapshot(Some(current.meta.signature()), &e))?;
-        Ok(Some(Snapshot {
-            meta: current.meta,
-            snapshot: Box::new(file),
-        }))
+            .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
     }
 }
 
-/// Builds a snapshot of the point captured when openraft asked for the builder.
+/// Records the point captured when openraft asked for the builder (see the module
+/// comment: the key space is exported only when a follower needs it).
 pub struct SnapshotBuilder {
     sm: StateMachine,
     point: Result<SnapshotPoint, String>,
@@ -414,48 +570,28 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .clone()
             .map_err(|e| StorageIOError::write_snapshot(None, &io_err(e)))?;
         let sm = self.sm.clone();
-        let built = tokio::task::spawn_blocking(move || -> Result<SnapshotFile, std::io::Error> {
+        let meta = tokio::task::spawn_blocking(move || -> Result<SnapshotMeta, std::io::Error> {
             // Everything applied so far becomes durable in the engine: the log behind the
-            // snapshot may then be purged.
-            sm.store.flush().map_err(io_err)?;
+            // point may then be purged.
             let started = std::time::Instant::now();
-            let tmp = sm.dir.join("building.snap.tmp");
-            let mut file = std::fs::File::create(&tmp)?;
-            let summary = sm
-                .store
-                .export_snapshot(
-                    &point,
-                    std::io::BufWriter::with_capacity(1 << 20, WrittenBack::new(&mut file)),
-                )
-                .map_err(io_err)?;
-            file.sync_all()?;
-            let meta = meta_of(&point, &format!("{:08x}", summary.checksum))?;
-            let path = sm.snapshot_path(&meta);
-            std::fs::rename(&tmp, &path)?;
-            std::fs::File::open(&sm.dir)?.sync_all()?;
-            if let Some(last) = meta.last_log_id {
-                sm.purge_guard.fetch_max(last.index, Ordering::SeqCst);
-            }
+            sm.store.flush().map_err(io_err)?;
+            let meta = meta_of(&point)?;
+            sm.record_point(&meta)?;
+            sm.purge_guard.fetch_max(index_of(&meta), Ordering::SeqCst);
             tracing::info!(
+                index = index_of(&meta),
                 revision = point.revision,
-                size_bytes = summary.size_bytes,
-                pairs = summary.pairs,
                 elapsed_ms = started.elapsed().as_millis() as u64,
-                "snapshot built"
+                "snapshot point recorded (exported when a follower needs it)"
             );
-            let file = SnapshotFile { meta, path };
-            sm.set_current(file.clone())?;
-            Ok(file)
+            Ok(meta)
         })
         .await
         .map_err(|e| StorageIOError::write_snapshot(None, &io_err(e)))?
         .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        let file = tokio::fs::File::open(&built.path)
-            .await
-            .map_err(|e| StorageIOError::read_snapshot(Some(built.meta.signature()), &e))?;
         Ok(Snapshot {
-            meta: built.meta,
-            snapshot: Box::new(file),
+            meta,
+            snapshot: Box::new(SnapshotData::point_only()),
         })
     }
 }

@@ -13,7 +13,7 @@
 //! switches the store over to it, so a corrupt or cut-off snapshot changes nothing.
 
 use std::io::{Read, Write};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +41,8 @@ pub enum SnapshotError {
     Store(#[from] StoreError),
     #[error("snapshot io: {0}")]
     Io(#[from] std::io::Error),
+    #[error("snapshot export cancelled")]
+    Cancelled,
 }
 
 impl From<super::engine::EngineError> for SnapshotError {
@@ -117,12 +119,45 @@ impl MvccStore {
         point: &SnapshotPoint,
         out: impl Write,
     ) -> Result<ExportSummary, SnapshotError> {
-        let _no_compaction = self
-            .inner
-            .compaction_lock
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let tree = self.tree();
+        self.pin_for_export()
+            .export(point, out, &AtomicBool::new(false))
+    }
+
+    /// Holds compaction off until the pin is dropped, so that the history at and below a
+    /// point taken under it stays whole while it is exported. Waits for a running
+    /// compaction batch (bounded) or export (unbounded) to end.
+    pub fn pin_for_export(&self) -> ExportPin<'_> {
+        ExportPin {
+            store: self,
+            _no_compaction: super::engine::lock(&self.inner.compaction_lock),
+        }
+    }
+}
+
+/// Compaction held off for an export (`MvccStore::pin_for_export`).
+pub struct ExportPin<'a> {
+    store: &'a MvccStore,
+    _no_compaction: std::sync::MutexGuard<'a, ()>,
+}
+
+/// Pairs written between two looks at an export's cancel flag.
+const EXPORT_CANCEL_CHECK_PAIRS: u64 = 4_096;
+
+impl ExportPin<'_> {
+    /// The point a snapshot at this moment holds; the pin keeps its history whole.
+    pub fn point(&self) -> Result<SnapshotPoint, StoreError> {
+        self.store.snapshot_point()
+    }
+
+    /// Writes the snapshot of `point` to `out`; gives up with `Cancelled` soon after
+    /// `cancel` is set. Blocking; run it off the async threads.
+    pub fn export(
+        &self,
+        point: &SnapshotPoint,
+        out: impl Write,
+        cancel: &AtomicBool,
+    ) -> Result<ExportSummary, SnapshotError> {
+        let tree = self.store.tree();
         let mut w = Checksummed {
             inner: out,
             crc: 0,
@@ -148,6 +183,10 @@ impl MvccStore {
                 }
                 w.frame(TAG_PAIR, &[&(k.len() as u32).to_le_bytes(), &k, &v])?;
                 pairs += 1;
+                if pairs.is_multiple_of(EXPORT_CANCEL_CHECK_PAIRS) && cancel.load(Ordering::Relaxed)
+                {
+                    return Err(SnapshotError::Cancelled);
+                }
             }
         }
         let crc = w.crc;
@@ -161,7 +200,9 @@ impl MvccStore {
             checksum: crc,
         })
     }
+}
 
+impl MvccStore {
     /// Replaces the whole store with the snapshot read from `input`, after verifying it.
     /// Returns the snapshot's point. On any error the store is left as it was.
     pub fn install_snapshot(&self, input: impl Read) -> Result<SnapshotPoint, SnapshotError> {
