@@ -483,6 +483,14 @@ impl Node {
         m.current_leader
     }
 
+    /// Resolves once this member has no leader (`leader` is None), checking every
+    /// `LEADER_POLL_MS`. A `hasleader` read waiting on a read barrier races this.
+    pub async fn leader_lost(&self) {
+        while self.leader().is_some() {
+            tokio::time::sleep(Duration::from_millis(LEADER_POLL_MS)).await;
+        }
+    }
+
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Leader
     }

@@ -11,7 +11,7 @@ use raftkv_proto::etcdserverpb::kv_server::Kv;
 use raftkv_storage::mvcc::{validate, Command, CommandResponse};
 use tonic::{Request, Response, Status};
 
-use crate::api::{check_leader_metadata, request_size_ok};
+use crate::api::{check_leader_metadata, request_size_ok, wants_leader};
 use crate::convert;
 use crate::errors::ApiError;
 use crate::node::Node;
@@ -33,13 +33,22 @@ impl Kv for KvService {
         req: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
         check_leader_metadata(&self.node, &req)?;
+        let needs_leader = wants_leader(&req);
         let req = req.into_inner();
         let serializable = req.serializable;
         let req_range = convert::range_from_pb(req);
         validate::range(&req_range).map_err(ApiError::from)?;
         let span = tracing::debug_span!("range", key = ?req_range.key, serializable);
         async {
-            if !serializable {
+            // A `hasleader` read that was let in just before its member lost the
+            // leader fails as soon as that is known, not at the request timeout
+            // (a read, unlike a write, has no outcome to leave unknown).
+            if !serializable && needs_leader {
+                tokio::select! {
+                    r = self.node.read_barrier() => r?,
+                    () = self.node.leader_lost() => return Err(ApiError::NoLeader.status()),
+                }
+            } else if !serializable {
                 self.node.read_barrier().await?;
             }
             let r = self.node.store.range(&req_range).map_err(ApiError::from)?;

@@ -20,15 +20,18 @@ pub const MAX_REQUEST_BYTES: usize = raftkv_proto::MAX_REQUEST_SIZE_BYTES;
 /// Requests carrying `hasleader: true` metadata fail at once when there is no leader,
 /// as etcd's interceptor does (the Kubernetes API server sets it on watches).
 pub fn check_leader_metadata<T>(node: &Node, req: &Request<T>) -> Result<(), Status> {
-    let wants_leader = req
-        .metadata()
-        .get("hasleader")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == "true");
-    if wants_leader && node.leader().is_none() {
+    if wants_leader(req) && node.leader().is_none() {
         return Err(ApiError::NoLeader.status());
     }
     Ok(())
+}
+
+/// Whether the request carries `hasleader: true` metadata.
+pub fn wants_leader<T>(req: &Request<T>) -> bool {
+    req.metadata()
+        .get("hasleader")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == "true")
 }
 
 /// etcd measures the encoded request (inside its Raft envelope, a few bytes more).
