@@ -4,6 +4,12 @@ use clap::Parser;
 use raftkv_server::config::{Cli, Command, MemberCommand, SnapshotCommand};
 use raftkv_server::member_cli::MemberAction;
 
+/// jemalloc, not glibc's malloc: glibc's arenas spent about 15% of the leader's CPU
+/// under 64 writers (malloc_consolidate, unlink_chunk), and jemalloc held less memory
+/// with a million keys (bench/RESULTS.md, session 10).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() {
     let args = match raftkv_server::config_file::expand(std::env::args_os().collect()) {
         Ok(args) => args,
