@@ -895,3 +895,64 @@ fn nospace_caps_the_applier_until_disarmed_and_survives_restart() {
     assert!(apply(&s, put_a).is_ok());
     assert!(s.alarms().is_empty());
 }
+
+/// The revision is not stored with every write but derived at open (the newest change
+/// record, at least the compaction's revision): a restart must find the same one in
+/// every state a store can be left in.
+#[test]
+fn the_revision_survives_restarts_compaction_and_writes_that_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let reopened_revision = |expected: i64, why: &str| {
+        let s = open(dir.path());
+        assert_eq!(s.revision(), expected, "after a restart: {why}");
+    };
+    reopened_revision(1, "an empty store starts at 1");
+    {
+        let s = open(dir.path());
+        put(&s, "a", "1");
+        put(&s, "b", "1");
+        put(&s, "a", "2");
+        assert_eq!(s.revision(), 4);
+    }
+    reopened_revision(4, "after puts");
+    {
+        let s = open(dir.path());
+        // Deleting nothing and a failed compare change nothing: no new revision.
+        delete(&s, "missing", "");
+        let req = TxnRequest {
+            compare: vec![compare(
+                CompareTarget::Value,
+                CompareResult::Equal,
+                "a",
+                CompareOperand::Value(b("no")),
+            )],
+            success: vec![put_op("a", "x")],
+            failure: vec![],
+        };
+        assert!(!txn(&s, req).unwrap().succeeded);
+        assert_eq!(s.revision(), 4);
+    }
+    reopened_revision(4, "after writes that changed nothing");
+    {
+        let s = open(dir.path());
+        delete(&s, "a", "z");
+        assert_eq!(s.revision(), 5);
+        // Compacted at the current revision: every older change record goes.
+        assert_eq!(
+            apply(&s, Command::Compact { revision: 5 }),
+            Ok(CommandResponse::Compact { revision: 5 })
+        );
+        s.wait_for_compaction();
+    }
+    reopened_revision(
+        5,
+        "after deleting everything and compacting at the revision",
+    );
+    {
+        let s = open(dir.path());
+        put(&s, "c", "1");
+        assert_eq!(s.revision(), 6);
+        assert_eq!(get(&s, "c").unwrap().mod_revision, 6);
+    }
+    reopened_revision(6, "after writing again");
+}

@@ -125,8 +125,8 @@ impl MvccStore {
     /// Reads the counters and the lease table from the current tree into memory.
     pub(crate) fn load_counters(&self) -> Result<(), StoreError> {
         let tree = self.tree();
-        let revision = read_i64(&tree, keys::META_REVISION)?.unwrap_or(1);
         let compact = read_i64(&tree, keys::META_COMPACT)?.unwrap_or(-1);
+        let revision = current_revision(&tree, compact)?;
         let mut leases = BTreeMap::new();
         for item in tree.scan_prefix([keys::LEASE]) {
             let (_, value) = item?;
@@ -291,6 +291,32 @@ impl MvccStore {
     pub fn wait_for_compaction(&self) {
         self.inner.compactor.wait_idle(&self.inner);
     }
+}
+
+/// The store's revision, derived rather than stored with every write (one engine
+/// insert less per write): the revision of the newest change record. Compaction keeps
+/// the records at its own revision, so the newest record survives every compaction;
+/// `META_REVISION` is the floor a snapshot install (whose tree has no change records)
+/// or a compaction at the current revision leaves. 1 for an empty store, as in etcd.
+fn current_revision(tree: &super::engine::Tree, compact: Revision) -> Result<Revision, StoreError> {
+    let newest_change = match tree
+        .range(keys::change_key(0, 0)..=keys::change_key(i64::MAX, u32::MAX))
+        .next_back()
+    {
+        None => None,
+        Some(item) => {
+            let (k, _) = item?;
+            let (rev, _) = keys::split_change_key(&k)
+                .ok_or_else(|| StoreError::Corrupt(format!("bad change key {k:?}")))?;
+            Some(rev)
+        }
+    };
+    let floor = read_i64(tree, keys::META_REVISION)?;
+    Ok([newest_change, floor, Some(compact), Some(1)]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(1))
 }
 
 pub(crate) fn read_i64(tree: &super::engine::Tree, key: &[u8]) -> Result<Option<i64>, StoreError> {

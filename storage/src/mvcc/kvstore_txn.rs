@@ -590,9 +590,8 @@ impl WriteTxn<'_> {
                 None => batch.remove(&keys::lease_key(*id)[..]),
             }
         }
-        if !self.changes.is_empty() {
-            batch.insert(keys::META_REVISION, &rev.to_be_bytes()[..]);
-        }
+        // No META_REVISION: the revision is that of the newest change record
+        // (kvstore.rs, `current_revision`).
         if let Some(compact) = self.compact {
             batch.insert(keys::META_COMPACT, &compact.to_be_bytes()[..]);
         }
