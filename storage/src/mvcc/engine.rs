@@ -87,8 +87,9 @@ struct TreeInner {
     /// Readers see every write with a sequence number below this: every finished batch
     /// and nothing of one in progress.
     read_seqno: Arc<AtomicU64>,
-    /// One batch at a time, so that `read_seqno` never uncovers half of a batch.
-    write_lock: Mutex<()>,
+    /// One batch at a time, so that `read_seqno` never uncovers half of a batch. Holds
+    /// the deferred pairs (`Batch::insert_deferred`) not yet in a memtable.
+    write_lock: Mutex<Deferred>,
     memtable_size_bytes: u64,
     worker: Arc<Worker>,
     /// The flusher and the merger.
@@ -124,7 +125,15 @@ struct WorkerState {
 #[derive(Default)]
 pub struct Batch {
     ops: Vec<(Slice, Option<Slice>)>,
+    deferred: Vec<(Slice, Slice)>,
 }
+
+/// Deferred pairs by key: each key's last value, written into the memtable just
+/// before it is sealed. At most a handful of keys (the store defers one).
+type Deferred = std::collections::BTreeMap<Slice, Slice>;
+
+/// Deferred keys at most; a batch deferring more is a bug in the caller.
+const MAX_DEFERRED_KEYS: usize = 8;
 
 impl Batch {
     pub fn insert(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
@@ -136,12 +145,25 @@ impl Batch {
         self.ops.push((Slice::from(key.as_ref()), None));
     }
 
+    /// Sets `key` to `value`, but writes it into the memtable only when the memtable
+    /// is sealed (before every rotation, in `flush` and at close), keeping only the
+    /// last value: bookkeeping that must be exact in what becomes durable but is
+    /// rewritten by every batch, like the applied log id, costs one memtable insert
+    /// per memtable instead of one per batch. Since memtables are sealed only between
+    /// batches, the sealed memtable then holds the value of its own last batch, and a
+    /// crash still leaves a consistent prefix. Only `Tree::get_latest` sees a value
+    /// that is still deferred.
+    pub fn insert_deferred(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        self.deferred
+            .push((Slice::from(key.as_ref()), Slice::from(value.as_ref())));
+    }
+
     pub fn len(&self) -> usize {
-        self.ops.len()
+        self.ops.len() + self.deferred.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
+        self.ops.is_empty() && self.deferred.is_empty()
     }
 }
 
@@ -260,8 +282,8 @@ impl Db {
     pub fn reclaim_space(&self) {
         for tree in lock(&self.0.open).values() {
             {
-                let _writing = lock(&tree.0.write_lock);
-                tree.0.lsm.rotate_memtable();
+                let mut deferred = lock(&tree.0.write_lock);
+                tree.rotate_memtable(&mut deferred);
             }
             {
                 let mut state = lock(&tree.0.worker.state);
@@ -384,7 +406,7 @@ impl Tree {
             lsm,
             seqno,
             read_seqno,
-            write_lock: Mutex::new(()),
+            write_lock: Mutex::new(Deferred::new()),
             memtable_size_bytes: db.options.memtable_size_bytes,
             worker,
             worker_threads: Mutex::new(vec![flusher, merger]),
@@ -400,6 +422,16 @@ impl Tree {
     }
 
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Slice>, EngineError> {
+        self.0.lsm.get(key, self.read_seqno())
+    }
+
+    /// Like `get`, but also sees a value still deferred (`Batch::insert_deferred`).
+    /// Takes the write lock: not for the read path.
+    pub fn get_latest(&self, key: impl AsRef<[u8]>) -> Result<Option<Slice>, EngineError> {
+        let deferred = lock(&self.0.write_lock);
+        if let Some(value) = deferred.get(key.as_ref()) {
+            return Ok(Some(value.clone()));
+        }
         self.0.lsm.get(key, self.read_seqno())
     }
 
@@ -438,36 +470,55 @@ impl Tree {
     /// Applies every write of `batch` atomically: readers see all of it or none, and
     /// after a crash the tree holds all of it or none.
     pub fn apply_batch(&self, batch: Batch) -> Result<(), EngineError> {
-        if batch.ops.is_empty() {
+        if batch.is_empty() {
             return Ok(());
         }
-        let _writing = lock(&self.0.write_lock);
-        let seqno = self.0.seqno.next();
+        let mut deferred = lock(&self.0.write_lock);
         let mut memtable_size_bytes = 0;
-        for (key, value) in batch.ops {
-            let (_, size) = match value {
-                Some(value) => self.0.lsm.insert(key, value, seqno),
-                None => self.0.lsm.remove(key, seqno),
-            };
-            memtable_size_bytes = size;
+        if !batch.ops.is_empty() {
+            let seqno = self.0.seqno.next();
+            for (key, value) in batch.ops {
+                if !deferred.is_empty() {
+                    // A plain write of a deferred key supersedes its deferred value.
+                    deferred.remove(&key);
+                }
+                let (_, size) = match value {
+                    Some(value) => self.0.lsm.insert(key, value, seqno),
+                    None => self.0.lsm.remove(key, seqno),
+                };
+                memtable_size_bytes = size;
+            }
+            self.0.read_seqno.store(seqno + 1, Ordering::Release);
         }
-        self.0.read_seqno.store(seqno + 1, Ordering::Release);
+        deferred.extend(batch.deferred);
+        debug_assert!(
+            deferred.len() <= MAX_DEFERRED_KEYS,
+            "too many deferred keys"
+        );
         if memtable_size_bytes >= self.0.memtable_size_bytes {
             // Between two batches, so a memtable never holds part of one.
-            if self.0.lsm.rotate_memtable().is_some() {
+            if self.rotate_memtable(&mut deferred) {
                 self.0.worker.signal();
             }
+            drop(deferred);
             self.0.worker.wait_for_room();
         }
         Ok(())
+    }
+
+    /// Seals the active memtable, writing the deferred pairs into it first. The caller
+    /// holds the write lock (`deferred` is its guard's content). Whether one was sealed.
+    fn rotate_memtable(&self, deferred: &mut Deferred) -> bool {
+        write_deferred(&self.0.lsm, &self.0.seqno, &self.0.read_seqno, deferred);
+        self.0.lsm.rotate_memtable().is_some()
     }
 
     /// Writes out everything applied so far (memtables become sorted files, fsynced,
     /// with the tree's version record).
     pub fn flush(&self) -> Result<(), EngineError> {
         {
-            let _writing = lock(&self.0.write_lock);
-            self.0.lsm.rotate_memtable();
+            let mut deferred = lock(&self.0.write_lock);
+            self.rotate_memtable(&mut deferred);
         }
         self.0.worker.flush_sealed()
     }
@@ -489,6 +540,8 @@ impl Drop for TreeInner {
     /// A clean close writes out what is in memory, so that a reopen needs no replay.
     fn drop(&mut self) {
         if !self.worker.stop.load(Ordering::Acquire) {
+            let deferred = self.write_lock.get_mut().unwrap_or_else(|e| e.into_inner());
+            write_deferred(&self.lsm, &self.seqno, &self.read_seqno, deferred);
             self.lsm.rotate_memtable();
             if let Err(e) = self.worker.flush_sealed() {
                 tracing::warn!(tree = %self.name, error = %e, "engine: writing out memtables at close");
@@ -500,6 +553,24 @@ impl Drop for TreeInner {
             let _ = thread.join();
         }
     }
+}
+
+/// Writes the deferred pairs into the active memtable as one batch and forgets them
+/// (the memtable now holds them). Under the write lock, or at close.
+fn write_deferred(
+    lsm: &AnyTree,
+    seqno: &SequenceNumberCounter,
+    read_seqno: &AtomicU64,
+    deferred: &mut Deferred,
+) {
+    if deferred.is_empty() {
+        return;
+    }
+    let at = seqno.next();
+    for (key, value) in std::mem::take(deferred) {
+        lsm.insert(key, value, at);
+    }
+    read_seqno.store(at + 1, Ordering::Release);
 }
 
 impl Worker {

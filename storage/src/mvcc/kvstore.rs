@@ -236,7 +236,7 @@ impl MvccStore {
     pub fn applied_meta(&self) -> Result<StoredMeta, StoreError> {
         let tree = self.tree();
         Ok((
-            tree.get(keys::META_APPLIED)?.map(|v| v.to_vec()),
+            tree.get_latest(keys::META_APPLIED)?.map(|v| v.to_vec()),
             tree.get(keys::META_MEMBERSHIP)?.map(|v| v.to_vec()),
         ))
     }

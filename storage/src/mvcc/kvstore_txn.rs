@@ -602,7 +602,9 @@ impl WriteTxn<'_> {
             batch.insert(keys::META_ALARMS, bytes);
         }
         if !meta.applied.is_empty() {
-            batch.insert(keys::META_APPLIED, meta.applied.as_slice());
+            // Rewritten by every entry: written into the memtable only when it is
+            // sealed, where it then names the last entry the memtable holds.
+            batch.insert_deferred(keys::META_APPLIED, meta.applied.as_slice());
         }
         if let Some(membership) = &meta.membership {
             batch.insert(keys::META_MEMBERSHIP, membership.as_slice());
