@@ -48,9 +48,6 @@ const MAX_SEALED_MEMTABLES: usize = 4;
 const WORKER_TICK_MS: u64 = 1_000;
 /// After a failed flush or merge, the worker waits this long before trying again.
 const WORKER_RETRY_MS: u64 = 1_000;
-/// How long a merge rests per unit of time it worked (lsm-tree `merge_rest_ratio`,
-/// raftkv's patch): 1 caps each merge at half of a core.
-const MERGE_REST_RATIO: u32 = 1;
 /// Sorted files are cut at this size: the last file of a merge is finished just before
 /// the merge result is installed, so smaller files keep that step short.
 const TABLE_TARGET_SIZE_BYTES: u64 = 32 << 20;
@@ -352,10 +349,6 @@ fn tree_config(dir: &Path, db: &DbInner, seqno: SequenceNumberCounter) -> lsm_tr
         .use_cache(db.cache.clone())
         .use_descriptor_table(Some(db.descriptors.clone()))
         // fjall's defaults, which the numbers in bench/RESULTS.md were measured with.
-        // A merge rests as long as it worked: at most half of a core, so merging the
-        // history a compaction dropped never crowds out the request path on a small
-        // machine (bench/RESULTS.md, "Session 11").
-        .merge_rest_ratio(MERGE_REST_RATIO)
         .data_block_size_policy(BlockSizePolicy::all(4 * 1_024))
         .data_block_restart_interval_policy(RestartIntervalPolicy::new([10, 16]))
         .index_block_pinning_policy(PinningPolicy::new([true, true, false]))

@@ -29,13 +29,6 @@ use std::{
 #[cfg(feature = "metrics")]
 use crate::metrics::Metrics;
 
-/// raftkv patch: items a merge writes between two rests (Config::merge_rest_ratio):
-/// a few milliseconds of work.
-const MERGE_REST_EVERY_ITEMS: usize = 4_096;
-/// raftkv patch: the longest single rest (a stretch stretched by preemption must not
-/// turn into a long pause).
-const MERGE_REST_MAX_MS: u64 = 50;
-
 pub type CompactionReader<'a> = Box<dyn Iterator<Item = crate::Result<InternalValue>> + 'a>;
 
 /// Compaction options
@@ -515,20 +508,10 @@ fn merge_tables(
     drop(compaction_state);
 
     hidden_guard(payload, opts, || {
-        // raftkv patch: rest between stretches of work (Config::merge_rest_ratio). No
-        // lock is held here, so a resting merge holds up nobody.
-        let rest_ratio = opts.config.merge_rest_ratio;
-        let mut stretch_started = Instant::now();
         for (idx, item) in merge_iter.enumerate() {
             let item = item?;
 
             compactor.write(item)?;
-
-            if rest_ratio > 0 && idx % MERGE_REST_EVERY_ITEMS == MERGE_REST_EVERY_ITEMS - 1 {
-                let rest = stretch_started.elapsed() * rest_ratio;
-                std::thread::sleep(rest.min(std::time::Duration::from_millis(MERGE_REST_MAX_MS)));
-                stretch_started = Instant::now();
-            }
 
             if idx % 1_000_000 == 0 && opts.stop_signal.is_stopped() {
                 log::debug!("Stopping amidst compaction because of stop signal");

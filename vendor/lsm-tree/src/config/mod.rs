@@ -232,10 +232,6 @@ pub struct Config {
     #[doc(hidden)]
     pub kv_separation_opts: Option<KvSeparationOptions>,
 
-    /// raftkv patch: how long a merge rests per unit of time it worked (0: never
-    /// rests, upstream's behaviour; 1: at most half of a core). See `merge_rest_ratio`.
-    pub merge_rest_ratio: u32,
-
     /// The global sequence number generator
     ///
     /// Should be shared between multple trees of a database
@@ -298,8 +294,6 @@ impl Default for Config {
             expect_point_read_hits: false,
 
             kv_separation_opts: None,
-
-            merge_rest_ratio: 0,
         }
     }
 }
@@ -441,16 +435,6 @@ impl Config {
     //     self.level_count = n;
     //     self
     // }
-
-    /// raftkv patch: a merge (compaction) rests `ratio` times as long as it worked,
-    /// every `MERGE_REST_EVERY_ITEMS` items, holding no lock while it rests: merges then
-    /// take at most 1/(1+ratio) of a core, and latency-bound threads sharing the
-    /// machine keep theirs. 0 (the default) never rests.
-    #[must_use]
-    pub fn merge_rest_ratio(mut self, ratio: u32) -> Self {
-        self.merge_rest_ratio = ratio;
-        self
-    }
 
     /// Sets the data block size policy.
     #[must_use]
