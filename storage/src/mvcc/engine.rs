@@ -44,6 +44,9 @@ const TREES_DIR: &str = "trees";
 const FIRST_TREE: &str = "mvcc-0";
 /// Full memtables waiting to be written out before writers wait for the disk.
 const MAX_SEALED_MEMTABLES: usize = 4;
+/// Runs in level 0 before memtables wait to be written out until merges catch up;
+/// well under the 255 lsm-tree can record (`Worker::wait_for_merges`).
+const MAX_L0_RUNS: usize = 64;
 /// How often a tree's worker looks for work when nobody signals it.
 const WORKER_TICK_MS: u64 = 1_000;
 /// After a failed flush or merge, the worker waits this long before trying again.
@@ -598,6 +601,7 @@ impl Worker {
     fn run_flusher(&self) {
         while let Some(_state) = self.wait_for(|s| s.flush_pending) {
             lock(&self.state).flush_pending = false;
+            self.wait_for_merges();
             let result = self.flush_sealed();
             lock(&self.state).merge_pending = true;
             self.wake.notify_all();
@@ -622,6 +626,8 @@ impl Worker {
             } else {
                 self.compact()
             };
+            // A flusher may be waiting for level 0 to shrink (`wait_for_merges`).
+            self.done.notify_all();
             if let Err(e) = result {
                 tracing::error!(error = %e, "engine: merging sorted files failed; retrying");
                 std::thread::sleep(Duration::from_millis(WORKER_RETRY_MS));
@@ -669,6 +675,34 @@ impl Worker {
             "engine: space reclaimed (all files merged)"
         );
         Ok(())
+    }
+
+    /// Back-pressure on flushes: waits while level 0 holds `MAX_L0_RUNS` runs, so
+    /// that merges catch up (sealed memtables then queue up, and writers wait in
+    /// `wait_for_room`). lsm-tree 3.1.10 stores a level's run count in one byte: a
+    /// level 0 past 255 runs writes a version record that cannot be read back, and
+    /// the tree would not open again.
+    fn wait_for_merges(&self) {
+        if self.lsm.l0_run_count() < MAX_L0_RUNS {
+            return;
+        }
+        let started = Instant::now();
+        let mut state = lock(&self.state);
+        while self.lsm.l0_run_count() >= MAX_L0_RUNS && !self.stop.load(Ordering::Acquire) {
+            state.merge_pending = true;
+            self.wake.notify_all();
+            state = self
+                .done
+                .wait_timeout(state, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        drop(state);
+        tracing::warn!(
+            waited_ms = started.elapsed().as_millis() as u64,
+            l0_runs_max = MAX_L0_RUNS,
+            "engine: writing out memtables waited for merges to catch up"
+        );
     }
 
     /// Back-pressure: waits while `MAX_SEALED_MEMTABLES` wait to be written out.
