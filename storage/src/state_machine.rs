@@ -295,13 +295,17 @@ impl StateMachine {
                 )
                 .map_err(io_err)?;
             file.sync_all()?;
-            let path = snapshot_path(&self.dir, &meta);
-            std::fs::rename(&partial, &path)?;
-            std::fs::File::open(&self.dir)?.sync_all()?;
-            Ok((summary, path))
+            Ok(summary)
         })();
         drop(pin);
+        let path = snapshot_path(&self.dir, &meta);
         let mut snapshots = self.snapshots();
+        // Renamed under the lock: a reader that finds this export still running opens
+        // its partial file, which must then still be there.
+        let written = written.and_then(|summary| {
+            std::fs::rename(&partial, &path)?;
+            Ok((summary, path.clone()))
+        });
         if snapshots
             .running
             .as_ref()
@@ -341,6 +345,13 @@ impl StateMachine {
             }
         };
         drop(snapshots);
+        // Snapshot files are not kept across restarts (`open` removes them), so the
+        // rename needs no fsync of the directory before anyone may read the file.
+        if ended.is_ok() {
+            if let Err(e) = std::fs::File::open(&self.dir).and_then(|d| d.sync_all()) {
+                tracing::warn!(error = %e, "snapshot export: syncing the snapshot directory");
+            }
+        }
         let _ = done_tx.send(ended);
     }
 
