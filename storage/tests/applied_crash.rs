@@ -18,7 +18,7 @@ use std::path::Path;
 use std::process::{Command as Process, Stdio};
 use std::time::Duration;
 
-use common::b;
+use common::{b, crash_seed, Rng};
 use raftkv_storage::mvcc::*;
 
 const CHILD_ENV: &str = "RAFTKV_APPLIED_CRASH_CHILD_DIR";
@@ -86,17 +86,6 @@ fn crash_child_applier() {
     std::thread::sleep(Duration::from_secs(60));
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 /// Checks that keys, revision and applied index agree; returns the applied index.
 fn verify(dir: &Path, context: &str) -> u64 {
     let store = MvccStore::open(dir, options())
@@ -142,16 +131,7 @@ fn sigkill_leaves_the_applied_index_naming_exactly_what_the_store_holds() {
     if std::env::var(CHILD_ENV).is_ok() {
         return;
     }
-    let seed: u64 = std::env::var("RAFTKV_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
+    let seed = crash_seed();
     eprintln!("applied crash test seed: RAFTKV_CRASH_SEED={seed}");
     let mut rng = Rng(seed);
     let exe = std::env::current_exe().unwrap();

@@ -7,6 +7,8 @@
 //!
 //! Reproduce a run with RAFTKV_CRASH_SEED=<seed> (printed on failure).
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command as Process, Stdio};
@@ -15,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::{crash_seed, Rng};
 use openraft::storage::{RaftLogReader, RaftLogStorage};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
 use raftkv_storage::mvcc::{Command, PutRequest};
@@ -90,17 +93,6 @@ fn crash_child_appender() {
     std::thread::sleep(Duration::from_secs(60));
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 fn verify(dir: &Path, durable: Option<u64>, context: &str) -> Option<u64> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -135,16 +127,7 @@ fn sigkill_at_random_points_never_loses_a_durable_append() {
     if std::env::var(CHILD_ENV).is_ok() {
         return;
     }
-    let seed: u64 = std::env::var("RAFTKV_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
+    let seed = crash_seed();
     eprintln!("crash test seed: RAFTKV_CRASH_SEED={seed}");
     let mut rng = Rng(seed);
     let exe = std::env::current_exe().unwrap();

@@ -47,6 +47,8 @@ const MAX_SEALED_MEMTABLES: usize = 4;
 /// Runs in level 0 before memtables wait to be written out until merges catch up;
 /// well under the 255 lsm-tree can record (`Worker::wait_for_merges`).
 const MAX_L0_RUNS: usize = 64;
+/// How often a writer or flusher held back by back-pressure checks again, at least.
+const BACK_PRESSURE_RECHECK_MS: u64 = 100;
 /// How often a tree's worker looks for work when nobody signals it.
 const WORKER_TICK_MS: u64 = 1_000;
 /// After a failed flush or merge, the worker waits this long before trying again.
@@ -683,49 +685,58 @@ impl Worker {
     /// level 0 past 255 runs writes a version record that cannot be read back, and
     /// the tree would not open again.
     fn wait_for_merges(&self) {
-        if self.lsm.l0_run_count() < MAX_L0_RUNS {
-            return;
-        }
-        let started = Instant::now();
-        let mut state = lock(&self.state);
-        while self.lsm.l0_run_count() >= MAX_L0_RUNS && !self.stop.load(Ordering::Acquire) {
-            state.merge_pending = true;
-            self.wake.notify_all();
-            state = self
-                .done
-                .wait_timeout(state, Duration::from_millis(100))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        drop(state);
-        tracing::warn!(
-            waited_ms = started.elapsed().as_millis() as u64,
-            l0_runs_max = MAX_L0_RUNS,
-            "engine: writing out memtables waited for merges to catch up"
+        let waited = self.wait_while(
+            || self.lsm.l0_run_count() >= MAX_L0_RUNS,
+            |state| {
+                state.merge_pending = true;
+                self.wake.notify_all();
+            },
         );
+        if let Some(waited) = waited {
+            tracing::warn!(
+                waited_ms = waited.as_millis() as u64,
+                l0_runs_max = MAX_L0_RUNS,
+                "engine: writing out memtables waited for merges to catch up"
+            );
+        }
     }
 
     /// Back-pressure: waits while `MAX_SEALED_MEMTABLES` wait to be written out.
     fn wait_for_room(&self) {
-        if self.lsm.sealed_memtable_count() < MAX_SEALED_MEMTABLES {
-            return;
+        let waited = self.wait_while(
+            || self.lsm.sealed_memtable_count() >= MAX_SEALED_MEMTABLES,
+            |_| {},
+        );
+        if let Some(waited) = waited {
+            tracing::warn!(
+                waited_ms = waited.as_millis() as u64,
+                sealed_max = MAX_SEALED_MEMTABLES,
+                "engine: writes waited for memtables to be written out (slow disk?)"
+            );
+        }
+    }
+
+    /// Waits while `full` holds and the tree is open, rechecking after each round of
+    /// background work (or every `BACK_PRESSURE_RECHECK_MS`) and calling `nudge` under
+    /// the state lock first. How long it waited; None when `full` did not hold.
+    fn wait_while(
+        &self,
+        full: impl Fn() -> bool,
+        nudge: impl Fn(&mut WorkerState),
+    ) -> Option<Duration> {
+        if !full() {
+            return None;
         }
         let started = Instant::now();
         let mut state = lock(&self.state);
-        while self.lsm.sealed_memtable_count() >= MAX_SEALED_MEMTABLES
-            && !self.stop.load(Ordering::Acquire)
-        {
+        while full() && !self.stop.load(Ordering::Acquire) {
+            nudge(&mut state);
             state = self
                 .done
-                .wait_timeout(state, Duration::from_millis(100))
+                .wait_timeout(state, Duration::from_millis(BACK_PRESSURE_RECHECK_MS))
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        drop(state);
-        tracing::warn!(
-            waited_ms = started.elapsed().as_millis() as u64,
-            sealed_max = MAX_SEALED_MEMTABLES,
-            "engine: writes waited for memtables to be written out (slow disk?)"
-        );
+        Some(started.elapsed())
     }
 }

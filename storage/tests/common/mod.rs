@@ -93,3 +93,30 @@ pub fn keys_of(r: &RangeResponse) -> Vec<String> {
         .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
         .collect()
 }
+
+/// A small xorshift generator: crash tests pick kill times from it, reproducibly.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// The crash tests' seed: RAFTKV_CRASH_SEED when set (to reproduce a run), else the
+/// clock. Printed by the caller.
+pub fn crash_seed() -> u64 {
+    std::env::var("RAFTKV_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        })
+}
