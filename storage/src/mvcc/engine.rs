@@ -685,6 +685,16 @@ impl Worker {
     /// level 0 past 255 runs writes a version record that cannot be read back, and
     /// the tree would not open again.
     fn wait_for_merges(&self) {
+        let l0_runs = self.lsm.l0_run_count();
+        if l0_runs >= MAX_L0_RUNS {
+            // Said when the wait starts too: a merge that keeps failing would make it
+            // last, and the writers behind it.
+            tracing::warn!(
+                l0_runs,
+                l0_runs_max = MAX_L0_RUNS,
+                "engine: level 0 is full; memtables wait for merges before being written out"
+            );
+        }
         let waited = self.wait_while(
             || self.lsm.l0_run_count() >= MAX_L0_RUNS,
             |state| {
