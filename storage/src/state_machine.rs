@@ -345,13 +345,8 @@ impl StateMachine {
             }
         };
         drop(snapshots);
-        // Snapshot files are not kept across restarts (`open` removes them), so the
-        // rename needs no fsync of the directory before anyone may read the file.
-        if ended.is_ok() {
-            if let Err(e) = std::fs::File::open(&self.dir).and_then(|d| d.sync_all()) {
-                tracing::warn!(error = %e, "snapshot export: syncing the snapshot directory");
-            }
-        }
+        // No fsync of the directory after the rename: snapshot files are not kept
+        // across restarts (`open` removes them), so nothing relies on the name lasting.
         let _ = done_tx.send(ended);
     }
 

@@ -15,10 +15,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command as Process, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use common::{b, crash_seed, Rng};
+use common::{b, crash_seed, spawn_crash_child};
+use raftkv_storage::fuzzing::Mutator;
 use raftkv_storage::mvcc::*;
 
 const CHILD_ENV: &str = "RAFTKV_APPLIED_CRASH_CHILD_DIR";
@@ -133,26 +134,15 @@ fn sigkill_leaves_the_applied_index_naming_exactly_what_the_store_holds() {
     }
     let seed = crash_seed();
     eprintln!("applied crash test seed: RAFTKV_CRASH_SEED={seed}");
-    let mut rng = Rng(seed);
-    let exe = std::env::current_exe().unwrap();
+    let mut rng = Mutator(seed);
     let dir = tempfile::tempdir().unwrap();
     let mut applied = 0;
     let mut advanced = 0;
     for iteration in 0..ITERATIONS {
-        let mut child = Process::new(&exe)
-            .args([
-                "crash_child_applier",
-                "--exact",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child =
+            spawn_crash_child("crash_child_applier", CHILD_ENV, dir.path(), Stdio::null());
         // Kill anywhere from during the open to deep into the applies.
-        std::thread::sleep(Duration::from_millis(50 + rng.next() % 400));
+        std::thread::sleep(Duration::from_millis(50 + rng.next_u64() % 400));
         child.kill().unwrap();
         child.wait().unwrap();
         let context = format!("seed {seed} iteration {iteration}");

@@ -11,15 +11,16 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Command as Process, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{crash_seed, Rng};
+use common::{crash_seed, spawn_crash_child};
 use openraft::storage::{RaftLogReader, RaftLogStorage};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+use raftkv_storage::fuzzing::Mutator;
 use raftkv_storage::mvcc::{Command, PutRequest};
 use raftkv_storage::raft_log::RaftLogStore;
 use raftkv_storage::raft_types::TypeConfig;
@@ -129,26 +130,19 @@ fn sigkill_at_random_points_never_loses_a_durable_append() {
     }
     let seed = crash_seed();
     eprintln!("crash test seed: RAFTKV_CRASH_SEED={seed}");
-    let mut rng = Rng(seed);
-    let exe = std::env::current_exe().unwrap();
+    let mut rng = Mutator(seed);
     let mut dir = tempfile::tempdir().unwrap();
     let mut total_durable = 0u64;
     for iteration in 0..ITERATIONS {
         if iteration % FRESH_LOG_EVERY == 0 {
             dir = tempfile::tempdir().unwrap();
         }
-        let mut child = Process::new(&exe)
-            .args([
-                "crash_child_appender",
-                "--exact",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_crash_child(
+            "crash_child_appender",
+            CHILD_ENV,
+            dir.path(),
+            Stdio::piped(),
+        );
         let stdout = child.stdout.take().unwrap();
         let reader = std::thread::spawn(move || {
             let mut durable: Option<u64> = None;
@@ -169,7 +163,7 @@ fn sigkill_at_random_points_never_loses_a_durable_append() {
             (start, durable)
         });
         // Kill anywhere from during the open to deep into the appends.
-        std::thread::sleep(Duration::from_micros(rng.next() % 60_000));
+        std::thread::sleep(Duration::from_micros(rng.next_u64() % 60_000));
         child.kill().unwrap();
         child.wait().unwrap();
         let (start, durable) = reader.join().unwrap();

@@ -295,9 +295,9 @@ impl MvccStore {
 
 /// The store's revision, derived rather than stored with every write (one engine
 /// insert less per write): the revision of the newest change record. Compaction keeps
-/// the records at its own revision, so the newest record survives every compaction;
-/// `META_REVISION` is the floor a snapshot install (whose tree has no change records)
-/// or a compaction at the current revision leaves. 1 for an empty store, as in etcd.
+/// the records at its own revision and a snapshot carries them, so the newest record
+/// survives both; `META_REVISION`, which a snapshot install still writes, and the
+/// compacted revision only bound it from below. 1 for an empty store, as in etcd.
 fn current_revision(tree: &super::engine::Tree, compact: Revision) -> Result<Revision, StoreError> {
     let newest_change = match tree
         .range(keys::change_key(0, 0)..=keys::change_key(i64::MAX, u32::MAX))
@@ -312,11 +312,10 @@ fn current_revision(tree: &super::engine::Tree, compact: Revision) -> Result<Rev
         }
     };
     let floor = read_i64(tree, keys::META_REVISION)?;
-    Ok([newest_change, floor, Some(compact), Some(1)]
+    Ok([newest_change, floor, Some(compact)]
         .into_iter()
         .flatten()
-        .max()
-        .unwrap_or(1))
+        .fold(1, Revision::max))
 }
 
 pub(crate) fn read_i64(tree: &super::engine::Tree, key: &[u8]) -> Result<Option<i64>, StoreError> {

@@ -94,20 +94,8 @@ pub fn keys_of(r: &RangeResponse) -> Vec<String> {
         .collect()
 }
 
-/// A small xorshift generator: crash tests pick kill times from it, reproducibly.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 /// The crash tests' seed: RAFTKV_CRASH_SEED when set (to reproduce a run), else the
-/// clock. Printed by the caller.
+/// clock. Printed by the caller; kill times come from `fuzzing::Mutator::next_u64`.
 pub fn crash_seed() -> u64 {
     std::env::var("RAFTKV_CRASH_SEED")
         .ok()
@@ -119,4 +107,21 @@ pub fn crash_seed() -> u64 {
                 .as_nanos() as u64
                 | 1
         })
+}
+
+/// Starts this test binary again as a crash test's child: only the test `name` runs,
+/// with `env_key` naming the directory it works in.
+pub fn spawn_crash_child(
+    name: &str,
+    env_key: &str,
+    dir: &std::path::Path,
+    stdout: std::process::Stdio,
+) -> std::process::Child {
+    std::process::Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(env_key, dir)
+        .stdout(stdout)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
 }
