@@ -364,8 +364,12 @@ fn tree_config(dir: &Path, db: &DbInner, seqno: SequenceNumberCounter) -> lsm_tr
             FilterPolicyEntry::Bloom(BloomConstructionPolicy::FalsePositiveRate(0.0001)),
             FilterPolicyEntry::Bloom(BloomConstructionPolicy::BitsPerKey(10.0)),
         ]))
+        // Level 0 (fresh flushes) uncompressed; lz4 from level 1 on, not only from
+        // level 2 as fjall does. Every level-0 merge rewrites the level-1 tables its key
+        // range overlaps, and a memtable holds both random user keys ('k') and new
+        // change records ('r'), so its range overlaps nearly all of level 1: uncompressed,
+        // that was most of the engine's disk writes (bench/RESULTS.md, session 12).
         .data_block_compression_policy(CompressionPolicy::new([
-            lsm_tree::CompressionType::None,
             lsm_tree::CompressionType::None,
             lsm_tree::CompressionType::Lz4,
         ]))
