@@ -338,6 +338,13 @@ pub fn device_written_bytes(path: &Path) -> Option<u64> {
     })
 }
 
+/// Writes every file system's dirty data out (sync(2)), so that a `device_written_bytes`
+/// window neither starts with an earlier phase's writes nor ends before its own.
+pub fn sync_disks() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+}
+
 /// Reads VmHWM and VmRSS, write_bytes and utime + stime of `pid`.
 pub fn proc_stats(pid: u32) -> ProcStats {
     let mut stats = ProcStats::default();

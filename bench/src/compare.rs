@@ -319,10 +319,12 @@ pub fn measure(config: &CompareConfig, system: System) -> Measured {
 
     eprintln!("== {label}: k3s at rest for {:?}", config.rest);
     let cluster = ProcCluster::start(system, bin, &config.parent, 3, &[]);
+    crate::cluster::sync_disks();
     let before = sum_stats(&cluster);
     let device_before = crate::cluster::device_written_bytes(&config.parent);
     rt.block_on(at_rest(&cluster.endpoints(), config.rest));
     let after = sum_stats(&cluster);
+    crate::cluster::sync_disks();
     let device_after = crate::cluster::device_written_bytes(&config.parent);
     m.rest_write_bytes = after.write_bytes.saturating_sub(before.write_bytes);
     m.rest_device_write_bytes = device_before
