@@ -334,12 +334,13 @@ pub fn measure(config: &CompareConfig, system: System) -> Measured {
     m.rest_data_bytes = cluster.data_bytes();
     println!(
         "{label} at rest {:?}: {} bytes written, {} ms CPU, data dirs {} bytes (all members); \
-         the device wrote {:?} bytes",
+         the device wrote {}",
         config.rest,
         m.rest_write_bytes,
         m.rest_cpu_ms,
         m.rest_data_bytes,
         m.rest_device_write_bytes
+            .map_or("(unreadable)".to_string(), |b| format!("{b} bytes"))
     );
     drop(cluster);
 
@@ -698,23 +699,34 @@ pub fn table(floor: &Floor, r: &Measured, e: &Measured) -> String {
         target: "≤ 2 (raftkv's own)",
         met: Some(max <= 2.0),
     });
+    // The target row is what the data dirs' block device wrote, where it can be read:
+    // flash wear is what reaches the device. The processes' write_bytes counter is kept
+    // beside it, report only: on this kernel it is charged per dirtied page-cache folio,
+    // so identical at-rest runs gave 70 to 234 MiB while the device wrote 32 MiB in each
+    // (bench/RESULTS.md, session 13).
+    let device = r.rest_device_write_bytes.zip(e.rest_device_write_bytes);
     let bytes = ratio(r.rest_write_bytes as f64, e.rest_write_bytes as f64);
     rows.push(Row {
-        measure: "k3s at rest: bytes written, all members",
+        measure: "k3s at rest: bytes written, all members (processes' write_bytes)",
         raftkv: mib(r.rest_write_bytes),
         etcd: mib(e.rest_write_bytes),
         ratio: bytes,
-        target: "≤ 0.5",
-        met: Some(bytes <= 0.5),
+        target: if device.is_some() {
+            "report only"
+        } else {
+            "≤ 0.5"
+        },
+        met: device.is_none().then_some(bytes <= 0.5),
     });
-    if let (Some(rd), Some(ed)) = (r.rest_device_write_bytes, e.rest_device_write_bytes) {
+    if let Some((rd, ed)) = device {
+        let device_ratio = ratio(rd as f64, ed as f64);
         rows.push(Row {
-            measure: "k3s at rest: bytes the data dirs' disk wrote (journal included)",
+            measure: "k3s at rest: bytes the data dirs' disk wrote, all members",
             raftkv: mib(rd),
             etcd: mib(ed),
-            ratio: ratio(rd as f64, ed as f64),
-            target: "report only",
-            met: None,
+            ratio: device_ratio,
+            target: "≤ 0.5",
+            met: Some(device_ratio <= 0.5),
         });
     }
     let cpu = ratio(r.rest_cpu_ms as f64, e.rest_cpu_ms as f64);
