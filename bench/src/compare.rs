@@ -29,6 +29,26 @@ pub struct CompareConfig {
     pub big_keys: u64,
     /// The write window around compaction and space reclaim (and the baseline's).
     pub compaction_window: Duration,
+    /// Which phases run (all for a measurement; fewer for an experiment).
+    pub phases: Vec<Phase>,
+}
+
+/// The parts of a run, each on a fresh three-member cluster of its own but the first two,
+/// which share one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Phase {
+    /// Put latency and throughput, gets, updates, watch delivery, lists.
+    Throughput,
+    /// Leader SIGKILL and the time until writes resume.
+    Failover,
+    /// The k3s-at-rest load: bytes written and CPU seconds.
+    Rest,
+    /// A million keys: memory, then latency while compaction and space reclaim run.
+    Big,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 4] = [Phase::Throughput, Phase::Failover, Phase::Rest, Phase::Big];
 }
 
 impl CompareConfig {
@@ -43,6 +63,7 @@ impl CompareConfig {
             failover_trials: 20,
             big_keys: 1_000_000,
             compaction_window: Duration::from_secs(60),
+            phases: Phase::ALL.to_vec(),
         }
     }
 
@@ -185,17 +206,59 @@ fn leader(rt: &tokio::runtime::Runtime, cluster: &ProcCluster) -> usize {
     }
 }
 
-/// Measures one system: every phase, in the same order for both.
 /// The unrecorded put load before the first measurement.
 const WARMUP_MS: u64 = 3_000;
 
+/// Measures one system: every phase chosen, in the same order for both.
 pub fn measure(config: &CompareConfig, system: System) -> Measured {
-    let bin = match system {
-        System::Raftkv => &config.raftkv_bin,
-        System::Etcd => &config.etcd_bin,
-    };
     let rt = rt();
     let mut m = Measured::default();
+    let runs = |phase: Phase| config.phases.contains(&phase);
+    if runs(Phase::Throughput) || runs(Phase::Failover) {
+        let mut cluster =
+            ProcCluster::start(system, bin_of(config, system), &config.parent, 3, &[]);
+        if runs(Phase::Throughput) {
+            throughput(&rt, config, &cluster, system, &mut m);
+        }
+        if runs(Phase::Failover) {
+            eprintln!(
+                "== {}: leader SIGKILL, {} trials",
+                system.name(),
+                config.failover_trials
+            );
+            m.failover_ms = failover(&rt, &mut cluster, config.failover_trials);
+        }
+    }
+    if runs(Phase::Rest) {
+        rest(&rt, config, system, &mut m);
+    }
+    if runs(Phase::Big) {
+        eprintln!(
+            "== {}: {} keys, compaction and space reclaim",
+            system.name(),
+            config.big_keys
+        );
+        let cluster = ProcCluster::start(system, bin_of(config, system), &config.parent, 3, &[]);
+        big(&rt, &cluster, config, &mut m);
+    }
+    m
+}
+
+fn bin_of(config: &CompareConfig, system: System) -> &Path {
+    match system {
+        System::Raftkv => &config.raftkv_bin,
+        System::Etcd => &config.etcd_bin,
+    }
+}
+
+/// Latency and throughput of every workload, on a fresh cluster.
+fn throughput(
+    rt: &tokio::runtime::Runtime,
+    config: &CompareConfig,
+    cluster: &ProcCluster,
+    system: System,
+    m: &mut Measured,
+) {
     let label = system.name();
     let base = |workload: Workload, clients: usize, connections: usize| LoadConfig {
         workload,
@@ -206,9 +269,8 @@ pub fn measure(config: &CompareConfig, system: System) -> Measured {
     };
 
     eprintln!("== {label}: throughput and latency");
-    let mut cluster = ProcCluster::start(system, bin, &config.parent, 3, &[]);
     let all = cluster.endpoints();
-    let leader_ep = vec![cluster.endpoint(leader(&rt, &cluster))];
+    let leader_ep = vec![cluster.endpoint(leader(rt, cluster))];
     // A fresh cluster is still settling (learners being promoted, first segment and
     // table files created): a short unrecorded put load first, the same for both systems.
     let _ = rt.block_on(load::run(
@@ -309,16 +371,13 @@ pub fn measure(config: &CompareConfig, system: System) -> Measured {
         &mut m.errors,
     );
     m.list_10k = r.latency;
+}
 
-    eprintln!(
-        "== {label}: leader SIGKILL, {} trials",
-        config.failover_trials
-    );
-    m.failover_ms = failover(&rt, &mut cluster, config.failover_trials);
-    drop(cluster);
-
+/// The k3s-at-rest load on a fresh cluster: bytes written and CPU seconds.
+fn rest(rt: &tokio::runtime::Runtime, config: &CompareConfig, system: System, m: &mut Measured) {
+    let label = system.name();
     eprintln!("== {label}: k3s at rest for {:?}", config.rest);
-    let cluster = ProcCluster::start(system, bin, &config.parent, 3, &[]);
+    let cluster = ProcCluster::start(system, bin_of(config, system), &config.parent, 3, &[]);
     crate::cluster::sync_disks();
     let before = sum_stats(&cluster);
     let device_before = crate::cluster::device_written_bytes(&config.parent);
@@ -342,16 +401,6 @@ pub fn measure(config: &CompareConfig, system: System) -> Measured {
         m.rest_device_write_bytes
             .map_or("(unreadable)".to_string(), |b| format!("{b} bytes"))
     );
-    drop(cluster);
-
-    eprintln!(
-        "== {label}: {} keys, compaction and space reclaim",
-        config.big_keys
-    );
-    let cluster = ProcCluster::start(system, bin, &config.parent, 3, &[]);
-    big(&rt, &cluster, config, &mut m);
-    drop(cluster);
-    m
 }
 
 /// Kills the leader `trials` times; how long until a write through a survivor succeeds.

@@ -102,6 +102,9 @@ struct CompareArgs {
     /// Override the write window around compaction (and the baseline's), in seconds.
     #[arg(long)]
     compaction_window_s: Option<u64>,
+    /// Run only these phases, for an experiment (the table's other rows read 0).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    phases: Option<Vec<compare::Phase>>,
 }
 
 fn main() {
@@ -178,6 +181,9 @@ fn run_compare(args: CompareArgs) {
     }
     if let Some(s) = args.compaction_window_s {
         config.compaction_window = Duration::from_secs(s);
+    }
+    if let Some(phases) = args.phases {
+        config.phases = phases;
     }
     let floor_dir = tempfile::tempdir_in(&parent).expect("temp dir for the floor");
     let floor = compare::floor(floor_dir.path());
