@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::mvcc::{MvccOptions, MvccStore};
 use crate::raft_log::RaftLogStore;
-use crate::wal::record::{encode_into, RecordKind};
+use crate::wal::record::{encode_into, RecordKind, PAGE_SIZE_BYTES};
 use crate::wal::segment::segment_path;
 use crate::wal::WalOptions;
 
@@ -57,6 +57,20 @@ pub fn segment_from(data: &[u8]) -> Vec<u8> {
         input = &input[3 + len..];
         // The writer never frames an empty payload (a zero length marks the end).
         match RecordKind::from_u8(kind % 8) {
+            // A skip as the writer makes one: zeros to the next page, a Resume naming
+            // where they start (the payload is ignored).
+            Some(RecordKind::Resume) => {
+                let gap_start = out.len();
+                let page = PAGE_SIZE_BYTES as usize;
+                if !gap_start.is_multiple_of(page) {
+                    out.resize(gap_start.div_ceil(page) * page, 0);
+                    encode_into(
+                        &mut out,
+                        RecordKind::Resume,
+                        &(gap_start as u64).to_le_bytes(),
+                    );
+                }
+            }
             Some(kind) if !payload.is_empty() => encode_into(&mut out, kind, payload),
             _ => {}
         }

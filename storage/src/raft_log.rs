@@ -92,6 +92,7 @@ impl Memory {
             RecordKind::Vote => self.vote = Some(decode(payload)?),
             RecordKind::Committed => self.committed = decode(payload)?,
             RecordKind::SegmentHeader => return Err("unexpanded segment header".into()),
+            RecordKind::Resume => return Err("a resume record reached the log store".into()),
         }
         Ok(())
     }

@@ -125,25 +125,38 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// A copy of the log in `base` whose segment `name` is cut at `cut`: `how` is
+/// "truncate" (the file itself is cut short) or "zero" (the write never reached the
+/// disk past `cut`; `end` is the end of data).
+fn cut_copy(
+    base: &Path,
+    name: &std::ffi::OsStr,
+    cut: usize,
+    end: usize,
+    how: &str,
+) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(base, dir.path());
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join(name))
+        .unwrap();
+    if how == "truncate" {
+        file.set_len(cut as u64).unwrap();
+    } else {
+        file.write_all_at(&vec![0u8; end - cut], cut as u64)
+            .unwrap();
+    }
+    dir
+}
+
 #[test]
 fn torn_tail_cut_at_every_byte_of_the_last_record() {
     let (base, last, last_offset, end) = fixture(40);
     let name = last.file_name().unwrap().to_owned();
     for cut in last_offset..end {
         for how in ["truncate", "zero"] {
-            let dir = tempfile::tempdir().unwrap();
-            copy_dir(base.path(), dir.path());
-            let path = dir.path().join(&name);
-            let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-            if how == "truncate" {
-                // The file itself is cut short.
-                file.set_len(cut as u64).unwrap();
-            } else {
-                // The write never reached the disk past `cut`.
-                file.write_all_at(&vec![0u8; end - cut], cut as u64)
-                    .unwrap();
-            }
-            drop(file);
+            let dir = cut_copy(base.path(), &name, cut, end, how);
             let (wal, got, report) =
                 open_collect(dir.path()).unwrap_or_else(|e| panic!("{how} at {cut}: {e}"));
             let expect_whole = cut == end && how == "truncate";
@@ -267,4 +280,216 @@ fn purge_deletes_whole_segments_and_reopens() {
     );
     let (_, got, _) = open_collect(dir.path()).unwrap();
     assert!(got.first().copied().unwrap_or(0) <= 501 && got.last() == Some(&799));
+}
+
+const PAGE: usize = raftkv_storage::wal::record::PAGE_SIZE_BYTES as usize;
+
+/// Appends entry `index` alone and waits until it is durable: one synced batch.
+fn append_one(wal: &Wal, index: u64) {
+    append(wal, index..index + 1);
+}
+
+/// (offset, end) of every record the scan reports in `path`, and where each skip to a
+/// page boundary starts: a record that does not start where the one before ended.
+fn records_and_skips(path: &Path) -> (Vec<(usize, usize)>, Vec<usize>) {
+    let buf = std::fs::read(path).unwrap();
+    let scan = segment::scan(&buf, path, true, 16 << 10).unwrap();
+    let spans: Vec<(usize, usize)> = scan
+        .records
+        .iter()
+        .map(|r| {
+            let end = r.offset + raftkv_storage::wal::record::framed_size_bytes(r.payload.len());
+            (r.offset, end)
+        })
+        .collect();
+    let skips = spans
+        .windows(2)
+        .filter(|w| w[1].0 != w[0].1)
+        .map(|w| w[0].1)
+        .collect();
+    (spans, skips)
+}
+
+#[test]
+fn a_synced_batch_that_fits_a_page_is_written_inside_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _, _) = open_collect(dir.path()).unwrap();
+    for index in 0..60 {
+        append_one(&wal, index);
+    }
+    drop(wal);
+    // 60 records of 37 – 936 bytes: one segment, so every batch is in the last one.
+    let last = segments(dir.path()).pop().unwrap();
+    let (spans, skips) = records_and_skips(&last);
+    assert_eq!(spans.len(), 61, "the segment header and 60 entries");
+    // The first append after open does not skip: the page the last run left may be dirty.
+    for &(offset, end) in &spans[2..] {
+        assert_eq!(
+            offset / PAGE,
+            (end - 1) / PAGE,
+            "record {offset}..{end} straddles a page boundary though it fits in one"
+        );
+    }
+    assert!(skips.len() >= 5, "skips: {skips:?}");
+    let buf = std::fs::read(&last).unwrap();
+    for &gap_start in &skips {
+        let boundary = gap_start.div_ceil(PAGE) * PAGE;
+        assert!(
+            buf[gap_start..boundary].iter().all(|&b| b == 0),
+            "the skipped bytes at {gap_start} stay zeros"
+        );
+    }
+    let (wal, got, report) = open_collect(dir.path()).unwrap();
+    assert_eq!(got, (0..60).collect::<Vec<_>>());
+    assert!(report.torn_tail.is_none());
+    append(&wal, 60..70);
+    drop(wal);
+    let (_, got, _) = open_collect(dir.path()).unwrap();
+    assert_eq!(got, (0..70).collect::<Vec<_>>());
+}
+
+/// A log whose last append skipped to a page boundary: (dir, last segment, where the
+/// skip starts, end of data, entries).
+fn fixture_ending_in_a_skip() -> (tempfile::TempDir, PathBuf, usize, usize, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _, _) = open_collect(dir.path()).unwrap();
+    let mut index = 0;
+    loop {
+        append_one(&wal, index);
+        index += 1;
+        let last = segments(dir.path()).pop().unwrap();
+        let (spans, skips) = records_and_skips(&last);
+        if let Some(&gap_start) = skips.last() {
+            // The skip is right before the last record: the last batch made it.
+            if index >= 10 && spans[spans.len() - 2].1 == gap_start {
+                drop(wal);
+                let buf = std::fs::read(&last).unwrap();
+                let end = segment::last_nonzero_byte(&buf, 0).unwrap() + 1;
+                return (dir, last, gap_start, end, index);
+            }
+        }
+        assert!(index < 200, "no append skipped to a page boundary");
+    }
+}
+
+#[test]
+fn a_skip_torn_anywhere_loses_only_the_unacknowledged_batch() {
+    let (base, last, gap_start, end, n) = fixture_ending_in_a_skip();
+    let name = last.file_name().unwrap().to_owned();
+    // From the first byte of the Resume record to the last byte of the batch.
+    let boundary = gap_start.div_ceil(PAGE) * PAGE;
+    for cut in (boundary..end).step_by(3) {
+        for how in ["truncate", "zero"] {
+            let dir = cut_copy(base.path(), &name, cut, end, how);
+            let (wal, got, _) =
+                open_collect(dir.path()).unwrap_or_else(|e| panic!("{how} at {cut}: {e}"));
+            assert_eq!(got, (0..n - 1).collect::<Vec<_>>(), "{how} at {cut}");
+            append(&wal, n - 1..n + 1);
+            drop(wal);
+            let (_, got, report) = open_collect(dir.path()).unwrap();
+            assert!(report.torn_tail.is_none(), "{how} at {cut}");
+            assert_eq!(got, (0..n + 1).collect::<Vec<_>>(), "{how} at {cut}");
+        }
+    }
+}
+
+#[test]
+fn damage_around_a_skip_is_a_hard_error() {
+    let (base, last, gap_start, _, _) = fixture_ending_in_a_skip();
+    let name = last.file_name().unwrap().to_owned();
+    let boundary = gap_start.div_ceil(PAGE) * PAGE;
+    type Damage = Box<dyn Fn(&mut Vec<u8>)>;
+    let cases: [(&str, Damage); 4] = [
+        // Bit rot in the skipped bytes, with the Resume record intact after them.
+        (
+            "a non-zero skipped byte",
+            Box::new(move |b| b[boundary - 1] = 0x5a),
+        ),
+        // A Resume record naming another place (rewritten with a valid checksum).
+        (
+            "a resume naming another offset",
+            Box::new(move |b| {
+                let mut record = Vec::new();
+                raftkv_storage::wal::record::encode_into(
+                    &mut record,
+                    RecordKind::Resume,
+                    &(gap_start as u64 - 8).to_le_bytes(),
+                );
+                b[boundary..boundary + record.len()].copy_from_slice(&record);
+            }),
+        ),
+        // The Resume record's checksum no longer matches.
+        (
+            "a flipped resume byte",
+            Box::new(move |b| b[boundary + 10] ^= 0x01),
+        ),
+        // A Resume record where no bytes were skipped: moved back to the gap's start.
+        (
+            "a resume with nothing skipped",
+            Box::new(move |b| {
+                let size = raftkv_storage::wal::record::framed_size_bytes(8);
+                let record: Vec<u8> = b[boundary..boundary + size].to_vec();
+                b[gap_start..gap_start + size].copy_from_slice(&record);
+            }),
+        ),
+    ];
+    for (what, damage) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(base.path(), dir.path());
+        let path = dir.path().join(&name);
+        let mut buf = std::fs::read(&path).unwrap();
+        damage(&mut buf);
+        std::fs::write(&path, &buf).unwrap();
+        match open_collect(dir.path()) {
+            Err(WalError::Corrupt { path: p, .. }) => {
+                assert_eq!(p.file_name(), path.file_name(), "{what}: names the file")
+            }
+            Err(e) => panic!("{what} gave {e}"),
+            Ok((_, got, _)) => panic!("{what} went unnoticed: {} entries", got.len()),
+        }
+    }
+}
+
+#[test]
+fn an_unsynced_record_waits_for_the_next_synced_batch_or_the_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _, _) = open_collect(dir.path()).unwrap();
+    append(&wal, 0..3);
+    let lazy = |wal: &Wal, tag: u8| {
+        let (tx, rx) = mpsc::channel();
+        wal.submit_blocking(Request {
+            records: vec![(RecordKind::Committed, vec![tag; 12])],
+            sync: false,
+            done: Box::new(move |r| tx.send(r).unwrap()),
+        })
+        .unwrap();
+        rx
+    };
+    let first = lazy(&wal, 1);
+    assert!(
+        first
+            .recv_timeout(std::time::Duration::from_millis(200))
+            .is_err(),
+        "an unsynced record is held back, not written on its own"
+    );
+    append(&wal, 3..4);
+    first
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("written with the next synced batch")
+        .unwrap();
+    let second = lazy(&wal, 2);
+    drop(wal);
+    second.recv().expect("written at close").unwrap();
+    // Replayed in the order submitted.
+    let mut seen = Vec::new();
+    Wal::open(dir.path(), options(), |kind, p| {
+        match kind {
+            RecordKind::Entry => seen.push(format!("e{}", p[0])),
+            RecordKind::Committed => seen.push(format!("c{}", p[0])),
+            _ => {}
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(seen, ["e0", "e1", "e2", "c1", "e3", "c2"]);
 }

@@ -242,6 +242,7 @@ impl Wal {
             closed,
             header,
             failed: None,
+            dirty: true,
         };
         let (tx, rx) = mpsc::channel(options.queue_capacity);
         let thread = std::thread::Builder::new()
@@ -274,6 +275,10 @@ impl Wal {
             assert!(
                 !payload.is_empty() && (!needs_index || payload.len() >= 8),
                 "{kind:?} record payload too short"
+            );
+            assert!(
+                !matches!(kind, RecordKind::Resume | RecordKind::SegmentHeader),
+                "{kind:?} records are the log's own framing"
             );
         }
         Ok(())

@@ -8,6 +8,11 @@
 //!           padding         zeros up to the next multiple of 8
 //! ```
 //!
+//! Records are packed one after another, except where the writer skipped to the next
+//! page (`PAGE_SIZE_BYTES`): then the bytes from the end of the last record to the page
+//! boundary are zeros, never written, and the page starts with a `Resume` record whose
+//! payload is the offset where those zeros start (segment.rs checks both).
+//!
 //! This module owns encoding and decoding of single records and nothing else: it never
 //! decides what a damaged record means for the log (segment.rs does).
 
@@ -15,6 +20,9 @@
 pub const HEADER_SIZE_BYTES: usize = 9;
 /// Records start at multiples of this; it keeps a header inside one 512-byte sector.
 pub const ALIGN_BYTES: usize = 8;
+
+/// The page-cache page: an fdatasync writes every page a batch dirtied, whole.
+pub const PAGE_SIZE_BYTES: u64 = 4096;
 
 /// What a record holds. The numbers are on disk: never reuse one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +40,9 @@ pub enum RecordKind {
     Purge = 5,
     /// First record of every segment: the state an earlier, deleted segment may have held.
     SegmentHeader = 6,
+    /// The writer skipped here from the u64 LE offset in the payload, leaving zeros
+    /// between. Framing only: written and read by the WAL itself, never shown to callers.
+    Resume = 7,
 }
 
 impl RecordKind {
@@ -43,6 +54,7 @@ impl RecordKind {
             4 => RecordKind::Truncate,
             5 => RecordKind::Purge,
             6 => RecordKind::SegmentHeader,
+            7 => RecordKind::Resume,
             _ => return None,
         })
     }

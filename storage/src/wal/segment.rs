@@ -2,7 +2,9 @@
 //!
 //! A segment is `{seq:016x}.wal`, created at its full size (fallocate) so that appends
 //! never change the file size and fdatasync has no size metadata to write. Data is
-//! written front to back; everything after the last record is zero.
+//! written front to back; everything after the last record is zero. The one gap
+//! allowed: zeros up to a page boundary where a `Resume` record names the offset the
+//! zeros start at (the writer skipped there so that a batch dirties one page less).
 //!
 //! On open, `scan` walks the records of one segment and decides what a damaged record
 //! means: in the last segment, damage after which no valid record follows is a torn
@@ -15,7 +17,7 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use super::record::{self, BadRecord, Decoded, RecordKind, ALIGN_BYTES};
+use super::record::{self, BadRecord, Decoded, RecordKind, ALIGN_BYTES, PAGE_SIZE_BYTES};
 use super::WalError;
 
 const SEGMENT_SUFFIX: &str = ".wal";
@@ -148,6 +150,14 @@ pub fn scan<'a>(
                 payload,
                 next_offset,
             } => {
+                if kind == RecordKind::Resume {
+                    // The writer writes one only after a gap of zeros (handled below).
+                    return Err(WalError::Corrupt {
+                        path: path.to_path_buf(),
+                        offset: offset as u64,
+                        reason: "a resume record with no skipped bytes before it".into(),
+                    });
+                }
                 records.push(ScannedRecord {
                     kind,
                     payload,
@@ -156,6 +166,10 @@ pub fn scan<'a>(
                 offset = next_offset;
             }
             Decoded::End => {
+                if let Some(resumed_at) = resume_after_gap(buf, offset, max_payload_size_bytes) {
+                    offset = resumed_at;
+                    continue;
+                }
                 let Some(last_nonzero) = last_nonzero_byte(buf, offset) else {
                     return Ok(Scan {
                         records,
@@ -198,6 +212,33 @@ pub fn scan<'a>(
             }
         }
     }
+}
+
+/// Where records go on after the zeros at `offset`, if the writer skipped from there:
+/// `offset` is inside a page, every byte from it to the page boundary is zero, and the
+/// page starts with a whole `Resume` record naming `offset`. Anything less is not a
+/// skip (a torn or damaged tail, judged by the caller as any other).
+fn resume_after_gap(buf: &[u8], offset: usize, max_payload_size_bytes: usize) -> Option<usize> {
+    let page_bytes = PAGE_SIZE_BYTES as usize;
+    if offset.is_multiple_of(page_bytes) {
+        return None;
+    }
+    let boundary = offset.div_ceil(page_bytes) * page_bytes;
+    let Decoded::Record {
+        kind: RecordKind::Resume,
+        payload,
+        next_offset,
+    } = record::decode(buf, boundary, max_payload_size_bytes)
+    else {
+        return None;
+    };
+    if payload != (offset as u64).to_le_bytes() {
+        return None;
+    }
+    if buf.get(offset..boundary)?.iter().any(|&b| b != 0) {
+        return None;
+    }
+    Some(next_offset)
 }
 
 fn reason_text(reason: BadRecord) -> String {

@@ -5,6 +5,13 @@
 //! segment touched, and covers them all with one fdatasync. Whatever arrives while that
 //! fdatasync runs forms the next batch. Completions run after the data is durable.
 //!
+//! Two things keep each fdatasync to as few pages as the data needs (on flash, the pages
+//! written are the wear and most of the cost at low load):
+//! - A request that asks for no sync (the committed log id) is held back and written
+//!   with the next synced batch, in order, instead of dirtying a page of its own.
+//! - A synced batch that would straddle a page boundary but fits in fewer pages from the
+//!   next boundary starts there, behind a `Resume` record; the bytes skipped stay zeros.
+//!
 //! It never reorders requests, never acknowledges before fdatasync returns, and after
 //! any write or sync error it fails every later request: after a failed fdatasync the
 //! page cache can no longer be trusted, so only a restart (which rereads the disk) may
@@ -17,7 +24,7 @@ use std::path::PathBuf;
 
 use tokio::sync::mpsc;
 
-use super::record::{self, RecordKind};
+use super::record::{self, RecordKind, PAGE_SIZE_BYTES};
 use super::segment;
 use super::{HeaderState, WalError, WalOptions};
 
@@ -38,6 +45,10 @@ pub(super) struct ClosedSegment {
     pub max_entry_index: Option<u64>,
 }
 
+/// Unsynced requests held back for the next synced batch, at most: past this many
+/// they are written on their own (they ride on a later fdatasync all the same).
+const HELD_BACK_MAX_REQUESTS: usize = 64;
+
 pub(super) struct Writer {
     pub dir: PathBuf,
     pub options: WalOptions,
@@ -49,6 +60,9 @@ pub(super) struct Writer {
     pub closed: Vec<ClosedSegment>,
     pub header: HeaderState,
     pub failed: Option<String>,
+    /// Bytes were written since the last fdatasync: the page at `offset` is dirty, so
+    /// skipping to the next page would save nothing.
+    pub dirty: bool,
 }
 
 impl Writer {
@@ -56,7 +70,9 @@ impl Writer {
         let mut batch: Vec<Request> = Vec::with_capacity(self.options.batch_max_requests);
         let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
         while let Some(first) = rx.blocking_recv() {
-            let mut batch_bytes = request_size_bytes(&first);
+            // Held-back requests (see below) go first: the order of requests is kept.
+            let mut batch_bytes: usize = batch.iter().map(request_size_bytes).sum();
+            batch_bytes += request_size_bytes(&first);
             batch.push(first);
             while batch.len() < self.options.batch_max_requests
                 && batch_bytes < self.options.batch_max_bytes
@@ -69,30 +85,21 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let outcome = match &self.failed {
-                Some(reason) => Err(reason.clone()),
-                None => self
-                    .write_batch(&batch, &mut buf)
-                    .map_err(|e| e.to_string()),
-            };
-            if let Err(reason) = &outcome {
-                if self.failed.is_none() {
-                    tracing::error!(error = %reason, "wal: write failed; the log refuses all further writes until restart");
-                    self.failed = Some(reason.clone());
-                }
+            if !batch.iter().any(|r| r.sync) && batch.len() <= HELD_BACK_MAX_REQUESTS {
+                // Nothing here needs a sync: hold it back for the next synced batch,
+                // whose fdatasync covers it without a page write of its own.
+                continue;
             }
-            for request in batch.drain(..) {
-                let result = match &outcome {
-                    Ok(()) => Ok(()),
-                    Err(reason) => Err(io::Error::other(reason.clone())),
-                };
-                (request.done)(result);
-            }
+            self.write_and_complete(&mut batch, &mut buf);
             if buf.capacity() > 4 * self.options.batch_max_bytes {
                 buf = Vec::with_capacity(1 << 20);
             }
         }
-        // Every sender is gone: the log is closing. Leave the data durable.
+        // Every sender is gone: the log is closing. Write what was held back and
+        // leave the data durable.
+        if !batch.is_empty() {
+            self.write_and_complete(&mut batch, &mut buf);
+        }
         if self.failed.is_none() {
             if let Err(e) = self.file.sync_data() {
                 tracing::error!(error = %e, "wal: final sync failed");
@@ -100,12 +107,37 @@ impl Writer {
         }
     }
 
+    /// Writes `batch` (one fdatasync if any request asks for it), then completes and
+    /// empties it.
+    fn write_and_complete(&mut self, batch: &mut Vec<Request>, buf: &mut Vec<u8>) {
+        let outcome = match &self.failed {
+            Some(reason) => Err(reason.clone()),
+            None => self.write_batch(batch, buf).map_err(|e| e.to_string()),
+        };
+        if let Err(reason) = &outcome {
+            if self.failed.is_none() {
+                tracing::error!(error = %reason, "wal: write failed; the log refuses all further writes until restart");
+                self.failed = Some(reason.clone());
+            }
+        }
+        for request in batch.drain(..) {
+            let result = match &outcome {
+                Ok(()) => Ok(()),
+                Err(reason) => Err(io::Error::other(reason.clone())),
+            };
+            (request.done)(result);
+        }
+    }
+
     fn write_batch(&mut self, batch: &[Request], buf: &mut Vec<u8>) -> Result<(), WalError> {
         buf.clear();
-        let mut sync = false;
+        let sync = batch.iter().any(|r| r.sync);
+        if sync {
+            let batch_bytes: usize = batch.iter().map(request_size_bytes).sum();
+            self.skip_to_page_if_fewer(batch_bytes as u64, buf);
+        }
         let mut purge_upto: Option<u64> = None;
         for request in batch {
-            sync |= request.sync;
             for (kind, payload) in &request.records {
                 let size = record::framed_size_bytes(payload.len()) as u64;
                 if self.offset + buf.len() as u64 + size > self.options.segment_size_bytes {
@@ -128,10 +160,35 @@ impl Writer {
                 self.file
                     .sync_data()
                     .map_err(|e| WalError::io(&self.path, e))?;
+                self.dirty = false;
             }
             self.delete_purged_segments(upto)?;
         }
         Ok(())
+    }
+
+    /// Starts the batch at the next page boundary, behind a `Resume` record, when that
+    /// makes the coming fdatasync write fewer pages: the page at `offset` is clean (the
+    /// last fdatasync wrote it) and the batch would cross into a page it fits without.
+    /// The skipped bytes stay the zeros the segment was created with.
+    fn skip_to_page_if_fewer(&mut self, batch_bytes: u64, buf: &mut Vec<u8>) {
+        debug_assert!(buf.is_empty());
+        let in_page = self.offset % PAGE_SIZE_BYTES;
+        if self.dirty || in_page == 0 {
+            return;
+        }
+        let resume_bytes = record::framed_size_bytes(8) as u64;
+        let pages_here = (in_page + batch_bytes).div_ceil(PAGE_SIZE_BYTES);
+        let pages_skipped = (resume_bytes + batch_bytes).div_ceil(PAGE_SIZE_BYTES);
+        let boundary = self.offset - in_page + PAGE_SIZE_BYTES;
+        if pages_skipped >= pages_here
+            || boundary + resume_bytes + batch_bytes > self.options.segment_size_bytes
+        {
+            return;
+        }
+        let gap_start = self.offset;
+        self.offset = boundary;
+        record::encode_into(buf, RecordKind::Resume, &gap_start.to_le_bytes());
     }
 
     /// Remembers what a new segment's header must repeat.
@@ -147,7 +204,7 @@ impl Writer {
                 self.header.purge = Some(payload.to_vec());
                 *purge_upto = Some(leading_u64(payload));
             }
-            RecordKind::Truncate | RecordKind::SegmentHeader => {}
+            RecordKind::Truncate | RecordKind::SegmentHeader | RecordKind::Resume => {}
         }
     }
 
@@ -159,6 +216,7 @@ impl Writer {
             .write_all_at(buf, self.offset)
             .map_err(|e| WalError::io(&self.path, e))?;
         self.offset += buf.len() as u64;
+        self.dirty = true;
         buf.clear();
         Ok(())
     }
@@ -170,6 +228,7 @@ impl Writer {
         self.file
             .sync_data()
             .map_err(|e| WalError::io(&self.path, e))?;
+        self.dirty = false;
         let elapsed = started.elapsed();
         if crate::stats::WAL_FSYNC.observe_slow(elapsed, crate::stats::SLOW_FSYNC_WARN) {
             tracing::warn!(
