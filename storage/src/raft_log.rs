@@ -358,8 +358,9 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Not synced: it rides on the next fdatasync. Losing it only means replaying
-        // a little more of the log after a crash.
+        // Not synced: the WAL holds it back and writes it in front of the next append
+        // (or at close), under that append's fdatasync. Losing it only means
+        // replaying a little more of the log after a crash.
         self.write_lazily(vec![(RecordKind::Committed, encode(&committed))], false)
             .await
             .map_err(|e| StorageIOError::write(&e))?;

@@ -16,12 +16,14 @@ mod writer;
 use std::fs::File;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 pub use record::RecordKind;
+use writer::HeldBack;
 pub use writer::{Completion, Request};
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +112,8 @@ pub struct OpenReport {
 /// An open log. Dropping it closes the writer after the queued requests are written.
 pub struct Wal {
     tx: Option<mpsc::Sender<Request>>,
+    /// Unsynced requests waiting to go with the next one (writer.rs).
+    held_back: Arc<HeldBack>,
     thread: Option<JoinHandle<()>>,
     max_record_size_bytes: usize,
     _lock: File,
@@ -245,13 +249,16 @@ impl Wal {
             dirty: true,
         };
         let (tx, rx) = mpsc::channel(options.queue_capacity);
+        let held_back = Arc::new(HeldBack::default());
+        let writer_held_back = held_back.clone();
         let thread = std::thread::Builder::new()
             .name("raftkv-wal".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || writer.run(rx, writer_held_back))
             .map_err(|e| WalError::io(dir, e))?;
         Ok((
             Wal {
                 tx: Some(tx),
+                held_back,
                 thread: Some(thread),
                 max_record_size_bytes: options.max_record_size_bytes,
                 _lock: lock,
@@ -284,10 +291,14 @@ impl Wal {
         Ok(())
     }
 
-    /// Queues a request; waits only while the queue is full.
+    /// Queues a request; waits only while the queue is full. A request that needs no
+    /// sync is held back and goes with the next one (or is written at close).
     pub async fn submit(&self, request: Request) -> Result<(), WalError> {
         self.check(&request)?;
         let tx = self.tx.as_ref().ok_or(WalError::Closed)?;
+        let Some(request) = self.held_back.hold_or_merge(request) else {
+            return Ok(());
+        };
         tx.send(request).await.map_err(|_| WalError::Closed)
     }
 
@@ -295,6 +306,9 @@ impl Wal {
     pub fn submit_blocking(&self, request: Request) -> Result<(), WalError> {
         self.check(&request)?;
         let tx = self.tx.as_ref().ok_or(WalError::Closed)?;
+        let Some(request) = self.held_back.hold_or_merge(request) else {
+            return Ok(());
+        };
         tx.blocking_send(request).map_err(|_| WalError::Closed)
     }
 }

@@ -7,8 +7,9 @@
 //!
 //! Two things keep each fdatasync to as few pages as the data needs (on flash, the pages
 //! written are the wear and most of the cost at low load):
-//! - A request that asks for no sync (the committed log id) is held back and written
-//!   with the next synced batch, in order, instead of dirtying a page of its own.
+//! - A request that asks for no sync (the committed log id) is held back (`HeldBack`)
+//!   and goes with the next request submitted, in order, instead of dirtying a page of
+//!   its own; it does not even wake this thread.
 //! - A synced batch that would straddle a page boundary but fits in fewer pages from the
 //!   next boundary starts there, behind a `Resume` record; the bytes skipped stay zeros.
 //!
@@ -21,6 +22,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
@@ -45,9 +47,65 @@ pub(super) struct ClosedSegment {
     pub max_entry_index: Option<u64>,
 }
 
-/// Unsynced requests held back for the next synced batch, at most: past this many
-/// they are written on their own (they ride on a later fdatasync all the same).
+/// Unsynced requests held back at most: past this many they are sent on their own
+/// (they ride on a later fdatasync all the same).
 const HELD_BACK_MAX_REQUESTS: usize = 64;
+
+/// Unsynced requests waiting for the next request submitted. `Wal::submit` puts them
+/// in front of it, so the order of requests is the order they were submitted in; the
+/// writer writes whatever is left when the log closes.
+#[derive(Default)]
+pub struct HeldBack {
+    requests: Mutex<Vec<Request>>,
+}
+
+impl HeldBack {
+    /// Holds `request` back if it needs no sync and there is room; gives it back
+    /// otherwise, with everything held back before it in front.
+    pub fn hold_or_merge(&self, request: Request) -> Option<Request> {
+        let mut held = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        if !request.sync && held.len() < HELD_BACK_MAX_REQUESTS {
+            held.push(request);
+            return None;
+        }
+        held.push(request);
+        Some(merge(std::mem::take(&mut *held)))
+    }
+
+    /// Everything held back, as one request.
+    fn take(&self) -> Option<Request> {
+        let held = std::mem::take(&mut *self.requests.lock().unwrap_or_else(|e| e.into_inner()));
+        (!held.is_empty()).then(|| merge(held))
+    }
+}
+
+/// One request doing what `requests` ask, in order: their records, a sync if any asks
+/// for one, and each completion.
+fn merge(mut requests: Vec<Request>) -> Request {
+    if requests.len() == 1 {
+        return requests.remove(0);
+    }
+    let sync = requests.iter().any(|r| r.sync);
+    let mut records = Vec::with_capacity(requests.iter().map(|r| r.records.len()).sum());
+    let mut dones = Vec::with_capacity(requests.len());
+    for request in requests {
+        records.extend(request.records);
+        dones.push(request.done);
+    }
+    Request {
+        records,
+        sync,
+        done: Box::new(move |result: io::Result<()>| {
+            for done in dones {
+                let copy = match &result {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                };
+                done(copy);
+            }
+        }),
+    }
+}
 
 pub(super) struct Writer {
     pub dir: PathBuf,
@@ -66,13 +124,11 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+    pub fn run(mut self, mut rx: mpsc::Receiver<Request>, held_back: Arc<HeldBack>) {
         let mut batch: Vec<Request> = Vec::with_capacity(self.options.batch_max_requests);
         let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
         while let Some(first) = rx.blocking_recv() {
-            // Held-back requests (see below) go first: the order of requests is kept.
-            let mut batch_bytes: usize = batch.iter().map(request_size_bytes).sum();
-            batch_bytes += request_size_bytes(&first);
+            let mut batch_bytes = request_size_bytes(&first);
             batch.push(first);
             while batch.len() < self.options.batch_max_requests
                 && batch_bytes < self.options.batch_max_bytes
@@ -85,19 +141,15 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            if !batch.iter().any(|r| r.sync) && batch.len() <= HELD_BACK_MAX_REQUESTS {
-                // Nothing here needs a sync: hold it back for the next synced batch,
-                // whose fdatasync covers it without a page write of its own.
-                continue;
-            }
             self.write_and_complete(&mut batch, &mut buf);
             if buf.capacity() > 4 * self.options.batch_max_bytes {
                 buf = Vec::with_capacity(1 << 20);
             }
         }
-        // Every sender is gone: the log is closing. Write what was held back and
-        // leave the data durable.
-        if !batch.is_empty() {
+        // Every sender is gone: the log is closing. Write what no request took along
+        // and leave the data durable.
+        if let Some(request) = held_back.take() {
+            batch.push(request);
             self.write_and_complete(&mut batch, &mut buf);
         }
         if self.failed.is_none() {
