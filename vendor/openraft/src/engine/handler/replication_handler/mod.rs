@@ -229,15 +229,17 @@ where C: RaftTypeConfig
         }
 
         if let Some(prev_committed) = self.state.update_committed(&granted) {
-            self.output.push_command(Command::ReplicateCommitted {
-                committed: self.state.committed().cloned(),
-            });
-
+            // raftkv patch: apply first, then tell the followers. The commands run in
+            // this order, and the client's answer waits for the apply, not for them.
             let seq = self.output.next_sm_seq();
             self.output.push_command(Command::Commit {
                 seq,
                 already_committed: prev_committed,
                 upto: self.state.committed().cloned().unwrap(),
+            });
+
+            self.output.push_command(Command::ReplicateCommitted {
+                committed: self.state.committed().cloned(),
             });
 
             if self.config.snapshot_policy.should_snapshot(&self.state) {
