@@ -105,6 +105,9 @@ struct CompareArgs {
     /// Run only these phases, for an experiment (the table's other rows read 0).
     #[arg(long, value_enum, value_delimiter = ',')]
     phases: Option<Vec<compare::Phase>>,
+    /// Measure raftkv only, for an A/B of two raftkv builds (etcd's column reads 0).
+    #[arg(long)]
+    raftkv_only: bool,
 }
 
 fn main() {
@@ -192,7 +195,11 @@ fn run_compare(args: CompareArgs) {
         floor.fdatasync_256_p50_us, floor.loopback_rtt_p50_us
     );
     let r = compare::measure(&config, System::Raftkv);
-    let e = compare::measure(&config, System::Etcd);
+    let e = if args.raftkv_only {
+        compare::Measured::default()
+    } else {
+        compare::measure(&config, System::Etcd)
+    };
     let table = compare::table(&floor, &r, &e);
     println!("\n{table}");
     let errors = r.errors + e.errors;
