@@ -68,6 +68,10 @@ impl HeldBack {
             held.push(request);
             return None;
         }
+        if held.is_empty() {
+            // The common case on the write path: nothing to merge, nothing allocated.
+            return Some(request);
+        }
         held.push(request);
         Some(merge(std::mem::take(&mut *held)))
     }
