@@ -177,3 +177,90 @@ fn a_separate_metrics_url_serves_metrics_and_health() {
     );
     member.stop();
 }
+
+/// The leader's AppendEntries to each follower, as its round-trip histogram counts
+/// them (every answered AppendEntries: entries, commits and heartbeats alike).
+fn appends_to_followers(ports: &[u16], leader: usize) -> Vec<f64> {
+    let metrics = metrics_of(ports[leader]);
+    (0..ports.len())
+        .filter(|i| *i != leader)
+        .map(|i| {
+            let series = format!(
+                "etcd_network_peer_round_trip_time_seconds_count{{To=\"{}\"}}",
+                member_id_hex(ports[i])
+            );
+            value(&metrics, &series).unwrap_or(0.0)
+        })
+        .collect()
+}
+
+/// A k3s cluster at rest writes a few times a second. Each write reaches every
+/// follower twice (its entries, then its commit), and the commit does what a heartbeat
+/// does, so while writes flow the leader sends no heartbeats of its own (CPU and
+/// wake-ups on small machines); once they stop, heartbeats keep the followers from
+/// standing for election.
+#[test]
+fn a_trickle_of_writes_replaces_the_heartbeats() {
+    const WRITES: usize = 100;
+    const WRITE_GAP_MS: u64 = 40;
+    const HEARTBEAT_INTERVAL_MS: u64 = 100;
+    let cluster = Cluster::start(3, &[]);
+    let ports: Vec<u16> = cluster.members.iter().map(|m| m.client_port).collect();
+    let leader = (0..ports.len())
+        .find(|i| value(&metrics_of(ports[*i]), "etcd_server_is_leader ") == Some(1.0))
+        .expect("a leader");
+    let endpoints = cluster.endpoints();
+    let term = || {
+        let status = etcdctl_ok(
+            &etcdctl35(),
+            &endpoints,
+            &["endpoint", "status", "-w", "json"],
+        );
+        json(&status)[0]["Status"]["raftTerm"]
+            .as_u64()
+            .expect("raftTerm")
+    };
+    let term_before = term();
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let before = appends_to_followers(&ports, leader);
+    let started = Instant::now();
+    rt.block_on(async {
+        let mut client = etcd_client::Client::connect([cluster.members[leader].endpoint()], None)
+            .await
+            .expect("connects");
+        let mut tick = tokio::time::interval(Duration::from_millis(WRITE_GAP_MS));
+        for i in 0..WRITES {
+            tick.tick().await;
+            client
+                .put(format!("trickle/{i}"), "v", None)
+                .await
+                .expect("put");
+        }
+    });
+    let elapsed_ms = started.elapsed().as_millis() as f64;
+    let during = appends_to_followers(&ports, leader);
+    for (b, d) in before.iter().zip(&during) {
+        let appends = d - b;
+        // Two per write at most (fewer when a commit rides on the next write's entries),
+        // a few heartbeats if a write took longer than an interval; heartbeats
+        // sent regardless would add one per interval (40 here).
+        let heartbeats_if_sent = elapsed_ms / HEARTBEAT_INTERVAL_MS as f64;
+        assert!(
+            appends >= WRITES as f64 && appends <= (2 * WRITES) as f64 + 12.0,
+            "{appends} AppendEntries for {WRITES} writes in {elapsed_ms} ms \
+             (heartbeats would have added about {heartbeats_if_sent:.0})"
+        );
+    }
+
+    // Idle: heartbeats again, about one per interval.
+    std::thread::sleep(Duration::from_millis(2000));
+    let idle = appends_to_followers(&ports, leader);
+    for (d, i) in during.iter().zip(&idle) {
+        assert!(i - d >= 10.0, "{} AppendEntries in 2 s idle", i - d);
+    }
+    assert_eq!(term(), term_before, "no election happened");
+}

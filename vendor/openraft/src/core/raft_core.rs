@@ -1753,6 +1753,14 @@ where
                 for node in self.replications.values() {
                     let _ = node.tx_repl.send(Replicate::Committed(committed.clone()));
                 }
+                // raftkv patch: the commit reaches every follower as an AppendEntries,
+                // which does what a heartbeat does (it resets their election timers,
+                // and its answer renews this leader's lease), so the next heartbeat is
+                // due a heartbeat interval after it: under a steady trickle of writes
+                // no heartbeats are sent.
+                if let Some(l) = &mut self.leader_data {
+                    l.next_heartbeat = C::now() + Duration::from_millis(self.config.heartbeat_interval);
+                }
             }
             Command::Commit {
                 seq,
