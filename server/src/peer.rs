@@ -344,6 +344,44 @@ impl PeerClients {
                 return result;
             }
         }
+        self.unary(url, method, target, data, timeout).await
+    }
+
+    /// One request to the member at `url` that wants no reply: queued on the pipe to it
+    /// (`Ok` is not that it arrived), or sent as a unary call whose reply is dropped to
+    /// a member without pipes.
+    async fn notify(
+        &self,
+        url: &str,
+        method: PeerMethod,
+        target: NodeId,
+        data: Bytes,
+        timeout: Duration,
+    ) -> Result<(), tonic::Status> {
+        if let Some(kind) = method.pipe_kind() {
+            let client = || self.client(url).map_err(|e| e.status());
+            let outcome = self
+                .pipes
+                .notify(url, client, kind, target, data.clone(), timeout)
+                .await;
+            if let PipeOutcome::Done(result) = outcome {
+                return result.map(|_| ());
+            }
+        }
+        self.unary(url, method, target, data, timeout)
+            .await
+            .map(|_| ())
+    }
+
+    /// One unary call to the member at `url`.
+    async fn unary(
+        &self,
+        url: &str,
+        method: PeerMethod,
+        target: NodeId,
+        data: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, tonic::Status> {
         let mut client = self.client(url).map_err(|e| e.status())?;
         let mut req = tonic::Request::new(Blob { data });
         req.set_timeout(timeout);
@@ -410,27 +448,34 @@ impl PeerConnection {
             .clients
             .request(&self.url, method, self.target, data, option.hard_ttl())
             .await
-            .map_err(|status| {
-                let err = TransportError(format!(
-                    "{} to {}: {}",
-                    method.name(),
-                    self.url,
-                    status.message()
-                ));
-                match status.code() {
-                    // No connection: openraft backs off (500 ms) before trying again.
-                    tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&err)),
-                    // A slow answer is not a dead member: no back-off, so that
-                    // heartbeats keep reaching a member that is only busy.
-                    _ => RPCError::Network(NetworkError::new(&err)),
-                }
-            })?;
+            .map_err(|status| self.transport_error(method, status))?;
         let result: Result<Resp, E> = postcard::from_bytes(&reply).map_err(|e| {
             RPCError::Network(NetworkError::new(&TransportError(format!(
                 "bad reply: {e}"
             ))))
         })?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    /// What openraft is told of a request that did not get a reply.
+    fn transport_error<E: std::error::Error>(
+        &self,
+        method: PeerMethod,
+        status: tonic::Status,
+    ) -> RPCError<NodeId, Member, E> {
+        let err = TransportError(format!(
+            "{} to {}: {}",
+            method.name(),
+            self.url,
+            status.message()
+        ));
+        match status.code() {
+            // No connection: openraft backs off (500 ms) before trying again.
+            tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&err)),
+            // A slow answer is not a dead member: no back-off, so that
+            // heartbeats keep reaching a member that is only busy.
+            _ => RPCError::Network(NetworkError::new(&err)),
+        }
     }
 }
 
@@ -446,6 +491,25 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             crate::metrics::observe_peer_rtt(self.target, started.elapsed());
         }
         result
+    }
+
+    /// A commit notice (openraft patch): one frame, no reply awaited.
+    async fn send_commit(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<(), RPCError<NodeId, Member, RaftError<NodeId>>> {
+        let data = encode(&rpc).data;
+        self.clients
+            .notify(
+                &self.url,
+                PeerMethod::AppendEntries,
+                self.target,
+                data,
+                option.hard_ttl(),
+            )
+            .await
+            .map_err(|status| self.transport_error(PeerMethod::AppendEntries, status))
     }
 
     async fn install_snapshot(

@@ -6,6 +6,10 @@
 //! per update, heartbeats in between) that is most of what a member does. etcd sends
 //! Raft messages on long-lived streams for the same reason.
 //!
+//! A frame with id 0 wants no reply (`Pipes::notify`): the leader's commit notices, one
+//! after each commit, which a follower acts on as on any AppendEntries but does not
+//! answer. A member that predates this answers them with id 0, which matches no waiter.
+//!
 //! Owns the client side: opening a pipe per peer URL, sending frames, matching replies,
 //! failing the waiters of a pipe that broke. It never interprets a payload (peer.rs
 //! and peer_service.rs do, the same for a frame as for a unary call), and it must never
@@ -49,6 +53,9 @@ impl PipeKind {
         }
     }
 }
+
+/// The id of a request frame that wants no reply.
+pub const NO_REPLY_ID: u64 = 0;
 
 /// A reply frame for request `id`: the payload, or the status the request failed with.
 pub fn reply_frame(id: u64, result: Result<Bytes, Status>) -> Frame {
@@ -157,19 +164,68 @@ impl Pipes {
         timeout: Duration,
     ) -> PipeOutcome {
         let deadline = tokio::time::Instant::now() + timeout;
-        let slot = self.slot(url);
-        if slot.wants_unary() {
-            return PipeOutcome::Unsupported;
-        }
-        let pipe = match slot.open_pipe() {
-            Some(pipe) => pipe,
-            None => match open(url, &slot, client, deadline).await {
-                Ok(Some(pipe)) => pipe,
-                Ok(None) => return PipeOutcome::Unsupported,
-                Err(status) => return PipeOutcome::Done(Err(status)),
-            },
+        let pipe = match self.pipe(url, client, deadline).await {
+            Ok(pipe) => pipe,
+            Err(outcome) => return outcome,
         };
         PipeOutcome::Done(send(url, &pipe, kind, target, data, deadline).await)
+    }
+
+    /// Sends one request to the member at `url` that wants no reply: `Done(Ok(empty))`
+    /// once its frame is queued on the pipe (not that it arrived), at most `timeout`.
+    pub async fn notify(
+        &self,
+        url: &str,
+        client: impl FnOnce() -> Result<PeerClient<Channel>, Status>,
+        kind: PipeKind,
+        target: u64,
+        data: Bytes,
+        timeout: Duration,
+    ) -> PipeOutcome {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let pipe = match self.pipe(url, client, deadline).await {
+            Ok(pipe) => pipe,
+            Err(outcome) => return outcome,
+        };
+        let frame = Frame {
+            id: NO_REPLY_ID,
+            kind: kind as u32,
+            target,
+            data,
+            ..Frame::default()
+        };
+        let queued = match tokio::time::timeout_at(deadline, pipe.frames.send(frame)).await {
+            Ok(Ok(())) => Ok(Bytes::new()),
+            Ok(Err(_)) => Err(Status::unavailable(format!(
+                "raftkv peer: stream to {url} not connected"
+            ))),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "raftkv peer: stream to {url} full until the deadline"
+            ))),
+        };
+        PipeOutcome::Done(queued)
+    }
+
+    /// The open pipe to `url`, opened now if there is none; `Err` is what the call
+    /// comes to when there is no pipe (none sent).
+    async fn pipe(
+        &self,
+        url: &str,
+        client: impl FnOnce() -> Result<PeerClient<Channel>, Status>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Arc<Pipe>, PipeOutcome> {
+        let slot = self.slot(url);
+        if slot.wants_unary() {
+            return Err(PipeOutcome::Unsupported);
+        }
+        match slot.open_pipe() {
+            Some(pipe) => Ok(pipe),
+            None => match open(url, &slot, client, deadline).await {
+                Ok(Some(pipe)) => Ok(pipe),
+                Ok(None) => Err(PipeOutcome::Unsupported),
+                Err(status) => Err(PipeOutcome::Done(Err(status))),
+            },
+        }
     }
 }
 
@@ -326,6 +382,8 @@ mod tests {
     struct Echo {
         pipes: bool,
         opened: Arc<AtomicUsize>,
+        /// Frames received on its pipes.
+        frames: Arc<AtomicUsize>,
     }
 
     #[tonic::async_trait]
@@ -355,8 +413,10 @@ mod tests {
             }
             let mut frames = req.into_inner();
             let (replies, outgoing) = mpsc::channel(64);
+            let received = self.frames.clone();
             tokio::spawn(async move {
                 while let Ok(Some(frame)) = frames.message().await {
+                    received.fetch_add(1, Ordering::SeqCst);
                     let replies = replies.clone();
                     tokio::spawn(async move {
                         let delay_ms = frame.data.first().copied().unwrap_or(0);
@@ -377,21 +437,29 @@ mod tests {
 
     /// Serves an `Echo` on a loopback port: its URL and how many pipes were asked for.
     async fn echo_peer(pipes: bool) -> (String, Arc<AtomicUsize>) {
+        let (url, opened, _) = echo_peer_counting(pipes).await;
+        (url, opened)
+    }
+
+    /// `echo_peer`, and how many frames it received.
+    async fn echo_peer_counting(pipes: bool) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let opened = Arc::new(AtomicUsize::new(0));
+        let frames = Arc::new(AtomicUsize::new(0));
         let service = PeerServer::new(Echo {
             pipes,
             opened: opened.clone(),
+            frames: frames.clone(),
         });
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(service)
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
-        (url, opened)
+        (url, opened, frames)
     }
 
     fn client(url: &str) -> impl FnOnce() -> Result<PeerClient<Channel>, Status> {
@@ -482,5 +550,36 @@ mod tests {
         let again = reply(call(&pipes, &url, vec![0, 7]).await).expect("reopened");
         assert_eq!(again.as_ref(), &[0, 7]);
         assert_eq!(opened.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_notice_is_sent_without_waiting_and_an_older_members_answer_to_it_reaches_nobody() {
+        let (url, opened, frames) = echo_peer_counting(true).await;
+        let pipes = Pipes::default();
+        // The echo answers after 200 ms, with the notice's id: an older member's answer.
+        let started = Instant::now();
+        let outcome = pipes
+            .notify(
+                &url,
+                client(&url),
+                PipeKind::AppendEntries,
+                0,
+                Bytes::from(vec![200, 1]),
+                Duration::from_secs(5),
+            )
+            .await;
+        assert!(reply(outcome).expect("queued").is_empty());
+        assert!(
+            started.elapsed() < Duration::from_millis(150),
+            "notify waited {:?}, as for an answer",
+            started.elapsed()
+        );
+        let during = reply(call(&pipes, &url, vec![0, 2]).await).expect("reply");
+        assert_eq!(during.as_ref(), &[0, 2]);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let after = reply(call(&pipes, &url, vec![0, 3]).await).expect("reply");
+        assert_eq!(after.as_ref(), &[0, 3]);
+        assert_eq!(frames.load(Ordering::SeqCst), 3, "the notice arrived");
+        assert_eq!(opened.load(Ordering::SeqCst), 1, "one pipe throughout");
     }
 }

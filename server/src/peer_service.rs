@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::Node;
 use crate::peer::{decode, encode, ForwardError, ForwardRequest, TARGET_MEMBER_METADATA};
-use crate::peer_pipe::{reply_frame, PipeKind, MAX_PIPE_FRAMES_IN_FLIGHT};
+use crate::peer_pipe::{reply_frame, PipeKind, MAX_PIPE_FRAMES_IN_FLIGHT, NO_REPLY_ID};
 
 #[derive(Clone)]
 pub struct PeerService {
@@ -128,8 +128,9 @@ impl PeerService {
 }
 
 /// Serves a pipe's frames, several at once (a vote must not wait behind a forwarded
-/// write), until the sender closes it and every reply is out. At most
-/// `MAX_PIPE_FRAMES_IN_FLIGHT` are served at once: beyond that no frame is read.
+/// write), until the sender closes it and every reply is out; a frame with
+/// `NO_REPLY_ID` is served and not answered. At most `MAX_PIPE_FRAMES_IN_FLIGHT` are
+/// served at once: beyond that no frame is read.
 async fn serve_pipe(
     service: PeerService,
     mut frames: Streaming<Frame>,
@@ -147,6 +148,12 @@ async fn serve_pipe(
                 }
             }
             Some(reply) = in_flight.next(), if !in_flight.is_empty() => {
+                if reply.id == NO_REPLY_ID {
+                    if reply.code != 0 {
+                        tracing::debug!(code = reply.code, message = %reply.message, "a request that wants no reply failed");
+                    }
+                    continue;
+                }
                 if replies.send(Ok(reply)).await.is_err() {
                     return;
                 }

@@ -44,6 +44,22 @@ where C: RaftTypeConfig
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<C::NodeId>, RPCError<C::NodeId, C::Node, RaftError<C::NodeId>>>;
 
+    /// raftkv patch: send an AppendEntries that only tells the target the new committed
+    /// log id (no entries, `prev_log_id` the target's matching log id), without waiting
+    /// for its answer. `Ok` means it was handed to the transport, not that it arrived.
+    ///
+    /// The target handles it as any AppendEntries (its election timer is reset, its
+    /// committed log id moves); only the answer is dropped. The replication stream sends
+    /// one after each commit the next entries did not carry; heartbeats and entries are
+    /// still sent with `append_entries` and answered. The default waits for the answer.
+    async fn send_commit(
+        &mut self,
+        rpc: AppendEntriesRequest<C>,
+        option: RPCOption,
+    ) -> Result<(), RPCError<C::NodeId, C::Node, RaftError<C::NodeId>>> {
+        self.append_entries(rpc, option).await.map(|_| ())
+    }
+
     /// Send an InstallSnapshot RPC to the target.
     #[cfg(feature = "generic-snapshot-data")]
     #[deprecated(

@@ -145,6 +145,11 @@ where
     /// Appropriate number of entries to send.
     /// This is only used by AppendEntries RPC.
     entries_hint: ReplicationHint,
+
+    /// raftkv patch: RaftCore asked for a heartbeat that has not been sent yet. A
+    /// heartbeat action without it only carries a new committed log id, and goes out
+    /// with `send_commit` (not answered); with it, as an answered AppendEntries.
+    heartbeat_wanted: bool,
 }
 
 impl<C, N, LS> ReplicationCore<C, N, LS>
@@ -198,6 +203,7 @@ where
             weak_tx_event: tx_event.downgrade(),
             next_action: None,
             entries_hint: Default::default(),
+            heartbeat_wanted: true,
         };
 
         let join_handle = C::AsyncRuntime::spawn(this.main().instrument(span));
@@ -226,7 +232,10 @@ where
             let request_id = d.request_id();
 
             let res = match d {
+                // raftkv patch: a commit nobody asked a heartbeat for is told one-way.
+                Data::Heartbeat if !self.heartbeat_wanted => self.send_commit().await,
                 Data::Heartbeat => {
+                    self.heartbeat_wanted = false;
                     let m = &self.matching;
                     // request_id==None will be ignored by RaftCore.
                     let d = DataWithId::new(RequestId::new_heartbeat(), LogIdRange::new(m.clone(), m.clone()));
@@ -235,6 +244,8 @@ where
                     self.send_log_entries(d).await
                 }
                 Data::Logs(log) => {
+                    // Answered like a heartbeat, so it stands for one asked for meanwhile.
+                    self.heartbeat_wanted = false;
                     log_data = Some(log.clone());
                     self.send_log_entries(log).await
                 }
@@ -517,6 +528,36 @@ where
         }
     }
 
+    /// raftkv patch: tells the target the committed log id without waiting for an answer
+    /// (`RaftNetwork::send_commit`). Nothing is reported to RaftCore on success: the
+    /// target's matching log id did not move, and an answered heartbeat follows within
+    /// a heartbeat interval of the last commit (RaftCore's `next_heartbeat`), which
+    /// renews the leader's view of the target and finds a higher vote or a conflict.
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn send_commit(&mut self) -> Result<Option<Data<C>>, ReplicationError<C::NodeId, C::Node>> {
+        let payload = AppendEntriesRequest {
+            vote: self.session_id.vote_ref().clone(),
+            prev_log_id: self.matching.clone(),
+            leader_commit: self.committed.clone(),
+            entries: vec![],
+        };
+        tracing::debug!(payload = %payload.summary(), "send_commit");
+
+        let the_timeout = Duration::from_millis(self.config.heartbeat_interval.max(self.config.election_timeout_max));
+        let option = RPCOption::new(the_timeout);
+        let res = C::timeout(the_timeout, self.network.send_commit(payload, option)).await;
+        let sent = res.map_err(|_e| {
+            RPCError::Timeout(Timeout {
+                action: RPCTypes::AppendEntries,
+                id: self.session_id.vote_ref().leader_id().voted_for().unwrap(),
+                target: self.target.clone(),
+                timeout: the_timeout,
+            })
+        })?;
+        DecomposeResult::<C, _, _>::decompose_infallible(sent)?;
+        Ok(None)
+    }
+
     /// Send the error result to RaftCore.
     /// RaftCore will then submit another replication command.
     fn send_progress_error(&mut self, request_id: RequestId, err: RPCError<C::NodeId, C::Node>) {
@@ -689,6 +730,7 @@ where
                 }
             }
             Replicate::Heartbeat => {
+                self.heartbeat_wanted = true;
                 // Never overwrite action with payload.
                 if self.next_action.is_none() {
                     self.next_action = Some(Data::new_heartbeat());
