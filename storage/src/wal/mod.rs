@@ -299,7 +299,7 @@ impl Wal {
         let Some(request) = self.held_back.hold_or_merge(request) else {
             return Ok(());
         };
-        tx.send(request).await.map_err(|_| WalError::Closed)
+        tx.send(request).await.map_err(|refused| closed(refused.0))
     }
 
     /// `submit` for threads outside an async runtime.
@@ -309,8 +309,17 @@ impl Wal {
         let Some(request) = self.held_back.hold_or_merge(request) else {
             return Ok(());
         };
-        tx.blocking_send(request).map_err(|_| WalError::Closed)
+        tx.blocking_send(request)
+            .map_err(|refused| closed(refused.0))
     }
+}
+
+/// The writer is gone (its thread ended): `request` will never be written. Its
+/// completions learn it, those of the held-back requests merged into it among them
+/// (their `submit` returned Ok long ago, and their callers still wait).
+fn closed(request: Request) -> WalError {
+    (request.done)(Err(std::io::Error::other("the log's writer has stopped")));
+    WalError::Closed
 }
 
 impl Drop for Wal {
@@ -339,4 +348,49 @@ fn lock_dir(dir: &Path) -> Result<File, WalError> {
         });
     }
     Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// A request of one Committed record whose completion records its outcome.
+    fn request(sync: bool, outcomes: &Arc<Mutex<Vec<bool>>>) -> Request {
+        let outcomes = outcomes.clone();
+        Request {
+            records: vec![(RecordKind::Committed, 1u64.to_le_bytes().to_vec())],
+            sync,
+            done: Box::new(move |result| {
+                outcomes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(result.is_ok())
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stopped_writer_fails_the_held_back_requests_too() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let options = WalOptions {
+            segment_size_bytes: 1 << 20,
+            max_record_size_bytes: 1 << 16,
+            ..WalOptions::default()
+        };
+        let (mut wal, _) = Wal::open(dir.path(), options, |_, _| Ok(())).expect("open");
+        // The writer's thread ended (a panic would do this): its queue is closed.
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        wal.tx = Some(tx);
+        let outcomes = Arc::new(Mutex::new(Vec::new()));
+        wal.submit(request(false, &outcomes))
+            .await
+            .expect("held back, not sent yet");
+        let refused = wal.submit(request(true, &outcomes)).await;
+        assert!(matches!(refused, Err(WalError::Closed)), "{refused:?}");
+        let outcomes = outcomes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        assert_eq!(outcomes, vec![false, false], "both completions ran, failed");
+    }
 }
