@@ -326,25 +326,8 @@ impl PeerClients {
         data: Bytes,
         timeout: Duration,
     ) -> Result<Bytes, tonic::Status> {
-        if self.tls_files_changed() {
-            tracing::info!("peer TLS files changed; reconnecting to peers with them");
-            self.channels
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clear();
-            self.pipes.clear();
-        }
-        if let Some(kind) = method.pipe_kind() {
-            let client = || self.client(url).map_err(|e| e.status());
-            let outcome = self
-                .pipes
-                .call(url, client, kind, target, data.clone(), timeout)
-                .await;
-            if let PipeOutcome::Done(result) = outcome {
-                return result;
-            }
-        }
-        self.unary(url, method, target, data, timeout).await
+        self.exchange(url, method, target, data, timeout, true)
+            .await
     }
 
     /// One request to the member at `url` that wants no reply: queued on the pipe to it
@@ -358,30 +341,41 @@ impl PeerClients {
         data: Bytes,
         timeout: Duration,
     ) -> Result<(), tonic::Status> {
-        if let Some(kind) = method.pipe_kind() {
-            let client = || self.client(url).map_err(|e| e.status());
-            let outcome = self
-                .pipes
-                .notify(url, client, kind, target, data.clone(), timeout)
-                .await;
-            if let PipeOutcome::Done(result) = outcome {
-                return result.map(|_| ());
-            }
-        }
-        self.unary(url, method, target, data, timeout)
+        self.exchange(url, method, target, data, timeout, false)
             .await
             .map(|_| ())
     }
 
-    /// One unary call to the member at `url`.
-    async fn unary(
+    /// `request` (`wants_reply`), or `notify`.
+    async fn exchange(
         &self,
         url: &str,
         method: PeerMethod,
         target: NodeId,
         data: Bytes,
         timeout: Duration,
+        wants_reply: bool,
     ) -> Result<Bytes, tonic::Status> {
+        if self.tls_files_changed() {
+            tracing::info!("peer TLS files changed; reconnecting to peers with them");
+            self.channels
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+            self.pipes.clear();
+        }
+        if let Some(kind) = method.pipe_kind() {
+            let client = || self.client(url).map_err(|e| e.status());
+            let (pipes, data) = (&self.pipes, data.clone());
+            let outcome = if wants_reply {
+                pipes.call(url, client, kind, target, data, timeout).await
+            } else {
+                pipes.notify(url, client, kind, target, data, timeout).await
+            };
+            if let PipeOutcome::Done(result) = outcome {
+                return result;
+            }
+        }
         let mut client = self.client(url).map_err(|e| e.status())?;
         let mut req = tonic::Request::new(Blob { data });
         req.set_timeout(timeout);

@@ -187,23 +187,12 @@ impl Pipes {
             Ok(pipe) => pipe,
             Err(outcome) => return outcome,
         };
-        let frame = Frame {
-            id: NO_REPLY_ID,
-            kind: kind as u32,
-            target,
-            data,
-            ..Frame::default()
-        };
-        let queued = match tokio::time::timeout_at(deadline, pipe.frames.send(frame)).await {
-            Ok(Ok(())) => Ok(Bytes::new()),
-            Ok(Err(_)) => Err(Status::unavailable(format!(
-                "raftkv peer: stream to {url} not connected"
-            ))),
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "raftkv peer: stream to {url} full until the deadline"
-            ))),
-        };
-        PipeOutcome::Done(queued)
+        let frame = request_frame(NO_REPLY_ID, kind, target, data);
+        PipeOutcome::Done(
+            queue(url, &pipe, frame, deadline)
+                .await
+                .map(|()| Bytes::new()),
+        )
     }
 
     /// The open pipe to `url`, opened now if there is none; `Err` is what the call
@@ -273,6 +262,37 @@ async fn open(
     Ok(Some(pipe))
 }
 
+fn request_frame(id: u64, kind: PipeKind, target: u64, data: Bytes) -> Frame {
+    Frame {
+        id,
+        kind: kind as u32,
+        target,
+        data,
+        ..Frame::default()
+    }
+}
+
+/// "connect" in the message: the request never left (on_leader may send it again).
+fn not_sent(url: &str) -> Status {
+    Status::unavailable(format!("raftkv peer: stream to {url} not connected"))
+}
+
+/// Queues `frame` on `pipe`, waiting for room until `deadline`.
+async fn queue(
+    url: &str,
+    pipe: &Pipe,
+    frame: Frame,
+    deadline: tokio::time::Instant,
+) -> Result<(), Status> {
+    match tokio::time::timeout_at(deadline, pipe.frames.send(frame)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(not_sent(url)),
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "raftkv peer: stream to {url} full until the deadline"
+        ))),
+    }
+}
+
 /// Sends one request frame on `pipe` and waits for its reply until `deadline`.
 async fn send(
     url: &str,
@@ -282,35 +302,18 @@ async fn send(
     data: Bytes,
     deadline: tokio::time::Instant,
 ) -> Result<Bytes, Status> {
-    // "connect" in the message: the request never left (on_leader may send it again).
-    let not_sent = || Status::unavailable(format!("raftkv peer: stream to {url} not connected"));
     let (reply_tx, reply_rx) = oneshot::channel();
     let id = {
         let mut waiting = lock(&pipe.waiting);
         if waiting.closed {
-            return Err(not_sent());
+            return Err(not_sent(url));
         }
         waiting.next_id += 1;
         let id = waiting.next_id;
         waiting.replies.insert(id, reply_tx);
         id
     };
-    let frame = Frame {
-        id,
-        kind: kind as u32,
-        target,
-        data,
-        ..Frame::default()
-    };
-    let sent = tokio::time::timeout_at(deadline, pipe.frames.send(frame)).await;
-    let unsent = match sent {
-        Ok(Ok(())) => None,
-        Ok(Err(_)) => Some(not_sent()),
-        Err(_) => Some(Status::deadline_exceeded(format!(
-            "raftkv peer: stream to {url} full until the deadline"
-        ))),
-    };
-    if let Some(status) = unsent {
+    if let Err(status) = queue(url, pipe, request_frame(id, kind, target, data), deadline).await {
         lock(&pipe.waiting).replies.remove(&id);
         return Err(status);
     }
