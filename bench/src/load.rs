@@ -70,6 +70,9 @@ pub struct LoadConfig {
     pub page_size: i64,
     /// Fill the key space before range, update and list runs.
     pub populate: bool,
+    /// Print every request (or watch delivery) slower than this, with the UTC time it
+    /// ended, to line a tail up against the members' logs.
+    pub report_slow_ms: Option<u64>,
 }
 
 impl Default for LoadConfig {
@@ -88,6 +91,7 @@ impl Default for LoadConfig {
             rate_per_s: None,
             page_size: 500,
             populate: true,
+            report_slow_ms: None,
         }
     }
 }
@@ -455,12 +459,29 @@ async fn client_loop(
         match result {
             Ok(()) => {
                 tally.ops += 1;
-                tally.latency.record(begin.elapsed());
+                let latency = begin.elapsed();
+                report_if_slow(&config, config.workload.name(), latency);
+                tally.latency.record(latency);
             }
             Err(e) => tally.error(e),
         }
     }
     tally
+}
+
+/// Prints a request (or delivery) slower than `--report-slow-ms` with the UTC time it
+/// ended, in the members' log format, so a tail can be lined up against their logs.
+fn report_if_slow(config: &LoadConfig, what: &str, latency: Duration) {
+    let Some(slow_ms) = config.report_slow_ms else {
+        return;
+    };
+    if latency >= Duration::from_millis(slow_ms) {
+        eprintln!(
+            "{} slow {what}: {:.1} ms",
+            chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ"),
+            latency.as_secs_f64() * 1e3
+        );
+    }
 }
 
 /// One Kubernetes-shaped update, as kube-apiserver's GuaranteedUpdate does it: a Txn
@@ -554,6 +575,7 @@ async fn run_watch(config: &LoadConfig, conns: &[Client]) -> Result<(Tally, Dura
                 source,
             })?;
         let mut stop = stop_rx.clone();
+        let slow = config.clone();
         watcher_tasks.push(tokio::spawn(async move {
             let mut tally = Tally::default();
             loop {
@@ -576,9 +598,9 @@ async fn run_watch(config: &LoadConfig, conns: &[Client]) -> Result<(Tally, Dura
                             b.copy_from_slice(sent);
                             let sent_ns = u64::from_be_bytes(b);
                             tally.ops += 1;
-                            tally
-                                .latency
-                                .record(Duration::from_nanos(now_ns.saturating_sub(sent_ns)));
+                            let latency = Duration::from_nanos(now_ns.saturating_sub(sent_ns));
+                            report_if_slow(&slow, "watch delivery", latency);
+                            tally.latency.record(latency);
                         }
                     }
                     Ok(None) => break,

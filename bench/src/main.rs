@@ -71,6 +71,10 @@ struct LoadArgs {
     /// Do not fill the key space first (range, update, list).
     #[arg(long)]
     no_populate: bool,
+    /// Print each request (or watch delivery) slower than this many ms, with the UTC
+    /// time it ended, to stderr.
+    #[arg(long)]
+    report_slow_ms: Option<u64>,
     /// What to call the target in the output.
     #[arg(long, default_value = "target")]
     label: String,
@@ -148,6 +152,7 @@ fn main() {
         rate_per_s: args.rate,
         page_size: args.page_size,
         populate: !args.no_populate,
+        report_slow_ms: args.report_slow_ms,
     };
     match rt.block_on(load::run(&config, &args.label)) {
         Ok(report) => {
