@@ -258,7 +258,13 @@ fn purge_deletes_whole_segments_and_reopens() {
     })
     .unwrap();
     rx.recv().unwrap().unwrap();
-    let after = segments(dir.path()).len();
+    // Their files go on the deleter's thread, soon after the purge is durable.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut after = segments(dir.path()).len();
+    while after >= before && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        after = segments(dir.path()).len();
+    }
     assert!(
         after < before,
         "segments wholly below the purge point are gone ({before} -> {after})"

@@ -247,6 +247,7 @@ impl Wal {
             header,
             failed: None,
             dirty: true,
+            deleter: segment::SegmentDeleter::start(dir)?,
         };
         let (tx, rx) = mpsc::channel(options.queue_capacity);
         let held_back = Arc::new(HeldBack::default());

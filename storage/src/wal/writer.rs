@@ -125,6 +125,8 @@ pub(super) struct Writer {
     /// Bytes were written since the last fdatasync: the page at `offset` is dirty, so
     /// skipping to the next page would save nothing.
     pub dirty: bool,
+    /// Deletes purged segments off this thread.
+    pub deleter: segment::SegmentDeleter,
 }
 
 impl Writer {
@@ -218,7 +220,7 @@ impl Writer {
                     .map_err(|e| WalError::io(&self.path, e))?;
                 self.dirty = false;
             }
-            self.delete_purged_segments(upto)?;
+            self.delete_purged_segments(upto);
         }
         Ok(())
     }
@@ -326,21 +328,26 @@ impl Writer {
         Ok(())
     }
 
-    /// Removes sealed segments whose entries are all purged. The active one stays.
-    fn delete_purged_segments(&mut self, upto: u64) -> Result<(), WalError> {
+    /// Hands sealed segments whose entries are all purged to the deleter (their files go
+    /// on another thread). The active one stays.
+    fn delete_purged_segments(&mut self, upto: u64) {
         let keep_from = self
             .closed
             .iter()
             .position(|s| s.max_entry_index.is_some_and(|m| m > upto))
             .unwrap_or(self.closed.len());
         if keep_from == 0 {
-            return Ok(());
+            return;
         }
-        for segment in self.closed.drain(..keep_from) {
-            std::fs::remove_file(&segment.path).map_err(|e| WalError::io(&segment.path, e))?;
-            tracing::debug!(seq = segment.seq, upto, "wal: removed a purged segment");
-        }
-        segment::sync_dir(&self.dir)
+        let paths = self
+            .closed
+            .drain(..keep_from)
+            .map(|segment| {
+                tracing::debug!(seq = segment.seq, upto, "wal: a segment is wholly purged");
+                segment.path
+            })
+            .collect();
+        self.deleter.delete(paths);
     }
 }
 
