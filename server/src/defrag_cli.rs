@@ -1,22 +1,15 @@
-//! `raftkv defrag --endpoints …`: asks each member to give the space of deleted and
-//! compacted data back (Maintenance.Defragment, which returns at once: the engine merges
-//! in the background while everything goes on) and shows the db size shrinking until
-//! it settles. It only asks and watches; it never stops a member.
+//! `raftkv defrag --endpoints …`: asks each member in turn to give the space of deleted
+//! and compacted data back (Maintenance.Defragment, which answers once the engine has
+//! merged its files; reads and writes go on meanwhile) and shows the db size before and
+//! after. One member at a time, never all at once; it never stops a member.
 
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use raftkv_proto::etcdserverpb as pb;
 use raftkv_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 
 use crate::cli_client::{connect, ClientTls, ConnectError};
-
-/// How often the db size is read while the engine merges.
-const POLL_MS: u64 = 500;
-/// The size is taken as settled after this many equal readings in a row.
-const SETTLED_READINGS: u32 = 4;
-/// Watching one member stops after this long (the merge goes on regardless).
-const WATCH_MAX_MS: u64 = 120_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DefragCliError {
@@ -50,26 +43,21 @@ pub async fn run(endpoints: &str, tls: &ClientTls) -> Result<String, DefragCliEr
         };
         let mut client = MaintenanceClient::new(connect(endpoint, tls).await?);
         let before = db_size(&mut client).await.map_err(refused)?;
+        eprint!(
+            "defrag {endpoint}: merging {:.1} MB ...",
+            before as f64 / 1e6
+        );
+        let _ = std::io::stderr().flush();
+        let started = Instant::now();
+        // Answers once the member's engine has merged its files (or after the
+        // member's own bound; the merge then goes on).
         client
             .defragment(pb::DefragmentRequest {})
             .await
             .map_err(refused)?;
-        let started = Instant::now();
-        let mut last = before;
-        let mut equal = 0;
-        while equal < SETTLED_READINGS && started.elapsed() < Duration::from_millis(WATCH_MAX_MS) {
-            tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
-            let size = db_size(&mut client).await.map_err(refused)?;
-            equal = if size == last { equal + 1 } else { 0 };
-            last = size;
-            eprint!(
-                "\rdefrag {endpoint}: {:.1} MB (was {:.1} MB)",
-                size as f64 / 1e6,
-                before as f64 / 1e6
-            );
-            let _ = std::io::stderr().flush();
-        }
-        eprintln!();
+        let took_ms = started.elapsed().as_millis();
+        let last = db_size(&mut client).await.map_err(refused)?;
+        eprintln!(" done in {took_ms} ms");
         summary.push_str(&format!(
             "Finished defragmenting raftkv member[{endpoint}]: {:.1} MB -> {:.1} MB\n",
             before as f64 / 1e6,

@@ -13,11 +13,15 @@ use tonic::{Request, Response, Status};
 use crate::api::check_leader_metadata;
 use crate::errors::ApiError;
 use crate::node::Node;
+use raftkv_storage::mvcc::engine::ReclaimOutcome;
 use raftkv_storage::mvcc::{AlarmMember, AlarmType, Command, CommandResponse};
 
 /// The etcd API level raftkv implements, as Maintenance.Status reports it. The
 /// Kubernetes API server needs ≥ 3.5.13 to enable its consistent-read features.
 pub const ETCD_API_VERSION: &str = "3.5.16";
+/// A Defragment answers once the space reclaim it started has finished, or after this
+/// long (it then goes on in the background).
+const DEFRAGMENT_WAIT_MAX_MS: u64 = 300_000;
 /// Snapshot bytes per stream message (etcd sends 32 KiB).
 const SNAPSHOT_CHUNK_BYTES: usize = 32 * 1024;
 /// etcd's snapshots are whole 512-byte pages; etcdctl checks the length by that.
@@ -142,8 +146,32 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
         check_leader_metadata(&self.node, &req)?;
         // etcd rewrites its database file and stops the member meanwhile; here the
-        // engine merges all its files in the background while everything goes on.
-        self.node.store.reclaim_space();
+        // engine merges all its files in the background while everything goes on. As
+        // in etcd, the answer comes when it is done: `etcdctl defrag --cluster` then
+        // reclaims one member after another, never all at once.
+        // A compaction still deleting old revisions finishes first, so that their
+        // space comes back with this reclaim (compact, then defrag).
+        let store = self.node.store.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            store.wait_for_compaction();
+            let reclaim = store.reclaim_space();
+            reclaim.wait(std::time::Duration::from_millis(DEFRAGMENT_WAIT_MAX_MS))
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        match outcome {
+            ReclaimOutcome::Done => {}
+            ReclaimOutcome::Failed => {
+                return Err(ApiError::Internal(
+                    "reclaiming space failed (the member's log says why)".into(),
+                )
+                .into())
+            }
+            ReclaimOutcome::StillRunning => tracing::warn!(
+                waited_ms = DEFRAGMENT_WAIT_MAX_MS,
+                "defragment: answered before the space reclaim finished; it goes on"
+            ),
+        }
         Ok(Response::new(pb::DefragmentResponse {
             header: Some(self.node.header()),
         }))

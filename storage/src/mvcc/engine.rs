@@ -124,6 +124,58 @@ struct WorkerState {
     merge_pending: bool,
     /// A full merge was asked for (space reclaim).
     merge_all: bool,
+    /// Full merges asked for so far, and how many of those asks a finished merge has
+    /// answered (a merge answers every ask made before it started).
+    merge_all_asked: u64,
+    merge_all_answered: u64,
+    /// Whether the last finished full merge failed.
+    merge_all_failed: bool,
+}
+
+/// A space reclaim asked for (`Db::reclaim_space`): each tree's worker and its ask.
+pub struct Reclaim {
+    asks: Vec<(Arc<Worker>, u64)>,
+}
+
+/// How a space reclaim ended, as far as `Reclaim::wait` saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReclaimOutcome {
+    /// Every tree merged its files.
+    Done,
+    /// A tree's merge failed (the merger logged why).
+    Failed,
+    /// The wait ran out first, or the tree closed; the merges go on.
+    StillRunning,
+}
+
+impl Reclaim {
+    /// Blocks until every tree's merge that answers this ask has finished, for at most
+    /// `max_wait`.
+    pub fn wait(&self, max_wait: Duration) -> ReclaimOutcome {
+        let deadline = Instant::now() + max_wait;
+        let mut failed = false;
+        for (worker, ask) in &self.asks {
+            let mut state = lock(&worker.state);
+            while state.merge_all_answered < *ask {
+                let now = Instant::now();
+                if now >= deadline || worker.stop.load(Ordering::Acquire) {
+                    return ReclaimOutcome::StillRunning;
+                }
+                let tick = (deadline - now).min(Duration::from_millis(WORKER_TICK_MS));
+                state = worker
+                    .done
+                    .wait_timeout(state, tick)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            failed |= state.merge_all_failed;
+        }
+        if failed {
+            ReclaimOutcome::Failed
+        } else {
+            ReclaimOutcome::Done
+        }
+    }
 }
 
 /// Writes applied atomically by `Tree::apply_batch`.
@@ -283,8 +335,10 @@ impl Db {
 
     /// Asks every tree's worker to write out its memtables and merge all of its files
     /// into one sorted run, dropping deleted and superseded data: space goes back to
-    /// the file system in the background while reads and writes go on. Returns at once.
-    pub fn reclaim_space(&self) {
+    /// the file system in the background while reads and writes go on. Returns at once,
+    /// with what `wait_reclaimed` waits for.
+    pub fn reclaim_space(&self) -> Reclaim {
+        let mut asks = Vec::new();
         for tree in lock(&self.0.open).values() {
             {
                 let mut deferred = lock(&tree.0.write_lock);
@@ -294,9 +348,12 @@ impl Db {
                 let mut state = lock(&tree.0.worker.state);
                 state.flush_pending = true;
                 state.merge_all = true;
+                state.merge_all_asked += 1;
+                asks.push((tree.0.worker.clone(), state.merge_all_asked));
             }
             tree.0.worker.wake.notify_all();
         }
+        Reclaim { asks }
     }
 
     /// Makes every write so far durable: writes out every tree's memtables.
@@ -313,7 +370,7 @@ impl Db {
     pub fn size_on_disk_bytes(&self) -> Result<u64, EngineError> {
         Ok(lock(&self.0.open)
             .values()
-            .map(|t| t.0.lsm.disk_space() + t.0.lsm.version_memtable_size_sum())
+            .map(|t| t.0.lsm.disk_space() + t.0.lsm.latest_memtable_size_sum())
             .sum())
     }
 }
@@ -621,14 +678,20 @@ impl Worker {
 
     fn run_merger(&self) {
         while let Some(state) = self.wait_for(|s| s.merge_pending || s.merge_all) {
-            {
+            // The asks this round answers if it is a full merge.
+            let asked = {
                 let mut s = lock(&self.state);
                 s.merge_pending = false;
                 s.merge_all = false;
-            }
+                s.merge_all_asked
+            };
             // A full merge starts once what was sealed for it is written out.
             let result = if state.merge_all {
-                self.flush_sealed().and_then(|()| self.merge_all())
+                let result = self.flush_sealed().and_then(|()| self.merge_all());
+                let mut s = lock(&self.state);
+                s.merge_all_answered = asked;
+                s.merge_all_failed = result.is_err();
+                result
             } else {
                 self.compact()
             };

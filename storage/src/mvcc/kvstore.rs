@@ -278,9 +278,10 @@ impl MvccStore {
     }
 
     /// Gives the space of deleted and compacted data back to the file system, in the
-    /// background (etcd's defragmentation, without stopping anything).
-    pub fn reclaim_space(&self) {
-        self.inner.db.reclaim_space();
+    /// background (etcd's defragmentation, without stopping anything); the returned
+    /// `Reclaim` waits for it.
+    pub fn reclaim_space(&self) -> super::engine::Reclaim {
+        self.inner.db.reclaim_space()
     }
 
     pub fn size_on_disk_bytes(&self) -> Result<u64, StoreError> {

@@ -31,6 +31,15 @@ pub trait AbstractTree {
         self.get_version_history_lock().memtable_size_sum()
     }
 
+    /// raftkv patch: the size of the memtables the latest version holds (the active one
+    /// and those sealed but not yet written out). `version_memtable_size_sum` also counts
+    /// memtables that only retired versions still hold until the next version GC, whose
+    /// data is then counted twice: in them and in the tables they were written out to.
+    #[doc(hidden)]
+    fn latest_memtable_size_sum(&self) -> u64 {
+        self.get_version_history_lock().latest_memtable_size_sum()
+    }
+
     #[doc(hidden)]
     fn next_table_id(&self) -> TableId;
 

@@ -125,6 +125,18 @@ impl SuperVersions {
         set.into_values().sum()
     }
 
+    /// raftkv patch: see `AbstractTree::latest_memtable_size_sum`.
+    pub fn latest_memtable_size_sum(&self) -> u64 {
+        self.0.back().map_or(0, |latest| {
+            latest.active_memtable.size()
+                + latest
+                    .sealed_memtables
+                    .iter()
+                    .map(|m| m.size())
+                    .sum::<u64>()
+        })
+    }
+
     pub fn len(&self) -> usize {
         self.0.len()
     }

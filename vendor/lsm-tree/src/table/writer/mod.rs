@@ -92,7 +92,17 @@ pub struct Writer {
     linked_blob_files: Vec<LinkedFile>,
 
     initial_level: u8,
+
+    /// raftkv patch: how far the file has been written back to disk while being
+    /// written (see `write_back`).
+    written_back_pos: u64,
 }
+
+/// raftkv patch: a table file is written back to disk every this many bytes while it
+/// is written, so its closing fsync finds little left to write. Without it, a flush or
+/// merge handed the disk a whole table (tens of MiB) at its fsync, and every
+/// fdatasync of the Raft log on the same disk waited behind it (15-30 ms).
+const WRITE_BACK_CHUNK_BYTES: u64 = 1 << 20;
 
 impl Writer {
     pub fn new(path: PathBuf, table_id: TableId, initial_level: u8) -> crate::Result<Self> {
@@ -103,6 +113,7 @@ impl Writer {
 
         Ok(Self {
             initial_level,
+            written_back_pos: 0,
 
             meta: meta::Metadata::default(),
 
@@ -362,7 +373,44 @@ impl Writer {
         self.chunk.clear();
         self.chunk_size = 0;
 
+        self.write_back();
+
         Ok(())
+    }
+
+    /// raftkv patch: once `WRITE_BACK_CHUNK_BYTES` have been written since the last
+    /// time, starts writing them to disk and waits until they are (what is still in
+    /// the `BufWriter` goes with the next chunk or the closing fsync). The disk then
+    /// never holds more than a chunk of this table ahead of another file's fdatasync.
+    /// Best effort: a failure leaves the data to the closing fsync, which reports it.
+    fn write_back(&mut self) {
+        let written_pos = *self.meta.file_pos;
+        let len = written_pos.saturating_sub(self.written_back_pos);
+        if len < WRITE_BACK_CHUNK_BYTES {
+            return;
+        }
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::io::AsRawFd;
+            let fd = self.file_writer.get_mut().inner_mut().get_ref().as_raw_fd();
+            #[expect(
+                clippy::cast_possible_wrap,
+                reason = "a table is far smaller than i64::MAX bytes"
+            )]
+            // SAFETY: sync_file_range on a descriptor this writer owns and keeps open;
+            // no memory is shared with the kernel.
+            unsafe {
+                libc::sync_file_range(
+                    fd,
+                    self.written_back_pos as libc::off64_t,
+                    len as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                        | libc::SYNC_FILE_RANGE_WRITE
+                        | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+                );
+            }
+        }
+        self.written_back_pos = written_pos;
     }
 
     // TODO: split meta writing into new function
