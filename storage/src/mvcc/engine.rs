@@ -677,16 +677,18 @@ impl Worker {
     }
 
     fn run_merger(&self) {
-        while let Some(state) = self.wait_for(|s| s.merge_pending || s.merge_all) {
-            // The asks this round answers if it is a full merge.
-            let asked = {
+        while self.wait_for(|s| s.merge_pending || s.merge_all).is_some() {
+            // Taken under one lock: an ask arriving after the wait is then either in
+            // this round (a full merge) or left for the next, never cleared unanswered.
+            let (merge_all, asked) = {
                 let mut s = lock(&self.state);
+                let merge_all = s.merge_all;
                 s.merge_pending = false;
                 s.merge_all = false;
-                s.merge_all_asked
+                (merge_all, s.merge_all_asked)
             };
             // A full merge starts once what was sealed for it is written out.
-            let result = if state.merge_all {
+            let result = if merge_all {
                 let result = self.flush_sealed().and_then(|()| self.merge_all());
                 let mut s = lock(&self.state);
                 s.merge_all_answered = asked;
