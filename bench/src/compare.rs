@@ -514,6 +514,9 @@ async fn at_rest(endpoints: &[String], duration: Duration) {
     let _ = background.await;
 }
 
+/// How long the compaction and each defragmentation of the big phase may take.
+const ADMIN_TIMEOUT_MS: u64 = 300_000;
+
 /// Fills `big_keys` keys (and writes them all once more, leaving as many revisions of
 /// history), then measures paced puts without and with compaction + space reclaim.
 fn big(
@@ -553,7 +556,17 @@ fn big(
     let before = emit(rt.block_on(load::run(&paced, label)), &mut m.errors);
     m.put_before_compaction = before.latency;
 
-    let mut admin = conns[0].clone();
+    // Both systems answer a physical compaction and a defragmentation when they are
+    // done; with the load's 10 s timeout the calls gave up while the work went on, and
+    // the next member's defragmentation overlapped the last.
+    let mut admin = rt
+        .block_on(load::connect_with_timeout(
+            std::slice::from_ref(&endpoints[0]),
+            1,
+            ADMIN_TIMEOUT_MS,
+        ))
+        .expect("connect")
+        .remove(0);
     let reclaim = {
         let endpoints = endpoints.clone();
         rt.spawn(async move {
@@ -570,7 +583,10 @@ fn big(
             }
             // Space reclaim on every member, one after another (etcdctl defrag --cluster).
             for endpoint in &endpoints {
-                if let Ok(mut c) = load::connect(std::slice::from_ref(endpoint), 1).await {
+                if let Ok(mut c) =
+                    load::connect_with_timeout(std::slice::from_ref(endpoint), 1, ADMIN_TIMEOUT_MS)
+                        .await
+                {
                     if let Err(e) = c[0].defragment().await {
                         eprintln!("defragment {endpoint} failed: {e}");
                     }

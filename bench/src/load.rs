@@ -223,9 +223,19 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
 
 /// `connections` connections, the i-th to endpoint i mod n.
 pub async fn connect(endpoints: &[String], connections: usize) -> Result<Vec<Client>, LoadError> {
+    connect_with_timeout(endpoints, connections, REQUEST_TIMEOUT_MS).await
+}
+
+/// `connect` with another request timeout: for admin calls that last as long as the
+/// work they ask for (a physical compaction, a defragmentation).
+pub async fn connect_with_timeout(
+    endpoints: &[String],
+    connections: usize,
+    timeout_ms: u64,
+) -> Result<Vec<Client>, LoadError> {
     let options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(5))
-        .with_timeout(Duration::from_millis(REQUEST_TIMEOUT_MS));
+        .with_timeout(Duration::from_millis(timeout_ms));
     let mut clients = Vec::with_capacity(connections);
     for i in 0..connections {
         let endpoint = endpoints[i % endpoints.len()].clone();
