@@ -470,7 +470,7 @@ async fn client_loop(
             Ok(()) => {
                 tally.ops += 1;
                 let latency = begin.elapsed();
-                report_if_slow(&config, config.workload.name(), latency);
+                report_if_slow(config.report_slow_ms, config.workload.name(), latency);
                 tally.latency.record(latency);
             }
             Err(e) => tally.error(e),
@@ -481,8 +481,8 @@ async fn client_loop(
 
 /// Prints a request (or delivery) slower than `--report-slow-ms` with the UTC time it
 /// ended, in the members' log format, so a tail can be lined up against their logs.
-fn report_if_slow(config: &LoadConfig, what: &str, latency: Duration) {
-    let Some(slow_ms) = config.report_slow_ms else {
+fn report_if_slow(report_slow_ms: Option<u64>, what: &str, latency: Duration) {
+    let Some(slow_ms) = report_slow_ms else {
         return;
     };
     if latency >= Duration::from_millis(slow_ms) {
@@ -585,7 +585,7 @@ async fn run_watch(config: &LoadConfig, conns: &[Client]) -> Result<(Tally, Dura
                 source,
             })?;
         let mut stop = stop_rx.clone();
-        let slow = config.clone();
+        let report_slow_ms = config.report_slow_ms;
         watcher_tasks.push(tokio::spawn(async move {
             let mut tally = Tally::default();
             loop {
@@ -609,7 +609,7 @@ async fn run_watch(config: &LoadConfig, conns: &[Client]) -> Result<(Tally, Dura
                             let sent_ns = u64::from_be_bytes(b);
                             tally.ops += 1;
                             let latency = Duration::from_nanos(now_ns.saturating_sub(sent_ns));
-                            report_if_slow(&slow, "watch delivery", latency);
+                            report_if_slow(report_slow_ms, "watch delivery", latency);
                             tally.latency.record(latency);
                         }
                     }

@@ -20,7 +20,8 @@ use raftkv_storage::mvcc::{AlarmMember, AlarmType, Command, CommandResponse};
 /// Kubernetes API server needs ≥ 3.5.13 to enable its consistent-read features.
 pub const ETCD_API_VERSION: &str = "3.5.16";
 /// A Defragment answers once the space reclaim it started has finished, or after this
-/// long (it then goes on in the background).
+/// long of waiting for it (it then goes on in the background). A compaction still
+/// deleting is waited for before, without this bound: it always ends (done or failed).
 const DEFRAGMENT_WAIT_MAX_MS: u64 = 300_000;
 /// Snapshot bytes per stream message (etcd sends 32 KiB).
 const SNAPSHOT_CHUNK_BYTES: usize = 32 * 1024;
@@ -148,9 +149,9 @@ impl Maintenance for MaintenanceService {
         // etcd rewrites its database file and stops the member meanwhile; here the
         // engine merges all its files in the background while everything goes on. As
         // in etcd, the answer comes when it is done: `etcdctl defrag --cluster` then
-        // reclaims one member after another, never all at once.
-        // A compaction still deleting old revisions finishes first, so that their
-        // space comes back with this reclaim (compact, then defrag).
+        // reclaims one member after another, never all at once. A compaction still
+        // deleting old revisions finishes first, so that their space comes back with
+        // this reclaim (compact, then defrag).
         let store = self.node.store.clone();
         let outcome = tokio::task::spawn_blocking(move || {
             store.wait_for_compaction();

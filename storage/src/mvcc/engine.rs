@@ -336,7 +336,7 @@ impl Db {
     /// Asks every tree's worker to write out its memtables and merge all of its files
     /// into one sorted run, dropping deleted and superseded data: space goes back to
     /// the file system in the background while reads and writes go on. Returns at once,
-    /// with what `wait_reclaimed` waits for.
+    /// with the `Reclaim` whose `wait` waits for it.
     pub fn reclaim_space(&self) -> Reclaim {
         let mut asks = Vec::new();
         for tree in lock(&self.0.open).values() {
