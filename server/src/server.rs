@@ -267,7 +267,7 @@ fn client_router(
             node: node.clone()
         })))
         .add_service(limits!(MaintenanceServer::new(
-            api::maintenance::MaintenanceService { node: node.clone() }
+            api::maintenance::MaintenanceService::new(node.clone())
         )))
         .add_service(limits!(AuthServer::new(api::auth::AuthService {
             node: node.clone()

@@ -36,6 +36,9 @@ pub fn snapshot_padding_bytes(size_bytes: u64) -> u64 {
 
 pub struct MaintenanceService {
     pub node: Arc<Node>,
+    /// One Defragment at a time on this member, as in etcd (whose defrag holds its
+    /// backend's lock): a second one waits here without holding a thread, then runs.
+    defragment_lock: tokio::sync::Mutex<()>,
 }
 
 pub(crate) fn alarm_type(t: pb::AlarmType) -> Option<AlarmType> {
@@ -152,6 +155,7 @@ impl Maintenance for MaintenanceService {
         // reclaims one member after another, never all at once. A compaction still
         // deleting old revisions finishes first, so that their space comes back with
         // this reclaim (compact, then defrag).
+        let _one_at_a_time = self.defragment_lock.lock().await;
         let store = self.node.store.clone();
         let outcome = tokio::task::spawn_blocking(move || {
             store.wait_for_compaction();
@@ -273,6 +277,13 @@ impl Maintenance for MaintenanceService {
 /// 512 bytes, then the SHA-256 of everything before it (etcdctl refuses a stream whose
 /// length is not 32 more than a multiple of 512). `raftkv snapshot restore` strips both.
 impl MaintenanceService {
+    pub fn new(node: Arc<Node>) -> MaintenanceService {
+        MaintenanceService {
+            node,
+            defragment_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
     /// The key space's checksum at `revision`, computed off the async threads.
     async fn kv_hash(&self, revision: i64) -> Result<raftkv_storage::mvcc::hash::KvHash, Status> {
         let store = self.node.store.clone();
