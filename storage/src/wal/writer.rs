@@ -147,7 +147,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.write_and_complete(&mut batch, &mut buf);
+            self.write_and_complete(&mut batch, batch_bytes, &mut buf);
             if buf.capacity() > 4 * self.options.batch_max_bytes {
                 buf = Vec::with_capacity(1 << 20);
             }
@@ -155,8 +155,9 @@ impl Writer {
         // Every sender is gone: the log is closing. Write what no request took along
         // and leave the data durable.
         if let Some(request) = held_back.take() {
+            let batch_bytes = request_size_bytes(&request);
             batch.push(request);
-            self.write_and_complete(&mut batch, &mut buf);
+            self.write_and_complete(&mut batch, batch_bytes, &mut buf);
         }
         if self.failed.is_none() {
             if let Err(e) = self.file.sync_data() {
@@ -165,12 +166,19 @@ impl Writer {
         }
     }
 
-    /// Writes `batch` (one fdatasync if any request asks for it), then completes and
-    /// empties it.
-    fn write_and_complete(&mut self, batch: &mut Vec<Request>, buf: &mut Vec<u8>) {
+    /// Writes `batch`, whose records frame to `batch_bytes` (one fdatasync if any
+    /// request asks for it), then completes and empties it.
+    fn write_and_complete(
+        &mut self,
+        batch: &mut Vec<Request>,
+        batch_bytes: usize,
+        buf: &mut Vec<u8>,
+    ) {
         let outcome = match &self.failed {
             Some(reason) => Err(reason.clone()),
-            None => self.write_batch(batch, buf).map_err(|e| e.to_string()),
+            None => self
+                .write_batch(batch, batch_bytes, buf)
+                .map_err(|e| e.to_string()),
         };
         if let Err(reason) = &outcome {
             if self.failed.is_none() {
@@ -187,11 +195,19 @@ impl Writer {
         }
     }
 
-    fn write_batch(&mut self, batch: &[Request], buf: &mut Vec<u8>) -> Result<(), WalError> {
+    fn write_batch(
+        &mut self,
+        batch: &[Request],
+        batch_bytes: usize,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), WalError> {
         buf.clear();
+        debug_assert_eq!(
+            batch_bytes,
+            batch.iter().map(request_size_bytes).sum::<usize>()
+        );
         let sync = batch.iter().any(|r| r.sync);
         if sync {
-            let batch_bytes: usize = batch.iter().map(request_size_bytes).sum();
             self.skip_to_page_if_fewer(batch_bytes as u64, buf);
         }
         let mut purge_upto: Option<u64> = None;
