@@ -447,6 +447,106 @@ fn hasleader_requests_fail_at_once_without_a_leader_and_followers_serve_watches(
 }
 
 #[test]
+fn a_hasleader_watch_ends_with_no_leader_once_its_member_is_cut_off() {
+    use raftkv_proto::etcdserverpb as pb;
+    let mut cluster = Cluster::start(3, &[]);
+    rt().block_on(async {
+        let leader = leader_index(&mut cluster).await;
+        let survivor = (leader + 1) % 3;
+        // A watch with `hasleader` metadata (as the Kubernetes API server opens them),
+        // and one without, both on the member that will be cut off.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(pb::WatchRequest {
+            request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+                pb::WatchCreateRequest {
+                    key: b"hw".to_vec().into(),
+                    ..Default::default()
+                },
+            )),
+        })
+        .await
+        .expect("queue the create");
+        let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        req.metadata_mut()
+            .insert("hasleader", "true".parse().unwrap());
+        let mut hasleader_watch =
+            pb::watch_client::WatchClient::connect(cluster.members[survivor].client_url())
+                .await
+                .expect("connect")
+                .watch(req)
+                .await
+                .expect("watch")
+                .into_inner();
+        let created = hasleader_watch
+            .message()
+            .await
+            .expect("created")
+            .expect("a response");
+        assert!(created.created);
+        let mut sc = client(&cluster.members[survivor].endpoint()).await;
+        let mut plain_watch = sc.watch("hw", None).await.expect("watch");
+        plain_watch.message().await.expect("msg").expect("created");
+
+        // A failover is not a lost leader: the streams outlive an election.
+        cluster.members[leader].kill9();
+        let mut lc = client(&cluster.members[(leader + 2) % 3].endpoint()).await;
+        let mut put = Err("not tried".to_string());
+        for _ in 0..100 {
+            put = lc
+                .put("hw", "after failover", None)
+                .await
+                .map_err(|e| e.to_string());
+            if put.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        put.expect("a write through the survivors");
+        let event = tokio::time::timeout(Duration::from_secs(5), hasleader_watch.message())
+            .await
+            .expect("an event in time")
+            .expect("the hasleader stream is still open")
+            .expect("a response");
+        assert_eq!(
+            &event.events[0].kv.as_ref().unwrap().value[..],
+            b"after failover"
+        );
+        let event = tokio::time::timeout(Duration::from_secs(5), plain_watch.message())
+            .await
+            .expect("an event in time")
+            .expect("msg")
+            .expect("the plain stream is still open");
+        assert_eq!(event.events()[0].kv().unwrap().value(), b"after failover");
+
+        // Its last peer stopped, the member has no leader: the hasleader stream ends
+        // with etcd's error within a few seconds, and the plain one stays open.
+        cluster.members[(leader + 2) % 3].signal(libc::SIGSTOP);
+        let started = Instant::now();
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match hasleader_watch.message().await {
+                    Ok(Some(_)) => continue,
+                    other => return other,
+                }
+            }
+        })
+        .await
+        .expect("the hasleader stream ends in time");
+        let status = ended.expect_err("ends with an error");
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(status.message(), "etcdserver: no leader");
+        assert!(
+            started.elapsed() >= Duration::from_millis(500),
+            "ended after only {:?}",
+            started.elapsed()
+        );
+        let plain = tokio::time::timeout(Duration::from_millis(1500), plain_watch.message()).await;
+        assert!(plain.is_err(), "the plain watch answered {plain:?}");
+        cluster.members[(leader + 2) % 3].signal(libc::SIGCONT);
+    });
+}
+
+#[test]
 fn joining_through_a_client_url_fails_at_once_with_a_clear_message() {
     let cluster = Cluster::start(1, &[]);
     let root = tempfile::tempdir().expect("temp dir");

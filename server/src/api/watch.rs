@@ -19,8 +19,9 @@ use raftkv_storage::mvcc::{Event, EventKind};
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::api::check_leader_metadata;
+use crate::api::{check_leader_metadata, wants_leader};
 use crate::convert;
+use crate::errors::ApiError;
 use crate::node::Node;
 
 /// Responses queued per stream before its watchers wait for the client.
@@ -31,6 +32,12 @@ const MAX_WATCHERS_PER_STREAM: usize = 10_000;
 const MAX_REVISIONS_PER_RESPONSE: usize = 64;
 /// etcd's watch id for stream-wide progress responses.
 const PROGRESS_ALL_WATCH_ID: i64 = -1;
+/// How often a `hasleader` stream checks that its member still has a leader.
+const LEADER_CHECK_INTERVAL_MS: u64 = 500;
+/// Checks in a row without a leader before a `hasleader` stream ends with "etcdserver:
+/// no leader" (etcd: 3 election timeouts). 1 – 1.5 s: longer than an election after a
+/// leader dies (about 0.5 s with the defaults), so a failover does not end the streams.
+const LEADER_CHECKS_WITHOUT_LEADER: u32 = 3;
 
 pub struct WatchService {
     pub node: Arc<Node>,
@@ -47,9 +54,10 @@ impl Watch for WatchService {
         req: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         check_leader_metadata(&self.node, &req)?;
+        let needs_leader = wants_leader(&req);
         let inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(OUT_QUEUE_RESPONSES);
-        tokio::spawn(run_stream(self.node.clone(), inbound, tx));
+        tokio::spawn(run_stream(self.node.clone(), inbound, tx, needs_leader));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -67,14 +75,46 @@ struct WatcherHandle {
     control: mpsc::Sender<Control>,
 }
 
-async fn run_stream(node: Arc<Node>, mut inbound: Streaming<pb::WatchRequest>, out: Out) {
+/// Serves one Watch stream. With `needs_leader` (`hasleader` metadata, which the
+/// Kubernetes API server sets), the stream ends with "etcdserver: no leader" once its
+/// member has been without a leader for `LEADER_CHECKS_WITHOUT_LEADER` checks, as
+/// etcd's interceptor ends such streams: a client watching through a member cut off
+/// from the cluster then reconnects elsewhere instead of waiting on a silent watch.
+async fn run_stream(
+    node: Arc<Node>,
+    mut inbound: Streaming<pb::WatchRequest>,
+    out: Out,
+    needs_leader: bool,
+) {
     use pb::watch_request::RequestUnion;
     let mut watchers: HashMap<i64, WatcherHandle> = HashMap::new();
     let mut next_id: i64 = 0;
+    let mut leader_check = needs_leader.then(|| {
+        let mut t = tokio::time::interval(Duration::from_millis(LEADER_CHECK_INTERVAL_MS));
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    let mut checks_without_leader: u32 = 0;
     loop {
         let message = tokio::select! {
             m = inbound.message() => m,
             _ = out.closed() => break,
+            () = next_leader_check(&mut leader_check) => {
+                if node.leader().is_some() {
+                    checks_without_leader = 0;
+                    continue;
+                }
+                checks_without_leader += 1;
+                if checks_without_leader < LEADER_CHECKS_WITHOUT_LEADER {
+                    continue;
+                }
+                tracing::info!(
+                    watchers = watchers.len(),
+                    "watch: no leader; ending a stream that asked for one (hasleader)"
+                );
+                let _ = out.send(Err(ApiError::NoLeader.status())).await;
+                break;
+            }
         };
         let request = match message {
             Ok(Some(r)) => r,
@@ -209,6 +249,16 @@ async fn run_stream(node: Arc<Node>, mut inbound: Streaming<pb::WatchRequest>, o
         }
     }
     // Dropping the handles ends every watcher task.
+}
+
+/// The next tick of a `hasleader` stream's leader check; never, without one.
+async fn next_leader_check(check: &mut Option<tokio::time::Interval>) {
+    match check {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 struct Spec {
