@@ -447,12 +447,24 @@ fn hasleader_requests_fail_at_once_without_a_leader_and_followers_serve_watches(
 }
 
 #[test]
-fn a_hasleader_watch_ends_with_no_leader_once_its_member_is_cut_off() {
+fn hasleader_watch_and_keepalive_streams_end_with_no_leader_once_their_member_is_cut_off() {
     use raftkv_proto::etcdserverpb as pb;
     let mut cluster = Cluster::start(3, &[]);
     rt().block_on(async {
         let leader = leader_index(&mut cluster).await;
         let survivor = (leader + 1) % 3;
+        // The survivor knows the leader too before a `hasleader` stream is opened there.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while leader_of(&cluster.members[survivor].endpoint())
+            .await
+            .is_none()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the survivor never knew a leader"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         // A watch with `hasleader` metadata (as the Kubernetes API server opens them),
         // and one without, both on the member that will be cut off.
         let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -486,6 +498,30 @@ fn a_hasleader_watch_ends_with_no_leader_once_its_member_is_cut_off() {
         let mut sc = client(&cluster.members[survivor].endpoint()).await;
         let mut plain_watch = sc.watch("hw", None).await.expect("watch");
         plain_watch.message().await.expect("msg").expect("created");
+        // And a lease keep-alive stream with `hasleader`, as etcd clients open them.
+        let lease = sc.lease_grant(60, None).await.expect("grant").id();
+        let (ka_tx, ka_rx) = tokio::sync::mpsc::channel(4);
+        ka_tx
+            .send(pb::LeaseKeepAliveRequest { id: lease })
+            .await
+            .expect("queue a keep-alive");
+        let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(ka_rx));
+        req.metadata_mut()
+            .insert("hasleader", "true".parse().unwrap());
+        let mut keep_alives =
+            pb::lease_client::LeaseClient::connect(cluster.members[survivor].client_url())
+                .await
+                .expect("connect")
+                .lease_keep_alive(req)
+                .await
+                .expect("keep-alive stream")
+                .into_inner();
+        let kept = keep_alives
+            .message()
+            .await
+            .expect("kept")
+            .expect("a response");
+        assert_eq!(kept.ttl, 60);
 
         // A failover is not a lost leader: the streams outlive an election.
         cluster.members[leader].kill9();
@@ -539,6 +575,13 @@ fn a_hasleader_watch_ends_with_no_leader_once_its_member_is_cut_off() {
             started.elapsed() >= Duration::from_millis(500),
             "ended after only {:?}",
             started.elapsed()
+        );
+        let ended = tokio::time::timeout(Duration::from_secs(5), keep_alives.message())
+            .await
+            .expect("the keep-alive stream ends in time");
+        assert_eq!(
+            ended.expect_err("ends with an error").message(),
+            "etcdserver: no leader"
         );
         let plain = tokio::time::timeout(Duration::from_millis(1500), plain_watch.message()).await;
         assert!(plain.is_err(), "the plain watch answered {plain:?}");

@@ -11,7 +11,7 @@ use raftkv_storage::mvcc::{Command, CommandResponse, MAX_LEASE_TTL_S};
 use raftkv_storage::MvccError;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::api::check_leader_metadata;
+use crate::api::{check_leader_metadata, wants_leader, LeaderLossCheck};
 use crate::errors::ApiError;
 use crate::leases::MIN_LEASE_TTL_S;
 use crate::node::Node;
@@ -95,6 +95,10 @@ impl Lease for LeaseService {
         req: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
         check_leader_metadata(&self.node, &req)?;
+        // etcd ends a keep-alive stream opened with `hasleader` once its member has
+        // lost the leader, as it does a watch stream: the client then keeps its leases
+        // alive through another member.
+        let mut leader_check = LeaderLossCheck::new(wants_leader(&req));
         let mut inbound = req.into_inner();
         let node = self.node.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(KEEPALIVE_QUEUE_RESPONSES);
@@ -103,6 +107,10 @@ impl Lease for LeaseService {
                 let message = tokio::select! {
                     m = inbound.message() => m,
                     _ = tx.closed() => return,
+                    () = leader_check.lost(&node) => {
+                        let _ = tx.send(Err(ApiError::NoLeader.status())).await;
+                        return;
+                    }
                 };
                 let id = match message {
                     Ok(Some(r)) => r.id,

@@ -26,6 +26,57 @@ pub fn check_leader_metadata<T>(node: &Node, req: &Request<T>) -> Result<(), Sta
     Ok(())
 }
 
+/// How often a `hasleader` stream checks that its member still has a leader.
+const LEADER_CHECK_INTERVAL_MS: u64 = 500;
+/// Checks in a row without a leader before a `hasleader` stream ends with "etcdserver:
+/// no leader" (etcd: 3 election timeouts). 1 – 1.5 s: longer than an election after a
+/// leader dies (about 0.5 s with the defaults), so a failover does not end the streams.
+const LEADER_CHECKS_WITHOUT_LEADER: u32 = 3;
+
+/// For a stream opened with `hasleader` metadata (the Kubernetes API server's watches,
+/// etcd clients' keep-alives): `lost` resolves once the member has been without a leader
+/// for `LEADER_CHECKS_WITHOUT_LEADER` checks in a row, and the stream then ends with
+/// "etcdserver: no leader", as etcd's interceptor ends such streams, so that a client of
+/// a member cut off from the cluster reconnects elsewhere instead of waiting on a silent
+/// stream. For other streams it never resolves. One timer per such stream.
+pub struct LeaderLossCheck {
+    interval: Option<tokio::time::Interval>,
+    checks_without_leader: u32,
+}
+
+impl LeaderLossCheck {
+    pub fn new(needs_leader: bool) -> LeaderLossCheck {
+        LeaderLossCheck {
+            interval: needs_leader.then(|| {
+                let mut t = tokio::time::interval(std::time::Duration::from_millis(
+                    LEADER_CHECK_INTERVAL_MS,
+                ));
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                t
+            }),
+            checks_without_leader: 0,
+        }
+    }
+
+    /// Resolves when the leader counts as lost. Cancel-safe (select! on it).
+    pub async fn lost(&mut self, node: &Node) {
+        let Some(interval) = self.interval.as_mut() else {
+            return std::future::pending().await;
+        };
+        loop {
+            interval.tick().await;
+            if node.leader().is_some() {
+                self.checks_without_leader = 0;
+                continue;
+            }
+            self.checks_without_leader += 1;
+            if self.checks_without_leader >= LEADER_CHECKS_WITHOUT_LEADER {
+                return;
+            }
+        }
+    }
+}
+
 /// Whether the request carries `hasleader: true` metadata.
 pub fn wants_leader<T>(req: &Request<T>) -> bool {
     req.metadata()

@@ -19,7 +19,7 @@ use raftkv_storage::mvcc::{Event, EventKind};
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::api::{check_leader_metadata, wants_leader};
+use crate::api::{check_leader_metadata, wants_leader, LeaderLossCheck};
 use crate::convert;
 use crate::errors::ApiError;
 use crate::node::Node;
@@ -32,12 +32,6 @@ const MAX_WATCHERS_PER_STREAM: usize = 10_000;
 const MAX_REVISIONS_PER_RESPONSE: usize = 64;
 /// etcd's watch id for stream-wide progress responses.
 const PROGRESS_ALL_WATCH_ID: i64 = -1;
-/// How often a `hasleader` stream checks that its member still has a leader.
-const LEADER_CHECK_INTERVAL_MS: u64 = 500;
-/// Checks in a row without a leader before a `hasleader` stream ends with "etcdserver:
-/// no leader" (etcd: 3 election timeouts). 1 – 1.5 s: longer than an election after a
-/// leader dies (about 0.5 s with the defaults), so a failover does not end the streams.
-const LEADER_CHECKS_WITHOUT_LEADER: u32 = 3;
 
 pub struct WatchService {
     pub node: Arc<Node>,
@@ -77,9 +71,7 @@ struct WatcherHandle {
 
 /// Serves one Watch stream. With `needs_leader` (`hasleader` metadata, which the
 /// Kubernetes API server sets), the stream ends with "etcdserver: no leader" once its
-/// member has been without a leader for `LEADER_CHECKS_WITHOUT_LEADER` checks, as
-/// etcd's interceptor ends such streams: a client watching through a member cut off
-/// from the cluster then reconnects elsewhere instead of waiting on a silent watch.
+/// member has lost its leader (`LeaderLossCheck`).
 async fn run_stream(
     node: Arc<Node>,
     mut inbound: Streaming<pb::WatchRequest>,
@@ -89,25 +81,12 @@ async fn run_stream(
     use pb::watch_request::RequestUnion;
     let mut watchers: HashMap<i64, WatcherHandle> = HashMap::new();
     let mut next_id: i64 = 0;
-    let mut leader_check = needs_leader.then(|| {
-        let mut t = tokio::time::interval(Duration::from_millis(LEADER_CHECK_INTERVAL_MS));
-        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        t
-    });
-    let mut checks_without_leader: u32 = 0;
+    let mut leader_check = LeaderLossCheck::new(needs_leader);
     loop {
         let message = tokio::select! {
             m = inbound.message() => m,
             _ = out.closed() => break,
-            () = next_leader_check(&mut leader_check) => {
-                if node.leader().is_some() {
-                    checks_without_leader = 0;
-                    continue;
-                }
-                checks_without_leader += 1;
-                if checks_without_leader < LEADER_CHECKS_WITHOUT_LEADER {
-                    continue;
-                }
+            () = leader_check.lost(&node) => {
                 tracing::info!(
                     watchers = watchers.len(),
                     "watch: no leader; ending a stream that asked for one (hasleader)"
@@ -249,16 +228,6 @@ async fn run_stream(
         }
     }
     // Dropping the handles ends every watcher task.
-}
-
-/// The next tick of a `hasleader` stream's leader check; never, without one.
-async fn next_leader_check(check: &mut Option<tokio::time::Interval>) {
-    match check {
-        Some(interval) => {
-            interval.tick().await;
-        }
-        None => std::future::pending().await,
-    }
 }
 
 struct Spec {
