@@ -446,6 +446,22 @@ fn hasleader_requests_fail_at_once_without_a_leader_and_followers_serve_watches(
     });
 }
 
+/// A client stream's request with `hasleader: true` metadata and `first` queued; the
+/// sender keeps the stream open while it lives.
+fn hasleader_stream<T>(
+    first: T,
+) -> (
+    tonic::Request<tokio_stream::wrappers::ReceiverStream<T>>,
+    tokio::sync::mpsc::Sender<T>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.try_send(first).expect("an empty queue takes one");
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    req.metadata_mut()
+        .insert("hasleader", "true".parse().expect("ascii"));
+    (req, tx)
+}
+
 #[test]
 fn hasleader_watch_and_keepalive_streams_end_with_no_leader_once_their_member_is_cut_off() {
     use raftkv_proto::etcdserverpb as pb;
@@ -467,20 +483,14 @@ fn hasleader_watch_and_keepalive_streams_end_with_no_leader_once_their_member_is
         }
         // A watch with `hasleader` metadata (as the Kubernetes API server opens them),
         // and one without, both on the member that will be cut off.
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tx.send(pb::WatchRequest {
+        let (req, _watch_requests) = hasleader_stream(pb::WatchRequest {
             request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
                 pb::WatchCreateRequest {
                     key: b"hw".to_vec().into(),
                     ..Default::default()
                 },
             )),
-        })
-        .await
-        .expect("queue the create");
-        let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-        req.metadata_mut()
-            .insert("hasleader", "true".parse().unwrap());
+        });
         let mut hasleader_watch =
             pb::watch_client::WatchClient::connect(cluster.members[survivor].client_url())
                 .await
@@ -500,14 +510,7 @@ fn hasleader_watch_and_keepalive_streams_end_with_no_leader_once_their_member_is
         plain_watch.message().await.expect("msg").expect("created");
         // And a lease keep-alive stream with `hasleader`, as etcd clients open them.
         let lease = sc.lease_grant(60, None).await.expect("grant").id();
-        let (ka_tx, ka_rx) = tokio::sync::mpsc::channel(4);
-        ka_tx
-            .send(pb::LeaseKeepAliveRequest { id: lease })
-            .await
-            .expect("queue a keep-alive");
-        let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(ka_rx));
-        req.metadata_mut()
-            .insert("hasleader", "true".parse().unwrap());
+        let (req, _keep_alive_requests) = hasleader_stream(pb::LeaseKeepAliveRequest { id: lease });
         let mut keep_alives =
             pb::lease_client::LeaseClient::connect(cluster.members[survivor].client_url())
                 .await
