@@ -517,6 +517,15 @@ async fn at_rest(endpoints: &[String], duration: Duration) {
 /// How long the compaction and each defragmentation of the big phase may take.
 const ADMIN_TIMEOUT_MS: u64 = 300_000;
 
+/// A client for admin calls on `endpoint`: both systems answer a physical compaction and
+/// a defragmentation when they are done, and with the load's 10 s timeout the calls gave
+/// up while the work went on (the next member's defragmentation then overlapped).
+async fn admin_client(endpoint: &str) -> Result<etcd_client::Client, load::LoadError> {
+    let mut clients =
+        load::connect_with_timeout(&[endpoint.to_string()], 1, ADMIN_TIMEOUT_MS).await?;
+    Ok(clients.remove(0))
+}
+
 /// Fills `big_keys` keys (and writes them all once more, leaving as many revisions of
 /// history), then measures paced puts without and with compaction + space reclaim.
 fn big(
@@ -556,17 +565,7 @@ fn big(
     let before = emit(rt.block_on(load::run(&paced, label)), &mut m.errors);
     m.put_before_compaction = before.latency;
 
-    // Both systems answer a physical compaction and a defragmentation when they are
-    // done; with the load's 10 s timeout the calls gave up while the work went on, and
-    // the next member's defragmentation overlapped the last.
-    let mut admin = rt
-        .block_on(load::connect_with_timeout(
-            std::slice::from_ref(&endpoints[0]),
-            1,
-            ADMIN_TIMEOUT_MS,
-        ))
-        .expect("connect")
-        .remove(0);
+    let mut admin = rt.block_on(admin_client(&endpoints[0])).expect("connect");
     let reclaim = {
         let endpoints = endpoints.clone();
         rt.spawn(async move {
@@ -583,11 +582,8 @@ fn big(
             }
             // Space reclaim on every member, one after another (etcdctl defrag --cluster).
             for endpoint in &endpoints {
-                if let Ok(mut c) =
-                    load::connect_with_timeout(std::slice::from_ref(endpoint), 1, ADMIN_TIMEOUT_MS)
-                        .await
-                {
-                    if let Err(e) = c[0].defragment().await {
+                if let Ok(mut c) = admin_client(endpoint).await {
+                    if let Err(e) = c.defragment().await {
                         eprintln!("defragment {endpoint} failed: {e}");
                     }
                 }

@@ -38,7 +38,9 @@ pub struct MaintenanceService {
     pub node: Arc<Node>,
     /// One Defragment at a time on this member, as in etcd (whose defrag holds its
     /// backend's lock): a second one waits here without holding a thread, then runs.
-    defragment_lock: tokio::sync::Mutex<()>,
+    /// The blocking wait holds the guard, not the handler: a client that gives up
+    /// leaves its wait running, and the next call still waits for it.
+    defragment_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 pub(crate) fn alarm_type(t: pb::AlarmType) -> Option<AlarmType> {
@@ -155,9 +157,10 @@ impl Maintenance for MaintenanceService {
         // reclaims one member after another, never all at once. A compaction still
         // deleting old revisions finishes first, so that their space comes back with
         // this reclaim (compact, then defrag).
-        let _one_at_a_time = self.defragment_lock.lock().await;
+        let one_at_a_time = self.defragment_lock.clone().lock_owned().await;
         let store = self.node.store.clone();
         let outcome = tokio::task::spawn_blocking(move || {
+            let _one_at_a_time = one_at_a_time;
             store.wait_for_compaction();
             let reclaim = store.reclaim_space();
             reclaim.wait(std::time::Duration::from_millis(DEFRAGMENT_WAIT_MAX_MS))
@@ -280,7 +283,7 @@ impl MaintenanceService {
     pub fn new(node: Arc<Node>) -> MaintenanceService {
         MaintenanceService {
             node,
-            defragment_lock: tokio::sync::Mutex::new(()),
+            defragment_lock: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 

@@ -38,7 +38,9 @@ const LEADER_CHECKS_WITHOUT_LEADER: u32 = 3;
 /// for `LEADER_CHECKS_WITHOUT_LEADER` checks in a row, and the stream then ends with
 /// "etcdserver: no leader", as etcd's interceptor ends such streams, so that a client of
 /// a member cut off from the cluster reconnects elsewhere instead of waiting on a silent
-/// stream. For other streams it never resolves. One timer per such stream.
+/// stream. For other streams it never resolves. One timer per such stream. (A single
+/// `hasleader` read waits on `Node::leader_lost` instead: it fails at the first check
+/// without a leader, where a long-lived stream tolerates an election.)
 pub struct LeaderLossCheck {
     interval: Option<tokio::time::Interval>,
     checks_without_leader: u32,

@@ -48,10 +48,10 @@ impl Watch for WatchService {
         req: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         check_leader_metadata(&self.node, &req)?;
-        let needs_leader = wants_leader(&req);
+        let leader_check = LeaderLossCheck::new(wants_leader(&req));
         let inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(OUT_QUEUE_RESPONSES);
-        tokio::spawn(run_stream(self.node.clone(), inbound, tx, needs_leader));
+        tokio::spawn(run_stream(self.node.clone(), inbound, tx, leader_check));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -69,19 +69,18 @@ struct WatcherHandle {
     control: mpsc::Sender<Control>,
 }
 
-/// Serves one Watch stream. With `needs_leader` (`hasleader` metadata, which the
-/// Kubernetes API server sets), the stream ends with "etcdserver: no leader" once its
-/// member has lost its leader (`LeaderLossCheck`).
+/// Serves one Watch stream. Opened with `hasleader` metadata (the Kubernetes API
+/// server's), it ends with "etcdserver: no leader" once `leader_check` says the member
+/// lost its leader.
 async fn run_stream(
     node: Arc<Node>,
     mut inbound: Streaming<pb::WatchRequest>,
     out: Out,
-    needs_leader: bool,
+    mut leader_check: LeaderLossCheck,
 ) {
     use pb::watch_request::RequestUnion;
     let mut watchers: HashMap<i64, WatcherHandle> = HashMap::new();
     let mut next_id: i64 = 0;
-    let mut leader_check = LeaderLossCheck::new(needs_leader);
     loop {
         let message = tokio::select! {
             m = inbound.message() => m,
