@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 /// How long a member may take to start serving.
 pub const START_TIMEOUT_MS: u64 = 20_000;
+/// How long `Member::pause` waits for every thread of a member to stop.
+const PAUSE_TIMEOUT_MS: u64 = 5_000;
 
 /// A free loopback port for a server, chosen at random below Linux's ephemeral range
 /// (32768–60999): a port from that range, once released, can be taken by any outgoing
@@ -221,6 +223,28 @@ impl Member {
                 libc::kill(child.id() as libc::pid_t, signal);
             }
         }
+    }
+
+    /// SIGSTOP, and waits until every thread of the process has stopped: the stop is
+    /// not immediate (each thread stops when it next runs in the kernel), and on a busy
+    /// machine a thread can still answer a message a few milliseconds after kill(2).
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+        let Some(pid) = self.pid() else { return };
+        let deadline = Instant::now() + Duration::from_millis(PAUSE_TIMEOUT_MS);
+        while !all_threads_stopped(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not stop within {PAUSE_TIMEOUT_MS} ms of SIGSTOP",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// SIGCONT after `pause`.
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
     }
 
     /// SIGKILL: no chance to flush anything.
@@ -781,4 +805,24 @@ pub fn make_certs(dir: &Path, days: u32, sans: &[&str]) {
         "make-certs.sh failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Whether every thread of process `pid` is in the stopped state ('T' in
+/// /proc/<pid>/task/<tid>/stat; an exiting thread counts too). A process that is gone
+/// counts as stopped.
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.flatten().all(|task| {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // The state follows the command name, which is in parentheses.
+        match stat.rfind(')') {
+            Some(end) => matches!(
+                stat[end + 1..].trim_start().chars().next(),
+                Some('T' | 't' | 'Z' | 'X') | None
+            ),
+            None => true,
+        }
+    })
 }

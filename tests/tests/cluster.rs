@@ -79,6 +79,34 @@ async fn wait_count(cluster: &Cluster, i: usize, prefix: &str, want: i64, within
     }
 }
 
+/// Index of the member that every member names as leader, once they all agree (right
+/// after a change of leader, a member that has not heard from the new one yet still
+/// names the old one). Every member must be running and answering.
+async fn agreed_leader_index(cluster: &mut Cluster) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut seen = Vec::new();
+        for m in &cluster.members {
+            seen.push(leader_of(&m.endpoint()).await);
+        }
+        if let Some(Some(leader)) = seen.first().copied() {
+            if seen.iter().all(|s| *s == Some(leader)) {
+                for (j, m) in cluster.members.iter().enumerate() {
+                    if member_id(&m.endpoint()).await == leader {
+                        return j;
+                    }
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the members do not agree on a leader: {seen:x?}; logs:\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Index of the member that leads, as seen by the first running member that knows.
 async fn leader_index(cluster: &mut Cluster) -> usize {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -407,7 +435,7 @@ fn hasleader_requests_fail_at_once_without_a_leader_and_followers_serve_watches(
         };
         for i in 0..3 {
             if i != survivor {
-                cluster.members[i].signal(libc::SIGSTOP);
+                cluster.members[i].pause();
             }
         }
         // The first read starts a read-index round that cannot finish; the second,
@@ -559,7 +587,7 @@ fn hasleader_watch_and_keepalive_streams_end_with_no_leader_once_their_member_is
 
         // Its last peer stopped, the member has no leader: the hasleader stream ends
         // with etcd's error within a few seconds, and the plain one stays open.
-        cluster.members[(leader + 2) % 3].signal(libc::SIGSTOP);
+        cluster.members[(leader + 2) % 3].pause();
         let started = Instant::now();
         let ended = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
@@ -588,7 +616,7 @@ fn hasleader_watch_and_keepalive_streams_end_with_no_leader_once_their_member_is
         );
         let plain = tokio::time::timeout(Duration::from_millis(1500), plain_watch.message()).await;
         assert!(plain.is_err(), "the plain watch answered {plain:?}");
-        cluster.members[(leader + 2) % 3].signal(libc::SIGCONT);
+        cluster.members[(leader + 2) % 3].resume();
     });
 }
 
@@ -804,7 +832,7 @@ fn etcdctl_move_leader_hands_leadership_to_the_target() {
         .expect("msg")
         .expect("created");
     for round in 0..2 {
-        let leader = rt().block_on(leader_index(&mut cluster));
+        let leader = rt().block_on(agreed_leader_index(&mut cluster));
         let target = (leader + 1) % 3;
         let target_id = format!(
             "{:x}",
@@ -820,8 +848,16 @@ fn etcdctl_move_leader_hands_leadership_to_the_target() {
             String::from_utf8_lossy(&out.stdout).contains("Leadership transferred"),
             "{out:?}"
         );
+        // The old leader answered once it saw the target lead; the third member
+        // follows at the new leader's first message.
         assert_eq!(
-            rt().block_on(leader_index(&mut cluster)),
+            rt().block_on(leader_of(&cluster.members[leader].endpoint())),
+            rt().block_on(member_id(&cluster.members[target].endpoint()))
+                .into(),
+            "round {round}: the old leader names the target"
+        );
+        assert_eq!(
+            rt().block_on(agreed_leader_index(&mut cluster)),
             target,
             "round {round}"
         );

@@ -571,9 +571,9 @@ fn run_scenario_with(
                 }
             }
             Fault::Pause { member, paused_ms } => {
-                cluster.members[member].signal(libc::SIGSTOP);
+                cluster.members[member].pause();
                 std::thread::sleep(Duration::from_millis(paused_ms));
-                cluster.members[member].signal(libc::SIGCONT);
+                cluster.members[member].resume();
             }
             Fault::Isolate {
                 members: set,
