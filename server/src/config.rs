@@ -284,6 +284,13 @@ pub struct ServerConfig {
     /// defaults take 1 to 2 s (bench/RESULTS.md; docs/tuning.md for slow disks).
     #[arg(long, env = "RAFTKV_ELECTION_TIMEOUT_MS", default_value_t = 150)]
     pub election_timeout_ms: u64,
+    /// Confirm every linearizable read with a heartbeat round to the voters, as etcd
+    /// does, instead of by the leader's lease. The lease (by default) answers reads at
+    /// once while a quorum acknowledged the leader within 0.8× of two election
+    /// timeouts; it assumes the members' clocks run at rates within 20% of one another,
+    /// which any working clock does (docs/tuning.md, "Lease reads").
+    #[arg(long, env = "RAFTKV_NO_LEASE_READS")]
+    pub no_lease_reads: bool,
     /// Threads running requests (the async runtime's workers); 0: half the cores, at
     /// least one. raftkv shares its machine with the k3s server, and its throughput is
     /// bound by fdatasync and the network more than by parallel CPU: fewer workers

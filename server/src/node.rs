@@ -69,6 +69,8 @@ pub struct Node {
     pub started: Instant,
     /// The cluster's join token; none for a cluster made before tokens existed.
     join_token: std::sync::Mutex<Option<String>>,
+    /// Held by a leader transfer (`move_leader`): one at a time.
+    transfer: tokio::sync::Mutex<()>,
     /// Nonces handed to joiners (join_token.rs).
     challenges: crate::join_token::Challenges,
     space: SpaceCheck,
@@ -196,6 +198,7 @@ impl Node {
             // Fenced until peers confirm the data dir is current (rollback_guard.rs).
             raft.runtime_config().elect(false);
         }
+        raft.runtime_config().lease_read(!config.no_lease_reads);
         let node = Arc::new_cyclic(|weak| Node {
             id: identity.member_id,
             name: identity.name.clone(),
@@ -207,6 +210,7 @@ impl Node {
             leases: LeaseKeeper::default(),
             started: Instant::now(),
             join_token: std::sync::Mutex::new(join_token),
+            transfer: tokio::sync::Mutex::new(()),
             challenges: crate::join_token::Challenges::default(),
             space: SpaceCheck::default(),
             applied_index,
@@ -779,6 +783,12 @@ impl Node {
                 Ok(()) => Ok(ForwardResponse::Electing),
                 Err(_) => Err(ForwardError::Api(ApiError::Stopped)),
             },
+            ForwardRequest::ElectInTerm { term } => {
+                match self.raft.trigger().elect_in_term(term).await {
+                    Ok(()) => Ok(ForwardResponse::Electing),
+                    Err(_) => Err(ForwardError::Api(ApiError::Stopped)),
+                }
+            }
         }
     }
 
@@ -961,7 +971,16 @@ impl Node {
     /// the leader stops its heartbeats until the followers' leader lease has run out,
     /// then asks the target to stand for election, which it wins before any other
     /// follower's own (longer) election timeout fires. Heartbeats are always restored.
-    pub async fn move_leader(&self, target: NodeId) -> Result<(), ApiError> {
+    /// Hands leadership to `target` (etcd's MoveLeader). The transfer runs in a task of
+    /// its own: a caller that gives up must not leave heartbeats and lease reads off.
+    pub async fn move_leader(self: &Arc<Self>, target: NodeId) -> Result<(), ApiError> {
+        let node = self.clone();
+        tokio::spawn(async move { node.transfer_leadership(target).await })
+            .await
+            .unwrap_or_else(|e| Err(ApiError::Internal(format!("leader transfer: {e}"))))
+    }
+
+    async fn transfer_leadership(&self, target: NodeId) -> Result<(), ApiError> {
         if !self.is_leader() {
             return Err(ApiError::NotLeader);
         }
@@ -977,6 +996,14 @@ impl Node {
             .first()
             .cloned()
             .ok_or(ApiError::BadLeaderTransferee)?;
+        // One transfer at a time: each turns lease reads off and back on.
+        let _one_at_a_time = self.transfer.lock().await;
+        // The target will campaign without waiting out the lease its acknowledgements
+        // promised this leader: no lease reads from now on in this term (openraft
+        // patch, PATCH.md "Lease reads"); reads meanwhile take a heartbeat round.
+        self.raft
+            .runtime_config()
+            .no_lease_read_through_term(u64::MAX);
         // The followers' lease runs out 2× the election timeout after the last
         // heartbeat; their own timers fire 1× to 2× after that. The target stands for
         // election a third of the way into that window.
@@ -984,9 +1011,11 @@ impl Node {
         let margin = Duration::from_millis(self.config.election_timeout_ms / 3);
         self.raft.runtime_config().heartbeat(false);
         tokio::time::sleep(lease + margin).await;
+        // The target campaigns only if its vote is still of this term.
+        let term = self.term();
         let asked = self
             .peers
-            .forward(&url, &ForwardRequest::Elect, lease)
+            .forward(&url, &ForwardRequest::ElectInTerm { term }, lease)
             .await;
         let moved = match asked {
             Ok(Ok(_)) => self
@@ -998,6 +1027,9 @@ impl Node {
             _ => false,
         };
         self.raft.runtime_config().heartbeat(true);
+        // Lease reads again from the next term on: in this one, a transfer that failed
+        // may still have the target campaign.
+        self.raft.runtime_config().no_lease_read_through_term(term);
         if moved {
             tracing::info!(to = %hex(target), "leadership moved");
             Ok(())

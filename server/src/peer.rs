@@ -86,7 +86,8 @@ pub enum ForwardRequest {
         peer_urls: Vec<String>,
     },
     /// Sent by the leader to the member it hands leadership to: stand for election now.
-    /// (Served by that member, not forwarded to the leader.)
+    /// (Served by that member, not forwarded to the leader.) From members before lease
+    /// reads; a member now sends `ElectInTerm`.
     Elect,
     /// The leader's record of what members durably hold (rollback_guard.rs); served by
     /// the receiving member.
@@ -94,6 +95,12 @@ pub enum ForwardRequest {
     /// A restarting member asks what the receiver knows it held (rollback_guard.rs).
     FloorOf {
         member: NodeId,
+    },
+    /// `Elect`, honoured only while the receiver's vote is still of `term`: a late one
+    /// must not start a campaign against a later leader that counts on the receiver's
+    /// acknowledgements for its read lease (node.rs, `move_leader`).
+    ElectInTerm {
+        term: u64,
     },
 }
 

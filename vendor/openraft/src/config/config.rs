@@ -3,6 +3,7 @@
 use std::ops::Deref;
 use std::str::FromStr;
 use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use anyerror::AnyError;
@@ -234,6 +235,12 @@ pub struct Config {
 pub(crate) struct RuntimeConfig {
     pub(crate) enable_heartbeat: AtomicBool,
     pub(crate) enable_elect: AtomicBool,
+    /// raftkv patch: whether a leader may confirm a read within its lease, without a
+    /// heartbeat round (`RaftCore::handle_check_is_leader_request`).
+    pub(crate) lease_read: AtomicBool,
+    /// raftkv patch: no lease reads in any term up to and including this one (a leader
+    /// transfer asked a follower to campaign in it).
+    pub(crate) no_lease_read_through_term: AtomicU64,
 }
 
 impl RuntimeConfig {
@@ -241,6 +248,8 @@ impl RuntimeConfig {
         Self {
             enable_heartbeat: AtomicBool::from(config.enable_heartbeat),
             enable_elect: AtomicBool::from(config.enable_elect),
+            lease_read: AtomicBool::from(false),
+            no_lease_read_through_term: AtomicU64::from(0),
         }
     }
 }

@@ -269,6 +269,17 @@ where
         self.runtime_loop(rx_shutdown).await
     }
 
+    /// raftkv patch: whether this leader may confirm reads by its lease now: lease reads
+    /// are on, heartbeats are on (off during a leader transfer), and no transfer asked a
+    /// follower to campaign in this term.
+    fn lease_read_allowed(&self) -> bool {
+        let rc = &self.runtime_config;
+        let term = self.engine.state.vote_ref().leader_id().term;
+        rc.lease_read.load(Ordering::SeqCst)
+            && rc.enable_heartbeat.load(Ordering::SeqCst)
+            && term > rc.no_lease_read_through_term.load(Ordering::SeqCst)
+    }
+
     /// Handle `is_leader` requests.
     ///
     /// Send heartbeat to all voters. We respond once we have
@@ -302,6 +313,22 @@ where
 
             (read_log_id, applied)
         };
+
+        // raftkv patch: a lease read. While a quorum acknowledged AppendEntries this leader
+        // sent less than four fifths of the leader lease ago, no other leader can exist:
+        // each of those voters refuses votes for a whole lease after it received them
+        // (`Engine::handle_vote_req`; from its start, after a restart), and this node
+        // grants one only by stepping down, in this same loop. See PATCH.md, "Lease reads".
+        if self.lease_read_allowed() {
+            let lease = self.engine.config.timer_config.leader_lease * 4 / 5;
+            let acked = self.engine.leader.as_mut().and_then(|l| l.last_quorum_acked_time());
+            if let Some(acked) = acked {
+                if C::now() < acked + lease {
+                    let _ = tx.send(Ok(resp));
+                    return;
+                }
+            }
+        }
 
         let my_id = self.id.clone();
         let my_vote = self.engine.state.vote_ref().clone();
@@ -1246,6 +1273,21 @@ where
                             tracing::debug!("ExternalCommand: triggered election");
                         } else {
                             // Node is switched to learner.
+                        }
+                    }
+                    ExternalCommand::ElectInTerm { term } => {
+                        // raftkv patch: a leader transfer's request. Honoured only in the
+                        // term it was made in, so that one arriving late cannot start a
+                        // campaign against a later leader that counts this node's
+                        // acknowledgements towards its read lease.
+                        let my_term = self.engine.state.vote_ref().leader_id().term;
+                        if self.engine.leader.is_some() {
+                            tracing::info!("ExternalCommand: already a Leader, ignore election trigger");
+                        } else if my_term != term {
+                            tracing::info!(my_term, term, "ExternalCommand: election asked in another term, ignored");
+                        } else if self.engine.state.membership_state.effective().is_voter(&self.id) {
+                            self.engine.elect();
+                            tracing::debug!("ExternalCommand: triggered election");
                         }
                     }
                     ExternalCommand::Heartbeat => {

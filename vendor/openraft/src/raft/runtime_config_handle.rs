@@ -42,4 +42,19 @@ where C: RaftTypeConfig
     pub fn elect(&self, enabled: bool) {
         self.raft_inner.runtime_config.enable_elect.store(enabled, Ordering::Relaxed);
     }
+
+    /// raftkv patch: let a leader confirm a read (`Raft::get_read_log_id`,
+    /// `ensure_linearizable`) without a heartbeat round while a quorum acknowledged it
+    /// within four fifths of the leader lease (see PATCH.md, "Lease reads").
+    pub fn lease_read(&self, enabled: bool) {
+        self.raft_inner.runtime_config.lease_read.store(enabled, Ordering::SeqCst);
+    }
+
+    /// raftkv patch: no lease reads in `term` and every term before it. A leader calls
+    /// this with `u64::MAX` before it asks a follower to campaign (a leader transfer),
+    /// and with the term it asked in once the transfer is over: that follower no longer
+    /// keeps the promise its acknowledgements stood for.
+    pub fn no_lease_read_through_term(&self, term: u64) {
+        self.raft_inner.runtime_config.no_lease_read_through_term.store(term, Ordering::SeqCst);
+    }
 }

@@ -46,6 +46,12 @@ where C: RaftTypeConfig
         self.raft_inner.send_external_command(ExternalCommand::Elect, "trigger_elect").await
     }
 
+    /// raftkv patch: trigger election at once if this node's vote is still of `term`, and
+    /// return at once. A no-op on a leader, a learner, or in another term.
+    pub async fn elect_in_term(&self, term: u64) -> Result<(), Fatal<C::NodeId>> {
+        self.raft_inner.send_external_command(ExternalCommand::ElectInTerm { term }, "trigger_elect_in_term").await
+    }
+
     /// Trigger a heartbeat at once and return at once.
     ///
     /// Returns error when RaftCore has [`Fatal`] error, e.g. shut down or having storage error.

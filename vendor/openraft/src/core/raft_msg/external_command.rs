@@ -16,6 +16,10 @@ pub(crate) enum ExternalCommand<C: RaftTypeConfig> {
     /// Initiate an election at once.
     Elect,
 
+    /// raftkv patch: initiate an election at once if this node's vote is still of `term`
+    /// (a leader transfer asked in that term; a late request must not start one later).
+    ElectInTerm { term: u64 },
+
     /// Send a heartbeat message, only if the node is leader, or it will be ignored.
     Heartbeat,
 
@@ -48,6 +52,9 @@ where C: RaftTypeConfig
         match self {
             ExternalCommand::Elect => {
                 write!(f, "Elect")
+            }
+            ExternalCommand::ElectInTerm { term } => {
+                write!(f, "ElectInTerm({})", term)
             }
             ExternalCommand::Heartbeat => {
                 write!(f, "Heartbeat")
