@@ -971,8 +971,9 @@ impl Node {
     /// the leader stops its heartbeats until the followers' leader lease has run out,
     /// then asks the target to stand for election, which it wins before any other
     /// follower's own (longer) election timeout fires. Heartbeats are always restored.
-    /// Hands leadership to `target` (etcd's MoveLeader). The transfer runs in a task of
-    /// its own: a caller that gives up must not leave heartbeats and lease reads off.
+    ///
+    /// The transfer runs in a task of its own: a caller that gives up must not leave
+    /// heartbeats and lease reads off.
     pub async fn move_leader(self: &Arc<Self>, target: NodeId) -> Result<(), ApiError> {
         let node = self.clone();
         tokio::spawn(async move { node.transfer_leadership(target).await })
@@ -981,6 +982,9 @@ impl Node {
     }
 
     async fn transfer_leadership(&self, target: NodeId) -> Result<(), ApiError> {
+        // One transfer at a time: each turns lease reads off and back on. Taken first,
+        // so that a transfer queued behind another sees who leads once it is over.
+        let _one_at_a_time = self.transfer.lock().await;
         if !self.is_leader() {
             return Err(ApiError::NotLeader);
         }
@@ -996,8 +1000,6 @@ impl Node {
             .first()
             .cloned()
             .ok_or(ApiError::BadLeaderTransferee)?;
-        // One transfer at a time: each turns lease reads off and back on.
-        let _one_at_a_time = self.transfer.lock().await;
         // The target will campaign without waiting out the lease its acknowledgements
         // promised this leader: no lease reads from now on in this term (openraft
         // patch, PATCH.md "Lease reads"); reads meanwhile take a heartbeat round.
