@@ -779,15 +779,9 @@ impl Node {
             ForwardRequest::PendingMember { peer_urls } => Ok(ForwardResponse::PendingMember {
                 id: self.pending_member(&peer_urls),
             }),
-            ForwardRequest::Elect => match self.raft.trigger().elect().await {
-                Ok(()) => Ok(ForwardResponse::Electing),
-                Err(_) => Err(ForwardError::Api(ApiError::Stopped)),
-            },
+            ForwardRequest::Elect => electing(self.raft.trigger().elect().await),
             ForwardRequest::ElectInTerm { term } => {
-                match self.raft.trigger().elect_in_term(term).await {
-                    Ok(()) => Ok(ForwardResponse::Electing),
-                    Err(_) => Err(ForwardError::Api(ApiError::Stopped)),
-                }
+                electing(self.raft.trigger().elect_in_term(term).await)
             }
         }
     }
@@ -1157,6 +1151,14 @@ async fn sole_voter(
         }
     };
     Ok(voters == [id])
+}
+
+/// What a member asked to stand for election answers.
+fn electing(asked: Result<(), openraft::error::Fatal<NodeId>>) -> ForwardReply {
+    match asked {
+        Ok(()) => Ok(ForwardResponse::Electing),
+        Err(_) => Err(ForwardError::Api(ApiError::Stopped)),
+    }
 }
 
 /// A member that led before it stopped, with other voters, restarts as a candidate of

@@ -393,103 +393,110 @@ fn leases_live_on_through_a_leader_change_and_keep_alives_work_through_any_membe
     });
 }
 
-/// A linearizable read on the leader, with its own `hasleader` metadata: the result
-/// and how long after `since` the read started.
-async fn timed_hasleader_read(
+/// A linearizable read of `key` with `hasleader` metadata, as the Kubernetes API
+/// server sends them: the answer and how long it took.
+async fn hasleader_read(
     mut kv: raftkv_proto::etcdserverpb::kv_client::KvClient<tonic::transport::Channel>,
-    since: Instant,
-) -> (Result<(), tonic::Status>, Duration, Duration) {
+    key: &'static [u8],
+) -> (
+    Result<raftkv_proto::etcdserverpb::RangeResponse, tonic::Status>,
+    Duration,
+) {
     let mut req = tonic::Request::new(raftkv_proto::etcdserverpb::RangeRequest {
-        key: b"lease".to_vec().into(),
+        key: key.to_vec().into(),
         ..Default::default()
     });
     req.metadata_mut()
         .insert("hasleader", "true".parse().unwrap());
-    let started = since.elapsed();
     let begin = Instant::now();
-    let result = kv.range(req).await.map(|_| ());
-    (result, started, begin.elapsed())
+    let result = kv.range(req).await.map(tonic::Response::into_inner);
+    (result, begin.elapsed())
 }
 
-/// The sum of the leader's peer round-trip observations (one per answered
-/// AppendEntries it sent) on its client port's /metrics.
-fn peer_round_trips(member: &raftkv_tests::Member) -> u64 {
-    let (status, body) = raftkv_tests::http_get(member.client_port, "/metrics");
-    assert_eq!(status, 200, "{body}");
-    body.lines()
-        .filter(|l| l.starts_with("etcd_network_peer_round_trip_time_seconds_count"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+/// How many AppendEntries the leader had answered (its peer round-trip observations on
+/// /metrics) while it served `reads` linearizable reads one after another, and how long
+/// they took.
+fn round_trips_for_reads(
+    rt: &tokio::runtime::Runtime,
+    cluster: &mut Cluster,
+    leader: usize,
+    reads: u64,
+) -> (u64, Duration) {
+    let round_trips = |member: &Member| {
+        let (status, body) = http_get(member.client_port, "/metrics");
+        assert_eq!(status, 200, "{body}");
+        body.lines()
+            .filter(|l| l.starts_with("etcd_network_peer_round_trip_time_seconds_count"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    let mut c = rt.block_on(client(&cluster.members[leader].endpoint()));
+    rt.block_on(c.put("lease", "v", None)).expect("put");
+    let before = round_trips(&cluster.members[leader]);
+    let started = Instant::now();
+    for _ in 0..reads {
+        rt.block_on(c.get("lease", None)).expect("read");
+    }
+    (
+        round_trips(&cluster.members[leader]) - before,
+        started.elapsed(),
+    )
 }
 
 #[test]
 fn the_leader_answers_reads_by_its_lease_and_never_past_it() {
     use raftkv_proto::etcdserverpb::kv_client::KvClient;
     const READS: u64 = 200;
-    // Both with and without lease reads: how many AppendEntries the leader had answered
-    // while it served READS linearizable reads one after another.
     let rt = rt();
-    let mut round_trips = Vec::new();
-    for args in [&[][..], &["--no-lease-reads"][..]] {
-        let mut cluster = Cluster::start(3, args);
-        let leader = rt.block_on(leader_index(&mut cluster));
-        let mut c = rt.block_on(client(&cluster.members[leader].endpoint()));
-        rt.block_on(c.put("lease", "v", None)).expect("put");
-        let before = peer_round_trips(&cluster.members[leader]);
-        let started = Instant::now();
-        for _ in 0..READS {
-            rt.block_on(c.get("lease", None)).expect("read");
-        }
-        let after = peer_round_trips(&cluster.members[leader]);
-        round_trips.push((after - before, started.elapsed()));
-        if !args.is_empty() {
-            break;
-        }
-
-        // With the lease: both followers stopped, the leader keeps answering only while
-        // a quorum acknowledged messages it sent less than 0.8 × 300 ms ago, all of
-        // them sent before the followers stopped; after that, `hasleader` reads fail
-        // with etcd's error (and none waits for the request timeout).
-        let url = cluster.members[leader].client_url();
-        let kv = rt.block_on(KvClient::connect(url)).expect("connect");
-        for i in 0..3 {
-            if i != leader {
-                cluster.members[i].pause();
-            }
-        }
-        let stopped = Instant::now();
-        let mut answered = Vec::new();
-        let mut refused = 0;
-        while stopped.elapsed() < Duration::from_millis(1_000) {
-            let (result, started, took) = rt.block_on(timed_hasleader_read(kv.clone(), stopped));
-            assert!(took < Duration::from_secs(2), "a read took {took:?}");
-            match result {
-                Ok(()) => answered.push(started),
-                Err(status) => {
-                    assert_eq!(status.message(), "etcdserver: no leader");
-                    refused += 1;
-                }
-            }
-        }
-        let lease = Duration::from_millis(240);
-        assert!(
-            answered.iter().all(|s| *s < lease),
-            "reads started this long after the followers stopped were answered: {answered:?}"
-        );
-        assert!(refused > 0, "every read was answered: {answered:?}");
-        for i in 0..3 {
-            cluster.members[i].resume();
-        }
-    }
-    let (with_lease, took) = round_trips[0];
-    let (without, _) = round_trips[1];
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = rt.block_on(leader_index(&mut cluster));
+    let (with_lease, took) = round_trips_for_reads(&rt, &mut cluster, leader, READS);
     // Heartbeats go on meanwhile (to each follower about every 150 ms); reads confirmed
-    // by a round add two answered AppendEntries each.
+    // by a round would add two answered AppendEntries each.
     let heartbeats = 2 * (took.as_millis() as u64 / 100 + 2);
     assert!(
         with_lease <= heartbeats,
         "{READS} reads with the lease: {with_lease} AppendEntries answered (heartbeats alone: at most {heartbeats})"
     );
+
+    // Both followers stopped, the leader keeps answering only while a quorum
+    // acknowledged messages it sent less than 0.8 × 300 ms ago, all of them sent before
+    // the followers stopped; after that, `hasleader` reads fail with etcd's error (and
+    // none waits for the request timeout).
+    let url = cluster.members[leader].client_url();
+    let kv = rt.block_on(KvClient::connect(url)).expect("connect");
+    for i in 0..3 {
+        if i != leader {
+            cluster.members[i].pause();
+        }
+    }
+    let stopped = Instant::now();
+    let mut answered = Vec::new();
+    let mut refused = 0;
+    while stopped.elapsed() < Duration::from_millis(1_000) {
+        let started = stopped.elapsed();
+        let (result, took) = rt.block_on(hasleader_read(kv.clone(), b"lease"));
+        assert!(took < Duration::from_secs(2), "a read took {took:?}");
+        match result {
+            Ok(_) => answered.push(started),
+            Err(status) => {
+                assert_eq!(status.message(), "etcdserver: no leader");
+                refused += 1;
+            }
+        }
+    }
+    let lease = Duration::from_millis(240);
+    assert!(
+        answered.iter().all(|s| *s < lease),
+        "reads started this long after the followers stopped were answered: {answered:?}"
+    );
+    assert!(refused > 0, "every read was answered: {answered:?}");
+    drop(cluster);
+
+    // Without the lease, as etcd: every read is a round of AppendEntries.
+    let mut cluster = Cluster::start(3, &["--no-lease-reads"]);
+    let leader = rt.block_on(leader_index(&mut cluster));
+    let (without, _) = round_trips_for_reads(&rt, &mut cluster, leader, READS);
     assert!(
         without >= 2 * READS,
         "{READS} reads without the lease: {without} AppendEntries answered"
@@ -499,7 +506,6 @@ fn the_leader_answers_reads_by_its_lease_and_never_past_it() {
 #[test]
 fn hasleader_requests_fail_at_once_without_a_leader_and_followers_serve_watches() {
     use raftkv_proto::etcdserverpb::kv_client::KvClient;
-    use raftkv_proto::etcdserverpb::RangeRequest;
     // Reads confirmed by a heartbeat round, as etcd's: with lease reads (the default,
     // tested below) the first read here would be answered by the leader's lease.
     let mut cluster = Cluster::start(3, &["--no-lease-reads"]);
@@ -528,16 +534,6 @@ fn hasleader_requests_fail_at_once_without_a_leader_and_followers_serve_watches(
         let survivor = leader;
         let url = cluster.members[survivor].client_url();
         let kv = KvClient::connect(url).await.expect("connect");
-        let hasleader_read = |mut kv: KvClient<tonic::transport::Channel>| async move {
-            let mut req = tonic::Request::new(RangeRequest {
-                key: b"fw".to_vec().into(),
-                ..Default::default()
-            });
-            req.metadata_mut()
-                .insert("hasleader", "true".parse().unwrap());
-            let started = Instant::now();
-            (kv.range(req).await, started.elapsed())
-        };
         for i in 0..3 {
             if i != survivor {
                 cluster.members[i].pause();
@@ -546,9 +542,9 @@ fn hasleader_requests_fail_at_once_without_a_leader_and_followers_serve_watches(
         // The first read starts a read-index round that cannot finish; the second,
         // let in too, waits for the round after it, which starts once the leader is
         // already lost. Both must answer at about the time the leader is lost.
-        let first = tokio::spawn(hasleader_read(kv.clone()));
+        let first = tokio::spawn(hasleader_read(kv.clone(), b"fw"));
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let (second, took) = hasleader_read(kv.clone()).await;
+        let (second, took) = hasleader_read(kv.clone(), b"fw").await;
         match second {
             Err(status) => {
                 assert_eq!(status.message(), "etcdserver: no leader");
@@ -567,7 +563,7 @@ fn hasleader_requests_fail_at_once_without_a_leader_and_followers_serve_watches(
             "answered only after {took:?}"
         );
         // Later ones are refused at once.
-        let (later, took) = hasleader_read(kv).await;
+        let (later, took) = hasleader_read(kv, b"fw").await;
         assert_eq!(
             later.expect_err("no leader").message(),
             "etcdserver: no leader"

@@ -270,14 +270,28 @@ where
     }
 
     /// raftkv patch: whether this leader may confirm reads by its lease now: lease reads
-    /// are on, heartbeats are on (off during a leader transfer), and no transfer asked a
-    /// follower to campaign in this term.
+    /// are on, and no leader transfer asked a follower to campaign in this term (one in
+    /// progress sets the bound to the greatest term).
     fn lease_read_allowed(&self) -> bool {
         let rc = &self.runtime_config;
         let term = self.engine.state.vote_ref().leader_id().term;
-        rc.lease_read.load(Ordering::SeqCst)
-            && rc.enable_heartbeat.load(Ordering::SeqCst)
-            && term > rc.no_lease_read_through_term.load(Ordering::SeqCst)
+        rc.lease_read.load(Ordering::SeqCst) && term > rc.no_lease_read_through_term.load(Ordering::SeqCst)
+    }
+
+    /// An election asked for from outside (`Trigger::elect`, and `elect_in_term` in its
+    /// term); a no-op on a leader or a learner.
+    fn elect_on_request(&mut self) {
+        if self.engine.leader.is_some() {
+            // A Leader can not win a campaign it starts: its own heartbeats keep
+            // refreshing the voters' leader lease, and a lease that has not expired
+            // rejects the vote request. Leave the established leadership alone.
+            tracing::info!("ExternalCommand: already a Leader, ignore election trigger");
+        } else if self.engine.state.membership_state.effective().is_voter(&self.id) {
+            self.engine.elect();
+            tracing::debug!("ExternalCommand: triggered election");
+        } else {
+            // Node is switched to learner.
+        }
     }
 
     /// Handle `is_leader` requests.
@@ -1262,32 +1276,17 @@ where
                 tracing::info!(cmd = debug(&cmd), "received RaftMsg::ExternalCommand: {}", func_name!());
 
                 match cmd {
-                    ExternalCommand::Elect => {
-                        if self.engine.leader.is_some() {
-                            // A Leader can not win a campaign it starts: its own heartbeats keep
-                            // refreshing the voters' leader lease, and a lease that has not expired
-                            // rejects the vote request. Leave the established leadership alone.
-                            tracing::info!("ExternalCommand: already a Leader, ignore election trigger");
-                        } else if self.engine.state.membership_state.effective().is_voter(&self.id) {
-                            self.engine.elect();
-                            tracing::debug!("ExternalCommand: triggered election");
-                        } else {
-                            // Node is switched to learner.
-                        }
-                    }
+                    ExternalCommand::Elect => self.elect_on_request(),
                     ExternalCommand::ElectInTerm { term } => {
                         // raftkv patch: a leader transfer's request. Honoured only in the
                         // term it was made in, so that one arriving late cannot start a
                         // campaign against a later leader that counts this node's
                         // acknowledgements towards its read lease.
                         let my_term = self.engine.state.vote_ref().leader_id().term;
-                        if self.engine.leader.is_some() {
-                            tracing::info!("ExternalCommand: already a Leader, ignore election trigger");
-                        } else if my_term != term {
+                        if my_term == term {
+                            self.elect_on_request();
+                        } else {
                             tracing::info!(my_term, term, "ExternalCommand: election asked in another term, ignored");
-                        } else if self.engine.state.membership_state.effective().is_voter(&self.id) {
-                            self.engine.elect();
-                            tracing::debug!("ExternalCommand: triggered election");
                         }
                     }
                     ExternalCommand::Heartbeat => {
