@@ -493,12 +493,14 @@ fn the_leader_answers_reads_by_its_lease_and_never_past_it() {
     assert!(refused > 0, "every read was answered: {answered:?}");
     drop(cluster);
 
-    // Without the lease, as etcd: every read is a round of AppendEntries.
+    // Without the lease, as etcd: every read is a round of AppendEntries, confirmed by
+    // at least one follower's answer (two of three make a quorum; the other answer may
+    // still be on its way when /metrics is read).
     let mut cluster = Cluster::start(3, &["--no-lease-reads"]);
     let leader = rt.block_on(leader_index(&mut cluster));
     let (without, _) = round_trips_for_reads(&rt, &mut cluster, leader, READS);
     assert!(
-        without >= 2 * READS,
+        without >= READS,
         "{READS} reads without the lease: {without} AppendEntries answered"
     );
 }

@@ -45,7 +45,14 @@ impl Kv for KvService {
             // (a read, unlike a write, has no outcome to leave unknown).
             if !serializable && needs_leader {
                 tokio::select! {
-                    r = self.node.read_barrier() => r?,
+                    r = self.node.read_barrier() => match r {
+                        // The round gave up because the leader is gone: say so, as the
+                        // race below would have a moment later.
+                        Err(ApiError::Timeout) if self.node.leader().is_none() => {
+                            return Err(ApiError::NoLeader.status())
+                        }
+                        r => r?,
+                    },
                     () = self.node.leader_lost() => return Err(ApiError::NoLeader.status()),
                 }
             } else if !serializable {
