@@ -19,6 +19,7 @@
 //! - `fuzzing.rs`: the gRPC request fuzz target's entry point (fuzz/)
 //! - `metrics.rs`: /metrics (etcd's names), /health, /livez, /readyz, gRPC call counts
 //! - `tls.rs`: TLS on the client listeners, client certificates, reload on change
+//! - `coalesced_io.rs`: accepted connections write once per HTTP/2 flush
 //! - `cli_client.rs`: how raftkv's client commands reach a member (endpoints, TLS)
 //! - `snapshot_cli.rs`: `raftkv snapshot save|restore`
 //! - `member_cli.rs`: `raftkv member list|add|remove|promote|update`
@@ -34,6 +35,7 @@ pub mod backups;
 pub mod batching;
 pub mod check_disk;
 pub mod cli_client;
+pub mod coalesced_io;
 pub mod config;
 pub mod config_file;
 pub mod convert;

@@ -18,6 +18,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::api;
+use crate::coalesced_io::Coalesced;
 use crate::config::{socket_addr_of, ServerConfig};
 use crate::node::{Node, StartError};
 use crate::peer::MAX_PEER_MESSAGE_SIZE_BYTES;
@@ -58,6 +59,17 @@ fn incoming(
         stream.set_nodelay(true)?;
         Ok(stream)
     })
+}
+
+/// Client connections write once per HTTP/2 flush (coalesced_io.rs). Peer connections
+/// do not: their messages are batched already (peer_pipe.rs, batching.rs), and there a
+/// yield before the write would hold up Raft's acknowledgements.
+fn coalesced<S, T>(incoming: S) -> impl futures::Stream<Item = std::io::Result<Coalesced<T>>>
+where
+    S: futures::Stream<Item = std::io::Result<T>>,
+{
+    use futures::StreamExt;
+    incoming.map(|accepted| accepted.map(Coalesced::new))
 }
 
 async fn shutdown_signal() {
@@ -177,13 +189,13 @@ pub async fn run(config: ServerConfig) -> Result<(), StartError> {
         let router = client_router(&node);
         match (tls, &acceptor) {
             (true, Some(acceptor)) => {
-                let incoming = crate::tls::incoming(listener, acceptor.clone());
+                let incoming = coalesced(crate::tls::incoming(listener, acceptor.clone()));
                 client_servers.push(tokio::spawn(
                     router.serve_with_incoming_shutdown(incoming, stopped),
                 ));
             }
             _ => client_servers.push(tokio::spawn(
-                router.serve_with_incoming_shutdown(incoming(listener), stopped),
+                router.serve_with_incoming_shutdown(coalesced(incoming(listener)), stopped),
             )),
         }
         tracing::info!(addr = ?addr, tls, "serving clients");
