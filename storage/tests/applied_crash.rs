@@ -23,7 +23,13 @@ use raftkv_storage::fuzzing::Mutator;
 use raftkv_storage::mvcc::*;
 
 const CHILD_ENV: &str = "RAFTKV_APPLIED_CRASH_CHILD_DIR";
+/// What the child prints once its store is open.
+const OPENED: &str = "applied-crash-child: store open";
 const ITERATIONS: u64 = 24;
+/// One iteration in this many kills the child from its start, maybe during the open;
+/// the others from the moment its store is open, so that a slow start on a busy
+/// machine does not eat the time it has to apply.
+const KILL_FROM_START_EVERY: u64 = 4;
 /// Tiny, so that a run seals and writes out memtables faster than merges keep up:
 /// level 0 then reaches the engine's limit (`MAX_L0_RUNS`, engine.rs), whose guard
 /// this also tests. Without it, level 0 passed 255 runs, which lsm-tree 3.1.10 cannot
@@ -67,6 +73,7 @@ fn crash_child_applier() {
         return;
     };
     let store = MvccStore::open(Path::new(&dir), options()).expect("the store opens");
+    println!("{OPENED}");
     let start = applied_index(&store) + 1;
     for index in start..start + 1_000_000 {
         let meta = AppliedMeta {
@@ -137,12 +144,18 @@ fn sigkill_leaves_the_applied_index_naming_exactly_what_the_store_holds() {
     let mut rng = Mutator(seed);
     let dir = tempfile::tempdir().unwrap();
     let mut applied = 0;
+    let mut timed_from_open = 0;
     let mut advanced = 0;
     for iteration in 0..ITERATIONS {
         let mut child =
-            spawn_crash_child("crash_child_applier", CHILD_ENV, dir.path(), Stdio::null());
-        // Kill anywhere from during the open to deep into the applies.
-        std::thread::sleep(Duration::from_millis(50 + rng.next_u64() % 400));
+            spawn_crash_child("crash_child_applier", CHILD_ENV, dir.path(), Stdio::piped());
+        let from_open = iteration % KILL_FROM_START_EVERY != 0;
+        let opened = wait_for_line(&mut child, OPENED, from_open);
+        // Kill anywhere from during the open (from the start) or from 150 ms after
+        // it (memtables written out meanwhile, even on a busy machine) to deep into
+        // the applies.
+        let kill_after_ms = if from_open { 150 } else { 50 } + rng.next_u64() % 400;
+        std::thread::sleep(Duration::from_millis(kill_after_ms));
         child.kill().unwrap();
         child.wait().unwrap();
         let context = format!("seed {seed} iteration {iteration}");
@@ -151,16 +164,41 @@ fn sigkill_leaves_the_applied_index_naming_exactly_what_the_store_holds() {
             now >= applied,
             "{context}: the applied index went back from {applied} to {now}"
         );
-        if now > applied {
-            advanced += 1;
+        if from_open {
+            assert!(opened, "{context}: the child never opened its store");
+            timed_from_open += 1;
+            if now > applied {
+                advanced += 1;
+            }
         }
         applied = now;
     }
-    eprintln!("applied crash test: {ITERATIONS} kills, applied index {applied}");
-    // The store really got written out between kills (a test whose children never
-    // made anything durable proves nothing).
-    assert!(
-        advanced >= ITERATIONS / 2,
-        "the applied index advanced in only {advanced} of {ITERATIONS} runs"
+    eprintln!(
+        "applied crash test: {ITERATIONS} kills, {advanced} of {timed_from_open} killed after \
+         the open advanced, applied index {applied}"
     );
+    // The store really got written out between kills (a test whose children never
+    // made anything durable proves nothing): a child given 150 ms or more of applies
+    // after its open seals and writes out memtables of 32 KiB many times over.
+    assert!(
+        advanced >= timed_from_open / 2,
+        "the applied index advanced in only {advanced} of {timed_from_open} runs killed after the open"
+    );
+}
+
+/// Reads the child's stdout to its end on a thread; when `wait`, returns once `line`
+/// appeared in it (true) or after 60 s (false). Returns false at once otherwise.
+fn wait_for_line(child: &mut std::process::Child, line: &'static str, wait: bool) -> bool {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("the child's stdout is piped");
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stdout).lines() {
+            let Ok(l) = l else { break };
+            if l.contains(line) {
+                let _ = seen_tx.send(());
+            }
+        }
+    });
+    wait && seen_rx.recv_timeout(Duration::from_secs(60)).is_ok()
 }
