@@ -19,7 +19,7 @@
 //! - `fuzzing.rs`: the gRPC request fuzz target's entry point (fuzz/)
 //! - `metrics.rs`: /metrics (etcd's names), /health, /livez, /readyz, gRPC call counts
 //! - `tls.rs`: TLS on the client listeners, client certificates, reload on change
-//! - `coalesced_io.rs`: accepted connections write once per HTTP/2 flush
+//! - `coalesced_io.rs`: client connections write once per HTTP/2 flush
 //! - `cli_client.rs`: how raftkv's client commands reach a member (endpoints, TLS)
 //! - `snapshot_cli.rs`: `raftkv snapshot save|restore`
 //! - `member_cli.rs`: `raftkv member list|add|remove|promote|update`
