@@ -1,4 +1,4 @@
-//! One socket write per HTTP/2 flush: the accepted connections' write side.
+//! One socket write per HTTP/2 flush: the write side of accepted client connections.
 //!
 //! Owns a bounded write buffer per connection. h2 (under tonic and hyper) encodes frames
 //! into a 16 KiB buffer, but on a connection that says it can write vectored it keeps
@@ -62,10 +62,6 @@ impl<T> Coalesced<T> {
             yielded_at_bytes: None,
             flushes_before_yield: 0,
         }
-    }
-
-    pub fn get_ref(&self) -> &T {
-        &self.inner
     }
 }
 
@@ -197,11 +193,11 @@ mod tests {
         for i in 0..10u8 {
             c.write_all(&[i; 90]).await.unwrap();
         }
-        assert_eq!(c.get_ref().writes, 0, "nothing is written before the flush");
+        assert_eq!(c.inner.writes, 0, "nothing is written before the flush");
         c.flush().await.unwrap();
-        assert_eq!(c.get_ref().writes, 1);
+        assert_eq!(c.inner.writes, 1);
         let expected: Vec<u8> = (0..10u8).flat_map(|i| [i; 90]).collect();
-        assert_eq!(c.get_ref().bytes, expected);
+        assert_eq!(c.inner.bytes, expected);
         assert!(c.pending.is_empty());
     }
 
@@ -216,11 +212,11 @@ mod tests {
         c.write_all(&big).await.unwrap();
         // The 100 pending bytes went first, then the big write's first part (the
         // socket took 1000 bytes) straight through; its rest fits and waits.
-        assert_eq!(c.get_ref().writes, 2);
+        assert_eq!(c.inner.writes, 2);
         assert_eq!(c.pending.len(), big.len() - 1000);
         c.write_all(&[3; 10]).await.unwrap();
         c.flush().await.unwrap();
-        let bytes = &c.get_ref().bytes;
+        let bytes = &c.inner.bytes;
         assert_eq!(bytes.len(), 100 + big.len() + 10);
         assert!(bytes[..100].iter().all(|b| *b == 1));
         assert!(bytes[100..100 + big.len()].iter().all(|b| *b == 2));
@@ -262,18 +258,18 @@ mod tests {
         write(&mut c, 1);
         assert!(!flush(&mut c));
         assert_eq!(wakes.0.load(std::sync::atomic::Ordering::Relaxed), 1);
-        assert_eq!(c.get_ref().writes, 0);
+        assert_eq!(c.inner.writes, 0);
         // Another response joined meanwhile: both leave in one write, and the next
         // flush yields again.
         write(&mut c, 2);
         assert!(flush(&mut c));
-        assert_eq!(c.get_ref().writes, 1);
+        assert_eq!(c.inner.writes, 1);
         write(&mut c, 3);
         assert!(!flush(&mut c));
         // Nothing joined this time: written now, and the next
         // FLUSHES_BETWEEN_YIELD_TRIES flushes write at once.
         assert!(flush(&mut c));
-        assert_eq!(c.get_ref().writes, 2);
+        assert_eq!(c.inner.writes, 2);
         for i in 0..FLUSHES_BETWEEN_YIELD_TRIES {
             write(&mut c, 4);
             assert!(
@@ -281,7 +277,7 @@ mod tests {
                 "flush {i} after a useless yield wrote at once"
             );
         }
-        assert_eq!(c.get_ref().writes, 2 + FLUSHES_BETWEEN_YIELD_TRIES as usize);
+        assert_eq!(c.inner.writes, 2 + FLUSHES_BETWEEN_YIELD_TRIES as usize);
         write(&mut c, 5);
         assert!(!flush(&mut c), "then a yield is tried again");
         assert_eq!(wakes.0.load(std::sync::atomic::Ordering::Relaxed), 3);

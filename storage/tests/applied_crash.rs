@@ -149,8 +149,9 @@ fn sigkill_leaves_the_applied_index_naming_exactly_what_the_store_holds() {
     for iteration in 0..ITERATIONS {
         let mut child =
             spawn_crash_child("crash_child_applier", CHILD_ENV, dir.path(), Stdio::piped());
+        let opened_rx = line_seen(&mut child, OPENED);
         let from_open = iteration % KILL_FROM_START_EVERY != 0;
-        let opened = wait_for_line(&mut child, OPENED, from_open);
+        let opened = from_open && opened_rx.recv_timeout(Duration::from_secs(60)).is_ok();
         // Kill anywhere from during the open (from the start) or from 150 ms after
         // it (memtables written out meanwhile, even on a busy machine) to deep into
         // the applies.
@@ -186,9 +187,9 @@ fn sigkill_leaves_the_applied_index_naming_exactly_what_the_store_holds() {
     );
 }
 
-/// Reads the child's stdout to its end on a thread; when `wait`, returns once `line`
-/// appeared in it (true) or after 60 s (false). Returns false at once otherwise.
-fn wait_for_line(child: &mut std::process::Child, line: &'static str, wait: bool) -> bool {
+/// Reads the child's stdout to its end on a thread; the receiver gets a message when
+/// `line` appears in it.
+fn line_seen(child: &mut std::process::Child, line: &'static str) -> std::sync::mpsc::Receiver<()> {
     use std::io::BufRead;
     let stdout = child.stdout.take().expect("the child's stdout is piped");
     let (seen_tx, seen_rx) = std::sync::mpsc::channel();
@@ -200,5 +201,5 @@ fn wait_for_line(child: &mut std::process::Child, line: &'static str, wait: bool
             }
         }
     });
-    wait && seen_rx.recv_timeout(Duration::from_secs(60)).is_ok()
+    seen_rx
 }
