@@ -10,6 +10,11 @@
 //! The parent kills the child at a random moment, reopens the store and checks that
 //! its keys, revision and applied index agree. The next child continues the same store.
 //!
+//! Most children flush once, some applies after their open, and print the applied
+//! index that flush made durable; the parent kills those children at a random moment
+//! after that line and checks that the reopened store holds at least that index. So
+//! every such run must make progress, however slowly a busy machine runs the child.
+//!
 //! Reproduce a run with RAFTKV_CRASH_SEED=<seed> (printed on failure).
 
 mod common;
@@ -23,13 +28,18 @@ use raftkv_storage::fuzzing::Mutator;
 use raftkv_storage::mvcc::*;
 
 const CHILD_ENV: &str = "RAFTKV_APPLIED_CRASH_CHILD_DIR";
-/// What the child prints once its store is open.
-const OPENED: &str = "applied-crash-child: store open";
+/// What the child prints, followed by the applied index, once a flush made that
+/// index durable.
+const DURABLE: &str = "applied-crash-child: durable ";
+/// Entries a child applies after its open before it flushes: enough to seal and
+/// write out memtables of `MEMTABLE_SIZE_BYTES` several times on their own first.
+const APPLIES_BEFORE_FLUSH: u64 = 1_000;
 const ITERATIONS: u64 = 24;
-/// One iteration in this many kills the child from its start, maybe during the open;
-/// the others from the moment its store is open, so that a slow start on a busy
-/// machine does not eat the time it has to apply.
+/// One iteration in this many kills the child from its start, maybe during the open
+/// or before its flush; the others at a random moment after its flush.
 const KILL_FROM_START_EVERY: u64 = 4;
+/// How long the parent waits for a child's flush: far beyond what a busy machine needs.
+const FLUSH_TIMEOUT_S: u64 = 60;
 /// Tiny, so that a run seals and writes out memtables faster than merges keep up:
 /// level 0 then reaches the engine's limit (`MAX_L0_RUNS`, engine.rs), whose guard
 /// this also tests. Without it, level 0 passed 255 runs, which lsm-tree 3.1.10 cannot
@@ -73,9 +83,12 @@ fn crash_child_applier() {
         return;
     };
     let store = MvccStore::open(Path::new(&dir), options()).expect("the store opens");
-    println!("{OPENED}");
     let start = applied_index(&store) + 1;
     for index in start..start + 1_000_000 {
+        if index == start + APPLIES_BEFORE_FLUSH {
+            store.flush().expect("flush");
+            println!("{DURABLE}{}", index - 1);
+        }
         let meta = AppliedMeta {
             applied: index.to_le_bytes().to_vec(),
             membership: None,
@@ -144,62 +157,78 @@ fn sigkill_leaves_the_applied_index_naming_exactly_what_the_store_holds() {
     let mut rng = Mutator(seed);
     let dir = tempfile::tempdir().unwrap();
     let mut applied = 0;
-    let mut timed_from_open = 0;
-    let mut advanced = 0;
+    let mut after_flush = 0;
     for iteration in 0..ITERATIONS {
         let mut child =
             spawn_crash_child("crash_child_applier", CHILD_ENV, dir.path(), Stdio::piped());
-        let opened_rx = line_seen(&mut child, OPENED);
-        let from_open = iteration % KILL_FROM_START_EVERY != 0;
-        let opened = from_open && opened_rx.recv_timeout(Duration::from_secs(60)).is_ok();
-        // Kill anywhere from during the open (from the start) or from 150 ms after
-        // it (memtables written out meanwhile, even on a busy machine) to deep into
+        let lines = stdout_lines(&mut child);
+        let context = format!("seed {seed} iteration {iteration}");
+        let from_start = iteration % KILL_FROM_START_EVERY == 0;
+        // Kill anywhere from during the open (from the start) or from the flush (with
+        // memtables sealed and written out in the background meanwhile) to deep into
         // the applies.
-        let kill_after_ms = if from_open { 150 } else { 50 } + rng.next_u64() % 400;
-        std::thread::sleep(Duration::from_millis(kill_after_ms));
+        let durable = if from_start {
+            std::thread::sleep(Duration::from_millis(50 + rng.next_u64() % 400));
+            None
+        } else {
+            let Some(durable) = durable_index(&lines) else {
+                let _ = child.kill();
+                panic!("{context}: the child did not flush its store in {FLUSH_TIMEOUT_S} s");
+            };
+            std::thread::sleep(Duration::from_millis(rng.next_u64() % 400));
+            Some(durable)
+        };
         child.kill().unwrap();
         child.wait().unwrap();
-        let context = format!("seed {seed} iteration {iteration}");
         let now = verify(dir.path(), &context);
         assert!(
             now >= applied,
             "{context}: the applied index went back from {applied} to {now}"
         );
-        if from_open {
-            assert!(opened, "{context}: the child never opened its store");
-            timed_from_open += 1;
-            if now > applied {
-                advanced += 1;
-            }
+        if let Some(durable) = durable {
+            // The store really gets written out between kills (a test whose children
+            // never made anything durable would prove nothing).
+            assert!(
+                durable > applied && now >= durable,
+                "{context}: the child flushed applied index {durable} (the last run left \
+                 {applied}), the reopened store holds {now}"
+            );
+            after_flush += 1;
         }
         applied = now;
     }
     eprintln!(
-        "applied crash test: {ITERATIONS} kills, {advanced} of {timed_from_open} killed after \
-         the open advanced, applied index {applied}"
-    );
-    // The store really got written out between kills (a test whose children never
-    // made anything durable proves nothing): a child given 150 ms or more of applies
-    // after its open seals and writes out memtables of 32 KiB many times over.
-    assert!(
-        advanced >= timed_from_open / 2,
-        "the applied index advanced in only {advanced} of {timed_from_open} runs killed after the open"
+        "applied crash test: {ITERATIONS} kills ({after_flush} after a flush), applied index \
+         {applied}"
     );
 }
 
-/// Reads the child's stdout to its end on a thread; the receiver gets a message when
-/// `line` appears in it.
-fn line_seen(child: &mut std::process::Child, line: &'static str) -> std::sync::mpsc::Receiver<()> {
+/// Waits for the child's flush line and returns the applied index it made durable;
+/// None when the child exits or takes longer than `FLUSH_TIMEOUT_S`.
+fn durable_index(lines: &std::sync::mpsc::Receiver<String>) -> Option<u64> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(FLUSH_TIMEOUT_S);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = lines.recv_timeout(left).ok()?;
+        // libtest's "test crash_child_applier ... " may lead the line.
+        if let Some((_, index)) = line.split_once(DURABLE) {
+            return index.trim().parse().ok();
+        }
+    }
+}
+
+/// Reads the child's stdout to its end on a thread, sending each line.
+fn stdout_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
     use std::io::BufRead;
     let stdout = child.stdout.take().expect("the child's stdout is piped");
-    let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+    let (line_tx, line_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for l in std::io::BufReader::new(stdout).lines() {
-            let Ok(l) = l else { break };
-            if l.contains(line) {
-                let _ = seen_tx.send(());
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line_tx.send(line).is_err() {
+                break;
             }
         }
     });
-    seen_rx
+    line_rx
 }
