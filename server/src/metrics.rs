@@ -59,19 +59,25 @@ pub fn observe_peer_rtt(peer: u64, elapsed: Duration) {
     histogram.observe(elapsed);
 }
 
-/// Counts leader changes from the Raft metrics stream until the member stops.
+/// Counts leader changes until the member stops, from openraft's server metrics: they
+/// change only with the leader, the vote, the state or the membership, where the full
+/// metrics change with every loop of RaftCore (several times per write, and at every tick).
 pub async fn watch_leader_changes(node: Arc<Node>) {
-    let mut rx = node.raft.metrics();
+    let mut rx = node.raft.server_metrics();
     // The first leader this member learns of counts, as in etcd.
     let mut leader = None;
     let mut voters = 0usize;
     loop {
-        let now = rx.borrow_and_update().current_leader;
+        let (now, now_voters) = {
+            let m = rx.borrow_and_update();
+            let voters = m.membership_config.membership().voter_ids().count();
+            (m.current_leader, voters)
+        };
         if now != leader && now.is_some() {
             LEADER_CHANGES.fetch_add(1, Ordering::Relaxed);
         }
         leader = now;
-        let (count, tolerated, warning) = node.fault_tolerance();
+        let (count, tolerated, warning) = crate::node::fault_tolerance_of(now_voters);
         if count != voters {
             voters = count;
             match warning {

@@ -445,14 +445,7 @@ impl Node {
             .membership()
             .voter_ids()
             .count();
-        let tolerated = voters.saturating_sub(1) / 2;
-        let warning = (voters > 0 && voters.is_multiple_of(2)).then(|| {
-            format!(
-                "{voters} voters tolerate {tolerated} failure{}: run an odd number (3 tolerate 1)",
-                if tolerated == 1 { "" } else { "s" }
-            )
-        });
-        (voters, tolerated, warning)
+        fault_tolerance_of(voters)
     }
 
     pub fn self_member(&self) -> Member {
@@ -1191,6 +1184,19 @@ async fn step_down_on_restart(log: &mut RaftLogStore, id: NodeId) -> Result<(), 
         }
     }
     Ok(())
+}
+
+/// How many of `voters` the cluster can lose, and a warning when the count is even (an
+/// even count tolerates no more failures than one less).
+pub fn fault_tolerance_of(voters: usize) -> (usize, usize, Option<String>) {
+    let tolerated = voters.saturating_sub(1) / 2;
+    let warning = (voters > 0 && voters.is_multiple_of(2)).then(|| {
+        format!(
+            "{voters} voters tolerate {tolerated} failure{}: run an odd number (3 tolerate 1)",
+            if tolerated == 1 { "" } else { "s" }
+        )
+    });
+    (voters, tolerated, warning)
 }
 
 #[cfg(test)]
