@@ -439,7 +439,7 @@ impl Node {
     pub fn fault_tolerance(&self) -> (usize, usize, Option<String>) {
         let voters = self
             .raft
-            .metrics()
+            .server_metrics()
             .borrow()
             .membership_config
             .membership()

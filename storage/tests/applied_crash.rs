@@ -23,7 +23,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{b, crash_seed, spawn_crash_child};
+use common::{b, child_stdout_lines, crash_seed, spawn_crash_child};
 use raftkv_storage::fuzzing::Mutator;
 use raftkv_storage::mvcc::*;
 
@@ -161,7 +161,7 @@ fn sigkill_leaves_the_applied_index_naming_exactly_what_the_store_holds() {
     for iteration in 0..ITERATIONS {
         let mut child =
             spawn_crash_child("crash_child_applier", CHILD_ENV, dir.path(), Stdio::piped());
-        let lines = stdout_lines(&mut child);
+        let lines = child_stdout_lines(&mut child);
         let context = format!("seed {seed} iteration {iteration}");
         let from_start = iteration % KILL_FROM_START_EVERY == 0;
         // Kill anywhere from during the open (from the start) or from the flush (with
@@ -215,20 +215,4 @@ fn durable_index(lines: &std::sync::mpsc::Receiver<String>) -> Option<u64> {
             return index.trim().parse().ok();
         }
     }
-}
-
-/// Reads the child's stdout to its end on a thread, sending each line.
-fn stdout_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
-    use std::io::BufRead;
-    let stdout = child.stdout.take().expect("the child's stdout is piped");
-    let (line_tx, line_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if line_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    line_rx
 }

@@ -125,3 +125,20 @@ pub fn spawn_crash_child(
         .spawn()
         .unwrap()
 }
+
+/// Reads a crash child's stdout to its end on a thread, sending each line (the child
+/// reports its progress there).
+pub fn child_stdout_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("the child's stdout is piped");
+    let (line_tx, line_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    line_rx
+}
