@@ -8,7 +8,9 @@
 //! - `join_token.rs`: the join token, and proving knowledge of it without sending it
 //! - `rollback_guard.rs`: a member restarted with an older copy of its data dir never
 //!   votes or acknowledges (peers remember what each member held)
-//! - `peer.rs`, `peer_service.rs`: member-to-member gRPC (Raft RPCs, forwarding)
+//! - `peer.rs`, `peer_service.rs`: member-to-member messages (Raft RPCs, forwarding)
+//! - `peer_pipe.rs`: one long-lived pipe per peer, replies matched by id;
+//!   `peer_wire.rs`: its own framing on a TCP connection to the peer port
 //! - `auto_compaction.rs`: etcd's periodic and revision auto-compaction (leader only)
 //! - `backups.rs`: scheduled snapshots with retention, optionally uploaded (`s3.rs`)
 //! - `leases.rs`: the leader's lease clocks and expiry
@@ -54,6 +56,7 @@ pub mod node;
 pub mod peer;
 pub mod peer_pipe;
 pub mod peer_service;
+pub mod peer_wire;
 pub mod rollback_guard;
 pub mod s3;
 pub mod server;

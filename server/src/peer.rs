@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::errors::ApiError;
-use crate::peer_pipe::{PipeKind, PipeOutcome, Pipes};
+use crate::peer_pipe::{Dialer, PipeKind, PipeOutcome, Pipes};
 
 /// Largest peer message: an AppendEntries batch or a snapshot chunk.
 pub const MAX_PEER_MESSAGE_SIZE_BYTES: usize = 256 << 20;
@@ -280,6 +280,23 @@ impl PeerClients {
         Ok(config)
     }
 
+    /// The client TLS configuration for a pipe connection to an https:// peer URL (None
+    /// for http://), read from the files as they are now.
+    fn pipe_tls(&self, url: &str) -> Result<Option<Arc<rustls::ClientConfig>>, ApiError> {
+        if !url.starts_with("https://") {
+            return Ok(None);
+        }
+        let Some(tls) = &self.tls else {
+            return Err(ApiError::InvalidArgument(
+                "an https:// peer URL needs --peer-cert-file, --peer-key-file and --peer-trusted-ca-file".into(),
+            ));
+        };
+        let files = tls.lock().unwrap_or_else(|e| e.into_inner()).files.clone();
+        let config = crate::tls::client_config(&files)
+            .map_err(|e| ApiError::Internal(format!("peer TLS: {e}")))?;
+        Ok(Some(Arc::new(config)))
+    }
+
     /// A client for the member at `url`, over the pooled channel (made on first use).
     pub fn client(&self, url: &str) -> Result<PeerClient<Channel>, ApiError> {
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
@@ -372,12 +389,14 @@ impl PeerClients {
             self.pipes.clear();
         }
         if let Some(kind) = method.pipe_kind() {
-            let client = || self.client(url).map_err(|e| e.status());
+            let dialer = PeerDial { clients: self, url };
             let (pipes, data) = (&self.pipes, data.clone());
             let outcome = if wants_reply {
-                pipes.call(url, client, kind, target, data, timeout).await
+                pipes.call(url, &dialer, kind, target, data, timeout).await
             } else {
-                pipes.notify(url, client, kind, target, data, timeout).await
+                pipes
+                    .notify(url, &dialer, kind, target, data, timeout)
+                    .await
             };
             if let PipeOutcome::Done(result) = outcome {
                 return result;
@@ -401,6 +420,22 @@ impl PeerClients {
             PeerMethod::Forward => client.forward(req).await,
         }?;
         Ok(reply.into_inner().data)
+    }
+}
+
+/// How a pipe to the member at `url` is opened (peer_pipe.rs).
+struct PeerDial<'a> {
+    clients: &'a PeerClients,
+    url: &'a str,
+}
+
+impl Dialer for PeerDial<'_> {
+    fn grpc(&self) -> Result<PeerClient<Channel>, tonic::Status> {
+        self.clients.client(self.url).map_err(|e| e.status())
+    }
+
+    fn tls(&self) -> Result<Option<Arc<rustls::ClientConfig>>, tonic::Status> {
+        self.clients.pipe_tls(self.url).map_err(|e| e.status())
     }
 }
 

@@ -10,6 +10,11 @@
 //! after each commit, which a follower acts on as on any AppendEntries but does not
 //! answer. A member that predates this answers them with id 0, which matches no waiter.
 //!
+//! A pipe is a TCP connection of its own to the peer port (peer_wire.rs) where the peer
+//! speaks that; a member that predates it gets the pipe as a bidirectional gRPC stream
+//! (the `Pipe` call), and one older still gets unary calls. Frames, ids and replies are
+//! the same on both.
+//!
 //! Owns the client side: opening a pipe per peer URL, sending frames, matching replies,
 //! failing the waiters of a pipe that broke. It never interprets a payload (peer.rs
 //! and peer_service.rs do, the same for a frame as for a unary call), and it must never
@@ -21,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::{Stream, StreamExt};
 use raftkv_proto::peer::peer_client::PeerClient;
 use raftkv_proto::peer::Frame;
 use tokio::sync::{mpsc, oneshot};
@@ -28,12 +34,24 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use crate::peer_wire::{self, Dialed};
+
 /// Frames one pipe has in flight at most, each way: a full pipe makes senders wait,
 /// and a receiver reads no more frames until it has answered some.
 pub const MAX_PIPE_FRAMES_IN_FLIGHT: usize = 1024;
 /// How long a peer that has no pipes (an older raftkv) gets unary calls before a pipe
-/// is tried again.
+/// is tried again; the same for a peer that has only gRPC pipes before a pipe
+/// connection is tried again.
 const UNARY_RETRY_PIPE_MS: u64 = 60_000;
+
+/// How a pipe to one member is opened: a pipe connection (peer_wire.rs), or the gRPC
+/// client for a member that does not speak that.
+pub trait Dialer {
+    /// The gRPC client to the member (over the pooled channel).
+    fn grpc(&self) -> Result<PeerClient<Channel>, Status>;
+    /// Client TLS for a pipe connection to an https:// peer URL; None for http://.
+    fn tls(&self) -> Result<Option<Arc<rustls::ClientConfig>>, Status>;
+}
 
 /// What a request frame carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +122,9 @@ struct Slot {
     opening: tokio::sync::Mutex<()>,
     /// When the peer answered that it has no pipes.
     unary_since: Mutex<Option<Instant>>,
+    /// When the peer answered a pipe connection's preface as something else (it has
+    /// gRPC pipes only).
+    grpc_pipe_since: Mutex<Option<Instant>>,
 }
 
 impl Slot {
@@ -115,9 +136,16 @@ impl Slot {
     }
 
     fn wants_unary(&self) -> bool {
-        lock(&self.unary_since)
-            .is_some_and(|since| since.elapsed() < Duration::from_millis(UNARY_RETRY_PIPE_MS))
+        recent(&self.unary_since)
     }
+
+    fn wants_grpc_pipe(&self) -> bool {
+        recent(&self.grpc_pipe_since)
+    }
+}
+
+fn recent(since: &Mutex<Option<Instant>>) -> bool {
+    lock(since).is_some_and(|since| since.elapsed() < Duration::from_millis(UNARY_RETRY_PIPE_MS))
 }
 
 /// The pipes to other members, one per peer URL, opened on first use and again after
@@ -152,19 +180,19 @@ impl Pipes {
         slots.entry(url.to_string()).or_default().clone()
     }
 
-    /// Sends one request to the member at `url` over `client`'s connection and waits
-    /// for its reply, at most `timeout`.
+    /// Sends one request to the member at `url` and waits for its reply, at most
+    /// `timeout`.
     pub async fn call(
         &self,
         url: &str,
-        client: impl FnOnce() -> Result<PeerClient<Channel>, Status>,
+        dialer: &impl Dialer,
         kind: PipeKind,
         target: u64,
         data: Bytes,
         timeout: Duration,
     ) -> PipeOutcome {
         let deadline = tokio::time::Instant::now() + timeout;
-        let pipe = match self.pipe(url, client, deadline).await {
+        let pipe = match self.pipe(url, dialer, deadline).await {
             Ok(pipe) => pipe,
             Err(outcome) => return outcome,
         };
@@ -176,14 +204,14 @@ impl Pipes {
     pub async fn notify(
         &self,
         url: &str,
-        client: impl FnOnce() -> Result<PeerClient<Channel>, Status>,
+        dialer: &impl Dialer,
         kind: PipeKind,
         target: u64,
         data: Bytes,
         timeout: Duration,
     ) -> PipeOutcome {
         let deadline = tokio::time::Instant::now() + timeout;
-        let pipe = match self.pipe(url, client, deadline).await {
+        let pipe = match self.pipe(url, dialer, deadline).await {
             Ok(pipe) => pipe,
             Err(outcome) => return outcome,
         };
@@ -200,7 +228,7 @@ impl Pipes {
     async fn pipe(
         &self,
         url: &str,
-        client: impl FnOnce() -> Result<PeerClient<Channel>, Status>,
+        dialer: &impl Dialer,
         deadline: tokio::time::Instant,
     ) -> Result<Arc<Pipe>, PipeOutcome> {
         let slot = self.slot(url);
@@ -209,7 +237,7 @@ impl Pipes {
         }
         match slot.open_pipe() {
             Some(pipe) => Ok(pipe),
-            None => match open(url, &slot, client, deadline).await {
+            None => match open(url, &slot, dialer, deadline).await {
                 Ok(Some(pipe)) => Ok(pipe),
                 Ok(None) => Err(PipeOutcome::Unsupported),
                 Err(status) => Err(PipeOutcome::Done(Err(status))),
@@ -218,12 +246,13 @@ impl Pipes {
     }
 }
 
-/// Opens a pipe to `url` (or takes the one another caller opened meanwhile). None: the
+/// Opens a pipe to `url` (or takes the one another caller opened meanwhile): a pipe
+/// connection, or a gRPC stream to a member that has no such connections. None: the
 /// peer has no pipes. An error means nothing was sent; its message says "connect".
 async fn open(
     url: &str,
     slot: &Slot,
-    client: impl FnOnce() -> Result<PeerClient<Channel>, Status>,
+    dialer: &impl Dialer,
     deadline: tokio::time::Instant,
 ) -> Result<Option<Arc<Pipe>>, Status> {
     let timed_out = || {
@@ -240,7 +269,26 @@ async fn open(
     if slot.wants_unary() {
         return Ok(None);
     }
-    let mut client = client()?;
+    if !slot.wants_grpc_pipe() {
+        match peer_wire::dial(url, dialer.tls()?, deadline).await {
+            Ok(Dialed::Pipe(io)) => {
+                let pipe = connection_pipe(url, io);
+                *lock(&slot.current) = Some(pipe.clone());
+                tracing::info!(%url, "peer pipe connection open");
+                return Ok(Some(pipe));
+            }
+            Ok(Dialed::NotSpoken(why)) => {
+                tracing::info!(%url, %why, "peer has no pipe connections (an older raftkv?): using a gRPC stream");
+                *lock(&slot.grpc_pipe_since) = Some(Instant::now());
+            }
+            Err(e) => {
+                return Err(Status::unavailable(format!(
+                    "raftkv peer: could not connect to {url}: {e}"
+                )))
+            }
+        }
+    }
+    let mut client = dialer.grpc()?;
     let (frames, outgoing) = mpsc::channel(MAX_PIPE_FRAMES_IN_FLIGHT);
     let opened = tokio::time::timeout_at(deadline, client.pipe(ReceiverStream::new(outgoing)))
         .await
@@ -260,6 +308,24 @@ async fn open(
     *lock(&slot.current) = Some(pipe.clone());
     tracing::debug!(%url, "peer stream open");
     Ok(Some(pipe))
+}
+
+/// A pipe over a pipe connection: one task writes the queued frames, one hands the
+/// replies to their waiters. Either ending closes the pipe.
+fn connection_pipe(url: &str, io: Box<dyn peer_wire::PipeIo>) -> Arc<Pipe> {
+    let (read, write) = tokio::io::split(io);
+    let (frames, outgoing) = mpsc::channel(MAX_PIPE_FRAMES_IN_FLIGHT);
+    let waiting = Arc::new(Mutex::new(Waiting::default()));
+    let replies = peer_wire::FrameReader::new(read).into_stream();
+    tokio::spawn(read_replies(url.to_string(), replies, waiting.clone()));
+    let (url, writer_waiting) = (url.to_string(), waiting.clone());
+    tokio::spawn(async move {
+        if let Err(e) = peer_wire::write_frames(write, outgoing).await {
+            tracing::debug!(%url, error = %e, "peer pipe connection broke while writing");
+            close(&writer_waiting);
+        }
+    });
+    Arc::new(Pipe { frames, waiting })
 }
 
 fn request_frame(id: u64, kind: PipeKind, target: u64, data: Bytes) -> Frame {
@@ -340,27 +406,32 @@ async fn send(
 }
 
 /// Hands each reply to its waiter until the stream ends, then fails those left.
-async fn read_replies(
-    url: String,
-    mut replies: tonic::Streaming<Frame>,
-    waiting: Arc<Mutex<Waiting>>,
-) {
+async fn read_replies<S, E>(url: String, mut replies: S, waiting: Arc<Mutex<Waiting>>)
+where
+    S: Stream<Item = Result<Frame, E>> + Unpin,
+    E: std::fmt::Display,
+{
     let reason = loop {
-        match replies.message().await {
-            Ok(Some(frame)) => {
+        match replies.next().await {
+            Some(Ok(frame)) => {
                 let waiter = lock(&waiting).replies.remove(&frame.id);
                 if let Some(waiter) = waiter {
                     let _ = waiter.send(frame);
                 }
             }
-            Ok(None) => break "closed by the peer".to_string(),
-            Err(status) => break status.message().to_string(),
+            None => break "closed by the peer".to_string(),
+            Some(Err(e)) => break e.to_string(),
         }
     };
     tracing::debug!(%url, %reason, "peer stream ended");
-    let mut waiting = lock(&waiting);
+    close(&waiting);
+}
+
+/// Marks a pipe broken: no request is added to it, and those waiting fail ("broke;
+/// outcome unknown") as their reply senders are dropped.
+fn close(waiting: &Mutex<Waiting>) {
+    let mut waiting = lock(waiting);
     waiting.closed = true;
-    // Dropping the senders fails the waiters ("broke; outcome unknown").
     waiting.replies.clear();
 }
 
@@ -379,18 +450,50 @@ mod tests {
 
     use super::*;
 
-    /// A peer that answers each frame with its payload, after as many milliseconds as
-    /// the payload's first byte says (255: it breaks the pipe instead). Without
-    /// `pipes` it is an older raftkv.
-    struct Echo {
-        pipes: bool,
-        opened: Arc<AtomicUsize>,
+    /// What a test peer speaks: pipe connections (and gRPC), gRPC pipes only (a member
+    /// before pipe connections), or unary calls only (older still).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Speaks {
+        Connections,
+        GrpcStreams,
+        UnaryOnly,
+    }
+
+    /// A test peer that answers each frame with its payload, after as many
+    /// milliseconds as the payload's first byte says (255: it breaks the pipe instead).
+    #[derive(Clone)]
+    struct EchoPeer {
+        url: String,
+        /// gRPC pipes asked for, and pipe connections opened.
+        grpc_pipes: Arc<AtomicUsize>,
+        connections: Arc<AtomicUsize>,
         /// Frames received on its pipes.
         frames: Arc<AtomicUsize>,
     }
 
+    impl EchoPeer {
+        fn pipes_opened(&self) -> usize {
+            self.grpc_pipes.load(Ordering::SeqCst) + self.connections.load(Ordering::SeqCst)
+        }
+    }
+
+    /// The echo's answer to one frame, or None to break the pipe.
+    async fn echo(frame: Frame) -> Option<Frame> {
+        let delay_ms = frame.data.first().copied().unwrap_or(0);
+        if delay_ms == 255 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(u64::from(delay_ms))).await;
+        Some(reply_frame(frame.id, Ok(frame.data)))
+    }
+
+    struct EchoService {
+        pipes: bool,
+        peer: EchoPeer,
+    }
+
     #[tonic::async_trait]
-    impl Peer for Echo {
+    impl Peer for EchoService {
         async fn append_entries(&self, _: Request<Blob>) -> Result<Response<Blob>, Status> {
             Err(Status::unimplemented("test peer"))
         }
@@ -410,27 +513,20 @@ mod tests {
             &self,
             req: Request<Streaming<Frame>>,
         ) -> Result<Response<Self::PipeStream>, Status> {
-            self.opened.fetch_add(1, Ordering::SeqCst);
+            self.peer.grpc_pipes.fetch_add(1, Ordering::SeqCst);
             if !self.pipes {
                 return Err(Status::unimplemented("Pipe"));
             }
             let mut frames = req.into_inner();
             let (replies, outgoing) = mpsc::channel(64);
-            let received = self.frames.clone();
+            let received = self.peer.frames.clone();
             tokio::spawn(async move {
                 while let Ok(Some(frame)) = frames.message().await {
                     received.fetch_add(1, Ordering::SeqCst);
                     let replies = replies.clone();
                     tokio::spawn(async move {
-                        let delay_ms = frame.data.first().copied().unwrap_or(0);
-                        if delay_ms == 255 {
-                            let _ = replies.send(Err(Status::internal("broken"))).await;
-                            return;
-                        }
-                        tokio::time::sleep(Duration::from_millis(u64::from(delay_ms))).await;
-                        let _ = replies
-                            .send(Ok(reply_frame(frame.id, Ok(frame.data))))
-                            .await;
+                        let reply = echo(frame).await.ok_or_else(|| Status::internal("broken"));
+                        let _ = replies.send(reply).await;
                     });
                 }
             });
@@ -438,39 +534,74 @@ mod tests {
         }
     }
 
-    /// Serves an `Echo` on a loopback port: its URL and how many pipes were asked for.
-    async fn echo_peer(pipes: bool) -> (String, Arc<AtomicUsize>) {
-        let (url, opened, _) = echo_peer_counting(pipes).await;
-        (url, opened)
+    /// Serves one pipe connection as the echo; a frame asking to break it closes the
+    /// connection (both halves).
+    fn serve_echo_connection<T: peer_wire::PipeIo>(peer: EchoPeer, conn: T) {
+        peer.connections.fetch_add(1, Ordering::SeqCst);
+        let (read, write) = tokio::io::split(conn);
+        let (replies, outgoing) = mpsc::channel(64);
+        let writer = tokio::spawn(peer_wire::write_frames(write, outgoing));
+        tokio::spawn(async move {
+            let mut reader = peer_wire::FrameReader::new(read);
+            let (broken_tx, mut broken) = mpsc::channel::<()>(1);
+            loop {
+                tokio::select! {
+                    frame = reader.next() => {
+                        let Ok(Some(frame)) = frame else { break };
+                        peer.frames.fetch_add(1, Ordering::SeqCst);
+                        let (replies, broken_tx) = (replies.clone(), broken_tx.clone());
+                        tokio::spawn(async move {
+                            match echo(frame).await {
+                                Some(reply) => { let _ = replies.send(reply).await; }
+                                None => { let _ = broken_tx.send(()).await; }
+                            }
+                        });
+                    }
+                    _ = broken.recv() => break,
+                }
+            }
+            writer.abort();
+        });
     }
 
-    /// `echo_peer`, and how many frames it received.
-    async fn echo_peer_counting(pipes: bool) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    /// Serves an echo peer on a loopback port.
+    async fn echo_peer(speaks: Speaks) -> EchoPeer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let opened = Arc::new(AtomicUsize::new(0));
-        let frames = Arc::new(AtomicUsize::new(0));
-        let service = PeerServer::new(Echo {
-            pipes,
-            opened: opened.clone(),
-            frames: frames.clone(),
+        let peer = EchoPeer {
+            url: format!("http://{}", listener.local_addr().expect("addr")),
+            grpc_pipes: Arc::default(),
+            connections: Arc::default(),
+            frames: Arc::default(),
+        };
+        let service = PeerServer::new(EchoService {
+            pipes: speaks != Speaks::UnaryOnly,
+            peer: peer.clone(),
         });
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
-        (url, opened, frames)
+        let router = tonic::transport::Server::builder().add_service(service);
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        if speaks == Speaks::Connections {
+            let serving = peer.clone();
+            let serve = move |conn| serve_echo_connection(serving.clone(), conn);
+            tokio::spawn(router.serve_with_incoming(peer_wire::split_pipes(incoming, serve)));
+        } else {
+            tokio::spawn(router.serve_with_incoming(incoming));
+        }
+        peer
     }
 
-    fn client(url: &str) -> impl FnOnce() -> Result<PeerClient<Channel>, Status> {
-        let url = url.to_string();
-        move || {
-            let endpoint =
-                Endpoint::from_shared(url).map_err(|e| Status::internal(e.to_string()))?;
+    struct TestDial(String);
+
+    impl Dialer for TestDial {
+        fn grpc(&self) -> Result<PeerClient<Channel>, Status> {
+            let endpoint = Endpoint::from_shared(self.0.clone())
+                .map_err(|e| Status::internal(e.to_string()))?;
             Ok(PeerClient::new(endpoint.connect_lazy()))
+        }
+
+        fn tls(&self) -> Result<Option<Arc<rustls::ClientConfig>>, Status> {
+            Ok(None)
         }
     }
 
@@ -478,7 +609,7 @@ mod tests {
         pipes
             .call(
                 url,
-                client(url),
+                &TestDial(url.to_string()),
                 PipeKind::Forward,
                 0,
                 Bytes::from(payload),
@@ -496,31 +627,58 @@ mod tests {
 
     #[tokio::test]
     async fn replies_answered_out_of_order_reach_their_own_callers_on_one_pipe() {
-        let (url, opened) = echo_peer(true).await;
-        let pipes = Pipes::default();
-        let calls = (0..20u8).map(|i| {
-            let pipes = pipes.clone();
-            let url = url.clone();
-            // The first sent is answered last.
-            async move { (i, reply(call(&pipes, &url, vec![60 - 3 * i, i]).await)) }
-        });
-        for (i, result) in futures::future::join_all(calls).await {
-            assert_eq!(result.expect("reply").as_ref(), &[60 - 3 * i, i]);
+        for speaks in [Speaks::Connections, Speaks::GrpcStreams] {
+            let peer = echo_peer(speaks).await;
+            let pipes = Pipes::default();
+            let calls = (0..20u8).map(|i| {
+                let pipes = pipes.clone();
+                let url = peer.url.clone();
+                // The first sent is answered last.
+                async move { (i, reply(call(&pipes, &url, vec![60 - 3 * i, i]).await)) }
+            });
+            for (i, result) in futures::future::join_all(calls).await {
+                assert_eq!(
+                    result.expect("reply").as_ref(),
+                    &[60 - 3 * i, i],
+                    "{speaks:?}"
+                );
+            }
+            assert_eq!(peer.pipes_opened(), 1, "one pipe for all calls: {speaks:?}");
         }
-        assert_eq!(opened.load(Ordering::SeqCst), 1, "one pipe for all calls");
+    }
+
+    #[tokio::test]
+    async fn a_member_with_pipe_connections_gets_one_and_an_older_one_a_grpc_stream() {
+        let peer = echo_peer(Speaks::Connections).await;
+        let pipes = Pipes::default();
+        reply(call(&pipes, &peer.url, vec![0]).await).expect("reply");
+        assert_eq!(peer.connections.load(Ordering::SeqCst), 1);
+        assert_eq!(peer.grpc_pipes.load(Ordering::SeqCst), 0);
+
+        let older = echo_peer(Speaks::GrpcStreams).await;
+        for _ in 0..3 {
+            reply(call(&pipes, &older.url, vec![0]).await).expect("reply");
+        }
+        assert_eq!(older.connections.load(Ordering::SeqCst), 0);
+        assert_eq!(
+            older.grpc_pipes.load(Ordering::SeqCst),
+            1,
+            "asked once, then kept"
+        );
+        assert_eq!(older.frames.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]
     async fn a_peer_without_pipes_is_left_to_unary_calls_and_not_asked_again() {
-        let (url, opened) = echo_peer(false).await;
+        let peer = echo_peer(Speaks::UnaryOnly).await;
         let pipes = Pipes::default();
         for _ in 0..3 {
             assert!(matches!(
-                call(&pipes, &url, vec![0]).await,
+                call(&pipes, &peer.url, vec![0]).await,
                 PipeOutcome::Unsupported
             ));
         }
-        assert_eq!(opened.load(Ordering::SeqCst), 1);
+        assert_eq!(peer.grpc_pipes.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
@@ -536,53 +694,64 @@ mod tests {
 
     #[tokio::test]
     async fn a_broken_pipe_fails_its_waiters_as_unknown_and_the_next_call_reopens() {
-        let (url, opened) = echo_peer(true).await;
-        let pipes = Pipes::default();
-        let slow = {
-            let pipes = pipes.clone();
-            let url = url.clone();
-            tokio::spawn(async move { reply(call(&pipes, &url, vec![200]).await) })
-        };
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let breaker = reply(call(&pipes, &url, vec![255]).await).expect_err("broken");
-        let waiter = slow.await.expect("task").expect_err("broken");
-        for status in [&breaker, &waiter] {
-            assert_eq!(status.code(), Code::Unavailable);
-            assert!(!status.message().contains("connect"), "{status:?}");
+        for speaks in [Speaks::Connections, Speaks::GrpcStreams] {
+            let peer = echo_peer(speaks).await;
+            let pipes = Pipes::default();
+            let slow = {
+                let pipes = pipes.clone();
+                let url = peer.url.clone();
+                tokio::spawn(async move { reply(call(&pipes, &url, vec![200]).await) })
+            };
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let breaker = reply(call(&pipes, &peer.url, vec![255]).await).expect_err("broken");
+            let waiter = slow.await.expect("task").expect_err("broken");
+            for status in [&breaker, &waiter] {
+                assert_eq!(status.code(), Code::Unavailable, "{speaks:?}");
+                assert!(
+                    !status.message().contains("connect"),
+                    "{speaks:?}: {status:?}"
+                );
+            }
+            let again = reply(call(&pipes, &peer.url, vec![0, 7]).await).expect("reopened");
+            assert_eq!(again.as_ref(), &[0, 7]);
+            assert_eq!(peer.pipes_opened(), 2, "{speaks:?}");
         }
-        let again = reply(call(&pipes, &url, vec![0, 7]).await).expect("reopened");
-        assert_eq!(again.as_ref(), &[0, 7]);
-        assert_eq!(opened.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
     async fn a_notice_is_sent_without_waiting_and_an_older_members_answer_to_it_reaches_nobody() {
-        let (url, opened, frames) = echo_peer_counting(true).await;
-        let pipes = Pipes::default();
-        // The echo answers after 200 ms, with the notice's id: an older member's answer.
-        let started = Instant::now();
-        let outcome = pipes
-            .notify(
-                &url,
-                client(&url),
-                PipeKind::AppendEntries,
-                0,
-                Bytes::from(vec![200, 1]),
-                Duration::from_secs(5),
-            )
-            .await;
-        assert!(reply(outcome).expect("queued").is_empty());
-        assert!(
-            started.elapsed() < Duration::from_millis(150),
-            "notify waited {:?}, as for an answer",
-            started.elapsed()
-        );
-        let during = reply(call(&pipes, &url, vec![0, 2]).await).expect("reply");
-        assert_eq!(during.as_ref(), &[0, 2]);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let after = reply(call(&pipes, &url, vec![0, 3]).await).expect("reply");
-        assert_eq!(after.as_ref(), &[0, 3]);
-        assert_eq!(frames.load(Ordering::SeqCst), 3, "the notice arrived");
-        assert_eq!(opened.load(Ordering::SeqCst), 1, "one pipe throughout");
+        for speaks in [Speaks::Connections, Speaks::GrpcStreams] {
+            let peer = echo_peer(speaks).await;
+            let pipes = Pipes::default();
+            // The echo answers after 200 ms, with the notice's id: an older member's answer.
+            let started = Instant::now();
+            let outcome = pipes
+                .notify(
+                    &peer.url,
+                    &TestDial(peer.url.clone()),
+                    PipeKind::AppendEntries,
+                    0,
+                    Bytes::from(vec![200, 1]),
+                    Duration::from_secs(5),
+                )
+                .await;
+            assert!(reply(outcome).expect("queued").is_empty());
+            assert!(
+                started.elapsed() < Duration::from_millis(150),
+                "notify waited {:?}, as for an answer ({speaks:?})",
+                started.elapsed()
+            );
+            let during = reply(call(&pipes, &peer.url, vec![0, 2]).await).expect("reply");
+            assert_eq!(during.as_ref(), &[0, 2]);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let after = reply(call(&pipes, &peer.url, vec![0, 3]).await).expect("reply");
+            assert_eq!(after.as_ref(), &[0, 3]);
+            assert_eq!(
+                peer.frames.load(Ordering::SeqCst),
+                3,
+                "the notice arrived ({speaks:?})"
+            );
+            assert_eq!(peer.pipes_opened(), 1, "one pipe throughout ({speaks:?})");
+        }
     }
 }

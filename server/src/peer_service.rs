@@ -1,11 +1,11 @@
 //! The peer gRPC service: hands Raft RPCs to openraft and forwarded requests to
 //! `Node::serve_forward`, whether they come as unary calls or as frames on a pipe
-//! (peer_pipe.rs); both are served by the same code. Decoding failures are answered as
-//! errors, never panics.
+//! (peer_pipe.rs: a pipe connection of its own, peer_wire.rs, or a gRPC stream); all
+//! are served by the same code. Decoding failures are answered as errors, never panics.
 
 use std::sync::Arc;
 
-use futures::stream::{FuturesUnordered, StreamExt};
+use futures::stream::{FuturesUnordered, Stream, StreamExt};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use raftkv_proto::peer::peer_server::Peer;
 use raftkv_proto::peer::{Blob, Frame};
@@ -13,6 +13,8 @@ use raftkv_storage::raft_types::{NodeId, TypeConfig};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+
+use crate::peer_wire::{FrameReader, PipeIo};
 
 use crate::node::Node;
 use crate::peer::{decode, encode, ForwardError, ForwardRequest, TARGET_MEMBER_METADATA};
@@ -131,20 +133,19 @@ impl PeerService {
 /// write), until the sender closes it and every reply is out; a frame with
 /// `NO_REPLY_ID` is served and not answered. At most `MAX_PIPE_FRAMES_IN_FLIGHT` are
 /// served at once: beyond that no frame is read.
-async fn serve_pipe(
-    service: PeerService,
-    mut frames: Streaming<Frame>,
-    replies: mpsc::Sender<Result<Frame, Status>>,
-) {
+async fn serve_pipe<S, E>(service: PeerService, mut frames: S, replies: mpsc::Sender<Frame>)
+where
+    S: Stream<Item = Result<Frame, E>> + Unpin,
+{
     let mut in_flight = FuturesUnordered::new();
     let mut reading = true;
     loop {
         tokio::select! {
-            frame = frames.message(), if reading && in_flight.len() < MAX_PIPE_FRAMES_IN_FLIGHT => {
+            frame = frames.next(), if reading && in_flight.len() < MAX_PIPE_FRAMES_IN_FLIGHT => {
                 match frame {
-                    Ok(Some(frame)) => in_flight.push(service.serve_frame(frame)),
+                    Some(Ok(frame)) => in_flight.push(service.serve_frame(frame)),
                     // Closed by the sender, or broken: answer what was taken.
-                    Ok(None) | Err(_) => reading = false,
+                    None | Some(Err(_)) => reading = false,
                 }
             }
             Some(reply) = in_flight.next(), if !in_flight.is_empty() => {
@@ -154,7 +155,7 @@ async fn serve_pipe(
                     }
                     continue;
                 }
-                if replies.send(Ok(reply)).await.is_err() {
+                if replies.send(reply).await.is_err() {
                     return;
                 }
             }
@@ -162,6 +163,26 @@ async fn serve_pipe(
         }
     }
 }
+
+/// Serves a pipe connection (peer_wire.rs) accepted on the peer port, preface done:
+/// its frames as a gRPC pipe's, the replies written by a task of their own.
+pub fn serve_pipe_connection<T: PipeIo>(service: PeerService, conn: T) {
+    let (read, write) = tokio::io::split(conn);
+    let (replies, outgoing) = mpsc::channel(MAX_PIPE_FRAMES_IN_FLIGHT);
+    tokio::spawn(async move {
+        if let Err(e) = crate::peer_wire::write_frames(write, outgoing).await {
+            tracing::debug!(error = %e, "peer pipe connection broke while answering");
+        }
+    });
+    tokio::spawn(serve_pipe(
+        service,
+        FrameReader::new(read).into_stream(),
+        replies,
+    ));
+}
+
+/// A gRPC pipe's replies, as tonic sends them.
+type GrpcReplies = futures::stream::Map<ReceiverStream<Frame>, fn(Frame) -> Result<Frame, Status>>;
 
 #[tonic::async_trait]
 impl Peer for PeerService {
@@ -193,7 +214,7 @@ impl Peer for PeerService {
         Ok(Response::new(reply))
     }
 
-    type PipeStream = ReceiverStream<Result<Frame, Status>>;
+    type PipeStream = GrpcReplies;
 
     async fn pipe(
         &self,
@@ -201,6 +222,7 @@ impl Peer for PeerService {
     ) -> Result<Response<Self::PipeStream>, Status> {
         let (replies, outgoing) = mpsc::channel(MAX_PIPE_FRAMES_IN_FLIGHT);
         tokio::spawn(serve_pipe(self.clone(), req.into_inner(), replies));
-        Ok(Response::new(ReceiverStream::new(outgoing)))
+        let ok: fn(Frame) -> Result<Frame, Status> = Ok;
+        Ok(Response::new(ReceiverStream::new(outgoing).map(ok)))
     }
 }

@@ -53,10 +53,22 @@ async fn bind(url: &str, what: &str) -> Result<TcpListener, StartError> {
 fn incoming(
     listener: TcpListener,
 ) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    incoming_tuned(listener, nodelay)
+}
+
+fn nodelay(stream: &tokio::net::TcpStream) -> std::io::Result<()> {
+    stream.set_nodelay(true)
+}
+
+/// Accepted connections, each socket set up by `tune`.
+fn incoming_tuned(
+    listener: TcpListener,
+    tune: fn(&tokio::net::TcpStream) -> std::io::Result<()>,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
     use futures::StreamExt;
-    TcpListenerStream::new(listener).map(|accepted| {
+    TcpListenerStream::new(listener).map(move |accepted| {
         let stream = accepted?;
-        stream.set_nodelay(true)?;
+        tune(&stream)?;
         Ok(stream)
     })
 }
@@ -70,6 +82,12 @@ where
 {
     use futures::StreamExt;
     incoming.map(|accepted| accepted.map(Coalesced::new))
+}
+
+/// What serves a pipe connection accepted on the peer port.
+fn pipe_server<T: crate::peer_wire::PipeIo>(node: &Arc<Node>) -> impl Fn(T) + Clone + Send {
+    let service = PeerService { node: node.clone() };
+    move |conn| crate::peer_service::serve_pipe_connection(service.clone(), conn)
 }
 
 async fn shutdown_signal() {
@@ -125,14 +143,25 @@ pub async fn run(config: ServerConfig) -> Result<(), StartError> {
             let _ = stop.wait_for(|s| *s).await;
         };
         let router = Server::builder().tcp_nodelay(true).add_service(service);
+        // Pipe connections (peer_wire.rs) are served beside the gRPC service on the
+        // same port; the sockets get the pipe's keepalive and unacknowledged-data
+        // timeout either way.
+        let tune = crate::peer_wire::tune_socket;
         match peer_acceptor {
             Some(acceptor) => tokio::spawn(router.serve_with_incoming_shutdown(
-                crate::tls::incoming(peer_listener, acceptor),
+                crate::peer_wire::split_pipes(
+                    crate::tls::incoming(peer_listener, acceptor, tune),
+                    pipe_server(&node),
+                ),
                 stopped,
             )),
-            None => {
-                tokio::spawn(router.serve_with_incoming_shutdown(incoming(peer_listener), stopped))
-            }
+            None => tokio::spawn(router.serve_with_incoming_shutdown(
+                crate::peer_wire::split_pipes(
+                    incoming_tuned(peer_listener, tune),
+                    pipe_server(&node),
+                ),
+                stopped,
+            )),
         }
     };
 
@@ -189,7 +218,7 @@ pub async fn run(config: ServerConfig) -> Result<(), StartError> {
         let router = client_router(&node);
         match (tls, &acceptor) {
             (true, Some(acceptor)) => {
-                let incoming = coalesced(crate::tls::incoming(listener, acceptor.clone()));
+                let incoming = coalesced(crate::tls::incoming(listener, acceptor.clone(), nodelay));
                 client_servers.push(tokio::spawn(
                     router.serve_with_incoming_shutdown(incoming, stopped),
                 ));

@@ -127,6 +127,32 @@ pub fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, String> {
     Ok(config)
 }
 
+/// The rustls client configuration a member uses on its pipe connections to https://
+/// peers (peer_wire.rs): its certificate, and the peers' checked against the CA. No CA
+/// file: no server is trusted (as the gRPC channels do without one).
+pub fn client_config(files: &TlsFiles) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(ca) = &files.trusted_ca {
+        for cert in load_certs(ca)? {
+            roots
+                .add(cert)
+                .map_err(|e| format!("bad CA certificate in {}: {e}", ca.display()))?;
+        }
+    }
+    rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(load_certs(&files.cert)?, load_key(&files.key)?)
+        .map_err(|e| {
+            format!(
+                "certificate {} and key {}: {e}",
+                files.cert.display(),
+                files.key.display()
+            )
+        })
+}
+
 struct State {
     checked_at: Instant,
     stamps: Vec<Option<SystemTime>>,
@@ -231,14 +257,16 @@ impl tonic::transport::server::Connected for TlsConn {
 }
 
 /// Accepted connections, TLS handshakes done (up to `MAX_CONCURRENT_HANDSHAKES` at
-/// once). A failed or timed-out handshake drops that connection only.
+/// once), each socket set up by `tune` first (Nagle off at least). A failed or
+/// timed-out handshake drops that connection only.
 pub fn incoming(
     listener: TcpListener,
     acceptor: Arc<ReloadingAcceptor>,
+    tune: fn(&TcpStream) -> io::Result<()>,
 ) -> impl Stream<Item = io::Result<TlsConn>> {
     TcpListenerStream::new(listener)
-        .filter_map(|accepted| async move {
-            match accepted.and_then(|s| s.set_nodelay(true).map(|()| s)) {
+        .filter_map(move |accepted| async move {
+            match accepted.and_then(|s| tune(&s).map(|()| s)) {
                 Ok(stream) => Some(stream),
                 Err(e) => {
                     tracing::debug!(error = %e, "tls: accept failed");
