@@ -40,6 +40,8 @@ pub const PREFACE: &[u8; 16] = b"\0raftkv-pipe/1\r\n";
 /// How long an accepted connection may take to send the bytes that tell a pipe from
 /// gRPC (gRPC clients send their preface at once).
 const CLASSIFY_TIMEOUT_MS: u64 = 10_000;
+/// How long a TCP connect to a peer may take (as the gRPC channels' connect timeout).
+const CONNECT_TIMEOUT_MS: u64 = 1_000;
 /// Connections being told apart at once per listener.
 const MAX_CONCURRENT_CLASSIFY: usize = 128;
 /// Most bytes of frames one write carries (frames queued meanwhile go in one write).
@@ -246,7 +248,9 @@ pub async fn dial(
 ) -> io::Result<Dialed> {
     let (host, port) = host_port(url)?;
     let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
-    let tcp = tokio::time::timeout_at(deadline, TcpStream::connect((host.as_str(), port)))
+    let connect_by =
+        deadline.min(tokio::time::Instant::now() + Duration::from_millis(CONNECT_TIMEOUT_MS));
+    let tcp = tokio::time::timeout_at(connect_by, TcpStream::connect((host.as_str(), port)))
         .await
         .map_err(|_| timed_out())??;
     tune_socket(&tcp)?;
@@ -397,7 +401,12 @@ where
                 match read {
                     Ok(Ok((false, head))) => Some(Ok(Rewind { head, inner: conn })),
                     Ok(Ok((true, head))) => {
-                        if let Err(e) = conn.write_all(PREFACE).await {
+                        // Flushed: over TLS the answer must leave rustls's buffer now.
+                        let answered = async {
+                            conn.write_all(PREFACE).await?;
+                            conn.flush().await
+                        };
+                        if let Err(e) = answered.await {
                             tracing::debug!(error = %e, "peer: pipe preface answer failed");
                             return None;
                         }
