@@ -70,8 +70,10 @@ pub async fn watch_leader_changes(node: Arc<Node>) {
     loop {
         let (now, now_voters) = {
             let m = rx.borrow_and_update();
-            let count = m.membership_config.membership().voter_ids().count();
-            (m.current_leader, count)
+            (
+                m.current_leader,
+                crate::node::voter_count(&m.membership_config),
+            )
         };
         if now != leader && now.is_some() {
             LEADER_CHANGES.fetch_add(1, Ordering::Relaxed);

@@ -437,14 +437,7 @@ impl Node {
     /// How many voters the cluster has and how many of them it can lose, and a warning
     /// when the count is even (an even count tolerates no more failures than one less).
     pub fn fault_tolerance(&self) -> (usize, usize, Option<String>) {
-        let voters = self
-            .raft
-            .server_metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .count();
+        let voters = voter_count(&self.raft.server_metrics().borrow().membership_config);
         fault_tolerance_of(voters)
     }
 
@@ -469,7 +462,7 @@ impl Node {
         let m = metrics.borrow();
         if m.state == ServerState::Leader {
             let quorum_stale_ms = 2 * self.config.election_timeout_ms;
-            let voters = m.membership_config.membership().voter_ids().count();
+            let voters = voter_count(&m.membership_config);
             if voters > 1
                 && m.millis_since_quorum_ack
                     .is_none_or(|ms| ms > quorum_stale_ms)
@@ -1184,6 +1177,11 @@ async fn step_down_on_restart(log: &mut RaftLogStore, id: NodeId) -> Result<(), 
         }
     }
     Ok(())
+}
+
+/// How many voters a membership has (learners do not count toward a quorum).
+pub fn voter_count(membership: &openraft::StoredMembership<NodeId, Member>) -> usize {
+    membership.membership().voter_ids().count()
 }
 
 /// How many of `voters` the cluster can lose, and a warning when the count is even (an
