@@ -257,15 +257,20 @@ impl PeerClients {
         changed
     }
 
-    /// The client TLS configuration for a new channel to an https:// peer URL, read from
-    /// the files as they are now.
-    fn client_tls(&self) -> Result<tonic::transport::ClientTlsConfig, ApiError> {
+    /// The peer TLS files, which an https:// peer URL needs.
+    fn tls_files(&self) -> Result<crate::tls::TlsFiles, ApiError> {
         let Some(tls) = &self.tls else {
             return Err(ApiError::InvalidArgument(
                 "an https:// peer URL needs --peer-cert-file, --peer-key-file and --peer-trusted-ca-file".into(),
             ));
         };
-        let files = tls.lock().unwrap_or_else(|e| e.into_inner()).files.clone();
+        Ok(tls.lock().unwrap_or_else(|e| e.into_inner()).files.clone())
+    }
+
+    /// The client TLS configuration for a new channel to an https:// peer URL, read from
+    /// the files as they are now.
+    fn client_tls(&self) -> Result<tonic::transport::ClientTlsConfig, ApiError> {
+        let files = self.tls_files()?;
         let read = |p: &std::path::Path| {
             std::fs::read(p).map_err(|e| {
                 ApiError::Internal(format!("peer TLS: cannot read {}: {e}", p.display()))
@@ -286,13 +291,7 @@ impl PeerClients {
         if !url.starts_with("https://") {
             return Ok(None);
         }
-        let Some(tls) = &self.tls else {
-            return Err(ApiError::InvalidArgument(
-                "an https:// peer URL needs --peer-cert-file, --peer-key-file and --peer-trusted-ca-file".into(),
-            ));
-        };
-        let files = tls.lock().unwrap_or_else(|e| e.into_inner()).files.clone();
-        let config = crate::tls::client_config(&files)
+        let config = crate::tls::client_config(&self.tls_files()?)
             .map_err(|e| ApiError::Internal(format!("peer TLS: {e}")))?;
         Ok(Some(Arc::new(config)))
     }

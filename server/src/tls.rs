@@ -76,6 +76,17 @@ fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
         .map_err(|e| format!("cannot read a private key from {}: {e}", path.display()))
 }
 
+/// The certificates of a CA file, as trust roots.
+fn load_roots(ca: &Path) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in load_certs(ca)? {
+        roots
+            .add(cert)
+            .map_err(|e| format!("bad CA certificate in {}: {e}", ca.display()))?;
+    }
+    Ok(roots)
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -89,14 +100,8 @@ pub fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, String> {
         .map_err(|e| format!("TLS setup: {e}"))?;
     let builder = match &files.trusted_ca {
         Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in load_certs(ca)? {
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("bad CA certificate in {}: {e}", ca.display()))?;
-            }
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
+                Arc::new(load_roots(ca)?),
                 provider(),
             );
             let verifier = if files.client_cert_auth {
@@ -131,14 +136,10 @@ pub fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, String> {
 /// peers (peer_wire.rs): its certificate, and the peers' checked against the CA. No CA
 /// file: no server is trusted (as the gRPC channels do without one).
 pub fn client_config(files: &TlsFiles) -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    if let Some(ca) = &files.trusted_ca {
-        for cert in load_certs(ca)? {
-            roots
-                .add(cert)
-                .map_err(|e| format!("bad CA certificate in {}: {e}", ca.display()))?;
-        }
-    }
+    let roots = match &files.trusted_ca {
+        Some(ca) => load_roots(ca)?,
+        None => rustls::RootCertStore::empty(),
+    };
     rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?
