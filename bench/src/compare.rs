@@ -31,6 +31,8 @@ pub struct CompareConfig {
     pub compaction_window: Duration,
     /// Which phases run (all for a measurement; fewer for an experiment).
     pub phases: Vec<Phase>,
+    /// The load generator's runtime threads (`load::CLIENT_THREADS` unless overridden).
+    pub client_threads: usize,
 }
 
 /// The parts of a run, each on a fresh three-member cluster of its own but the first two,
@@ -64,6 +66,7 @@ impl CompareConfig {
             big_keys: 1_000_000,
             compaction_window: Duration::from_secs(60),
             phases: Phase::ALL.to_vec(),
+            client_threads: load::CLIENT_THREADS,
         }
     }
 
@@ -118,14 +121,6 @@ impl Floor {
     pub fn total_us(&self) -> u32 {
         self.fdatasync_256_p50_us + self.loopback_rtt_p50_us
     }
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
 }
 
 /// Prints a run's result for people and as one JSON line, and keeps it.
@@ -211,7 +206,7 @@ const WARMUP_MS: u64 = 3_000;
 
 /// Measures one system: every phase chosen, in the same order for both.
 pub fn measure(config: &CompareConfig, system: System) -> Measured {
-    let rt = rt();
+    let rt = load::runtime(config.client_threads);
     let mut m = Measured::default();
     let runs = |phase: Phase| config.phases.contains(&phase);
     if runs(Phase::Throughput) || runs(Phase::Failover) {

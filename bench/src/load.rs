@@ -24,6 +24,17 @@ pub const MAX_WATCHERS: usize = 10_000;
 pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
 /// Clients that fill a key space before a run.
 const POPULATE_CLIENTS: usize = 64;
+/// The generator's runtime threads by default (`--client-threads` overrides).
+pub const CLIENT_THREADS: usize = 2;
+
+/// The runtime the generator's clients run on: `threads` workers.
+pub fn runtime(threads: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]

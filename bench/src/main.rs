@@ -78,6 +78,9 @@ struct LoadArgs {
     /// What to call the target in the output.
     #[arg(long, default_value = "target")]
     label: String,
+    /// The generator's runtime threads.
+    #[arg(long, default_value_t = load::CLIENT_THREADS)]
+    client_threads: usize,
 }
 
 #[derive(Args)]
@@ -112,6 +115,9 @@ struct CompareArgs {
     /// Measure raftkv only, for an A/B of two raftkv builds (etcd's column reads 0).
     #[arg(long)]
     raftkv_only: bool,
+    /// The generator's runtime threads.
+    #[arg(long, default_value_t = load::CLIENT_THREADS)]
+    client_threads: usize,
 }
 
 fn main() {
@@ -124,10 +130,7 @@ fn main() {
         Command::List(a) => (Workload::List, a),
         Command::Compare(a) => return run_compare(a),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = load::runtime(args.client_threads);
     let mut endpoints = args.endpoints.clone();
     if args.leader_only {
         match rt.block_on(cluster::leader_index(&endpoints)) {
@@ -193,6 +196,7 @@ fn run_compare(args: CompareArgs) {
     if let Some(phases) = args.phases {
         config.phases = phases;
     }
+    config.client_threads = args.client_threads;
     let floor_dir = tempfile::tempdir_in(&parent).expect("temp dir for the floor");
     let floor = compare::floor(floor_dir.path());
     println!(
