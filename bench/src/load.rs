@@ -26,11 +26,18 @@ pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
 const POPULATE_CLIENTS: usize = 64;
 /// The generator's runtime threads by default (`--client-threads` overrides).
 pub const CLIENT_THREADS: usize = 2;
+/// The most runtime threads `--client-threads` takes.
+pub const MAX_CLIENT_THREADS: usize = 64;
 
-/// The runtime the generator's clients run on: `threads` workers.
+/// The runtime the generator's clients run on: `threads` workers (1 to
+/// `MAX_CLIENT_THREADS`; the command line refuses anything else).
 pub fn runtime(threads: usize) -> tokio::runtime::Runtime {
+    assert!(
+        (1..=MAX_CLIENT_THREADS).contains(&threads),
+        "client threads {threads} not in 1..={MAX_CLIENT_THREADS}"
+    );
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
+        .worker_threads(threads)
         .enable_all()
         .build()
         .expect("tokio runtime")

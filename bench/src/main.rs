@@ -78,8 +78,8 @@ struct LoadArgs {
     /// What to call the target in the output.
     #[arg(long, default_value = "target")]
     label: String,
-    /// The generator's runtime threads.
-    #[arg(long, default_value_t = load::CLIENT_THREADS)]
+    /// The generator's runtime threads (1 to 64).
+    #[arg(long, default_value_t = load::CLIENT_THREADS, value_parser = client_threads_parser())]
     client_threads: usize,
 }
 
@@ -115,9 +115,14 @@ struct CompareArgs {
     /// Measure raftkv only, for an A/B of two raftkv builds (etcd's column reads 0).
     #[arg(long)]
     raftkv_only: bool,
-    /// The generator's runtime threads.
-    #[arg(long, default_value_t = load::CLIENT_THREADS)]
+    /// The generator's runtime threads (1 to 64).
+    #[arg(long, default_value_t = load::CLIENT_THREADS, value_parser = client_threads_parser())]
     client_threads: usize,
+}
+
+/// `--client-threads`: 1 to `load::MAX_CLIENT_THREADS`, with clap's range error otherwise.
+fn client_threads_parser() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..=load::MAX_CLIENT_THREADS as u64)
 }
 
 fn main() {
@@ -242,4 +247,23 @@ fn chrono_free_date() -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_threads_outside_one_to_the_limit_are_refused() {
+        let parse = |t: &str| Cli::try_parse_from(["raftkv-bench", "put", "--client-threads", t]);
+        assert!(parse("0").is_err());
+        assert!(parse(&(load::MAX_CLIENT_THREADS + 1).to_string()).is_err());
+        let Ok(Cli {
+            command: Command::Put(args),
+        }) = parse("1")
+        else {
+            panic!("--client-threads 1 is refused");
+        };
+        assert_eq!(args.client_threads, 1);
+    }
 }
