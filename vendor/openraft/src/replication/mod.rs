@@ -233,7 +233,20 @@ where
 
             let res = match d {
                 // raftkv patch: a commit nobody asked a heartbeat for is told one-way.
-                Data::Heartbeat if !self.heartbeat_wanted => self.send_commit().await,
+                Data::Heartbeat if !self.heartbeat_wanted => {
+                    // raftkv patch: the commit that woke this stream also handed entries
+                    // to the state machine, whose apply answers the client: let that run
+                    // first. Then one notice tells whatever committed meanwhile, or none
+                    // goes if entries or an answered heartbeat (both carry the committed
+                    // id) are next.
+                    tokio::task::yield_now().await;
+                    self.try_drain_events().await?;
+                    if self.heartbeat_wanted || self.next_action.as_ref().is_some_and(|d| d.has_payload()) {
+                        continue;
+                    }
+                    self.next_action = None;
+                    self.send_commit().await
+                }
                 Data::Heartbeat => {
                     self.heartbeat_wanted = false;
                     let m = &self.matching;
