@@ -556,33 +556,20 @@ where
     /// one log append and one round of replication commands instead of one each. A
     /// member that is not the leader rejects each, as `write_entry` does.
     pub(crate) fn write_entries(&mut self, batch: Vec<(C::Entry, ResponderOf<C>)>) {
-        if batch.len() == 1 || self.engine.leader_handler().is_err() {
-            for (entry, tx) in batch {
-                self.write_entry(entry, Some(tx));
-            }
-            return;
-        }
-        let count = batch.len() as u64;
-        let (entries, txs): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        let last = match self.engine.leader_handler() {
-            Ok(mut lh) => {
+        if batch.len() > 1 {
+            if let Ok(mut lh) = self.engine.leader_handler() {
+                let count = batch.len() as u64;
+                let (entries, txs): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
                 lh.leader_append_entries(entries);
-                lh.state.last_log_id().map(|id| id.index)
-            }
-            // Not reached: checked just above, and nothing ran since.
-            Err(_) => None,
-        };
-        match last {
-            Some(last) => {
+                let last = lh.state.last_log_id().expect("entries were just appended").index;
                 for (index, tx) in (last + 1 - count..).zip(txs) {
                     self.client_resp_channels.insert(index, tx);
                 }
+                return;
             }
-            None => {
-                for tx in txs {
-                    tx.send(Err(self.engine.state.forward_to_leader().into()));
-                }
-            }
+        }
+        for (entry, tx) in batch {
+            self.write_entry(entry, Some(tx));
         }
     }
 
