@@ -289,13 +289,7 @@ fn leading_u64(payload: &[u8]) -> Result<u64, String> {
 /// The index, then the entry, encoded into one buffer sized up front (growing it from
 /// empty cost several reallocations per entry on the leader's RaftCore task).
 fn encode_entry(entry: &Entry) -> Vec<u8> {
-    /// The log id, the payload's tag and the command's framing beyond `size_bytes`.
-    const ENTRY_FRAMING_BYTES: usize = 48;
-    let payload_bytes = match &entry.payload {
-        openraft::EntryPayload::Normal(command) => command.size_bytes(),
-        _ => 0,
-    };
-    let mut out = Vec::with_capacity(8 + ENTRY_FRAMING_BYTES + payload_bytes);
+    let mut out = Vec::with_capacity(8 + entry_size_bytes(entry));
     out.extend_from_slice(&entry.log_id.index.to_le_bytes());
     postcard::to_extend(entry, out).expect("encoding into memory cannot fail")
 }
@@ -329,12 +323,59 @@ fn read_range(memory: &Memory, range: impl RangeBounds<u64>) -> Vec<Entry> {
         .collect()
 }
 
+/// The most entry bytes (about: `Command::size_bytes`) one AppendEntries carries, however
+/// many entries openraft's `max_payload_entries` allows: each follower has one append in
+/// flight, and its frame holds the peer pipe (heartbeats and commit notices wait behind
+/// it) for as long as it takes to send, about 35 ms at 1 Gbit/s.
+pub const APPEND_BATCH_MAX_BYTES: usize = 4 << 20;
+
+/// The entries of [start, end) from the first, up to `max_bytes` (always the first one:
+/// a single entry larger than that still has to go).
+fn read_limited(memory: &Memory, start: u64, end: u64, max_bytes: usize) -> Vec<Entry> {
+    let mut out = Vec::new();
+    let mut total_bytes = 0usize;
+    for (_, entry) in memory.entries.range(start..end.max(start)) {
+        total_bytes = total_bytes.saturating_add(entry_size_bytes(entry));
+        if !out.is_empty() && total_bytes > max_bytes {
+            break;
+        }
+        out.push(entry.clone());
+    }
+    out
+}
+
+/// About how many bytes an entry takes in an append (see `encode_entry`).
+fn entry_size_bytes(entry: &Entry) -> usize {
+    /// The log id, the payload's tag and the command's framing beyond `size_bytes`.
+    const ENTRY_FRAMING_BYTES: usize = 48;
+    ENTRY_FRAMING_BYTES
+        + match &entry.payload {
+            openraft::EntryPayload::Normal(command) => command.size_bytes(),
+            _ => 0,
+        }
+}
+
 impl RaftLogReader<TypeConfig> for RaftLogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         Ok(read_range(&self.memory(), range))
+    }
+
+    /// What replication sends in one AppendEntries: a prefix of [start, end) of at most
+    /// `APPEND_BATCH_MAX_BYTES` (at least one entry).
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        Ok(read_limited(
+            &self.memory(),
+            start,
+            end,
+            APPEND_BATCH_MAX_BYTES,
+        ))
     }
 }
 
@@ -480,4 +521,72 @@ fn purge_record(log_id: LogId) -> (RecordKind, Vec<u8>) {
     let mut payload = log_id.index.to_le_bytes().to_vec();
     payload.extend_from_slice(&encode(&log_id));
     (RecordKind::Purge, payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mvcc::{Command, PutRequest};
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn put(index: u64, value_bytes: usize) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command::Put(PutRequest {
+                key: bytes::Bytes::from(format!("k{index}")),
+                value: bytes::Bytes::from(vec![7u8; value_bytes]),
+                ..PutRequest::default()
+            })),
+        }
+    }
+
+    fn memory_of(entries: Vec<Entry>) -> Memory {
+        let mut memory = Memory::default();
+        for e in entries {
+            memory.entries.insert(e.log_id.index, e);
+        }
+        memory
+    }
+
+    fn indexes(entries: &[Entry]) -> Vec<u64> {
+        entries.iter().map(|e| e.log_id.index).collect()
+    }
+
+    #[test]
+    fn an_append_stops_at_the_byte_budget_and_never_comes_back_empty() {
+        // Ten entries of about 1 KiB each.
+        let memory = memory_of((1..=10).map(|i| put(i, 1000)).collect());
+        let one = entry_size_bytes(&put(1, 1000));
+        assert!(one > 1000 && one < 1100, "size estimate {one}");
+        // Budget for three and a half: three go.
+        assert_eq!(
+            indexes(&read_limited(&memory, 1, 11, one * 7 / 2)),
+            vec![1, 2, 3]
+        );
+        // Exactly three.
+        assert_eq!(
+            indexes(&read_limited(&memory, 4, 11, one * 3)),
+            vec![4, 5, 6]
+        );
+        // A budget under one entry still sends that entry, alone.
+        assert_eq!(indexes(&read_limited(&memory, 5, 11, 10)), vec![5]);
+        // The range's end bounds it too; an empty range is empty.
+        assert_eq!(
+            indexes(&read_limited(&memory, 8, 10, usize::MAX)),
+            vec![8, 9]
+        );
+        assert!(read_limited(&memory, 8, 8, usize::MAX).is_empty());
+        assert!(read_limited(&memory, 9, 3, usize::MAX).is_empty());
+    }
+
+    #[test]
+    fn the_budget_holds_a_full_batch_of_the_largest_requests_apart() {
+        // Requests are at most 1.5 MiB (etcd's --max-request-bytes): an append of them
+        // carries two, not max_payload_entries of them.
+        let memory = memory_of((1..=10).map(|i| put(i, 3 << 19)).collect());
+        assert_eq!(
+            indexes(&read_limited(&memory, 1, 11, APPEND_BATCH_MAX_BYTES)),
+            vec![1, 2]
+        );
+    }
 }
