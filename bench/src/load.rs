@@ -251,18 +251,54 @@ pub async fn connect_with_timeout(
     connections: usize,
     timeout_ms: u64,
 ) -> Result<Vec<Client>, LoadError> {
-    let options = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(5))
-        .with_timeout(Duration::from_millis(timeout_ms));
     let mut clients = Vec::with_capacity(connections);
     for i in 0..connections {
         let endpoint = endpoints[i % endpoints.len()].clone();
-        let client = Client::connect([endpoint.as_str()], Some(options.clone()))
+        let client = connect_one(&endpoint, timeout_ms)
             .await
             .map_err(|source| LoadError::Connect { endpoint, source })?;
         clients.push(client);
     }
     Ok(clients)
+}
+
+/// One client on one connection to `endpoint` (`host:port` or `http://host:port`),
+/// connected before it returns.
+///
+/// The connection's writes are coalesced as the server's are
+/// (`raftkv_server::coalesced_io`): the bytes h2 writes between two flushes leave in one
+/// `write`, and a flush first lets the other clients' requests queued behind it join.
+/// tonic's own connector writes each request in two `writev`s, which on loopback also
+/// run the server's TCP receive path: about a third of the generator's CPU at 256
+/// clients, taken from the two cores the servers share with it (bench/RESULTS.md,
+/// session 25). Go's gRPC client, which the Kubernetes API server and etcd's own
+/// benchmark use, writes once per batch of frames too. Both servers get the same client.
+async fn connect_one(endpoint: &str, timeout_ms: u64) -> Result<Client, etcd_client::Error> {
+    let uri = if endpoint.contains("://") {
+        endpoint.to_string()
+    } else {
+        format!("http://{endpoint}")
+    };
+    if !uri.starts_with("http://") {
+        return Err(etcd_client::Error::InvalidArgs(format!(
+            "{endpoint}: raftkv-bench speaks plain http:// only"
+        )));
+    }
+    let channel = tonic::transport::Endpoint::from_shared(uri)?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_millis(timeout_ms))
+        .connect_with_connector(tower::service_fn(|uri: http::Uri| async move {
+            let host = uri.host().unwrap_or("127.0.0.1").to_string();
+            let port = uri.port_u16().unwrap_or(2379);
+            let stream = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            stream.set_nodelay(true)?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                raftkv_server::coalesced_io::Coalesced::new(stream),
+            ))
+        }))
+        .await?;
+    let options = ConnectOptions::new().with_timeout(Duration::from_millis(timeout_ms));
+    Client::from_channel(etcd_client::Channel::Tonic(channel), Some(options)).await
 }
 
 fn check(config: &LoadConfig) -> Result<(), LoadError> {
