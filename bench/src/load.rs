@@ -262,8 +262,8 @@ pub async fn connect_with_timeout(
     Ok(clients)
 }
 
-/// One client on one connection to `endpoint` (`host:port` or `http://host:port`),
-/// connected before it returns.
+/// One client on one connection to `endpoint` (`host:port` or `http://host:port`; a
+/// port is required), connected before it returns.
 ///
 /// The connection's writes are coalesced as the server's are
 /// (`raftkv_server::coalesced_io`): the bytes h2 writes between two flushes leave in one
@@ -284,13 +284,21 @@ async fn connect_one(endpoint: &str, timeout_ms: u64) -> Result<Client, etcd_cli
             "{endpoint}: raftkv-bench speaks plain http:// only"
         )));
     }
+    let parsed: http::Uri = uri.parse()?;
+    if parsed.host().is_none() || parsed.port_u16().is_none() {
+        return Err(etcd_client::Error::InvalidArgs(format!(
+            "{endpoint}: an endpoint is host:port"
+        )));
+    }
     let channel = tonic::transport::Endpoint::from_shared(uri)?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_millis(timeout_ms))
         .connect_with_connector(tower::service_fn(|uri: http::Uri| async move {
-            let host = uri.host().unwrap_or("127.0.0.1").to_string();
-            let port = uri.port_u16().unwrap_or(2379);
-            let stream = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            let no_address = || std::io::Error::other(format!("{uri}: no host and port"));
+            let host = uri.host().ok_or_else(no_address)?;
+            let port = uri.port_u16().ok_or_else(no_address)?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let stream = tokio::net::TcpStream::connect((host, port)).await?;
             stream.set_nodelay(true)?;
             Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
                 raftkv_server::coalesced_io::Coalesced::new(stream),
