@@ -274,35 +274,36 @@ pub async fn connect_with_timeout(
 /// session 25). Go's gRPC client, which the Kubernetes API server and etcd's own
 /// benchmark use, writes once per batch of frames too. Both servers get the same client.
 async fn connect_one(endpoint: &str, timeout_ms: u64) -> Result<Client, etcd_client::Error> {
-    let uri = if endpoint.contains("://") {
-        endpoint.to_string()
-    } else {
-        format!("http://{endpoint}")
-    };
+    let uri = raftkv_server::cli_client::url_of(endpoint);
     if !uri.starts_with("http://") {
         return Err(etcd_client::Error::InvalidArgs(format!(
             "{endpoint}: raftkv-bench speaks plain http:// only"
         )));
     }
     let parsed: http::Uri = uri.parse()?;
-    if parsed.host().is_none() || parsed.port_u16().is_none() {
+    let (Some(host), Some(port)) = (parsed.host(), parsed.port_u16()) else {
         return Err(etcd_client::Error::InvalidArgs(format!(
             "{endpoint}: an endpoint is host:port"
         )));
-    }
+    };
+    // The address checked here is the one the connector dials (tonic passes it the same
+    // URI); an IPv6 host comes bracketed.
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     let channel = tonic::transport::Endpoint::from_shared(uri)?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_millis(timeout_ms))
-        .connect_with_connector(tower::service_fn(|uri: http::Uri| async move {
-            let no_address = || std::io::Error::other(format!("{uri}: no host and port"));
-            let host = uri.host().ok_or_else(no_address)?;
-            let port = uri.port_u16().ok_or_else(no_address)?;
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            let stream = tokio::net::TcpStream::connect((host, port)).await?;
-            stream.set_nodelay(true)?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                raftkv_server::coalesced_io::Coalesced::new(stream),
-            ))
+        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+            let host = host.clone();
+            async move {
+                let stream = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+                stream.set_nodelay(true)?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    raftkv_server::coalesced_io::Coalesced::new(stream),
+                ))
+            }
         }))
         .await?;
     let options = ConnectOptions::new().with_timeout(Duration::from_millis(timeout_ms));

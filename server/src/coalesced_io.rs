@@ -1,4 +1,6 @@
-//! One socket write per HTTP/2 flush: the write side of accepted client connections.
+//! One socket write per HTTP/2 flush: the write side of accepted client connections
+//! (and of `raftkv-bench`'s own connections, so that the load generator writes as Go's
+//! gRPC client does).
 //!
 //! Owns a bounded write buffer per connection. h2 (under tonic and hyper) encodes frames
 //! into a 16 KiB buffer, but on a connection that says it can write vectored it keeps
