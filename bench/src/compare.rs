@@ -140,6 +140,8 @@ fn emit(report: Result<Report, load::LoadError>, errors: &mut u64) -> Report {
 /// trips of 64 bytes.
 pub fn floor(dir: &Path) -> Floor {
     use std::io::{Read, Write};
+    // The build just before leaves dirty pages; the floor is a quiet disk's.
+    crate::cluster::sync_disks();
     let mut fsync = crate::FsyncFloor::new(dir, 256).expect("floor file");
     let mut rec = Recorder::default();
     for i in 0..1000u64 {
@@ -209,6 +211,9 @@ pub fn measure(config: &CompareConfig, system: System) -> Measured {
     let rt = load::runtime(config.client_threads);
     let mut m = Measured::default();
     let runs = |phase: Phase| config.phases.contains(&phase);
+    // Whatever ran before (the build, the other system's last phase) leaves dirty pages
+    // behind; written out now, they do not land on this system's first measurements.
+    crate::cluster::sync_disks();
     if runs(Phase::Throughput) || runs(Phase::Failover) {
         let mut cluster =
             ProcCluster::start(system, bin_of(config, system), &config.parent, 3, &[]);
