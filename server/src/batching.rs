@@ -3,7 +3,7 @@
 //! follower forwards travel to the leader in batches, one peer RPC for many.
 //!
 //! Owns two queues and the tasks draining them. It never decides what a request means:
-//! the leader serves each batched write exactly as a single one (`Node::serve_forward`),
+//! the leader serves each batched write exactly as a single one (`Node::serve_write`),
 //! and a read-index round is `ForwardRequest::ReadIndex`. It must never hand a read an
 //! index from a round that began before the read arrived (that read would not be
 //! linearizable): a round only answers the reads queued before it started.

@@ -17,7 +17,7 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Raft, ServerState, SnapshotPolicy};
 use raftkv_proto::etcdserverpb::ResponseHeader;
 use raftkv_storage::mvcc::{
-    AlarmMember, AlarmType, Command, CommandResponse, MvccOptions, MvccStore,
+    AlarmMember, AlarmType, Command, CommandResponse, CommandResult, MvccOptions, MvccStore,
 };
 use raftkv_storage::raft_log::RaftLogStore;
 use raftkv_storage::raft_types::{Member, NodeId, TypeConfig};
@@ -686,31 +686,15 @@ impl Node {
             // A follower's batch: each write is served as if it came alone, all at once,
             // so they share the leader's next log flush.
             ForwardRequest::Writes(commands) => {
-                let results = futures::future::join_all(commands.into_iter().map(|c| async {
-                    match Box::pin(self.serve_forward(ForwardRequest::Write(c))).await {
-                        Ok(ForwardResponse::Write(result, index)) => Ok((result, index)),
-                        Ok(other) => Err(ForwardError::Api(ApiError::Internal(format!(
-                            "unexpected reply {other:?}"
-                        )))),
-                        Err(e) => Err(e),
-                    }
-                }))
-                .await;
+                let results =
+                    futures::future::join_all(commands.into_iter().map(|c| self.serve_write(c)))
+                        .await;
                 Ok(ForwardResponse::Writes(results))
             }
-            ForwardRequest::Write(command) => match self.raft.client_write(command.clone()).await {
-                Ok(reply) => {
-                    self.leases.after_write(&command, &reply.data);
-                    Ok(ForwardResponse::Write(reply.data, reply.log_id.index))
-                }
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                    Err(ForwardError::NotLeader)
-                }
-                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                    Err(ForwardError::Api(ApiError::Internal(e.to_string())))
-                }
-                Err(RaftError::Fatal(_)) => Err(ForwardError::Api(ApiError::Stopped)),
-            },
+            ForwardRequest::Write(command) => {
+                let (result, index) = self.serve_write(command).await?;
+                Ok(ForwardResponse::Write(result, index))
+            }
             ForwardRequest::Floors(floors) => {
                 self.floors.merge(&floors);
                 Ok(ForwardResponse::FloorsTaken)
@@ -759,15 +743,15 @@ impl Node {
             }),
             ForwardRequest::Join { id, member, proof } => {
                 self.check_join_proof(id, &member, proof.as_ref())?;
-                self.serve_join(id, member).await
+                Box::pin(self.serve_join(id, member)).await
             }
-            ForwardRequest::RemoveMember { id } => self.serve_remove(id).await,
-            ForwardRequest::PromoteMember { id } => self.serve_promote(id).await,
+            ForwardRequest::RemoveMember { id } => Box::pin(self.serve_remove(id)).await,
+            ForwardRequest::PromoteMember { id } => Box::pin(self.serve_promote(id)).await,
             ForwardRequest::AddMember { peer_urls, learner } => {
-                self.serve_add(peer_urls, learner).await
+                Box::pin(self.serve_add(peer_urls, learner)).await
             }
             ForwardRequest::UpdateMember { id, peer_urls } => {
-                self.serve_update(id, peer_urls).await
+                Box::pin(self.serve_update(id, peer_urls)).await
             }
             ForwardRequest::PendingMember { peer_urls } => Ok(ForwardResponse::PendingMember {
                 id: self.pending_member(&peer_urls),
@@ -776,6 +760,28 @@ impl Node {
             ForwardRequest::ElectInTerm { term } => {
                 electing(self.raft.trigger().elect_in_term(term).await)
             }
+        }
+    }
+
+    /// Proposes one client write and waits until the leader has applied it: what it
+    /// answered and its log index. A follower's forwarded batch runs one of these per
+    /// write, side by side: small futures, where boxing `serve_forward` per write cost an
+    /// allocation and a copy of its whole future each (bench/RESULTS.md, session 26).
+    /// For the same reason `serve_forward` boxes the membership requests' futures: every
+    /// write served on the leader holds a `serve_forward` future.
+    async fn serve_write(&self, command: Command) -> Result<(CommandResult, u64), ForwardError> {
+        match self.raft.client_write(command.clone()).await {
+            Ok(reply) => {
+                self.leases.after_write(&command, &reply.data);
+                Ok((reply.data, reply.log_id.index))
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(ForwardError::NotLeader)
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(ForwardError::Api(ApiError::Internal(e.to_string())))
+            }
+            Err(RaftError::Fatal(_)) => Err(ForwardError::Api(ApiError::Stopped)),
         }
     }
 
