@@ -743,15 +743,15 @@ impl Node {
             }),
             ForwardRequest::Join { id, member, proof } => {
                 self.check_join_proof(id, &member, proof.as_ref())?;
-                Box::pin(self.serve_join(id, member)).await
+                self.serve_join(id, member).await
             }
-            ForwardRequest::RemoveMember { id } => Box::pin(self.serve_remove(id)).await,
-            ForwardRequest::PromoteMember { id } => Box::pin(self.serve_promote(id)).await,
+            ForwardRequest::RemoveMember { id } => self.serve_remove(id).await,
+            ForwardRequest::PromoteMember { id } => self.serve_promote(id).await,
             ForwardRequest::AddMember { peer_urls, learner } => {
-                Box::pin(self.serve_add(peer_urls, learner)).await
+                self.serve_add(peer_urls, learner).await
             }
             ForwardRequest::UpdateMember { id, peer_urls } => {
-                Box::pin(self.serve_update(id, peer_urls)).await
+                self.serve_update(id, peer_urls).await
             }
             ForwardRequest::PendingMember { peer_urls } => Ok(ForwardResponse::PendingMember {
                 id: self.pending_member(&peer_urls),
@@ -765,10 +765,7 @@ impl Node {
 
     /// Proposes one client write and waits until the leader has applied it: what it
     /// answered and its log index. A follower's forwarded batch runs one of these per
-    /// write, side by side, rather than a boxed `serve_forward` each; `serve_forward`
-    /// boxes the rare membership requests, so the future every leader write holds stays
-    /// small. (Measured against the old path with like builds: no difference in CPU per
-    /// put, bench/RESULTS.md, session 26; kept as the plainer code.)
+    /// write, side by side.
     async fn serve_write(&self, command: Command) -> Result<(CommandResult, u64), ForwardError> {
         match self.raft.client_write(command.clone()).await {
             Ok(reply) => {
