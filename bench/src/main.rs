@@ -83,6 +83,11 @@ struct LoadArgs {
     client_threads: usize,
 }
 
+/// `--put-rounds`: 1 to `compare::MAX_PUT_ROUNDS`.
+fn put_rounds_parser() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..=compare::MAX_PUT_ROUNDS as u64)
+}
+
 #[derive(Args)]
 struct CompareArgs {
     /// A short smoke run of every phase (CI), not a measurement.
@@ -118,6 +123,10 @@ struct CompareArgs {
     /// The generator's runtime threads (1 to 64).
     #[arg(long, default_value_t = load::CLIENT_THREADS, value_parser = client_threads_parser())]
     client_threads: usize,
+    /// Rounds of the put throughput runs per system (1 to 15; the table takes the
+    /// median). Default: 3, or 2 with --quick.
+    #[arg(long, value_parser = put_rounds_parser())]
+    put_rounds: Option<usize>,
 }
 
 /// `--client-threads`: 1 to `load::MAX_CLIENT_THREADS`, with clap's range error otherwise.
@@ -202,18 +211,29 @@ fn run_compare(args: CompareArgs) {
         config.phases = phases;
     }
     config.client_threads = args.client_threads;
+    if let Some(n) = args.put_rounds {
+        config.put_rounds = n;
+    }
     let floor_dir = tempfile::tempdir_in(&parent).expect("temp dir for the floor");
     let floor = compare::floor(floor_dir.path());
     println!(
         "floor: fdatasync of 256 B p50 {} µs, loopback round trip p50 {} µs",
         floor.fdatasync_256_p50_us, floor.loopback_rtt_p50_us
     );
-    let r = compare::measure(&config, System::Raftkv);
-    let e = if args.raftkv_only {
+    let mut r = compare::measure(&config, System::Raftkv);
+    let mut e = if args.raftkv_only {
         compare::Measured::default()
     } else {
         compare::measure(&config, System::Etcd)
     };
+    if args.raftkv_only {
+        compare::put_rounds(&config, &mut [(System::Raftkv, &mut r)]);
+    } else {
+        compare::put_rounds(
+            &config,
+            &mut [(System::Raftkv, &mut r), (System::Etcd, &mut e)],
+        );
+    }
     let table = compare::table(&floor, &r, &e);
     println!("\n{table}");
     let errors = r.errors + e.errors;
@@ -265,5 +285,19 @@ mod tests {
             panic!("--client-threads 1 is refused");
         };
         assert_eq!(args.client_threads, 1);
+    }
+
+    #[test]
+    fn put_rounds_outside_one_to_the_limit_are_refused() {
+        let parse = |n: &str| Cli::try_parse_from(["raftkv-bench", "compare", "--put-rounds", n]);
+        assert!(parse("0").is_err());
+        assert!(parse(&(compare::MAX_PUT_ROUNDS + 1).to_string()).is_err());
+        let Ok(Cli {
+            command: Command::Compare(args),
+        }) = parse("5")
+        else {
+            panic!("--put-rounds 5 is refused");
+        };
+        assert_eq!(args.put_rounds, Some(5));
     }
 }
