@@ -101,10 +101,7 @@ pub const MAX_PUT_ROUNDS: usize = 15;
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Measured {
     pub put_1_client: Summary,
-    /// The median of `put_64_rounds` (and of `put_256_rounds` below).
-    pub put_64_ops_per_s: f64,
-    pub put_256_ops_per_s: f64,
-    /// Each round's puts a second, in the order they ran.
+    /// Each round's puts a second, in the order they ran (the table takes the median).
     pub put_64_rounds: Vec<f64>,
     pub put_256_rounds: Vec<f64>,
     pub range_linearizable_ops_per_s: f64,
@@ -278,20 +275,14 @@ fn throughput(
     m: &mut Measured,
 ) {
     let label = system.name();
-    let base = |workload: Workload, clients: usize, connections: usize| LoadConfig {
-        workload,
-        clients,
-        connections,
-        duration: config.run,
-        ..LoadConfig::default()
-    };
+    let base = |workload, clients, connections| load_config(config, workload, clients, connections);
 
     eprintln!("== {label}: throughput and latency");
     let all = cluster.endpoints();
     let leader_ep = vec![cluster.endpoint(leader(rt, cluster))];
     // A fresh cluster is still settling (learners being promoted, first segment and
     // table files created): a short unrecorded put load first, the same for both systems.
-    warm_up(rt, config, cluster);
+    warm_up(rt, config, &leader_ep);
 
     let r = emit(
         rt.block_on(load::run(
@@ -368,7 +359,7 @@ fn throughput(
 }
 
 /// One round of puts of random keys over all members, 64 clients on 8 connections
-/// and 256 on 16; each rate is added to the system's rounds and the medians updated.
+/// and 256 on 16; each rate is added to the system's rounds.
 fn put_round(
     rt: &tokio::runtime::Runtime,
     config: &CompareConfig,
@@ -382,11 +373,7 @@ fn put_round(
                 &LoadConfig {
                     endpoints: cluster.endpoints(),
                     random_keys: true,
-                    workload: Workload::Put,
-                    clients,
-                    connections,
-                    duration: config.run,
-                    ..LoadConfig::default()
+                    ..load_config(config, Workload::Put, clients, connections)
                 },
                 system.name(),
             )),
@@ -398,8 +385,6 @@ fn put_round(
             m.put_256_rounds.push(r.ops_per_s);
         }
     }
-    m.put_64_ops_per_s = median(&m.put_64_rounds);
-    m.put_256_ops_per_s = median(&m.put_256_rounds);
 }
 
 /// The middle value (the mean of the two middle ones for an even count); 0 for none.
@@ -432,22 +417,36 @@ pub fn put_rounds(config: &CompareConfig, systems: &mut [(System, &mut Measured)
             crate::cluster::sync_disks();
             let cluster =
                 ProcCluster::start(*system, bin_of(config, *system), &config.parent, 3, &[]);
-            warm_up(&rt, config, &cluster);
+            warm_up(&rt, config, &[cluster.endpoint(leader(&rt, &cluster))]);
             put_round(&rt, config, &cluster, *system, m);
         }
     }
 }
 
-/// The unrecorded put load a fresh cluster gets before its first measurement.
-fn warm_up(rt: &tokio::runtime::Runtime, config: &CompareConfig, cluster: &ProcCluster) {
+/// A run of `config.run` with `clients` over `connections`; the caller adds the rest.
+fn load_config(
+    config: &CompareConfig,
+    workload: Workload,
+    clients: usize,
+    connections: usize,
+) -> LoadConfig {
+    LoadConfig {
+        workload,
+        clients,
+        connections,
+        duration: config.run,
+        ..LoadConfig::default()
+    }
+}
+
+/// The unrecorded put load a fresh cluster gets before its first measurement: one
+/// client on the leader (`leader_ep`).
+fn warm_up(rt: &tokio::runtime::Runtime, config: &CompareConfig, leader_ep: &[String]) {
     let _ = rt.block_on(load::run(
         &LoadConfig {
-            endpoints: vec![cluster.endpoint(leader(rt, cluster))],
-            workload: Workload::Put,
-            clients: 1,
-            connections: 1,
+            endpoints: leader_ep.to_vec(),
             duration: config.run.min(Duration::from_millis(WARMUP_MS)),
-            ..LoadConfig::default()
+            ..load_config(config, Workload::Put, 1, 1)
         },
         "warm-up",
     ));
@@ -727,31 +726,27 @@ pub fn table(floor: &Floor, r: &Measured, e: &Measured) -> String {
         met: Some(floor_ratio <= 1.5),
     });
     // The median of the rounds, each round's rate after it.
-    let rounds = |median: f64, all: &[f64]| {
+    let rounds = |all: &[f64]| {
         let each: Vec<String> = all.iter().map(|x| format!("{x:.0}")).collect();
-        format!("{median:.0}/s ({})", each.join(", "))
+        format!("{:.0}/s ({})", median(all), each.join(", "))
     };
-    for (measure, a, b, a_rounds, b_rounds) in [
+    for (measure, a_rounds, b_rounds) in [
         (
             "put throughput, 64 clients (median of rounds)",
-            r.put_64_ops_per_s,
-            e.put_64_ops_per_s,
             &r.put_64_rounds,
             &e.put_64_rounds,
         ),
         (
             "put throughput, 256 clients (median of rounds)",
-            r.put_256_ops_per_s,
-            e.put_256_ops_per_s,
             &r.put_256_rounds,
             &e.put_256_rounds,
         ),
     ] {
-        let x = ratio(a, b);
+        let x = ratio(median(a_rounds), median(b_rounds));
         rows.push(Row {
             measure,
-            raftkv: rounds(a, a_rounds),
-            etcd: rounds(b, b_rounds),
+            raftkv: rounds(a_rounds),
+            etcd: rounds(b_rounds),
             ratio: x,
             target: "≥ 1.5",
             met: Some(x >= 1.5),
@@ -943,12 +938,10 @@ mod tests {
     fn the_put_rows_show_the_median_and_every_round() {
         let raftkv = Measured {
             put_64_rounds: vec![15000.0, 16000.0, 14000.0],
-            put_64_ops_per_s: 15000.0,
             ..Measured::default()
         };
         let etcd = Measured {
             put_64_rounds: vec![9000.0, 11000.0, 10000.0],
-            put_64_ops_per_s: 10000.0,
             ..Measured::default()
         };
         let table = table(&Floor::default(), &raftkv, &etcd);

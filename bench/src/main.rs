@@ -83,11 +83,6 @@ struct LoadArgs {
     client_threads: usize,
 }
 
-/// `--put-rounds`: 1 to `compare::MAX_PUT_ROUNDS`.
-fn put_rounds_parser() -> clap::builder::RangedU64ValueParser<usize> {
-    clap::builder::RangedU64ValueParser::<usize>::new().range(1..=compare::MAX_PUT_ROUNDS as u64)
-}
-
 #[derive(Args)]
 struct CompareArgs {
     /// A short smoke run of every phase (CI), not a measurement.
@@ -127,6 +122,11 @@ struct CompareArgs {
     /// median). Default: 3, or 2 with --quick.
     #[arg(long, value_parser = put_rounds_parser())]
     put_rounds: Option<usize>,
+}
+
+/// `--put-rounds`: 1 to `compare::MAX_PUT_ROUNDS`.
+fn put_rounds_parser() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..=compare::MAX_PUT_ROUNDS as u64)
 }
 
 /// `--client-threads`: 1 to `load::MAX_CLIENT_THREADS`, with clap's range error otherwise.
@@ -226,14 +226,11 @@ fn run_compare(args: CompareArgs) {
     } else {
         compare::measure(&config, System::Etcd)
     };
-    if args.raftkv_only {
-        compare::put_rounds(&config, &mut [(System::Raftkv, &mut r)]);
-    } else {
-        compare::put_rounds(
-            &config,
-            &mut [(System::Raftkv, &mut r), (System::Etcd, &mut e)],
-        );
+    let mut systems = vec![(System::Raftkv, &mut r)];
+    if !args.raftkv_only {
+        systems.push((System::Etcd, &mut e));
     }
+    compare::put_rounds(&config, &mut systems);
     let table = compare::table(&floor, &r, &e);
     println!("\n{table}");
     let errors = r.errors + e.errors;

@@ -42,24 +42,44 @@ fn ttl_of(lease: &raftkv_storage::mvcc::Lease) -> i64 {
     }
 }
 
+/// What a write does to the leader's lease clocks: only grants and revokes move them.
+#[derive(Debug, Clone, Copy)]
+pub enum ClockChange {
+    Grant { id: LeaseId, ttl_s: i64 },
+    Revoke { id: LeaseId },
+}
+
+impl ClockChange {
+    /// None for every write that leaves the clocks alone (all but grants and revokes).
+    pub fn of(command: &Command) -> Option<ClockChange> {
+        match *command {
+            Command::LeaseGrant { id, ttl_s } => Some(ClockChange::Grant { id, ttl_s }),
+            Command::LeaseRevoke { id } => Some(ClockChange::Revoke { id }),
+            _ => None,
+        }
+    }
+}
+
 impl LeaseKeeper {
     fn clocks(&self) -> std::sync::MutexGuard<'_, Clocks> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Called on the leader after a write it proposed was applied.
-    pub fn after_write(&self, command: &Command, result: &CommandResult) {
+    /// Called on the leader after a write it proposed was applied, with what the write
+    /// does to the clocks (`ClockChange::of` the command, taken before proposing it).
+    pub fn after_write(&self, change: ClockChange, result: &CommandResult) {
         let mut clocks = self.clocks();
-        match (command, result) {
-            (Command::LeaseGrant { id, ttl_s }, Ok(CommandResponse::LeaseGrant { .. })) => {
-                clocks
-                    .expiry
-                    .insert(*id, Instant::now() + Duration::from_secs(*ttl_s as u64));
+        match change {
+            ClockChange::Grant { id, ttl_s } => {
+                if let Ok(CommandResponse::LeaseGrant { .. }) = result {
+                    clocks
+                        .expiry
+                        .insert(id, Instant::now() + Duration::from_secs(ttl_s as u64));
+                }
             }
-            (Command::LeaseRevoke { id }, _) => {
-                clocks.expiry.remove(id);
+            ClockChange::Revoke { id } => {
+                clocks.expiry.remove(&id);
             }
-            _ => {}
         }
     }
 

@@ -767,9 +767,14 @@ impl Node {
     /// answered and its log index. A follower's forwarded batch runs one of these per
     /// write, side by side.
     async fn serve_write(&self, command: Command) -> Result<(CommandResult, u64), ForwardError> {
-        match self.raft.client_write(command.clone()).await {
+        // Taken before the command is handed over: no copy of it, and no lock of the
+        // lease clocks for the writes that leave them alone.
+        let clock_change = crate::leases::ClockChange::of(&command);
+        match self.raft.client_write(command).await {
             Ok(reply) => {
-                self.leases.after_write(&command, &reply.data);
+                if let Some(change) = clock_change {
+                    self.leases.after_write(change, &reply.data);
+                }
                 Ok((reply.data, reply.log_id.index))
             }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
