@@ -266,7 +266,7 @@ pub async fn connect_with_timeout(
 /// port is required), connected before it returns.
 ///
 /// The connection's writes are coalesced as the server's are
-/// (`raftkv_server::coalesced_io`): the bytes h2 writes between two flushes leave in one
+/// (`raftkv_server::net::coalesced_io`): the bytes h2 writes between two flushes leave in one
 /// `write`, and a flush first lets the other clients' requests queued behind it join.
 /// tonic's own connector writes each request in two `writev`s, which on loopback also
 /// run the server's TCP receive path: about a third of the generator's CPU at 256
@@ -274,7 +274,7 @@ pub async fn connect_with_timeout(
 /// session 25). Go's gRPC client, which the Kubernetes API server and etcd's own
 /// benchmark use, writes once per batch of frames too. Both servers get the same client.
 async fn connect_one(endpoint: &str, timeout_ms: u64) -> Result<Client, etcd_client::Error> {
-    let uri = raftkv_server::cli_client::url_of(endpoint);
+    let uri = raftkv_server::cli::client::url_of(endpoint);
     if !uri.starts_with("http://") {
         return Err(etcd_client::Error::InvalidArgs(format!(
             "{endpoint}: raftkv-bench speaks plain http:// only"
@@ -301,7 +301,7 @@ async fn connect_one(endpoint: &str, timeout_ms: u64) -> Result<Client, etcd_cli
                 let stream = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
                 stream.set_nodelay(true)?;
                 Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    raftkv_server::coalesced_io::Coalesced::new(stream),
+                    raftkv_server::net::coalesced_io::Coalesced::new(stream),
                 ))
             }
         }))

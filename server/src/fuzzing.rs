@@ -13,7 +13,7 @@ use raftkv_proto::etcdserverpb as pb;
 use raftkv_storage::fuzzing::TempDir;
 use raftkv_storage::mvcc::{validate, AppliedMeta, Command, MvccOptions, MvccStore};
 
-use crate::convert;
+use crate::api::convert;
 
 /// Commands applied to one store before it is replaced by an empty one (bounds the
 /// disk a long fuzzing run uses).
@@ -122,7 +122,7 @@ pub fn grpc_request(data: &[u8]) -> Outcome {
             }
             Command::LeaseGrant {
                 id: req.id.max(1),
-                ttl_s: req.ttl.max(crate::leases::MIN_LEASE_TTL_S),
+                ttl_s: req.ttl.max(crate::member::lease_clocks::MIN_LEASE_TTL_S),
             }
         }
         6 => {

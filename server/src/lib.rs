@@ -32,34 +32,19 @@
 //! The server never writes to storage except through openraft.
 
 pub mod api;
-pub mod auto_compaction;
-pub mod backups;
-pub mod batching;
-pub mod check_disk;
-pub mod cli_client;
-pub mod coalesced_io;
+pub mod cli;
 pub mod config;
-pub mod config_file;
-pub mod convert;
-pub mod defrag_cli;
 pub mod disk;
 pub mod errors;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod identity;
-pub mod join_token;
-pub mod leases;
-pub mod member_cli;
-pub mod metrics;
-pub mod migrate_cli;
-pub mod node;
+pub mod ids;
+pub mod limits;
+pub mod member;
+pub mod net;
+pub mod ops;
 pub mod peer;
-pub mod peer_pipe;
-pub mod peer_service;
-pub mod peer_wire;
-pub mod rollback_guard;
-pub mod s3;
+pub mod quorum;
 pub mod server;
-pub mod snapshot_cli;
-pub mod status_cli;
-pub mod tls;
+pub mod snapshot_file;
+pub mod version;

@@ -1,8 +1,8 @@
 //! `raftkv`: parse the command line, set up logging, run the member.
 
 use clap::Parser;
+use raftkv_server::cli::member::MemberAction;
 use raftkv_server::config::{Cli, Command, MemberCommand, SnapshotCommand};
-use raftkv_server::member_cli::MemberAction;
 
 /// jemalloc, not glibc's malloc: glibc's arenas spent about 15% of the leader's CPU
 /// under 64 writers (malloc_consolidate, unlink_chunk), and jemalloc held less memory
@@ -11,7 +11,7 @@ use raftkv_server::member_cli::MemberAction;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() {
-    let args = match raftkv_server::config_file::expand(std::env::args_os().collect()) {
+    let args = match raftkv_server::config::file::expand(std::env::args_os().collect()) {
         Ok(args) => args,
         Err(e) => {
             eprintln!("raftkv: {e}");
@@ -43,7 +43,7 @@ fn main() {
             .block_on(raftkv_server::server::run(cli.server))
             .map_err(|e| e.to_string()),
         Command::Snapshot(SnapshotCommand::Save { file, client }) => runtime
-            .block_on(raftkv_server::snapshot_cli::save(
+            .block_on(raftkv_server::cli::snapshot::save(
                 &client.endpoints,
                 &file,
                 &client.tls(),
@@ -53,7 +53,7 @@ fn main() {
         Command::Status { write_out, client } => {
             let tls = client.tls();
             runtime
-                .block_on(raftkv_server::status_cli::run(
+                .block_on(raftkv_server::cli::status::run(
                     &client.endpoints,
                     &tls,
                     &write_out,
@@ -71,7 +71,7 @@ fn main() {
             to_cert,
             to_key,
         } => {
-            use raftkv_server::cli_client::ClientTls;
+            use raftkv_server::net::tls::ClientTls;
             let from_tls = ClientTls { cacert, cert, key };
             let to_tls = ClientTls {
                 cacert: to_cacert,
@@ -79,7 +79,7 @@ fn main() {
                 key: to_key,
             };
             runtime
-                .block_on(raftkv_server::migrate_cli::run(
+                .block_on(raftkv_server::cli::migrate::run(
                     &from, &from_tls, &endpoints, &to_tls,
                 ))
                 .map(|c| {
@@ -91,7 +91,7 @@ fn main() {
                 .map_err(|e| e.to_string())
         }
         Command::Defrag { client } => runtime
-            .block_on(raftkv_server::defrag_cli::run(
+            .block_on(raftkv_server::cli::defrag::run(
                 &client.endpoints,
                 &client.tls(),
             ))
@@ -119,7 +119,7 @@ fn main() {
             };
             let tls = client.tls();
             runtime
-                .block_on(raftkv_server::member_cli::run(
+                .block_on(raftkv_server::cli::member::run(
                     &client.endpoints,
                     &tls,
                     action,
@@ -128,7 +128,7 @@ fn main() {
                 .map_err(|e| e.to_string())
         }
         Command::CheckDisk { data_dir, writes } => {
-            match raftkv_server::check_disk::check(&data_dir, writes) {
+            match raftkv_server::cli::check_disk::check(&data_dir, writes) {
                 Ok(report) => {
                     print!("{}", report.render());
                     if report.slow() {
@@ -142,9 +142,9 @@ fn main() {
         Command::Snapshot(SnapshotCommand::Restore { file, data_dir, s3 }) => s3
             .config()
             .and_then(|s3| match s3 {
-                None => raftkv_server::snapshot_cli::restore(&file, &data_dir)
+                None => raftkv_server::cli::snapshot::restore(&file, &data_dir)
                     .map_err(|e| e.to_string()),
-                Some(s3) => runtime.block_on(raftkv_server::snapshot_cli::restore_from_s3(
+                Some(s3) => runtime.block_on(raftkv_server::cli::snapshot::restore_from_s3(
                     s3,
                     &file.to_string_lossy(),
                     &data_dir,

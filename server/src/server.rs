@@ -18,11 +18,11 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::api;
-use crate::coalesced_io::Coalesced;
 use crate::config::{socket_addr_of, ServerConfig};
-use crate::node::{Node, StartError};
-use crate::peer::MAX_PEER_MESSAGE_SIZE_BYTES;
-use crate::peer_service::PeerService;
+use crate::limits::MAX_PEER_MESSAGE_SIZE_BYTES;
+use crate::member::node::{Node, StartError};
+use crate::net::coalesced_io::Coalesced;
+use crate::peer::service::PeerService;
 
 /// etcd's server limits: requests up to --max-request-bytes plus gRPC overhead.
 const MAX_RECV_BYTES: usize =
@@ -85,9 +85,11 @@ where
 }
 
 /// What serves a pipe connection accepted on the peer port.
-fn pipe_server<T: crate::peer_wire::PipeIo>(node: &Arc<Node>) -> impl Fn(T) + Clone + Send {
-    let service = PeerService { node: node.clone() };
-    move |conn| crate::peer_service::serve_pipe_connection(service.clone(), conn)
+fn pipe_server<T: crate::peer::wire::PipeIo>(node: &Arc<Node>) -> impl Fn(T) + Clone + Send {
+    let service = PeerService {
+        handler: node.clone(),
+    };
+    move |conn| crate::peer::service::serve_pipe_connection(service.clone(), conn)
 }
 
 async fn shutdown_signal() {
@@ -105,14 +107,14 @@ pub async fn run(config: ServerConfig) -> Result<(), StartError> {
     let peer_listener = bind(&config.listen_peer_urls, "peers").await?;
     let peer_acceptor = match config.peer_tls().map_err(StartError::Config)? {
         Some(files) if config.listen_peer_urls.starts_with("https://") => Some(Arc::new(
-            crate::tls::ReloadingAcceptor::new(files).map_err(StartError::Config)?,
+            crate::net::tls::ReloadingAcceptor::new(files).map_err(StartError::Config)?,
         )),
         _ => None,
     };
     let client_tls = config.client_tls().map_err(StartError::Config)?;
     let acceptor = match client_tls {
         Some(files) => Some(Arc::new(
-            crate::tls::ReloadingAcceptor::new(files).map_err(StartError::Config)?,
+            crate::net::tls::ReloadingAcceptor::new(files).map_err(StartError::Config)?,
         )),
         None => None,
     };
@@ -125,7 +127,7 @@ pub async fn run(config: ServerConfig) -> Result<(), StartError> {
     for url in config.metrics_listen_urls() {
         metrics_listeners.push(bind(&url, "metrics").await?);
     }
-    let auto_compaction = crate::auto_compaction::parse(
+    let auto_compaction = crate::ops::auto_compaction::parse(
         &config.auto_compaction_mode,
         &config.auto_compaction_retention,
     )
@@ -136,9 +138,11 @@ pub async fn run(config: ServerConfig) -> Result<(), StartError> {
 
     let peer_server = {
         let mut stop = stop_rx.clone();
-        let service = PeerServer::new(PeerService { node: node.clone() })
-            .max_decoding_message_size(MAX_PEER_MESSAGE_SIZE_BYTES)
-            .max_encoding_message_size(MAX_PEER_MESSAGE_SIZE_BYTES);
+        let service = PeerServer::new(PeerService {
+            handler: node.clone(),
+        })
+        .max_decoding_message_size(MAX_PEER_MESSAGE_SIZE_BYTES)
+        .max_encoding_message_size(MAX_PEER_MESSAGE_SIZE_BYTES);
         let stopped = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
@@ -146,17 +150,17 @@ pub async fn run(config: ServerConfig) -> Result<(), StartError> {
         // Pipe connections (peer_wire.rs) are served beside the gRPC service on the
         // same port; the sockets get the pipe's keepalive and unacknowledged-data
         // timeout either way.
-        let tune = crate::peer_wire::tune_socket;
+        let tune = crate::peer::wire::tune_socket;
         match peer_acceptor {
             Some(acceptor) => tokio::spawn(router.serve_with_incoming_shutdown(
-                crate::peer_wire::split_pipes(
-                    crate::tls::incoming(peer_listener, acceptor, tune),
+                crate::peer::wire::split_pipes(
+                    crate::net::tls::incoming(peer_listener, acceptor, tune),
                     pipe_server(&node),
                 ),
                 stopped,
             )),
             None => tokio::spawn(router.serve_with_incoming_shutdown(
-                crate::peer_wire::split_pipes(
+                crate::peer::wire::split_pipes(
                     incoming_tuned(peer_listener, tune),
                     pipe_server(&node),
                 ),
@@ -174,7 +178,7 @@ pub async fn run(config: ServerConfig) -> Result<(), StartError> {
         node.shutdown().await;
         return Err(e);
     }
-    let floors_keeper = tokio::spawn(crate::rollback_guard::run_keeper(node.clone()));
+    let floors_keeper = tokio::spawn(crate::member::rollback_guard::run_keeper(node.clone()));
     // A restarted member stays fenced until peers confirm its data dir is current; if
     // they know of a newer state, it stops (rollback_guard.rs). The check starts before
     // the wait for a leader below: fenced, the member refuses the leader's messages and
@@ -184,7 +188,7 @@ pub async fn run(config: ServerConfig) -> Result<(), StartError> {
     if let Some(local) = node.restart_state {
         let node = node.clone();
         tokio::spawn(async move {
-            match crate::rollback_guard::check_at_restart(node.clone(), local).await {
+            match crate::member::rollback_guard::check_at_restart(node.clone(), local).await {
                 Ok(()) => node.lift_fence(),
                 Err(why) => {
                     let _ = guard_tx.send(why);
@@ -200,12 +204,12 @@ pub async fn run(config: ServerConfig) -> Result<(), StartError> {
         .wait(Some(Duration::from_millis(READY_LEADER_WAIT_MS)))
         .metrics(|m| m.current_leader.is_some(), "a leader is known")
         .await;
-    let expiry = tokio::spawn(crate::leases::run_expiry(node.clone()));
-    let leader_changes = tokio::spawn(crate::metrics::watch_leader_changes(node.clone()));
+    let expiry = tokio::spawn(crate::ops::lease_expiry::run_expiry(node.clone()));
+    let leader_changes = tokio::spawn(crate::ops::metrics::watch_leader_changes(node.clone()));
     let auto_compaction = auto_compaction
-        .map(|policy| tokio::spawn(crate::auto_compaction::run(node.clone(), policy)));
+        .map(|policy| tokio::spawn(crate::ops::auto_compaction::run(node.clone(), policy)));
     if let Some(backups) = backups {
-        crate::backups::start(node.clone(), backups).map_err(StartError::Config)?;
+        crate::ops::backups::start(node.clone(), backups).map_err(StartError::Config)?;
     }
 
     let mut client_servers = Vec::new();
@@ -218,7 +222,11 @@ pub async fn run(config: ServerConfig) -> Result<(), StartError> {
         let router = client_router(&node);
         match (tls, &acceptor) {
             (true, Some(acceptor)) => {
-                let incoming = coalesced(crate::tls::incoming(listener, acceptor.clone(), nodelay));
+                let incoming = coalesced(crate::net::tls::incoming(
+                    listener,
+                    acceptor.clone(),
+                    nodelay,
+                ));
                 client_servers.push(tokio::spawn(
                     router.serve_with_incoming_shutdown(incoming, stopped),
                 ));
@@ -232,7 +240,7 @@ pub async fn run(config: ServerConfig) -> Result<(), StartError> {
     for listener in metrics_listeners {
         let addr = listener.local_addr().ok();
         let mut stop = stop_rx.clone();
-        let routes = tonic::service::Routes::from(crate::metrics::http_routes(node.clone()));
+        let routes = tonic::service::Routes::from(crate::ops::metrics::http_routes(node.clone()));
         client_servers.push(tokio::spawn(
             Server::builder()
                 .accept_http1(true)
@@ -245,7 +253,7 @@ pub async fn run(config: ServerConfig) -> Result<(), StartError> {
     }
     tracing::info!(
         name = %node.name,
-        member_id = %crate::node::hex(node.id),
+        member_id = %crate::ids::hex(node.id),
         peer_url = %config.peer_advertise_url(),
         "raftkv is ready"
     );
@@ -285,7 +293,7 @@ pub async fn run(config: ServerConfig) -> Result<(), StartError> {
 fn client_router(
     node: &Arc<Node>,
 ) -> tonic::transport::server::Router<
-    tower::layer::util::Stack<crate::metrics::GrpcMetricsLayer, tower::layer::util::Identity>,
+    tower::layer::util::Stack<crate::ops::metrics::GrpcMetricsLayer, tower::layer::util::Identity>,
 > {
     macro_rules! limits {
         ($svc:expr) => {
@@ -318,13 +326,13 @@ fn client_router(
     let router = routes
         .routes()
         .into_axum_router()
-        .merge(crate::metrics::http_routes(node.clone()));
+        .merge(crate::ops::metrics::http_routes(node.clone()));
     Server::builder()
         .tcp_nodelay(true)
         .accept_http1(true)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .http2_keepalive_interval(Some(Duration::from_secs(2 * 60 * 60)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .layer(crate::metrics::GrpcMetricsLayer)
+        .layer(crate::ops::metrics::GrpcMetricsLayer)
         .add_routes(tonic::service::Routes::from(router))
 }

@@ -8,7 +8,7 @@ use raftkv_proto::etcdserverpb::auth_server::Auth;
 use tonic::{Request, Response, Status};
 
 use crate::errors::ApiError;
-use crate::node::Node;
+use crate::member::node::Node;
 
 pub struct AuthService {
     pub node: Arc<Node>,

@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 
 use crate::api::check_leader_metadata;
 use crate::errors::ApiError;
-use crate::node::Node;
+use crate::member::node::Node;
 use crate::peer::{ForwardRequest, ForwardResponse};
 
 pub struct ClusterService {
@@ -41,7 +41,7 @@ impl ClusterService {
     /// Runs a membership change on the leader; returns the members as the leader knows
     /// them afterwards (this member may be the one removed: it would never catch up).
     async fn change(&self, request: ForwardRequest) -> Result<Vec<pb::Member>, Status> {
-        let timeout = std::time::Duration::from_millis(crate::node::JOIN_TIMEOUT_MS);
+        let timeout = std::time::Duration::from_millis(crate::limits::JOIN_TIMEOUT_MS);
         match self.node.on_leader(request, timeout).await? {
             ForwardResponse::MembershipChanged(members) => Ok(to_pb(members)),
             other => Err(ApiError::Internal(format!("unexpected reply {other:?}")).status()),
@@ -83,7 +83,7 @@ impl Cluster for ClusterService {
             peer_urls: peer_ur_ls,
             learner: is_learner,
         };
-        let timeout = std::time::Duration::from_millis(crate::node::JOIN_TIMEOUT_MS);
+        let timeout = std::time::Duration::from_millis(crate::limits::JOIN_TIMEOUT_MS);
         let (id, members) = match self.node.on_leader(request, timeout).await? {
             ForwardResponse::MemberAdded { id, members } => (id, to_pb(members)),
             other => return Err(ApiError::Internal(format!("unexpected reply {other:?}")).status()),

@@ -11,10 +11,10 @@ use raftkv_proto::etcdserverpb::kv_server::Kv;
 use raftkv_storage::mvcc::{validate, Command, CommandResponse};
 use tonic::{Request, Response, Status};
 
+use crate::api::convert;
 use crate::api::{check_leader_metadata, request_size_ok, wants_leader};
-use crate::convert;
 use crate::errors::ApiError;
-use crate::node::Node;
+use crate::member::node::Node;
 use prost::Message;
 use tracing::Instrument;
 

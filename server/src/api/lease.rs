@@ -13,8 +13,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::{check_leader_metadata, wants_leader, LeaderLossCheck};
 use crate::errors::ApiError;
-use crate::leases::MIN_LEASE_TTL_S;
-use crate::node::Node;
+use crate::member::lease_clocks::MIN_LEASE_TTL_S;
+use crate::member::node::Node;
 use crate::peer::{ForwardRequest, ForwardResponse};
 
 /// Keep-alive answers queued per stream before the client must read them.

@@ -12,28 +12,18 @@ use tonic::{Request, Response, Status};
 
 use crate::api::check_leader_metadata;
 use crate::errors::ApiError;
-use crate::node::Node;
+use crate::member::node::Node;
+use crate::snapshot_file::snapshot_padding_bytes;
+use crate::version::ETCD_API_VERSION;
 use raftkv_storage::mvcc::engine::ReclaimOutcome;
 use raftkv_storage::mvcc::{AlarmMember, AlarmType, Command, CommandResponse};
 
-/// The etcd API level raftkv implements, as Maintenance.Status reports it. The
-/// Kubernetes API server needs ≥ 3.5.13 to enable its consistent-read features.
-pub const ETCD_API_VERSION: &str = "3.5.16";
 /// A Defragment answers once the space reclaim it started has finished, or after this
 /// long of waiting for it (it then goes on in the background). A compaction still
 /// deleting is waited for before, without this bound: it always ends (done or failed).
 const DEFRAGMENT_WAIT_MAX_MS: u64 = 300_000;
 /// Snapshot bytes per stream message (etcd sends 32 KiB).
 const SNAPSHOT_CHUNK_BYTES: usize = 32 * 1024;
-/// etcd's snapshots are whole 512-byte pages; etcdctl checks the length by that.
-pub const SNAPSHOT_ALIGN_BYTES: u64 = 512;
-
-/// Zero bytes etcd's snapshot stream puts after an image of `size_bytes`, before the
-/// SHA-256 trailer (shared with the scheduled backups, which write the same file).
-pub fn snapshot_padding_bytes(size_bytes: u64) -> u64 {
-    (SNAPSHOT_ALIGN_BYTES - size_bytes % SNAPSHOT_ALIGN_BYTES) % SNAPSHOT_ALIGN_BYTES
-}
-
 pub struct MaintenanceService {
     pub node: Arc<Node>,
     /// One Defragment at a time on this member, as in etcd (whose defrag holds its

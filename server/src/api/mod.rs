@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod cluster;
+pub mod convert;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
@@ -12,7 +13,7 @@ use raftkv_storage::MvccError;
 use tonic::{Request, Status};
 
 use crate::errors::ApiError;
-use crate::node::Node;
+use crate::member::node::Node;
 
 /// etcd's --max-request-bytes default: a larger Put or Txn is refused.
 pub const MAX_REQUEST_BYTES: usize = raftkv_proto::MAX_REQUEST_SIZE_BYTES;

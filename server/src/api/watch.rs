@@ -19,10 +19,10 @@ use raftkv_storage::mvcc::{Event, EventKind};
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::api::convert;
 use crate::api::{check_leader_metadata, wants_leader, LeaderLossCheck};
-use crate::convert;
 use crate::errors::ApiError;
-use crate::node::Node;
+use crate::member::node::Node;
 
 /// Responses queued per stream before its watchers wait for the client.
 const OUT_QUEUE_RESPONSES: usize = 128;

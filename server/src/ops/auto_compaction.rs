@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use raftkv_storage::mvcc::{Command, CommandResponse};
 
 use crate::errors::ApiError;
-use crate::node::Node;
+use crate::member::node::Node;
 
 /// etcd's revision-mode check interval.
 const REVISION_CHECK_MS: u64 = 5 * 60 * 1000;

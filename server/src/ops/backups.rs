@@ -15,31 +15,11 @@ use std::time::Instant;
 
 use sha2::Digest;
 
-use crate::node::Node;
-use crate::s3::{S3Client, S3Config};
+use crate::config::backup::{parse_schedule, BackupConfig};
+use crate::member::node::Node;
+use crate::ops::s3::S3Client;
 
-use crate::api::maintenance::snapshot_padding_bytes;
-/// Backups kept when --snapshot-retention is not given (k3s's default).
-pub const DEFAULT_RETENTION: usize = 5;
-
-/// What the scheduler needs, from the flags.
-#[derive(Debug, Clone)]
-pub struct BackupConfig {
-    pub schedule: String,
-    pub retention: usize,
-    pub dir: PathBuf,
-    pub s3: Option<S3Config>,
-}
-
-/// Parses a schedule: five cron fields (minute hour day month weekday), or six with
-/// seconds first.
-pub fn parse_schedule(schedule: &str) -> Result<croner::Cron, String> {
-    croner::Cron::new(schedule)
-        .with_seconds_optional()
-        .parse()
-        .map_err(|e| format!("--snapshot-schedule {schedule:?}: {e}"))
-}
-
+use crate::snapshot_file::snapshot_padding_bytes;
 /// Writes `store`'s snapshot to `dest` as `raftkv snapshot save` does: the image, zero
 /// padding to 512 bytes and a SHA-256 of all of it; through a temp file, fsynced,
 /// renamed. Blocking.

@@ -6,7 +6,7 @@
 //! calls; the signing below is checked against botocore's output in the unit tests.
 //! This module must never log credentials or signatures.
 
-use std::path::PathBuf;
+use crate::config::backup::S3Config;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,32 +37,6 @@ pub enum S3Error {
     },
     #[error("s3: no answer within {0} ms")]
     Timeout(u64),
-}
-
-/// Where backups go.
-#[derive(Debug, Clone)]
-pub struct S3Config {
-    /// `http(s)://host[:port]`
-    pub endpoint: String,
-    pub bucket: String,
-    pub region: String,
-    /// Key prefix ("folder"), without leading or trailing slashes; may be empty.
-    pub folder: String,
-    pub access_key: String,
-    pub secret_key: String,
-    /// CA bundle for an https endpoint (default: the system's).
-    pub ca_file: Option<PathBuf>,
-}
-
-impl S3Config {
-    /// The object key for a file name: folder/name.
-    pub fn key(&self, name: &str) -> String {
-        if self.folder.is_empty() {
-            name.to_string()
-        } else {
-            format!("{}/{name}", self.folder)
-        }
-    }
 }
 
 struct Endpoint {

@@ -3,6 +3,9 @@
 //! This module only parses and checks; `node.rs` decides what the flags mean for a data
 //! dir that already holds a member.
 
+pub mod backup;
+pub mod file;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -167,8 +170,8 @@ pub enum SnapshotCommand {
 }
 
 impl ClientArgs {
-    pub fn tls(&self) -> crate::cli_client::ClientTls {
-        crate::cli_client::ClientTls {
+    pub fn tls(&self) -> crate::net::tls::ClientTls {
+        crate::net::tls::ClientTls {
             cacert: self.cacert.clone(),
             cert: self.cert.clone(),
             key: self.key.clone(),
@@ -201,11 +204,11 @@ pub struct S3Args {
 
 impl S3Args {
     /// The S3 target, None without an endpoint, or what is missing.
-    pub fn config(&self) -> Result<Option<crate::s3::S3Config>, String> {
+    pub fn config(&self) -> Result<Option<crate::config::backup::S3Config>, String> {
         let Some(endpoint) = &self.snapshot_s3_endpoint else {
             return Ok(None);
         };
-        Ok(Some(crate::s3::S3Config {
+        Ok(Some(crate::config::backup::S3Config {
             endpoint: endpoint.clone(),
             bucket: self
                 .snapshot_s3_bucket
@@ -350,7 +353,7 @@ pub struct ServerConfig {
     #[arg(long, env = "RAFTKV_SNAPSHOT_SCHEDULE")]
     pub snapshot_schedule: Option<String>,
     /// Scheduled snapshots this member keeps (in --snapshot-dir, and in S3).
-    #[arg(long, env = "RAFTKV_SNAPSHOT_RETENTION", default_value_t = crate::backups::DEFAULT_RETENTION)]
+    #[arg(long, env = "RAFTKV_SNAPSHOT_RETENTION", default_value_t = crate::config::backup::DEFAULT_RETENTION)]
     pub snapshot_retention: usize,
     /// Where scheduled snapshots go (default: <data-dir>/backups).
     #[arg(long, env = "RAFTKV_SNAPSHOT_DIR")]
@@ -395,13 +398,13 @@ impl ServerConfig {
     }
 
     /// The client TLS files, if any URL needs them; an error names what is missing.
-    pub fn client_tls(&self) -> Result<Option<crate::tls::TlsFiles>, String> {
+    pub fn client_tls(&self) -> Result<Option<crate::net::tls::TlsFiles>, String> {
         let wants_tls = self
             .client_listen_urls()
             .iter()
             .any(|u| u.starts_with("https://"));
         match (&self.cert_file, &self.key_file) {
-            (Some(cert), Some(key)) => Ok(Some(crate::tls::TlsFiles {
+            (Some(cert), Some(key)) => Ok(Some(crate::net::tls::TlsFiles {
                 cert: cert.clone(),
                 key: key.clone(),
                 trusted_ca: self.trusted_ca_file.clone(),
@@ -422,7 +425,7 @@ impl ServerConfig {
     }
 
     /// The peer TLS files, if the peer URLs use https://; an error names what is missing.
-    pub fn peer_tls(&self) -> Result<Option<crate::tls::TlsFiles>, String> {
+    pub fn peer_tls(&self) -> Result<Option<crate::net::tls::TlsFiles>, String> {
         let urls = [
             Some(self.listen_peer_urls.as_str()),
             self.advertise_peer_urls.as_deref(),
@@ -430,7 +433,7 @@ impl ServerConfig {
         ];
         let wants_tls = urls.iter().flatten().any(|u| u.starts_with("https://"));
         match (&self.peer_cert_file, &self.peer_key_file, &self.peer_trusted_ca_file) {
-            (Some(cert), Some(key), Some(ca)) => Ok(Some(crate::tls::TlsFiles {
+            (Some(cert), Some(key), Some(ca)) => Ok(Some(crate::net::tls::TlsFiles {
                 cert: cert.clone(),
                 key: key.clone(),
                 trusted_ca: Some(ca.clone()),
@@ -465,19 +468,19 @@ impl ServerConfig {
     }
 
     /// Scheduled snapshots as configured, None when off, or what is wrong with the flags.
-    pub fn backups(&self) -> Result<Option<crate::backups::BackupConfig>, String> {
+    pub fn backups(&self) -> Result<Option<crate::config::backup::BackupConfig>, String> {
         let Some(schedule) = &self.snapshot_schedule else {
             if self.s3.snapshot_s3_endpoint.is_some() {
                 return Err("--snapshot-s3-endpoint needs --snapshot-schedule".into());
             }
             return Ok(None);
         };
-        crate::backups::parse_schedule(schedule)?;
+        crate::config::backup::parse_schedule(schedule)?;
         if self.snapshot_retention == 0 {
             return Err("--snapshot-retention must keep at least 1 snapshot".into());
         }
         let s3 = self.s3.config()?;
-        Ok(Some(crate::backups::BackupConfig {
+        Ok(Some(crate::config::backup::BackupConfig {
             schedule: schedule.clone(),
             retention: self.snapshot_retention,
             dir: self

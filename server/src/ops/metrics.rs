@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use raftkv_storage::stats::{DurationHistogram, HistogramSnapshot};
 
-use crate::node::Node;
+use crate::member::node::Node;
 
 /// Leader changes this member has seen since it started.
 pub static LEADER_CHANGES: AtomicU64 = AtomicU64::new(0);
@@ -37,27 +37,8 @@ static GRPC_CALLS: Mutex<BTreeMap<Arc<str>, CallCounts>> = Mutex::new(BTreeMap::
 /// Distinct methods kept at most: a bound against clients calling made-up methods.
 const MAX_GRPC_METHODS: usize = 1_000;
 
-/// Round trips of Raft messages to each peer, by peer member id.
-static PEER_RTT: Mutex<BTreeMap<u64, Arc<DurationHistogram>>> = Mutex::new(BTreeMap::new());
-/// Peers tracked at most (members come and go; ids are never reused).
-const MAX_PEERS_TRACKED: usize = 64;
-
 /// A unary call slower than this is logged as a warning.
 const SLOW_REQUEST_WARN: Duration = Duration::from_secs(1);
-
-/// Records one Raft message round trip to `peer`.
-pub fn observe_peer_rtt(peer: u64, elapsed: Duration) {
-    let histogram = {
-        let mut map = PEER_RTT.lock().unwrap_or_else(|e| e.into_inner());
-        if !map.contains_key(&peer) && map.len() >= MAX_PEERS_TRACKED {
-            return;
-        }
-        map.entry(peer)
-            .or_insert_with(|| Arc::new(DurationHistogram::new()))
-            .clone()
-    };
-    histogram.observe(elapsed);
-}
 
 /// Counts leader changes until the member stops, from openraft's server metrics: they
 /// change only with the leader, the vote, the state or the membership, where the full
@@ -72,14 +53,14 @@ pub async fn watch_leader_changes(node: Arc<Node>) {
             let m = rx.borrow_and_update();
             (
                 m.current_leader,
-                crate::node::voter_count(&m.membership_config),
+                crate::quorum::voter_count(&m.membership_config),
             )
         };
         if now != leader && now.is_some() {
             LEADER_CHANGES.fetch_add(1, Ordering::Relaxed);
         }
         leader = now;
-        let (count, tolerated, warning) = crate::node::fault_tolerance_of(now_voters);
+        let (count, tolerated, warning) = crate::quorum::fault_tolerance_of(now_voters);
         if count != voters {
             voters = count;
             match warning {
@@ -342,7 +323,7 @@ pub fn render(node: &Node) -> String {
     let _ = writeln!(
         out,
         "etcd_server_id{{server_id=\"{}\"}} 1",
-        crate::node::hex(node.id)
+        crate::ids::hex(node.id)
     );
     help(
         &mut out,
@@ -353,7 +334,7 @@ pub fn render(node: &Node) -> String {
     let _ = writeln!(
         out,
         "etcd_server_version{{server_version=\"{}\"}} 1",
-        crate::api::maintenance::ETCD_API_VERSION
+        crate::version::ETCD_API_VERSION
     );
     counter(
         &mut out,
@@ -425,7 +406,7 @@ pub fn render(node: &Node) -> String {
         node.store.compact_revision().max(0) as f64,
     );
 
-    let rtts: Vec<(u64, Arc<DurationHistogram>)> = PEER_RTT
+    let rtts: Vec<(u64, Arc<DurationHistogram>)> = crate::peer::rtt::PEER_RTT
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .iter()
@@ -438,7 +419,7 @@ pub fn render(node: &Node) -> String {
         "Round-Trip-Time histogram between peers",
     );
     for (peer, histogram) in rtts {
-        let labels = format!("To=\"{}\"", crate::node::hex(peer));
+        let labels = format!("To=\"{}\"", crate::ids::hex(peer));
         histogram_series(
             &mut out,
             "etcd_network_peer_round_trip_time_seconds",

@@ -25,16 +25,17 @@
 //! floor is a lower bound of what the member durably held, compared as Raft orders
 //! votes and logs (see `regression`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use raftkv_storage::raft_types::NodeId;
-use serde::{Deserialize, Serialize};
 
-use crate::node::{hex, Node};
+use crate::ids::hex;
+use crate::member::node::Node;
+use crate::peer::{Floor, Floors};
 use crate::peer::{ForwardRequest, ForwardResponse};
 
 /// How often the leader records and sends what followers hold.
@@ -48,27 +49,6 @@ const ASK_RETRY_MS: u64 = 300;
 /// Members a table may hold (bounds what a peer's message can make us keep).
 const MAX_MEMBERS: usize = 1_024;
 pub const FILE_NAME: &str = "peer_floors.json";
-
-/// What is known to have been durable on one member: a lower bound of its state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Floor {
-    /// Its vote was at least this term.
-    pub term: u64,
-    /// It durably held the log up to this log id, (term, index), in Raft's order.
-    pub matched: Option<(u64, u64)>,
-}
-
-impl Floor {
-    fn merge(&mut self, other: &Floor) -> bool {
-        let before = *self;
-        self.term = self.term.max(other.term);
-        self.matched = self.matched.max(other.matched);
-        *self != before
-    }
-}
-
-/// Every member's floor, as this member knows them.
-pub type Floors = BTreeMap<NodeId, Floor>;
 
 /// What this member holds after a restart: its vote's term and its last log id
 /// (including what was purged into a snapshot).

@@ -5,8 +5,9 @@
 use raftkv_proto::etcdserverpb as pb;
 use raftkv_proto::etcdserverpb::cluster_client::ClusterClient;
 
-use crate::cli_client::{connect, ClientTls, ConnectError};
-use crate::node::hex;
+use crate::cli::client::{connect, ConnectError};
+use crate::ids::hex;
+use crate::net::tls::ClientTls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MemberCliError {
@@ -160,5 +161,5 @@ pub fn table(members: &[pb::Member]) -> String {
             if m.is_learner { "learner" } else { "voter" }.into(),
         ]);
     }
-    crate::cli_client::aligned(&rows)
+    crate::cli::client::aligned(&rows)
 }

@@ -33,7 +33,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use crate::peer::MAX_PEER_MESSAGE_SIZE_BYTES;
+use crate::limits::MAX_PEER_MESSAGE_SIZE_BYTES;
 
 /// The first bytes a pipe connection sends, and the server's answer to them.
 pub const PREFACE: &[u8; 16] = b"\0raftkv-pipe/1\r\n";

@@ -8,17 +8,13 @@
 //! clocks and never revoke.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use raftkv_storage::mvcc::{Command, CommandResponse, CommandResult, LeaseId, MvccStore};
 
 /// etcd's minimum TTL with its default timing: ceil(1.5 × election timeout) = 2 s.
 pub const MIN_LEASE_TTL_S: i64 = 2;
-/// How often the leader looks for expired leases: etcd's lessor looks every 500 ms too.
-/// Every member's runtime wakes for it (bench/RESULTS.md, session 18: idle wake-ups are
-/// most of an idle member's CPU), so it is no more often than etcd's.
-const EXPIRY_CHECK_INTERVAL_MS: u64 = 500;
 /// Leases revoked per check at most: etcd's 1000 per second.
 const MAX_REVOKES_PER_CHECK: usize = 500;
 
@@ -61,6 +57,11 @@ impl ClockChange {
 }
 
 impl LeaseKeeper {
+    /// Drops the clock of a lease this leader revoked.
+    pub fn forget(&self, id: LeaseId) {
+        self.clocks().expiry.remove(&id);
+    }
+
     fn clocks(&self) -> std::sync::MutexGuard<'_, Clocks> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -113,7 +114,7 @@ impl LeaseKeeper {
     /// Leader work for one check: starts clocks for leases this leader has not seen (a
     /// new term restarts them all) and returns the expired ones, at most
     /// MAX_REVOKES_PER_CHECK. A follower's clocks are cleared.
-    fn check(&self, store: &MvccStore, leader_term: Option<u64>) -> Vec<LeaseId> {
+    pub fn check(&self, store: &MvccStore, leader_term: Option<u64>) -> Vec<LeaseId> {
         let mut clocks = self.clocks();
         let Some(term) = leader_term else {
             clocks.term = 0;
@@ -143,43 +144,5 @@ impl LeaseKeeper {
         expired.sort();
         expired.truncate(MAX_REVOKES_PER_CHECK);
         expired.into_iter().map(|(_, id)| id).collect()
-    }
-}
-
-/// Runs for the life of the member: on the leader, revokes expired leases through Raft.
-pub async fn run_expiry(node: Arc<crate::node::Node>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(EXPIRY_CHECK_INTERVAL_MS));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let leader_term = if node.is_leader() {
-            Some(node.term())
-        } else {
-            None
-        };
-        let expired = node.leases.check(&node.store, leader_term);
-        for id in expired {
-            tracing::debug!(lease = id, "lease expired; revoking");
-            // Revoked only here, on this leader: never forwarded to another member,
-            // whose clocks may say the lease is alive.
-            let request = crate::peer::ForwardRequest::Write(Command::LeaseRevoke { id });
-            let timeout = node.config.request_timeout();
-            match tokio::time::timeout(timeout, node.serve_forward(request)).await {
-                Ok(Ok(_)) => {
-                    node.leases.clocks().expiry.remove(&id);
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(lease = id, error = ?e, "revoking an expired lease failed; will retry");
-                    break;
-                }
-                Err(_) => {
-                    tracing::warn!(
-                        lease = id,
-                        "revoking an expired lease timed out; will retry"
-                    );
-                    break;
-                }
-            }
-        }
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::errors::ApiError;
-use crate::node::Node;
+use crate::member::node::Node;
 use crate::peer::{ForwardError, ForwardRequest, ForwardResponse};
 use raftkv_storage::mvcc::Command;
 

@@ -27,16 +27,16 @@ use raftkv_storage::MvccError;
 
 use crate::config::ServerConfig;
 use crate::errors::ApiError;
-use crate::identity::{random_id, Identity};
-use crate::leases::LeaseKeeper;
-use crate::peer::{
-    ForwardError, ForwardReply, ForwardRequest, ForwardResponse, JoinProof, PeerClients,
-    RaftNetworkImpl,
-};
+use crate::ids::hex;
+use crate::limits::JOIN_TIMEOUT_MS;
+use crate::member::identity::{random_id, Identity};
+use crate::member::lease_clocks::LeaseKeeper;
+use crate::peer::network::RaftNetworkImpl;
+use crate::peer::pool::PeerClients;
+use crate::peer::service::PeerHandler;
+use crate::peer::{ForwardError, ForwardReply, ForwardRequest, ForwardResponse, JoinProof};
+use crate::quorum::{fault_tolerance_of, voter_count};
 
-/// How long a join may take: the leader adds the new member as a learner and waits for
-/// it to catch up before promoting it.
-pub const JOIN_TIMEOUT_MS: u64 = 120_000;
 /// The quota and free-disk check reads the db size and statvfs at most this often; in
 /// between, writes use the last answer (a write costs no extra I/O or locking).
 const SPACE_CHECK_INTERVAL_MS: u64 = 100;
@@ -79,19 +79,19 @@ pub struct Node {
     /// Held by a leader transfer (`move_leader`): one at a time.
     transfer: tokio::sync::Mutex<()>,
     /// Nonces handed to joiners (join_token.rs).
-    challenges: crate::join_token::Challenges,
+    challenges: crate::member::join_token::Challenges,
     space: SpaceCheck,
     /// The index of the last applied log entry (the state machine's).
     applied_index: Arc<raftkv_storage::applied::AppliedIndex>,
     /// Read-index rounds and forwarded write batches (batching.rs).
-    coalescer: crate::batching::Coalescer,
+    coalescer: crate::member::batching::Coalescer,
     /// What this member knows each member durably held (rollback_guard.rs).
-    pub floors: crate::rollback_guard::FloorTable,
+    pub floors: crate::member::rollback_guard::FloorTable,
     /// While set, the peer service refuses Raft RPCs and the member does not stand for
     /// election: a restarted member until peers confirm its data dir is current.
     fenced: AtomicBool,
     /// This member's vote and log as they were when it restarted; none for a new one.
-    pub restart_state: Option<crate::rollback_guard::LocalState>,
+    pub restart_state: Option<crate::member::rollback_guard::LocalState>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,13 +115,15 @@ impl Node {
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir)?;
         let existing = Identity::load(&data_dir)?;
-        let flag_token =
-            crate::join_token::from_flags(config.token.as_deref(), config.token_file.as_deref())
-                .map_err(StartError::Config)?;
-        let join_token = match (crate::join_token::load(&data_dir)?, flag_token) {
+        let flag_token = crate::member::join_token::from_flags(
+            config.token.as_deref(),
+            config.token_file.as_deref(),
+        )
+        .map_err(StartError::Config)?;
+        let join_token = match (crate::member::join_token::load(&data_dir)?, flag_token) {
             (Some(stored), Some(given)) if stored != given => {
                 tracing::warn!(
-                    file = %crate::join_token::path(&data_dir).display(),
+                    file = %crate::member::join_token::path(&data_dir).display(),
                     "--token/--token-file differs from the token this member keeps; keeping its own"
                 );
                 Some(stored)
@@ -218,11 +220,11 @@ impl Node {
             started: Instant::now(),
             join_token: std::sync::Mutex::new(join_token),
             transfer: tokio::sync::Mutex::new(()),
-            challenges: crate::join_token::Challenges::default(),
+            challenges: crate::member::join_token::Challenges::default(),
             space: SpaceCheck::default(),
             applied_index,
-            coalescer: crate::batching::Coalescer::start(weak.clone()),
-            floors: crate::rollback_guard::FloorTable::open(&data_dir),
+            coalescer: crate::member::batching::Coalescer::start(weak.clone()),
+            floors: crate::member::rollback_guard::FloorTable::open(&data_dir),
             fenced: AtomicBool::new(restart_state.is_some()),
             restart_state,
         });
@@ -269,11 +271,11 @@ impl Node {
                 identity.store(&data_dir)?;
                 let token = self
                     .join_token()
-                    .unwrap_or_else(crate::join_token::generate);
-                crate::join_token::store(&data_dir, &token)?;
+                    .unwrap_or_else(crate::member::join_token::generate);
+                crate::member::join_token::store(&data_dir, &token)?;
                 *self.join_token.lock().unwrap_or_else(|e| e.into_inner()) = Some(token);
                 tracing::info!(
-                    file = %crate::join_token::path(&data_dir).display(),
+                    file = %crate::member::join_token::path(&data_dir).display(),
                     "join token kept here: start other members with --join <this member's peer URL> --token-file <a copy of it> (or --token)"
                 );
                 self.cluster_id.store(cluster_id, Ordering::SeqCst);
@@ -358,7 +360,7 @@ impl Node {
         .store(data_dir)?;
         if let Some(token) = &token {
             // Kept so that this member can admit the next ones.
-            crate::join_token::store(data_dir, token)?;
+            crate::member::join_token::store(data_dir, token)?;
         }
         self.cluster_id.store(cluster_id, Ordering::SeqCst);
         tracing::info!(member_id = %hex(self.id), cluster_id = %hex(cluster_id), "joined");
@@ -389,7 +391,12 @@ impl Node {
                 .await?
             {
                 Ok(ForwardResponse::JoinChallenge { nonce }) => Some(JoinProof {
-                    mac: crate::join_token::prove(token, self.id, &member.peer_urls, &nonce),
+                    mac: crate::member::join_token::prove(
+                        token,
+                        self.id,
+                        &member.peer_urls,
+                        &nonce,
+                    ),
                     nonce,
                 }),
                 Ok(other) => {
@@ -432,7 +439,13 @@ impl Node {
                 "join challenge unknown or expired".into(),
             )));
         }
-        if !crate::join_token::verify(&token, id, &member.peer_urls, &proof.nonce, &proof.mac) {
+        if !crate::member::join_token::verify(
+            &token,
+            id,
+            &member.peer_urls,
+            &proof.nonce,
+            &proof.mac,
+        ) {
             tracing::warn!(member_id = %hex(id), peer = ?member.peer_urls, "join refused: wrong token");
             return Err(ForwardError::Api(ApiError::JoinRefused(
                 "the join token does not match this cluster's".into(),
@@ -769,7 +782,7 @@ impl Node {
     async fn serve_write(&self, command: Command) -> Result<(CommandResult, u64), ForwardError> {
         // Taken before the command is handed over: no copy of it, and no lock of the
         // lease clocks for the writes that leave them alone.
-        let clock_change = crate::leases::ClockChange::of(&command);
+        let clock_change = crate::member::lease_clocks::ClockChange::of(&command);
         match self.raft.client_write(command).await {
             Ok(reply) => {
                 if let Some(change) = clock_change {
@@ -1077,7 +1090,6 @@ fn raft_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> F
     }
 }
 
-/// Member and cluster ids are shown in hex, as etcd does.
 /// A gRPC error that is a TLS handshake refusal (bad, foreign or expired certificate).
 fn is_tls_refusal(status: &tonic::Status) -> bool {
     let text = format!("{} {:?}", status.message(), status);
@@ -1109,14 +1121,10 @@ pub fn snapshot_interval_entries(count: u64, member_id: NodeId) -> u64 {
         .max(1)
 }
 
-pub fn hex(id: u64) -> String {
-    format!("{id:x}")
-}
-
 /// The vote and last log id a restarting member's log holds (rollback_guard.rs).
 async fn local_state(
     log: &mut RaftLogStore,
-) -> Result<crate::rollback_guard::LocalState, StartError> {
+) -> Result<crate::member::rollback_guard::LocalState, StartError> {
     use openraft::storage::RaftLogStorage;
     let state = log
         .get_log_state()
@@ -1126,7 +1134,7 @@ async fn local_state(
         .read_vote()
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
-    Ok(crate::rollback_guard::LocalState {
+    Ok(crate::member::rollback_guard::LocalState {
         vote_term: vote.map_or(0, |v| v.leader_id().term),
         last_log: state.last_log_id.map(|l| (l.leader_id.term, l.index)),
     })
@@ -1194,22 +1202,38 @@ async fn step_down_on_restart(log: &mut RaftLogStore, id: NodeId) -> Result<(), 
     Ok(())
 }
 
-/// How many voters a membership has (learners do not count toward a quorum).
-pub fn voter_count(membership: &openraft::StoredMembership<NodeId, Member>) -> usize {
-    membership.membership().voter_ids().count()
-}
+impl PeerHandler for Node {
+    fn id(&self) -> NodeId {
+        self.id
+    }
 
-/// How many of `voters` the cluster can lose, and a warning when the count is even (an
-/// even count tolerates no more failures than one less).
-pub fn fault_tolerance_of(voters: usize) -> (usize, usize, Option<String>) {
-    let tolerated = voters.saturating_sub(1) / 2;
-    let warning = (voters > 0 && voters.is_multiple_of(2)).then(|| {
-        format!(
-            "{voters} voters tolerate {tolerated} failure{}: run an odd number (3 tolerate 1)",
-            if tolerated == 1 { "" } else { "s" }
-        )
-    });
-    (voters, tolerated, warning)
+    fn is_fenced(&self) -> bool {
+        Node::is_fenced(self)
+    }
+
+    fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
+    }
+
+    async fn serve_peer_request(&self, request: ForwardRequest) -> ForwardReply {
+        match request {
+            // A member may join through any member: a follower passes the challenge and
+            // the join on to the leader, which issues the nonce and checks the proof.
+            request @ (ForwardRequest::JoinChallenge
+            | ForwardRequest::Join { .. }
+            | ForwardRequest::PendingMember { .. })
+                if !self.is_leader() =>
+            {
+                // As long as the joiner itself waits: adding a learner waits for it to
+                // catch up.
+                let timeout = Duration::from_millis(JOIN_TIMEOUT_MS);
+                self.on_leader(request, timeout)
+                    .await
+                    .map_err(ForwardError::Api)
+            }
+            request => self.serve_forward(request).await,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::peer_wire::{self, Dialed};
+use crate::peer::wire::{self, Dialed};
 
 /// Frames one pipe has in flight at most, each way: a full pipe makes senders wait,
 /// and a receiver reads no more frames until it has answered some.
@@ -270,7 +270,7 @@ async fn open(
         return Ok(None);
     }
     if !slot.wants_grpc_pipe() {
-        match peer_wire::dial(url, dialer.tls()?, deadline).await {
+        match wire::dial(url, dialer.tls()?, deadline).await {
             Ok(Dialed::Pipe(io)) => {
                 let pipe = connection_pipe(url, io);
                 *lock(&slot.current) = Some(pipe.clone());
@@ -312,15 +312,15 @@ async fn open(
 
 /// A pipe over a pipe connection: one task writes the queued frames, one hands the
 /// replies to their waiters. Either ending closes the pipe.
-fn connection_pipe(url: &str, io: Box<dyn peer_wire::PipeIo>) -> Arc<Pipe> {
+fn connection_pipe(url: &str, io: Box<dyn wire::PipeIo>) -> Arc<Pipe> {
     let (read, write) = tokio::io::split(io);
     let (frames, outgoing) = mpsc::channel(MAX_PIPE_FRAMES_IN_FLIGHT);
     let waiting = Arc::new(Mutex::new(Waiting::default()));
-    let replies = peer_wire::FrameReader::new(read).into_stream();
+    let replies = wire::FrameReader::new(read).into_stream();
     tokio::spawn(read_replies(url.to_string(), replies, waiting.clone()));
     let (url, writer_waiting) = (url.to_string(), waiting.clone());
     tokio::spawn(async move {
-        if let Err(e) = peer_wire::write_frames(write, outgoing).await {
+        if let Err(e) = wire::write_frames(write, outgoing).await {
             tracing::debug!(%url, error = %e, "peer pipe connection broke while writing");
             close(&writer_waiting);
         }
@@ -536,13 +536,13 @@ mod tests {
 
     /// Serves one pipe connection as the echo; a frame asking to break it closes the
     /// connection (both halves).
-    fn serve_echo_connection<T: peer_wire::PipeIo>(peer: EchoPeer, conn: T) {
+    fn serve_echo_connection<T: wire::PipeIo>(peer: EchoPeer, conn: T) {
         peer.connections.fetch_add(1, Ordering::SeqCst);
         let (read, write) = tokio::io::split(conn);
         let (replies, outgoing) = mpsc::channel(64);
-        let writer = tokio::spawn(peer_wire::write_frames(write, outgoing));
+        let writer = tokio::spawn(wire::write_frames(write, outgoing));
         tokio::spawn(async move {
-            let mut reader = peer_wire::FrameReader::new(read);
+            let mut reader = wire::FrameReader::new(read);
             let (broken_tx, mut broken) = mpsc::channel::<()>(1);
             loop {
                 tokio::select! {
@@ -584,7 +584,7 @@ mod tests {
         if speaks == Speaks::Connections {
             let serving = peer.clone();
             let serve = move |conn| serve_echo_connection(serving.clone(), conn);
-            tokio::spawn(router.serve_with_incoming(peer_wire::split_pipes(incoming, serve)));
+            tokio::spawn(router.serve_with_incoming(wire::split_pipes(incoming, serve)));
         } else {
             tokio::spawn(router.serve_with_incoming(incoming));
         }

@@ -300,3 +300,11 @@ pub fn incoming(
         .buffer_unordered(MAX_CONCURRENT_HANDSHAKES)
         .filter_map(|conn| async move { conn })
 }
+
+/// How a command talks TLS to an https:// endpoint (etcdctl's --cacert, --cert, --key).
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    pub cacert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}

@@ -23,7 +23,7 @@ pub enum SnapshotCliError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
-    Connect(#[from] crate::cli_client::ConnectError),
+    Connect(#[from] crate::cli::client::ConnectError),
     #[error("the snapshot stream failed: {0}")]
     Stream(String),
     #[error("{path}: the snapshot is corrupt ({reason}); it was not restored")]
@@ -34,12 +34,12 @@ pub enum SnapshotCliError {
     Restore(String),
 }
 
-pub use crate::cli_client::ClientTls;
+pub use crate::net::tls::ClientTls;
 
 /// Streams a snapshot from `endpoint` into `file` (written to a temp file, synced, then
 /// renamed, so a failed save leaves no partial file behind).
 pub async fn save(endpoint: &str, file: &Path, tls: &ClientTls) -> Result<u64, SnapshotCliError> {
-    let channel = crate::cli_client::connect(endpoint, tls).await?;
+    let channel = crate::cli::client::connect(endpoint, tls).await?;
     let mut client = MaintenanceClient::new(channel).max_decoding_message_size(usize::MAX);
     let mut stream = client
         .snapshot(SnapshotRequest {})
@@ -155,7 +155,7 @@ fn image_len(body: &[u8]) -> Option<usize> {
 /// Downloads the scheduled snapshot `name` (or a full key) from S3 next to `data_dir`,
 /// restores it as `restore` does, and removes the download.
 pub async fn restore_from_s3(
-    s3: crate::s3::S3Config,
+    s3: crate::config::backup::S3Config,
     name: &str,
     data_dir: &Path,
 ) -> Result<(), String> {
@@ -165,7 +165,7 @@ pub async fn restore_from_s3(
     } else {
         s3.key(name)
     };
-    let client = crate::s3::S3Client::new(s3).map_err(|e| e.to_string())?;
+    let client = crate::ops::s3::S3Client::new(s3).map_err(|e| e.to_string())?;
     let body = client.get(&key).await.map_err(|e| e.to_string())?;
     let download = data_dir.with_extension("s3-download");
     std::fs::write(&download, &body).map_err(|e| format!("{}: {e}", download.display()))?;
@@ -175,7 +175,8 @@ pub async fn restore_from_s3(
 }
 
 pub fn restore(file: &Path, data_dir: &Path) -> Result<(), SnapshotCliError> {
-    if data_dir.join(crate::identity::FILE_NAME).exists() || data_dir.join("mvcc").exists() {
+    if data_dir.join(crate::member::identity::FILE_NAME).exists() || data_dir.join("mvcc").exists()
+    {
         return Err(SnapshotCliError::NotEmpty(data_dir.display().to_string()));
     }
     let image = verified_image(file)?;

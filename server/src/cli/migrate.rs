@@ -16,7 +16,8 @@ use raftkv_proto::etcdserverpb::kv_client::KvClient;
 use raftkv_proto::etcdserverpb::lease_client::LeaseClient;
 use tonic::transport::Channel;
 
-use crate::cli_client::{connect, ClientTls, ConnectError};
+use crate::cli::client::{connect, ConnectError};
+use crate::net::tls::ClientTls;
 
 /// Keys read from the source per page.
 const PAGE_KEYS: i64 = 500;

@@ -2,17 +2,10 @@
 //! running member: endpoint parsing and TLS as etcdctl does them (--endpoints,
 //! --cacert, --cert, --key). It must never hold more than one connection per command.
 
+use crate::net::tls::ClientTls;
 use std::path::PathBuf;
 
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-
-/// How a command talks TLS to an https:// endpoint (etcdctl's --cacert, --cert, --key).
-#[derive(Debug, Clone, Default)]
-pub struct ClientTls {
-    pub cacert: Option<PathBuf>,
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
-}
 
 /// Why a command could not reach a member.
 #[derive(Debug, thiserror::Error)]

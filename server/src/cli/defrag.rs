@@ -9,7 +9,8 @@ use std::time::Instant;
 use raftkv_proto::etcdserverpb as pb;
 use raftkv_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 
-use crate::cli_client::{connect, ClientTls, ConnectError};
+use crate::cli::client::{connect, ConnectError};
+use crate::net::tls::ClientTls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DefragCliError {

@@ -12,8 +12,9 @@ use raftkv_proto::etcdserverpb::cluster_client::ClusterClient;
 use raftkv_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use serde::Serialize;
 
-use crate::cli_client::{connect, ClientTls, ConnectError};
-use crate::node::hex;
+use crate::cli::client::{connect, ConnectError};
+use crate::ids::hex;
+use crate::net::tls::ClientTls;
 
 /// How long one member may take to answer its status.
 const MEMBER_STATUS_TIMEOUT_MS: u64 = 3_000;
@@ -215,7 +216,7 @@ pub async fn run(endpoints: &str, tls: &ClientTls, format: &str) -> Result<Strin
         "cluster {}: {}\n\n{}",
         status.cluster_id,
         status.summary,
-        crate::cli_client::aligned(&rows)
+        crate::cli::client::aligned(&rows)
     ))
 }
 

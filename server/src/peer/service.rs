@@ -1,12 +1,14 @@
-//! The peer gRPC service: hands Raft RPCs to openraft and forwarded requests to
-//! `Node::serve_forward`, whether they come as unary calls or as frames on a pipe
+//! The peer gRPC service: hands Raft RPCs to openraft and forwarded requests to the
+//! member's `PeerHandler`, whether they come as unary calls or as frames on a pipe
 //! (peer_pipe.rs: a pipe connection of its own, peer_wire.rs, or a gRPC stream); all
 //! are served by the same code. Decoding failures are answered as errors, never panics.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use futures::stream::{FuturesUnordered, Stream, StreamExt};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::Raft;
 use raftkv_proto::peer::peer_server::Peer;
 use raftkv_proto::peer::{Blob, Frame};
 use raftkv_storage::raft_types::{NodeId, TypeConfig};
@@ -14,15 +16,36 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::peer_wire::{FrameReader, PipeIo};
+use crate::peer::wire::{FrameReader, PipeIo};
 
-use crate::node::Node;
-use crate::peer::{decode, encode, ForwardError, ForwardRequest, TARGET_MEMBER_METADATA};
-use crate::peer_pipe::{reply_frame, PipeKind, MAX_PIPE_FRAMES_IN_FLIGHT, NO_REPLY_ID};
+use crate::peer::pipe::{reply_frame, PipeKind, MAX_PIPE_FRAMES_IN_FLIGHT, NO_REPLY_ID};
+use crate::peer::{decode, encode, ForwardReply, ForwardRequest, TARGET_MEMBER_METADATA};
 
-#[derive(Clone)]
-pub struct PeerService {
-    pub node: Arc<Node>,
+/// What the service needs of the member it answers for. The member decides what a
+/// forwarded request means; this folder only carries it.
+pub trait PeerHandler: Send + Sync + 'static {
+    fn id(&self) -> NodeId;
+    /// Restarted and not yet confirmed current by its peers (member/rollback_guard.rs):
+    /// Raft messages are refused meanwhile.
+    fn is_fenced(&self) -> bool;
+    fn raft(&self) -> &Raft<TypeConfig>;
+    /// Serves a request another member forwarded.
+    fn serve_peer_request(
+        &self,
+        request: ForwardRequest,
+    ) -> impl Future<Output = ForwardReply> + Send;
+}
+
+pub struct PeerService<H> {
+    pub handler: Arc<H>,
+}
+
+impl<H> Clone for PeerService<H> {
+    fn clone(&self) -> Self {
+        PeerService {
+            handler: self.handler.clone(),
+        }
+    }
 }
 
 /// The member id a unary call's metadata addresses, if it names one.
@@ -38,11 +61,11 @@ fn target_of<T>(req: &Request<T>) -> Result<Option<NodeId>, Status> {
         .ok_or_else(|| Status::invalid_argument("raftkv peer: bad target member id"))
 }
 
-impl PeerService {
+impl<H: PeerHandler> PeerService<H> {
     /// Refuses a Raft message addressed to another member id (see peer.rs), and every
     /// Raft message while this member is fenced (rollback_guard.rs).
     fn check_target(&self, target: Option<NodeId>) -> Result<(), Status> {
-        if self.node.is_fenced() {
+        if self.handler.is_fenced() {
             // Aborted, not Unavailable: the sender retries at once rather than backing
             // off as from a dead member (peer.rs); the fence lasts milliseconds.
             return Err(Status::aborted(
@@ -52,15 +75,15 @@ impl PeerService {
         let Some(target) = target else {
             return Ok(());
         };
-        if target != self.node.id {
+        if target != self.handler.id() {
             tracing::warn!(
-                addressed_to = %crate::node::hex(target),
+                addressed_to = %crate::ids::hex(target),
                 "refusing Raft messages for another member: this data dir holds a different member (was it wiped?)"
             );
             return Err(Status::failed_precondition(format!(
                 "raftkv peer: this is member {}, not {}",
-                crate::node::hex(self.node.id),
-                crate::node::hex(target)
+                crate::ids::hex(self.handler.id()),
+                crate::ids::hex(target)
             )));
         }
         Ok(())
@@ -77,12 +100,12 @@ impl PeerService {
             PipeKind::AppendEntries => {
                 self.check_target(target)?;
                 let rpc: AppendEntriesRequest<TypeConfig> = decode(&blob)?;
-                Ok(encode(&self.node.raft.append_entries(rpc).await))
+                Ok(encode(&self.handler.raft().append_entries(rpc).await))
             }
             PipeKind::Vote => {
                 self.check_target(target)?;
                 let rpc: VoteRequest<NodeId> = decode(&blob)?;
-                Ok(encode(&self.node.raft.vote(rpc).await))
+                Ok(encode(&self.handler.raft().vote(rpc).await))
             }
             PipeKind::Forward => self.forward(&blob).await,
         }
@@ -90,25 +113,7 @@ impl PeerService {
 
     async fn forward(&self, blob: &Blob) -> Result<Blob, Status> {
         let request: ForwardRequest = decode(blob)?;
-        let reply = match request {
-            // A member may join through any member: a follower passes the challenge and
-            // the join on to the leader, which issues the nonce and checks the proof.
-            request @ (ForwardRequest::JoinChallenge
-            | ForwardRequest::Join { .. }
-            | ForwardRequest::PendingMember { .. })
-                if !self.node.is_leader() =>
-            {
-                // As long as the joiner itself waits: adding a learner waits for it to
-                // catch up.
-                let timeout = std::time::Duration::from_millis(crate::node::JOIN_TIMEOUT_MS);
-                self.node
-                    .on_leader(request, timeout)
-                    .await
-                    .map_err(ForwardError::Api)
-            }
-            request => self.node.serve_forward(request).await,
-        };
-        Ok(encode(&reply))
+        Ok(encode(&self.handler.serve_peer_request(request).await))
     }
 
     /// Serves one pipe frame; the reply carries its id.
@@ -133,8 +138,11 @@ impl PeerService {
 /// write), until the sender closes it and every reply is out; a frame with
 /// `NO_REPLY_ID` is served and not answered. At most `MAX_PIPE_FRAMES_IN_FLIGHT` are
 /// served at once: beyond that no frame is read.
-async fn serve_pipe<S, E>(service: PeerService, mut frames: S, replies: mpsc::Sender<Frame>)
-where
+async fn serve_pipe<H: PeerHandler, S, E>(
+    service: PeerService<H>,
+    mut frames: S,
+    replies: mpsc::Sender<Frame>,
+) where
     S: Stream<Item = Result<Frame, E>> + Unpin,
 {
     let mut in_flight = FuturesUnordered::new();
@@ -166,11 +174,11 @@ where
 
 /// Serves a pipe connection (peer_wire.rs) accepted on the peer port, preface done:
 /// its frames as a gRPC pipe's, the replies written by a task of their own.
-pub fn serve_pipe_connection<T: PipeIo>(service: PeerService, conn: T) {
+pub fn serve_pipe_connection<H: PeerHandler, T: PipeIo>(service: PeerService<H>, conn: T) {
     let (read, write) = tokio::io::split(conn);
     let (replies, outgoing) = mpsc::channel(MAX_PIPE_FRAMES_IN_FLIGHT);
     tokio::spawn(async move {
-        if let Err(e) = crate::peer_wire::write_frames(write, outgoing).await {
+        if let Err(e) = crate::peer::wire::write_frames(write, outgoing).await {
             tracing::debug!(error = %e, "peer pipe connection broke while answering");
         }
     });
@@ -185,7 +193,7 @@ pub fn serve_pipe_connection<T: PipeIo>(service: PeerService, conn: T) {
 type GrpcReplies = futures::stream::Map<ReceiverStream<Frame>, fn(Frame) -> Result<Frame, Status>>;
 
 #[tonic::async_trait]
-impl Peer for PeerService {
+impl<H: PeerHandler> Peer for PeerService<H> {
     async fn append_entries(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
         let target = target_of(&req)?;
         let reply = self
@@ -203,7 +211,7 @@ impl Peer for PeerService {
     async fn install_snapshot(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
         self.check_target(target_of(&req)?)?;
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(req.get_ref())?;
-        let result = self.node.raft.install_snapshot(rpc).await;
+        let result = self.handler.raft().install_snapshot(rpc).await;
         Ok(Response::new(encode(&result)))
     }
 
