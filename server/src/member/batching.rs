@@ -2,19 +2,20 @@
 //! read-index round (etcd's linearizableReadLoop does the same), and the writes a
 //! follower forwards travel to the leader in batches, one peer RPC for many.
 //!
-//! Owns two queues and the tasks draining them. It never decides what a request means:
-//! the leader serves each batched write exactly as a single one (`Node::serve_write`),
-//! and a read-index round is `ForwardRequest::ReadIndex`. It must never hand a read an
+//! Owns two queues and the tasks draining them, which reach the leader through the
+//! `LeaderLink` and never through the Node. It never decides what a request means: the
+//! leader serves each batched write exactly as a single one (`Node::propose_here`), and
+//! a read-index round is `ForwardRequest::ReadIndex`. It must never hand a read an
 //! index from a round that began before the read arrived (that read would not be
 //! linearizable): a round only answers the reads queued before it started.
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use super::leader_link::{LeaderLink, Route};
 use crate::errors::ApiError;
-use crate::member::node::Node;
 use crate::peer::{ForwardError, ForwardRequest, ForwardResponse};
 use raftkv_storage::mvcc::Command;
 
@@ -34,8 +35,9 @@ pub const MAX_FORWARD_BATCHES_IN_FLIGHT: usize = 4;
 
 type ReadWaiter = oneshot::Sender<Result<u64, ApiError>>;
 
-/// What a forwarded write answered: the result and the log index it was applied at.
-pub type WriteOutcome = Result<(raftkv_storage::mvcc::CommandResult, u64), ApiError>;
+/// What a forwarded write answered: the result and the log index it was applied at, or
+/// `NotLeader` when it was not executed and must be routed again.
+pub type WriteOutcome = Result<(raftkv_storage::mvcc::CommandResult, u64), ForwardError>;
 
 struct QueuedWrite {
     command: Command,
@@ -43,20 +45,20 @@ struct QueuedWrite {
     reply: oneshot::Sender<WriteOutcome>,
 }
 
-/// The queues; the tasks draining them hold only a weak reference to the node.
+/// The queues; the tasks draining them hold the way to the leader, not the node.
 pub struct Coalescer {
     reads: mpsc::Sender<ReadWaiter>,
     writes: mpsc::Sender<QueuedWrite>,
 }
 
 impl Coalescer {
-    /// Makes the queues and starts their tasks for `node` (which may still be under
-    /// construction: the tasks upgrade it only when a request arrives).
-    pub fn start(node: Weak<Node>) -> Coalescer {
+    /// Makes the queues and starts their tasks; each round or batch may take up to
+    /// `timeout`.
+    pub fn start(link: LeaderLink, timeout: Duration) -> Coalescer {
         let (reads, read_rx) = mpsc::channel(MAX_QUEUED_READS);
         let (writes, write_rx) = mpsc::channel(MAX_QUEUED_FORWARDS);
-        tokio::spawn(read_rounds(node.clone(), read_rx));
-        tokio::spawn(forward_batches(node, write_rx));
+        tokio::spawn(read_rounds(link.clone(), timeout, read_rx));
+        tokio::spawn(forward_batches(link, timeout, write_rx));
         Coalescer { reads, writes }
     }
 
@@ -68,6 +70,7 @@ impl Coalescer {
     }
 
     /// Forwards `command` to the leader in the next batch; what applying it answered.
+    /// `NotLeader` when no other member leads by the time the batch leaves.
     pub async fn forward_write(&self, command: Command) -> WriteOutcome {
         let (tx, rx) = oneshot::channel();
         let size_bytes = command.size_bytes();
@@ -76,16 +79,14 @@ impl Coalescer {
             size_bytes,
             reply: tx,
         };
-        self.writes
-            .send(queued)
-            .await
-            .map_err(|_| ApiError::Stopped)?;
-        rx.await.map_err(|_| ApiError::Stopped)?
+        let stopped = |_| ForwardError::Api(ApiError::Stopped);
+        self.writes.send(queued).await.map_err(stopped)?;
+        rx.await.map_err(|_| ForwardError::Api(ApiError::Stopped))?
     }
 }
 
 /// One read-index round at a time; each answers every read queued before it began.
-async fn read_rounds(node: Weak<Node>, mut rx: mpsc::Receiver<ReadWaiter>) {
+async fn read_rounds(link: LeaderLink, timeout: Duration, mut rx: mpsc::Receiver<ReadWaiter>) {
     let mut waiters = Vec::new();
     while let Some(first) = rx.recv().await {
         waiters.push(first);
@@ -95,37 +96,50 @@ async fn read_rounds(node: Weak<Node>, mut rx: mpsc::Receiver<ReadWaiter>) {
                 Err(_) => break,
             }
         }
-        let Some(node) = node.upgrade() else { return };
-        let deadline = tokio::time::Instant::now() + node.config.request_timeout();
-        let result = loop {
-            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match node.on_leader(ForwardRequest::ReadIndex, remaining).await {
-                Ok(ForwardResponse::ReadIndex(index)) => break Ok(index),
-                Ok(other) => break Err(ApiError::Internal(format!("unexpected reply {other:?}"))),
-                // The leader could not hear from a quorum this time (a heartbeat lost
-                // to a busy follower): ask again while the request has time and the
-                // cluster still has a leader that heard from a quorum lately, as etcd
-                // retries its read index. A later index still serves these reads.
-                Err(ApiError::Timeout)
-                    if node.leader().is_some()
-                        && deadline.saturating_duration_since(tokio::time::Instant::now())
-                            > Duration::from_millis(READ_INDEX_RETRY_MS) =>
-                {
-                    tokio::time::sleep(Duration::from_millis(READ_INDEX_RETRY_MS)).await;
-                }
-                Err(e) => break Err(e),
-            }
-        };
-        drop(node);
+        let result = read_index(&link, tokio::time::Instant::now() + timeout).await;
         for w in waiters.drain(..) {
             let _ = w.send(result.clone());
         }
     }
 }
 
+/// The leader's read index, asked here or of the leader, by `deadline`.
+async fn read_index(link: &LeaderLink, deadline: tokio::time::Instant) -> Result<u64, ApiError> {
+    loop {
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if remaining.is_zero() {
+            return Err(if link.leader().is_none() {
+                ApiError::NoLeader
+            } else {
+                ApiError::Timeout
+            });
+        }
+        let reply = match link.route() {
+            Route::Here => link.read_index_here().await,
+            Route::Remote(leader) => {
+                link.forward(leader, &ForwardRequest::ReadIndex, remaining)
+                    .await
+            }
+            Route::Unknown => Err(ForwardError::NotLeader),
+        };
+        match reply {
+            Ok(ForwardResponse::ReadIndex(index)) => return Ok(index),
+            Ok(other) => return Err(ApiError::Internal(format!("unexpected reply {other:?}"))),
+            Err(ForwardError::NotLeader) => {}
+            // The leader could not hear from a quorum this time (a heartbeat lost to a
+            // busy follower): ask again while the request has time and the cluster
+            // still has a leader that heard from a quorum lately, as etcd retries its
+            // read index. A later index still serves these reads.
+            Err(ForwardError::Api(ApiError::Timeout)) if link.leader().is_some() => {}
+            Err(ForwardError::Api(e)) => return Err(e),
+        }
+        tokio::time::sleep(Duration::from_millis(READ_INDEX_RETRY_MS).min(remaining)).await;
+    }
+}
+
 /// Drains queued writes into batches, up to MAX_FORWARD_BATCHES_IN_FLIGHT at once: while
 /// every slot is busy, writes pile up and the next batch takes them all.
-async fn forward_batches(node: Weak<Node>, mut rx: mpsc::Receiver<QueuedWrite>) {
+async fn forward_batches(link: LeaderLink, timeout: Duration, mut rx: mpsc::Receiver<QueuedWrite>) {
     let slots = Arc::new(Semaphore::new(MAX_FORWARD_BATCHES_IN_FLIGHT));
     let mut next: Option<QueuedWrite> = None;
     loop {
@@ -154,64 +168,42 @@ async fn forward_batches(node: Weak<Node>, mut rx: mpsc::Receiver<QueuedWrite>) 
                 Err(_) => break,
             }
         }
-        let Some(node) = node.upgrade() else { return };
+        let link = link.clone();
         tokio::spawn(async move {
-            send_batch(&node, batch).await;
+            send_batch(&link, timeout, batch).await;
             drop(permit);
         });
     }
 }
 
-/// Sends one batch to the leader and answers each write in it. A write the leader could
-/// not take (it lost leadership first) goes again on its own, through `on_leader`.
-async fn send_batch(node: &Node, batch: Vec<QueuedWrite>) {
-    let timeout = node.config.request_timeout();
-    let (commands, replies): (Vec<Command>, Vec<(usize, oneshot::Sender<WriteOutcome>)>) = batch
-        .into_iter()
-        .map(|w| (w.command, (w.size_bytes, w.reply)))
-        .unzip();
-    if commands.len() == 1 {
-        let command = commands.into_iter().next();
-        if let (Some(command), Some((_, reply))) = (command, replies.into_iter().next()) {
-            let _ = reply.send(single(node, command, timeout).await);
+/// Sends one batch to the leader and answers each write in it: `NotLeader` for each
+/// when no other member leads now, or when the leader could not take them (the
+/// proposer routes those again).
+async fn send_batch(link: &LeaderLink, timeout: Duration, batch: Vec<QueuedWrite>) {
+    let count = batch.len();
+    let (commands, replies): (Vec<Command>, Vec<oneshot::Sender<WriteOutcome>>) =
+        batch.into_iter().map(|w| (w.command, w.reply)).unzip();
+    let Route::Remote(leader) = link.route() else {
+        for reply in replies {
+            let _ = reply.send(Err(ForwardError::NotLeader));
         }
         return;
-    }
-    let retry = commands.clone();
-    match node
-        .on_leader(ForwardRequest::Writes(commands), timeout)
-        .await
-    {
-        Ok(ForwardResponse::Writes(results)) if results.len() == replies.len() => {
-            for ((result, (_, reply)), command) in results.into_iter().zip(replies).zip(retry) {
-                let outcome = match result {
-                    Ok((result, index)) => Ok((result, index)),
-                    Err(ForwardError::Api(e)) => Err(e),
-                    Err(ForwardError::NotLeader) => single(node, command, timeout).await,
-                };
-                let _ = reply.send(outcome);
-            }
-        }
+    };
+    let request = match <[Command; 1]>::try_from(commands) {
+        Ok([command]) => ForwardRequest::Write(command),
+        Err(commands) => ForwardRequest::Writes(commands),
+    };
+    let outcomes: Vec<WriteOutcome> = match link.forward(leader, &request, timeout).await {
+        Ok(ForwardResponse::Write(result, index)) if count == 1 => vec![Ok((result, index))],
+        Ok(ForwardResponse::Writes(results)) if results.len() == count => results,
         Ok(other) => {
             let e = ApiError::Internal(format!("unexpected reply to a write batch: {other:?}"));
-            for (_, reply) in replies {
-                let _ = reply.send(Err(e.clone()));
-            }
+            vec![Err(ForwardError::Api(e)); count]
         }
-        Err(e) => {
-            for (_, reply) in replies {
-                let _ = reply.send(Err(e.clone()));
-            }
-        }
-    }
-}
-
-async fn single(node: &Node, command: Command, timeout: Duration) -> WriteOutcome {
-    match node
-        .on_leader(ForwardRequest::Write(command), timeout)
-        .await?
-    {
-        ForwardResponse::Write(result, index) => Ok((result, index)),
-        other => Err(ApiError::Internal(format!("unexpected reply {other:?}"))),
+        Err(e) => vec![Err(e); count],
+    };
+    debug_assert_eq!(outcomes.len(), replies.len());
+    for (outcome, reply) in outcomes.into_iter().zip(replies) {
+        let _ = reply.send(outcome);
     }
 }

@@ -5,7 +5,14 @@
 
 pub mod batching;
 pub mod identity;
+mod join;
 pub mod join_token;
+pub mod leader_link;
 pub mod lease_clocks;
+mod membership;
 pub mod node;
+mod quota;
 pub mod rollback_guard;
+mod routing;
+pub mod startup;
+mod transfer;

@@ -28,9 +28,9 @@ pub async fn run_expiry(node: Arc<crate::member::node::Node>) {
             tracing::debug!(lease = id, "lease expired; revoking");
             // Revoked only here, on this leader: never forwarded to another member,
             // whose clocks may say the lease is alive.
-            let request = crate::peer::ForwardRequest::Write(Command::LeaseRevoke { id });
+            let revoke = Command::LeaseRevoke { id };
             let timeout = node.config.request_timeout();
-            match tokio::time::timeout(timeout, node.serve_forward(request)).await {
+            match tokio::time::timeout(timeout, node.propose_here(revoke)).await {
                 Ok(Ok(_)) => {
                     node.leases.forget(id);
                 }

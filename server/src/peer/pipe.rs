@@ -19,7 +19,7 @@
 //! failing the waiters of a pipe that broke. It never interprets a payload (peer.rs
 //! and peer_service.rs do, the same for a frame as for a unary call), and it must never
 //! report a request as not sent once its frame may have left: a forwarded write that
-//! might have reached the leader must not be sent twice (node.rs, `on_leader`).
+//! might have reached the leader must not be sent twice (member/leader_link.rs, `forward`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -338,7 +338,7 @@ fn request_frame(id: u64, kind: PipeKind, target: u64, data: Bytes) -> Frame {
     }
 }
 
-/// "connect" in the message: the request never left (on_leader may send it again).
+/// "connect" in the message: the request never left (leader_link.rs may send it again).
 fn not_sent(url: &str) -> Status {
     Status::unavailable(format!("raftkv peer: stream to {url} not connected"))
 }
@@ -688,7 +688,7 @@ mod tests {
         drop(listener);
         let status = reply(call(&Pipes::default(), &url, vec![0]).await).expect_err("no peer");
         assert_eq!(status.code(), Code::Unavailable);
-        // on_leader sends a forwarded write again only when the error says "connect".
+        // leader_link.rs sends a forwarded write again only when the error says "connect".
         assert!(status.message().contains("connect"), "{status:?}");
     }
 
