@@ -1,6 +1,6 @@
 //! Finds put stalls in the MVCC store without compaction: N puts over 1000 keys,
 //! printing every put slower than THRESHOLD_MS (default 50) with when it happened. Used to tell the engine's
-//! own pauses from the compactor's (bench/RESULTS.md); RUST_LOG=raftkv_storage=debug,lsm_tree=debug shows
+//! own pauses from the compactor's (docs/decisions.md); RUST_LOG=raftkv_storage=debug,lsm_tree=debug shows
 //! the engine's flushes and journal rotations beside them.
 //!
 //! `cargo run --release -p raftkv-bench --example put_stalls -- 3000000 [threshold_ms]`

@@ -322,7 +322,7 @@ fn dir_bytes(path: &Path) -> u64 {
 /// write_bytes this includes the file system's journal, and it counts what reached the
 /// device. On this machine's kernel (6.18) the process counter read 39 times what the
 /// device wrote under sustained log appends, likely because a process is charged a
-/// whole large page-cache folio each time it dirties one (bench/RESULTS.md, session 12).
+/// whole large page-cache folio each time it dirties one (docs/decisions.md).
 pub fn device_written_bytes(path: &Path) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
     let dev = std::fs::metadata(path).ok()?.dev();

@@ -92,7 +92,7 @@ impl CompareConfig {
 
 /// Rounds of the put throughput runs in a full run. One 10 s sample per system could
 /// not decide a 1.5x threshold: etcd's put rate at 256 clients moved between 13048 and
-/// 17239 a second from one run to the next on the same machine (bench/RESULTS.md).
+/// 17239 a second from one run to the next on the same machine (docs/decisions.md).
 pub const PUT_ROUNDS: usize = 3;
 /// Rounds at most (`--put-rounds`).
 pub const MAX_PUT_ROUNDS: usize = 15;
@@ -856,7 +856,7 @@ pub fn table(floor: &Floor, r: &Measured, e: &Measured) -> String {
     // flash wear is what reaches the device. The processes' write_bytes counter is kept
     // beside it, report only: on this kernel it is charged per dirtied page-cache folio,
     // so identical at-rest runs gave 70 to 234 MiB while the device wrote 32 MiB in each
-    // (bench/RESULTS.md, session 13).
+    // (docs/decisions.md, "counted at the block device").
     let device = r.rest_device_write_bytes.zip(e.rest_device_write_bytes);
     let bytes = ratio(r.rest_write_bytes as f64, e.rest_write_bytes as f64);
     rows.push(Row {

@@ -270,8 +270,8 @@ pub async fn connect_with_timeout(
 /// `write`, and a flush first lets the other clients' requests queued behind it join.
 /// tonic's own connector writes each request in two `writev`s, which on loopback also
 /// run the server's TCP receive path: about a third of the generator's CPU at 256
-/// clients, taken from the two cores the servers share with it (bench/RESULTS.md,
-/// session 25). Go's gRPC client, which the Kubernetes API server and etcd's own
+/// clients, taken from the two cores the servers share with it (docs/decisions.md).
+/// Go's gRPC client, which the Kubernetes API server and etcd's own
 /// benchmark use, writes once per batch of frames too. Both servers get the same client.
 async fn connect_one(endpoint: &str, timeout_ms: u64) -> Result<Client, etcd_client::Error> {
     let uri = raftkv_server::cli::client::url_of(endpoint);

@@ -2,7 +2,7 @@
 //!
 //! Everything a request path can fail with becomes an `ApiError`; `ApiError::status`
 //! is the single place that turns it into a `tonic::Status`. Messages are etcd's to the
-//! letter (clients match on them; see ../shared/etcd-compat.md).
+//! letter (clients match on them; docs/compatibility.md lists them).
 
 use raftkv_storage::error::ErrorClass;
 use raftkv_storage::MvccError;

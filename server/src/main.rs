@@ -6,7 +6,7 @@ use raftkv_server::config::{Cli, Command, MemberCommand, SnapshotCommand};
 
 /// jemalloc, not glibc's malloc: glibc's arenas spent about 15% of the leader's CPU
 /// under 64 writers (malloc_consolidate, unlink_chunk), and jemalloc held less memory
-/// with a million keys (bench/RESULTS.md, session 10).
+/// with a million keys (docs/decisions.md, "jemalloc as the allocator").
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -1,4 +1,4 @@
-//! etcd's semantics, case by case, as ../shared/etcd-compat.md states them.
+//! etcd's semantics, case by case, as etcd documents and answers them (docs/compatibility.md).
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! The Kubernetes API server's and k3s's access pattern (../shared/etcd-compat.md), run
+//! The Kubernetes API server's and k3s's access pattern (docs/compatibility.md), run
 //! step by step against real etcd 3.5 and against raftkv, every response compared:
 //! k3s's bootstrap, the create/update/delete Txn shapes, paginated lists at a fixed
 //! revision, count-only and keys-only lists, the compactor's CAS loop and Compact,

@@ -7,7 +7,7 @@
 //! every DATA frame of 256 bytes or more out of that buffer and flushes before the next
 //! frame: a unary response (HEADERS, one DATA frame of a 256-byte value, trailers) costs
 //! two `writev`s, and on loopback each one runs the receiver's TCP stack too (about a
-//! fifth of a member's CPU under 64 readers, bench/RESULTS.md session 20). Wrapped here,
+//! fifth of a member's CPU under 64 readers: docs/decisions.md). Wrapped here,
 //! the connection reports no vectored writes, so h2 copies DATA frames up to 1 KiB into
 //! its buffer, and the bytes h2 writes between two flushes are gathered here and leave
 //! in one `write` at the flush.

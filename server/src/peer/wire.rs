@@ -6,7 +6,7 @@
 //! extra tasks per side (hyper's connection task and the stream's body pipe); here a
 //! frame goes from the sender's queue to the socket in one task and from the socket to
 //! its waiter (or server) in one. At a k3s cluster's rest load that transport was about
-//! a quarter of the leader's CPU (bench/RESULTS.md, session 22).
+//! a quarter of the leader's CPU (docs/decisions.md, "Peer pipes on TCP connections").
 //!
 //! Telling the two apart on one port: a pipe connection opens with `PREFACE`, which
 //! no HTTP/2 or HTTP/1.1 client sends (it starts with a zero byte); the server reads

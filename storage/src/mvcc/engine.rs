@@ -3,15 +3,15 @@
 //! ordered range scans both ways, atomic batches, durable flush, and whole-tree
 //! rotation for snapshot install. This is the only file that names the engine.
 //!
-//! Why an LSM and not sled 0.34 (bench/RESULTS.md, "Why not sled"): dropping history
+//! Why an LSM and not sled 0.34 (docs/decisions.md, "not sled"): dropping history
 //! is a stream of deletes, and once the key space outgrows sled's page cache its
 //! deletes stall writers for seconds; an LSM writes a delete as one small tombstone and
 //! reclaims space in background merges.
 //!
 //! Why lsm-tree without fjall's journal: the Raft log already is the durable record of
 //! every write, so a second write-ahead log only doubles the bytes written, and fjall
-//! fsyncs that journal under the lock every write takes (bench/RESULTS.md, "Engine
-//! pauses"). Here a write goes to an in-memory table only; a background thread per
+//! fsyncs that journal under the lock every write takes (docs/decisions.md, "without
+//! a journal"). Here a write goes to an in-memory table only; a background thread per
 //! tree writes full memtables out as sorted files and merges them. After a crash the
 //! tree holds a prefix of the applied batches (memtables are rotated between batches
 //! and written out in order), and Raft replays the rest from its log: `flush` is what
@@ -425,7 +425,7 @@ fn tree_config(dir: &Path, db: &DbInner, seqno: SequenceNumberCounter) -> lsm_tr
         // level 2 as fjall does. Every level-0 merge rewrites the level-1 tables its key
         // range overlaps, and a memtable holds both random user keys ('k') and new
         // change records ('r'), so its range overlaps nearly all of level 1: uncompressed,
-        // that was most of the engine's disk writes (bench/RESULTS.md, session 12).
+        // that was most of the engine's disk writes (docs/decisions.md).
         .data_block_compression_policy(CompressionPolicy::new([
             lsm_tree::CompressionType::None,
             lsm_tree::CompressionType::Lz4,

@@ -63,7 +63,7 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
 
 /// Deletes purged segment files on a thread of its own, in the order given (oldest
 /// first). Unlinking a 64 MiB segment took 7-12 ms on ext4 mounted with `discard`
-/// (bench/RESULTS.md, session 17): time the log's writer thread must not spend between
+/// (docs/decisions.md): time the log's writer thread must not spend between
 /// two fdatasyncs, as every write waits for it then. A crash before a deletion leaves
 /// a whole purged segment behind, which the next open replays and the next purge
 /// deletes, as a crash between a purge and its unlink always could; oldest first, so
