@@ -285,13 +285,16 @@ fn a_member_that_missed_purged_entries_catches_up_by_snapshot() {
         // And it keeps following afterwards.
         c.put("s/after", "y", None).await.expect("put");
         wait_count(&cluster, lagging, "s/", 6_001, Duration::from_secs(10)).await;
-        // Snapshots are points recorded every 50 entries; the key space was written
-        // out only for the member that needed it.
+        // Snapshots are points recorded every 50 entries; the key space is written out
+        // only when a follower needs it: at least once here (the entries it missed were
+        // purged), and never at every point. A loaded machine may make openraft ask
+        // again for a snapshot whose send was slow, so the bound is a fraction of the
+        // points, not an exact count.
         let log = cluster.members[leader].log();
         let points = log.matches("snapshot point recorded").count();
         let exports = log.matches("snapshot exported for a follower").count();
         assert!(
-            points >= 20 && (1..=2).contains(&exports),
+            points >= 50 && exports >= 1 && exports * 10 <= points,
             "{points} points recorded, {exports} exports; logs:\n{}",
             cluster.logs()
         );
