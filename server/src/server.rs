@@ -11,7 +11,6 @@ use raftkv_proto::etcdserverpb::kv_server::KvServer;
 use raftkv_proto::etcdserverpb::lease_server::LeaseServer;
 use raftkv_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use raftkv_proto::etcdserverpb::watch_server::WatchServer;
-use raftkv_proto::peer::peer_server::PeerServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -19,7 +18,6 @@ use tonic::transport::Server;
 
 use crate::api;
 use crate::config::{socket_addr_of, ServerConfig};
-use crate::limits::MAX_PEER_MESSAGE_SIZE_BYTES;
 use crate::member::node::{Node, StartError};
 use crate::net::coalesced_io::Coalesced;
 use crate::peer::service::PeerService;
@@ -74,8 +72,8 @@ fn incoming_tuned(
 }
 
 /// Client connections write once per HTTP/2 flush (coalesced_io.rs). Peer connections
-/// do not: their messages are batched already (peer_pipe.rs, batching.rs), and there a
-/// yield before the write would hold up Raft's acknowledgements.
+/// do not: their messages are batched already (peer/wire.rs, member/batching.rs), and
+/// there a yield before the write would hold up Raft's acknowledgements.
 fn coalesced<S, T>(incoming: S) -> impl futures::Stream<Item = std::io::Result<Coalesced<T>>>
 where
     S: futures::Stream<Item = std::io::Result<T>>,
@@ -85,7 +83,7 @@ where
 }
 
 /// What serves a pipe connection accepted on the peer port.
-fn pipe_server<T: crate::peer::wire::PipeIo>(node: &Arc<Node>) -> impl Fn(T) + Clone + Send {
+fn pipe_server<T: crate::peer::wire::PipeIo>(node: &Arc<Node>) -> impl Fn(T) {
     let service = PeerService {
         handler: node.clone(),
     };
@@ -138,32 +136,21 @@ pub async fn run(config: ServerConfig) -> Result<(), StartError> {
 
     let peer_server = {
         let mut stop = stop_rx.clone();
-        let service = PeerServer::new(PeerService {
-            handler: node.clone(),
-        })
-        .max_decoding_message_size(MAX_PEER_MESSAGE_SIZE_BYTES)
-        .max_encoding_message_size(MAX_PEER_MESSAGE_SIZE_BYTES);
         let stopped = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
-        let router = Server::builder().tcp_nodelay(true).add_service(service);
-        // Pipe connections (peer_wire.rs) are served beside the gRPC service on the
-        // same port; the sockets get the pipe's keepalive and unacknowledged-data
-        // timeout either way.
+        // Every connection on the peer port is a pipe (peer/wire.rs); its socket gets the
+        // pipe's keepalive and unacknowledged-data timeout.
         let tune = crate::peer::wire::tune_socket;
         match peer_acceptor {
-            Some(acceptor) => tokio::spawn(router.serve_with_incoming_shutdown(
-                crate::peer::wire::split_pipes(
-                    crate::net::tls::incoming(peer_listener, acceptor, tune),
-                    pipe_server(&node),
-                ),
+            Some(acceptor) => tokio::spawn(crate::peer::wire::accept_pipes(
+                crate::net::tls::incoming(peer_listener, acceptor, tune),
+                pipe_server(&node),
                 stopped,
             )),
-            None => tokio::spawn(router.serve_with_incoming_shutdown(
-                crate::peer::wire::split_pipes(
-                    incoming_tuned(peer_listener, tune),
-                    pipe_server(&node),
-                ),
+            None => tokio::spawn(crate::peer::wire::accept_pipes(
+                incoming_tuned(peer_listener, tune),
+                pipe_server(&node),
                 stopped,
             )),
         }

@@ -326,14 +326,12 @@ fn members_talk_over_mutual_tls_and_a_foreign_certificate_cannot_join() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    // Raft messages travel on pipe connections of their own (peer_wire.rs), over TLS
-    // too, not on the gRPC fallback.
+    // Raft messages travel on pipe connections (peer/wire.rs), over TLS too.
     let log = members[0].log();
     assert!(
         log.contains("peer pipe connection open url=https://127.0.0.1:"),
         "{log}"
     );
-    assert!(!log.contains("using a gRPC stream"), "{log}");
 
     // A member with a certificate from another CA is refused at once, and exits.
     let other = root.path().join("other");

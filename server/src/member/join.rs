@@ -58,8 +58,8 @@ impl Node {
                 }
                 Err(status) if status.code() == tonic::Code::Unimplemented => {
                     return Err(StartError::Config(format!(
-                        "{url} is not a raftkv peer URL: it answers gRPC but not raftkv's peer \
-                         service (a client URL? members' peer URLs are their --listen-peer-urls, \
+                        "{url} is not a raftkv peer URL: it does not answer raftkv's peer \
+                         pipe (a client URL? members' peer URLs are their --listen-peer-urls, \
                          port 2380 by default)"
                     )))
                 }

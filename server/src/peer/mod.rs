@@ -13,5 +13,5 @@ pub mod wire;
 
 pub use protocol::{
     decode, encode, Floor, Floors, ForwardError, ForwardReply, ForwardRequest, ForwardResponse,
-    JoinProof, TARGET_MEMBER_METADATA,
+    JoinProof,
 };

@@ -13,7 +13,8 @@ use raftkv_storage::raft_types::{Member, NodeId, TypeConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::peer::encode;
-use crate::peer::pool::{PeerClients, PeerMethod};
+use crate::peer::pipe::PipeKind;
+use crate::peer::pool::PeerClients;
 
 /// openraft's network: one `PeerConnection` per target member.
 #[derive(Clone)]
@@ -46,7 +47,7 @@ struct TransportError(String);
 impl PeerConnection {
     async fn call<Req, Resp, E>(
         &self,
-        method: PeerMethod,
+        method: PipeKind,
         request: &Req,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<NodeId, Member, E>>
@@ -72,7 +73,7 @@ impl PeerConnection {
     /// What openraft is told of a request that did not get a reply.
     fn transport_error<E: std::error::Error>(
         &self,
-        method: PeerMethod,
+        method: PipeKind,
         status: tonic::Status,
     ) -> RPCError<NodeId, Member, E> {
         let err = TransportError(format!(
@@ -98,7 +99,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
         let started = std::time::Instant::now();
-        let result = self.call(PeerMethod::AppendEntries, &rpc, &option).await;
+        let result = self.call(PipeKind::AppendEntries, &rpc, &option).await;
         if result.is_ok() {
             crate::peer::rtt::observe_peer_rtt(self.target, started.elapsed());
         }
@@ -115,13 +116,13 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         self.clients
             .notify(
                 &self.url,
-                PeerMethod::AppendEntries,
+                PipeKind::AppendEntries,
                 self.target,
                 data,
                 option.hard_ttl(),
             )
             .await
-            .map_err(|status| self.transport_error(PeerMethod::AppendEntries, status))
+            .map_err(|status| self.transport_error(PipeKind::AppendEntries, status))
     }
 
     async fn install_snapshot(
@@ -132,7 +133,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call(PeerMethod::InstallSnapshot, &rpc, &option).await
+        self.call(PipeKind::InstallSnapshot, &rpc, &option).await
     }
 
     /// Sends a snapshot in chunks (openraft's `Chunked`), once the export writing it has
@@ -162,6 +163,6 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        self.call(PeerMethod::Vote, &rpc, &option).await
+        self.call(PipeKind::Vote, &rpc, &option).await
     }
 }

@@ -1,37 +1,32 @@
-//! Long-lived peer streams ("pipes"): AppendEntries, Vote and forwarded requests to one
-//! member travel as frames on one bidirectional gRPC stream, replies matched by id.
+//! Long-lived peer pipes: AppendEntries, Vote, forwarded requests and snapshot chunks
+//! to one member travel as frames on a TCP (or TLS) connection of its own to the peer
+//! port (wire.rs), replies matched by id. The only peer transport: a member that does
+//! not answer the pipe's preface is not a raftkv member of this version.
 //!
-//! A unary gRPC call costs each message a request's headers, a response's headers and
+//! A unary call costs each message a request's headers, a response's headers and
 //! trailers, and a task on the receiver; at a k3s cluster's rest load (a few messages
 //! per update, heartbeats in between) that is most of what a member does. etcd sends
-//! Raft messages on long-lived streams for the same reason.
+//! Raft messages on long-lived streams for the same reason (docs/decisions.md, "Peer
+//! pipes on TCP connections").
 //!
 //! A frame with id 0 wants no reply (`Pipes::notify`): the leader's commit notices, one
 //! after each commit, which a follower acts on as on any AppendEntries but does not
-//! answer. A member that predates this answers them with id 0, which matches no waiter.
-//!
-//! A pipe is a TCP connection of its own to the peer port (peer_wire.rs) where the peer
-//! speaks that; a member that predates it gets the pipe as a bidirectional gRPC stream
-//! (the `Pipe` call), and one older still gets unary calls. Frames, ids and replies are
-//! the same on both.
+//! answer.
 //!
 //! Owns the client side: opening a pipe per peer URL, sending frames, matching replies,
-//! failing the waiters of a pipe that broke. It never interprets a payload (peer.rs
-//! and peer_service.rs do, the same for a frame as for a unary call), and it must never
-//! report a request as not sent once its frame may have left: a forwarded write that
-//! might have reached the leader must not be sent twice (member/leader_link.rs, `forward`).
+//! failing the waiters of a pipe that broke. It never interprets a payload (pool.rs,
+//! network.rs and service.rs do), and it must never report a request as not sent once
+//! its frame may have left: a forwarded write that might have reached the leader must
+//! not be sent twice (member/leader_link.rs, `forward`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use raftkv_proto::peer::peer_client::PeerClient;
 use raftkv_proto::peer::Frame;
 use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::peer::wire::{self, Dialed};
@@ -39,16 +34,8 @@ use crate::peer::wire::{self, Dialed};
 /// Frames one pipe has in flight at most, each way: a full pipe makes senders wait,
 /// and a receiver reads no more frames until it has answered some.
 pub const MAX_PIPE_FRAMES_IN_FLIGHT: usize = 1024;
-/// How long a peer that has no pipes (an older raftkv) gets unary calls before a pipe
-/// is tried again; the same for a peer that has only gRPC pipes before a pipe
-/// connection is tried again.
-const UNARY_RETRY_PIPE_MS: u64 = 60_000;
-
-/// How a pipe to one member is opened: a pipe connection (peer_wire.rs), or the gRPC
-/// client for a member that does not speak that.
+/// How a pipe to one member is opened.
 pub trait Dialer {
-    /// The gRPC client to the member (over the pooled channel).
-    fn grpc(&self) -> Result<PeerClient<Channel>, Status>;
     /// Client TLS for a pipe connection to an https:// peer URL; None for http://.
     fn tls(&self) -> Result<Option<Arc<rustls::ClientConfig>>, Status>;
 }
@@ -59,14 +46,27 @@ pub enum PipeKind {
     AppendEntries = 1,
     Vote = 2,
     Forward = 3,
+    /// A chunk of a snapshot; sent on a pipe of its own (pool.rs), so that a large chunk
+    /// never holds up the heartbeats and appends behind it.
+    InstallSnapshot = 4,
 }
 
 impl PipeKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            PipeKind::AppendEntries => "append_entries",
+            PipeKind::Vote => "vote",
+            PipeKind::Forward => "forward",
+            PipeKind::InstallSnapshot => "install_snapshot",
+        }
+    }
+
     pub fn from_wire(kind: u32) -> Option<PipeKind> {
         match kind {
             1 => Some(PipeKind::AppendEntries),
             2 => Some(PipeKind::Vote),
             3 => Some(PipeKind::Forward),
+            4 => Some(PipeKind::InstallSnapshot),
             _ => None,
         }
     }
@@ -120,11 +120,6 @@ struct Slot {
     /// Held while a pipe is being opened, so that callers arriving meanwhile wait for
     /// it rather than open pipes of their own.
     opening: tokio::sync::Mutex<()>,
-    /// When the peer answered that it has no pipes.
-    unary_since: Mutex<Option<Instant>>,
-    /// When the peer answered a pipe connection's preface as something else (it has
-    /// gRPC pipes only).
-    grpc_pipe_since: Mutex<Option<Instant>>,
 }
 
 impl Slot {
@@ -134,18 +129,6 @@ impl Slot {
             .filter(|p| p.is_open())
             .cloned()
     }
-
-    fn wants_unary(&self) -> bool {
-        recent(&self.unary_since)
-    }
-
-    fn wants_grpc_pipe(&self) -> bool {
-        recent(&self.grpc_pipe_since)
-    }
-}
-
-fn recent(since: &Mutex<Option<Instant>>) -> bool {
-    lock(since).is_some_and(|since| since.elapsed() < Duration::from_millis(UNARY_RETRY_PIPE_MS))
 }
 
 /// The pipes to other members, one per peer URL, opened on first use and again after
@@ -153,15 +136,6 @@ fn recent(since: &Mutex<Option<Instant>>) -> bool {
 #[derive(Clone, Default)]
 pub struct Pipes {
     slots: Arc<Mutex<HashMap<String, Arc<Slot>>>>,
-}
-
-/// What a call on a pipe came to.
-pub enum PipeOutcome {
-    /// The reply's payload, or the status the peer failed the request with (or the
-    /// transport's: a timeout, a broken or unopenable pipe).
-    Done(Result<Bytes, Status>),
-    /// The peer has no pipes (an older raftkv): use a unary call. Nothing was sent.
-    Unsupported,
 }
 
 impl Pipes {
@@ -181,7 +155,8 @@ impl Pipes {
     }
 
     /// Sends one request to the member at `url` and waits for its reply, at most
-    /// `timeout`.
+    /// `timeout`: the reply's payload, or the status the peer failed the request with
+    /// (or the transport's: a timeout, a broken or unopenable pipe).
     pub async fn call(
         &self,
         url: &str,
@@ -190,17 +165,14 @@ impl Pipes {
         target: u64,
         data: Bytes,
         timeout: Duration,
-    ) -> PipeOutcome {
+    ) -> Result<Bytes, Status> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let pipe = match self.pipe(url, dialer, deadline).await {
-            Ok(pipe) => pipe,
-            Err(outcome) => return outcome,
-        };
-        PipeOutcome::Done(send(url, &pipe, kind, target, data, deadline).await)
+        let pipe = self.pipe(url, dialer, deadline).await?;
+        send(url, &pipe, kind, target, data, deadline).await
     }
 
-    /// Sends one request to the member at `url` that wants no reply: `Done(Ok(empty))`
-    /// once its frame is queued on the pipe (not that it arrived), at most `timeout`.
+    /// Sends one request to the member at `url` that wants no reply: `Ok` once its frame
+    /// is queued on the pipe (not that it arrived), at most `timeout`.
     pub async fn notify(
         &self,
         url: &str,
@@ -209,105 +181,59 @@ impl Pipes {
         target: u64,
         data: Bytes,
         timeout: Duration,
-    ) -> PipeOutcome {
+    ) -> Result<(), Status> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let pipe = match self.pipe(url, dialer, deadline).await {
-            Ok(pipe) => pipe,
-            Err(outcome) => return outcome,
-        };
+        let pipe = self.pipe(url, dialer, deadline).await?;
         let frame = request_frame(NO_REPLY_ID, kind, target, data);
-        PipeOutcome::Done(
-            queue(url, &pipe, frame, deadline)
-                .await
-                .map(|()| Bytes::new()),
-        )
+        queue(url, &pipe, frame, deadline).await
     }
 
-    /// The open pipe to `url`, opened now if there is none; `Err` is what the call
-    /// comes to when there is no pipe (none sent).
+    /// The open pipe to `url`, opened now if there is none.
     async fn pipe(
         &self,
         url: &str,
         dialer: &impl Dialer,
         deadline: tokio::time::Instant,
-    ) -> Result<Arc<Pipe>, PipeOutcome> {
+    ) -> Result<Arc<Pipe>, Status> {
         let slot = self.slot(url);
-        if slot.wants_unary() {
-            return Err(PipeOutcome::Unsupported);
-        }
         match slot.open_pipe() {
             Some(pipe) => Ok(pipe),
-            None => match open(url, &slot, dialer, deadline).await {
-                Ok(Some(pipe)) => Ok(pipe),
-                Ok(None) => Err(PipeOutcome::Unsupported),
-                Err(status) => Err(PipeOutcome::Done(Err(status))),
-            },
+            None => open(url, &slot, dialer, deadline).await,
         }
     }
 }
 
-/// Opens a pipe to `url` (or takes the one another caller opened meanwhile): a pipe
-/// connection, or a gRPC stream to a member that has no such connections. None: the
-/// peer has no pipes. An error means nothing was sent; its message says "connect".
+/// Opens a pipe to `url` (or takes the one another caller opened meanwhile). An error
+/// means nothing was sent; its message says "connect".
 async fn open(
     url: &str,
     slot: &Slot,
     dialer: &impl Dialer,
     deadline: tokio::time::Instant,
-) -> Result<Option<Arc<Pipe>>, Status> {
-    let timed_out = || {
-        Status::unavailable(format!(
-            "raftkv peer: could not connect a stream to {url} in time"
-        ))
-    };
+) -> Result<Arc<Pipe>, Status> {
     let _opening = tokio::time::timeout_at(deadline, slot.opening.lock())
         .await
-        .map_err(|_| timed_out())?;
+        .map_err(|_| {
+            Status::unavailable(format!(
+                "raftkv peer: could not connect a pipe to {url} in time"
+            ))
+        })?;
     if let Some(pipe) = slot.open_pipe() {
-        return Ok(Some(pipe));
+        return Ok(pipe);
     }
-    if slot.wants_unary() {
-        return Ok(None);
-    }
-    if !slot.wants_grpc_pipe() {
-        match wire::dial(url, dialer.tls()?, deadline).await {
-            Ok(Dialed::Pipe(io)) => {
-                let pipe = connection_pipe(url, io);
-                *lock(&slot.current) = Some(pipe.clone());
-                tracing::info!(%url, "peer pipe connection open");
-                return Ok(Some(pipe));
-            }
-            Ok(Dialed::NotSpoken(why)) => {
-                tracing::info!(%url, %why, "peer has no pipe connections (an older raftkv?): using a gRPC stream");
-                *lock(&slot.grpc_pipe_since) = Some(Instant::now());
-            }
-            Err(e) => {
-                return Err(Status::unavailable(format!(
-                    "raftkv peer: could not connect to {url}: {e}"
-                )))
-            }
+    let cannot = |why: String| format!("raftkv peer: could not connect to {url}: {why}");
+    match wire::dial(url, dialer.tls()?, deadline).await {
+        Ok(Dialed::Pipe(io)) => {
+            let pipe = connection_pipe(url, io);
+            *lock(&slot.current) = Some(pipe.clone());
+            tracing::info!(%url, "peer pipe connection open");
+            Ok(pipe)
         }
+        // Unimplemented: nothing there will ever take the request (a client URL given
+        // as a peer URL); a joiner stops at once on it (member/join.rs).
+        Ok(Dialed::NotSpoken(why)) => Err(Status::unimplemented(cannot(why))),
+        Err(e) => Err(Status::unavailable(cannot(e.to_string()))),
     }
-    let mut client = dialer.grpc()?;
-    let (frames, outgoing) = mpsc::channel(MAX_PIPE_FRAMES_IN_FLIGHT);
-    let opened = tokio::time::timeout_at(deadline, client.pipe(ReceiverStream::new(outgoing)))
-        .await
-        .map_err(|_| timed_out())?;
-    let replies = match opened {
-        Ok(response) => response.into_inner(),
-        Err(status) if status.code() == Code::Unimplemented => {
-            tracing::info!(%url, "peer has no message streams (an older raftkv?): using unary calls");
-            *lock(&slot.unary_since) = Some(Instant::now());
-            return Ok(None);
-        }
-        Err(status) => return Err(status),
-    };
-    let waiting = Arc::new(Mutex::new(Waiting::default()));
-    tokio::spawn(read_replies(url.to_string(), replies, waiting.clone()));
-    let pipe = Arc::new(Pipe { frames, waiting });
-    *lock(&slot.current) = Some(pipe.clone());
-    tracing::debug!(%url, "peer stream open");
-    Ok(Some(pipe))
 }
 
 /// A pipe over a pipe connection: one task writes the queued frames, one hands the
@@ -443,38 +369,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use raftkv_proto::peer::peer_server::{Peer, PeerServer};
-    use raftkv_proto::peer::Blob;
-    use tonic::transport::Endpoint;
-    use tonic::{Request, Response, Streaming};
+    use std::time::Instant;
+
+    use tokio::io::AsyncWriteExt;
 
     use super::*;
-
-    /// What a test peer speaks: pipe connections (and gRPC), gRPC pipes only (a member
-    /// before pipe connections), or unary calls only (older still).
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    enum Speaks {
-        Connections,
-        GrpcStreams,
-        UnaryOnly,
-    }
 
     /// A test peer that answers each frame with its payload, after as many
     /// milliseconds as the payload's first byte says (255: it breaks the pipe instead).
     #[derive(Clone)]
     struct EchoPeer {
         url: String,
-        /// gRPC pipes asked for, and pipe connections opened.
-        grpc_pipes: Arc<AtomicUsize>,
+        /// Pipe connections opened.
         connections: Arc<AtomicUsize>,
         /// Frames received on its pipes.
         frames: Arc<AtomicUsize>,
-    }
-
-    impl EchoPeer {
-        fn pipes_opened(&self) -> usize {
-            self.grpc_pipes.load(Ordering::SeqCst) + self.connections.load(Ordering::SeqCst)
-        }
     }
 
     /// The echo's answer to one frame, or None to break the pipe.
@@ -485,53 +394,6 @@ mod tests {
         }
         tokio::time::sleep(Duration::from_millis(u64::from(delay_ms))).await;
         Some(reply_frame(frame.id, Ok(frame.data)))
-    }
-
-    struct EchoService {
-        pipes: bool,
-        peer: EchoPeer,
-    }
-
-    #[tonic::async_trait]
-    impl Peer for EchoService {
-        async fn append_entries(&self, _: Request<Blob>) -> Result<Response<Blob>, Status> {
-            Err(Status::unimplemented("test peer"))
-        }
-        async fn vote(&self, _: Request<Blob>) -> Result<Response<Blob>, Status> {
-            Err(Status::unimplemented("test peer"))
-        }
-        async fn install_snapshot(&self, _: Request<Blob>) -> Result<Response<Blob>, Status> {
-            Err(Status::unimplemented("test peer"))
-        }
-        async fn forward(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
-            Ok(Response::new(req.into_inner()))
-        }
-
-        type PipeStream = ReceiverStream<Result<Frame, Status>>;
-
-        async fn pipe(
-            &self,
-            req: Request<Streaming<Frame>>,
-        ) -> Result<Response<Self::PipeStream>, Status> {
-            self.peer.grpc_pipes.fetch_add(1, Ordering::SeqCst);
-            if !self.pipes {
-                return Err(Status::unimplemented("Pipe"));
-            }
-            let mut frames = req.into_inner();
-            let (replies, outgoing) = mpsc::channel(64);
-            let received = self.peer.frames.clone();
-            tokio::spawn(async move {
-                while let Ok(Some(frame)) = frames.message().await {
-                    received.fetch_add(1, Ordering::SeqCst);
-                    let replies = replies.clone();
-                    tokio::spawn(async move {
-                        let reply = echo(frame).await.ok_or_else(|| Status::internal("broken"));
-                        let _ = replies.send(reply).await;
-                    });
-                }
-            });
-            Ok(Response::new(ReceiverStream::new(outgoing)))
-        }
     }
 
     /// Serves one pipe connection as the echo; a frame asking to break it closes the
@@ -564,52 +426,36 @@ mod tests {
         });
     }
 
-    /// Serves an echo peer on a loopback port.
-    async fn echo_peer(speaks: Speaks) -> EchoPeer {
+    /// Serves an echo peer on a loopback port, as the peer listener does.
+    async fn echo_peer() -> EchoPeer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let peer = EchoPeer {
             url: format!("http://{}", listener.local_addr().expect("addr")),
-            grpc_pipes: Arc::default(),
             connections: Arc::default(),
             frames: Arc::default(),
         };
-        let service = PeerServer::new(EchoService {
-            pipes: speaks != Speaks::UnaryOnly,
-            peer: peer.clone(),
-        });
-        let router = tonic::transport::Server::builder().add_service(service);
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        if speaks == Speaks::Connections {
-            let serving = peer.clone();
-            let serve = move |conn| serve_echo_connection(serving.clone(), conn);
-            tokio::spawn(router.serve_with_incoming(wire::split_pipes(incoming, serve)));
-        } else {
-            tokio::spawn(router.serve_with_incoming(incoming));
-        }
+        let serving = peer.clone();
+        let serve = move |conn| serve_echo_connection(serving.clone(), conn);
+        tokio::spawn(wire::accept_pipes(incoming, serve, std::future::pending()));
         peer
     }
 
-    struct TestDial(String);
+    struct TestDial;
 
     impl Dialer for TestDial {
-        fn grpc(&self) -> Result<PeerClient<Channel>, Status> {
-            let endpoint = Endpoint::from_shared(self.0.clone())
-                .map_err(|e| Status::internal(e.to_string()))?;
-            Ok(PeerClient::new(endpoint.connect_lazy()))
-        }
-
         fn tls(&self) -> Result<Option<Arc<rustls::ClientConfig>>, Status> {
             Ok(None)
         }
     }
 
-    async fn call(pipes: &Pipes, url: &str, payload: Vec<u8>) -> PipeOutcome {
+    async fn call(pipes: &Pipes, url: &str, payload: Vec<u8>) -> Result<Bytes, Status> {
         pipes
             .call(
                 url,
-                &TestDial(url.to_string()),
+                &TestDial,
                 PipeKind::Forward,
                 0,
                 Bytes::from(payload),
@@ -618,67 +464,24 @@ mod tests {
             .await
     }
 
-    fn reply(outcome: PipeOutcome) -> Result<Bytes, Status> {
-        match outcome {
-            PipeOutcome::Done(result) => result,
-            PipeOutcome::Unsupported => panic!("the test peer has pipes"),
-        }
-    }
-
     #[tokio::test]
     async fn replies_answered_out_of_order_reach_their_own_callers_on_one_pipe() {
-        for speaks in [Speaks::Connections, Speaks::GrpcStreams] {
-            let peer = echo_peer(speaks).await;
-            let pipes = Pipes::default();
-            let calls = (0..20u8).map(|i| {
-                let pipes = pipes.clone();
-                let url = peer.url.clone();
-                // The first sent is answered last.
-                async move { (i, reply(call(&pipes, &url, vec![60 - 3 * i, i]).await)) }
-            });
-            for (i, result) in futures::future::join_all(calls).await {
-                assert_eq!(
-                    result.expect("reply").as_ref(),
-                    &[60 - 3 * i, i],
-                    "{speaks:?}"
-                );
-            }
-            assert_eq!(peer.pipes_opened(), 1, "one pipe for all calls: {speaks:?}");
-        }
-    }
-
-    #[tokio::test]
-    async fn a_member_with_pipe_connections_gets_one_and_an_older_one_a_grpc_stream() {
-        let peer = echo_peer(Speaks::Connections).await;
+        let peer = echo_peer().await;
         let pipes = Pipes::default();
-        reply(call(&pipes, &peer.url, vec![0]).await).expect("reply");
-        assert_eq!(peer.connections.load(Ordering::SeqCst), 1);
-        assert_eq!(peer.grpc_pipes.load(Ordering::SeqCst), 0);
-
-        let older = echo_peer(Speaks::GrpcStreams).await;
-        for _ in 0..3 {
-            reply(call(&pipes, &older.url, vec![0]).await).expect("reply");
+        let calls = (0..20u8).map(|i| {
+            let pipes = pipes.clone();
+            let url = peer.url.clone();
+            // The first sent is answered last.
+            async move { (i, call(&pipes, &url, vec![60 - 3 * i, i]).await) }
+        });
+        for (i, result) in futures::future::join_all(calls).await {
+            assert_eq!(result.expect("reply").as_ref(), &[60 - 3 * i, i]);
         }
-        assert_eq!(older.connections.load(Ordering::SeqCst), 0);
         assert_eq!(
-            older.grpc_pipes.load(Ordering::SeqCst),
+            peer.connections.load(Ordering::SeqCst),
             1,
-            "asked once, then kept"
+            "one pipe for all calls"
         );
-        assert_eq!(older.frames.load(Ordering::SeqCst), 3);
-    }
-
-    #[tokio::test]
-    async fn a_peer_without_pipes_is_left_to_unary_calls_and_not_asked_again() {
-        let peer = echo_peer(Speaks::UnaryOnly).await;
-        let pipes = Pipes::default();
-        for _ in 0..3 {
-            assert!(matches!(
-                call(&pipes, &peer.url, vec![0]).await,
-                PipeOutcome::Unsupported
-            ));
-        }
-        assert_eq!(peer.grpc_pipes.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
@@ -686,72 +489,106 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         drop(listener);
-        let status = reply(call(&Pipes::default(), &url, vec![0]).await).expect_err("no peer");
+        let status = call(&Pipes::default(), &url, vec![0])
+            .await
+            .expect_err("no peer");
         assert_eq!(status.code(), Code::Unavailable);
         // leader_link.rs sends a forwarded write again only when the error says "connect".
         assert!(status.message().contains("connect"), "{status:?}");
     }
 
     #[tokio::test]
-    async fn a_broken_pipe_fails_its_waiters_as_unknown_and_the_next_call_reopens() {
-        for speaks in [Speaks::Connections, Speaks::GrpcStreams] {
-            let peer = echo_peer(speaks).await;
-            let pipes = Pipes::default();
-            let slow = {
-                let pipes = pipes.clone();
-                let url = peer.url.clone();
-                tokio::spawn(async move { reply(call(&pipes, &url, vec![200]).await) })
-            };
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let breaker = reply(call(&pipes, &peer.url, vec![255]).await).expect_err("broken");
-            let waiter = slow.await.expect("task").expect_err("broken");
-            for status in [&breaker, &waiter] {
-                assert_eq!(status.code(), Code::Unavailable, "{speaks:?}");
-                assert!(
-                    !status.message().contains("connect"),
-                    "{speaks:?}: {status:?}"
-                );
+    async fn a_server_that_does_not_answer_the_preface_gets_no_request() {
+        // An HTTP server where a peer was expected (a client URL given as a peer URL).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let received = Arc::new(AtomicUsize::new(0));
+        let counted = received.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let n = tokio::io::AsyncReadExt::read(&mut conn, &mut buf)
+                        .await
+                        .unwrap_or(0);
+                    counted.fetch_add(n, Ordering::SeqCst);
+                    let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+                });
             }
-            let again = reply(call(&pipes, &peer.url, vec![0, 7]).await).expect("reopened");
-            assert_eq!(again.as_ref(), &[0, 7]);
-            assert_eq!(peer.pipes_opened(), 2, "{speaks:?}");
-        }
+        });
+        let status = call(&Pipes::default(), &url, vec![0, 1, 2])
+            .await
+            .expect_err("not a pipe");
+        assert_eq!(status.code(), Code::Unimplemented);
+        assert!(
+            status.message().contains("not a raftkv peer URL"),
+            "{status:?}"
+        );
+        assert_eq!(
+            received.load(Ordering::SeqCst),
+            wire::PREFACE.len(),
+            "only the preface left"
+        );
     }
 
     #[tokio::test]
-    async fn a_notice_is_sent_without_waiting_and_an_older_members_answer_to_it_reaches_nobody() {
-        for speaks in [Speaks::Connections, Speaks::GrpcStreams] {
-            let peer = echo_peer(speaks).await;
-            let pipes = Pipes::default();
-            // The echo answers after 200 ms, with the notice's id: an older member's answer.
-            let started = Instant::now();
-            let outcome = pipes
-                .notify(
-                    &peer.url,
-                    &TestDial(peer.url.clone()),
-                    PipeKind::AppendEntries,
-                    0,
-                    Bytes::from(vec![200, 1]),
-                    Duration::from_secs(5),
-                )
-                .await;
-            assert!(reply(outcome).expect("queued").is_empty());
-            assert!(
-                started.elapsed() < Duration::from_millis(150),
-                "notify waited {:?}, as for an answer ({speaks:?})",
-                started.elapsed()
-            );
-            let during = reply(call(&pipes, &peer.url, vec![0, 2]).await).expect("reply");
-            assert_eq!(during.as_ref(), &[0, 2]);
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let after = reply(call(&pipes, &peer.url, vec![0, 3]).await).expect("reply");
-            assert_eq!(after.as_ref(), &[0, 3]);
-            assert_eq!(
-                peer.frames.load(Ordering::SeqCst),
-                3,
-                "the notice arrived ({speaks:?})"
-            );
-            assert_eq!(peer.pipes_opened(), 1, "one pipe throughout ({speaks:?})");
+    async fn a_broken_pipe_fails_its_waiters_as_unknown_and_the_next_call_reopens() {
+        let peer = echo_peer().await;
+        let pipes = Pipes::default();
+        let slow = {
+            let pipes = pipes.clone();
+            let url = peer.url.clone();
+            tokio::spawn(async move { call(&pipes, &url, vec![200]).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let breaker = call(&pipes, &peer.url, vec![255])
+            .await
+            .expect_err("broken");
+        let waiter = slow.await.expect("task").expect_err("broken");
+        for status in [&breaker, &waiter] {
+            assert_eq!(status.code(), Code::Unavailable);
+            assert!(!status.message().contains("connect"), "{status:?}");
         }
+        let again = call(&pipes, &peer.url, vec![0, 7]).await.expect("reopened");
+        assert_eq!(again.as_ref(), &[0, 7]);
+        assert_eq!(peer.connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_notice_is_sent_without_waiting_and_an_answer_to_it_reaches_nobody() {
+        let peer = echo_peer().await;
+        let pipes = Pipes::default();
+        // The echo answers after 200 ms, with the notice's id, which no waiter has.
+        let started = Instant::now();
+        pipes
+            .notify(
+                &peer.url,
+                &TestDial,
+                PipeKind::AppendEntries,
+                0,
+                Bytes::from(vec![200, 1]),
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("queued");
+        assert!(
+            started.elapsed() < Duration::from_millis(150),
+            "notify waited {:?}, as for an answer",
+            started.elapsed()
+        );
+        let during = call(&pipes, &peer.url, vec![0, 2]).await.expect("reply");
+        assert_eq!(during.as_ref(), &[0, 2]);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let after = call(&pipes, &peer.url, vec![0, 3]).await.expect("reply");
+        assert_eq!(after.as_ref(), &[0, 3]);
+        assert_eq!(peer.frames.load(Ordering::SeqCst), 3, "the notice arrived");
+        assert_eq!(
+            peer.connections.load(Ordering::SeqCst),
+            1,
+            "one pipe throughout"
+        );
     }
 }

@@ -12,9 +12,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::errors::ApiError;
 
-/// gRPC metadata naming the member id a Raft message is addressed to.
-pub const TARGET_MEMBER_METADATA: &str = "raftkv-target-member";
-
 /// A request only the leader serves.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ForwardRequest {

@@ -1,7 +1,6 @@
-//! The peer gRPC service: hands Raft RPCs to openraft and forwarded requests to the
-//! member's `PeerHandler`, whether they come as unary calls or as frames on a pipe
-//! (peer_pipe.rs: a pipe connection of its own, peer_wire.rs, or a gRPC stream); all
-//! are served by the same code. Decoding failures are answered as errors, never panics.
+//! The peer service: serves the frames of the pipes accepted on the peer port
+//! (wire.rs), handing Raft RPCs to openraft and forwarded requests to the member's
+//! `PeerHandler`. Decoding failures are answered as errors, never panics.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,17 +8,15 @@ use std::sync::Arc;
 use futures::stream::{FuturesUnordered, Stream, StreamExt};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use openraft::Raft;
-use raftkv_proto::peer::peer_server::Peer;
 use raftkv_proto::peer::{Blob, Frame};
 use raftkv_storage::raft_types::{NodeId, TypeConfig};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::Status;
 
-use crate::peer::wire::{FrameReader, PipeIo};
-
+use crate::ids::hex;
 use crate::peer::pipe::{reply_frame, PipeKind, MAX_PIPE_FRAMES_IN_FLIGHT, NO_REPLY_ID};
-use crate::peer::{decode, encode, ForwardReply, ForwardRequest, TARGET_MEMBER_METADATA};
+use crate::peer::wire::{FrameReader, PipeIo};
+use crate::peer::{decode, encode, ForwardReply, ForwardRequest};
 
 /// What the service needs of the member it answers for. The member decides what a
 /// forwarded request means; this folder only carries it.
@@ -48,26 +45,14 @@ impl<H> Clone for PeerService<H> {
     }
 }
 
-/// The member id a unary call's metadata addresses, if it names one.
-fn target_of<T>(req: &Request<T>) -> Result<Option<NodeId>, Status> {
-    let Some(target) = req.metadata().get(TARGET_MEMBER_METADATA) else {
-        return Ok(None);
-    };
-    target
-        .to_str()
-        .ok()
-        .and_then(|t| t.parse().ok())
-        .map(Some)
-        .ok_or_else(|| Status::invalid_argument("raftkv peer: bad target member id"))
-}
-
 impl<H: PeerHandler> PeerService<H> {
-    /// Refuses a Raft message addressed to another member id (see peer.rs), and every
-    /// Raft message while this member is fenced (rollback_guard.rs).
+    /// Refuses a Raft message addressed to another member id (a member restarted with a
+    /// wiped data dir, a new id at the old URL, must never answer for the member it
+    /// was), and every Raft message while this member is fenced (rollback_guard.rs).
     fn check_target(&self, target: Option<NodeId>) -> Result<(), Status> {
         if self.handler.is_fenced() {
             // Aborted, not Unavailable: the sender retries at once rather than backing
-            // off as from a dead member (peer.rs); the fence lasts milliseconds.
+            // off as from a dead member (network.rs); the fence lasts milliseconds.
             return Err(Status::aborted(
                 "raftkv peer: this member restarted and is checking with its peers that its data dir is current",
             ));
@@ -77,19 +62,19 @@ impl<H: PeerHandler> PeerService<H> {
         };
         if target != self.handler.id() {
             tracing::warn!(
-                addressed_to = %crate::ids::hex(target),
+                addressed_to = %hex(target),
                 "refusing Raft messages for another member: this data dir holds a different member (was it wiped?)"
             );
             return Err(Status::failed_precondition(format!(
                 "raftkv peer: this is member {}, not {}",
-                crate::ids::hex(self.handler.id()),
-                crate::ids::hex(target)
+                hex(self.handler.id()),
+                hex(target)
             )));
         }
         Ok(())
     }
 
-    /// Serves one request, from a unary call or a pipe frame.
+    /// Serves one request frame's payload.
     async fn serve(
         &self,
         kind: PipeKind,
@@ -106,6 +91,11 @@ impl<H: PeerHandler> PeerService<H> {
                 self.check_target(target)?;
                 let rpc: VoteRequest<NodeId> = decode(&blob)?;
                 Ok(encode(&self.handler.raft().vote(rpc).await))
+            }
+            PipeKind::InstallSnapshot => {
+                self.check_target(target)?;
+                let rpc: InstallSnapshotRequest<TypeConfig> = decode(&blob)?;
+                Ok(encode(&self.handler.raft().install_snapshot(rpc).await))
             }
             PipeKind::Forward => self.forward(&blob).await,
         }
@@ -172,8 +162,8 @@ async fn serve_pipe<H: PeerHandler, S, E>(
     }
 }
 
-/// Serves a pipe connection (peer_wire.rs) accepted on the peer port, preface done:
-/// its frames as a gRPC pipe's, the replies written by a task of their own.
+/// Serves a pipe connection accepted on the peer port (wire.rs), preface done: its
+/// frames, the replies written by a task of their own.
 pub fn serve_pipe_connection<H: PeerHandler, T: PipeIo>(service: PeerService<H>, conn: T) {
     let (read, write) = tokio::io::split(conn);
     let (replies, outgoing) = mpsc::channel(MAX_PIPE_FRAMES_IN_FLIGHT);
@@ -187,50 +177,4 @@ pub fn serve_pipe_connection<H: PeerHandler, T: PipeIo>(service: PeerService<H>,
         FrameReader::new(read).into_stream(),
         replies,
     ));
-}
-
-/// A gRPC pipe's replies, as tonic sends them.
-type GrpcReplies = futures::stream::Map<ReceiverStream<Frame>, fn(Frame) -> Result<Frame, Status>>;
-
-#[tonic::async_trait]
-impl<H: PeerHandler> Peer for PeerService<H> {
-    async fn append_entries(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
-        let target = target_of(&req)?;
-        let reply = self
-            .serve(PipeKind::AppendEntries, target, req.into_inner())
-            .await?;
-        Ok(Response::new(reply))
-    }
-
-    async fn vote(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
-        let target = target_of(&req)?;
-        let reply = self.serve(PipeKind::Vote, target, req.into_inner()).await?;
-        Ok(Response::new(reply))
-    }
-
-    async fn install_snapshot(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
-        self.check_target(target_of(&req)?)?;
-        let rpc: InstallSnapshotRequest<TypeConfig> = decode(req.get_ref())?;
-        let result = self.handler.raft().install_snapshot(rpc).await;
-        Ok(Response::new(encode(&result)))
-    }
-
-    async fn forward(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
-        let reply = self
-            .serve(PipeKind::Forward, None, req.into_inner())
-            .await?;
-        Ok(Response::new(reply))
-    }
-
-    type PipeStream = GrpcReplies;
-
-    async fn pipe(
-        &self,
-        req: Request<Streaming<Frame>>,
-    ) -> Result<Response<Self::PipeStream>, Status> {
-        let (replies, outgoing) = mpsc::channel(MAX_PIPE_FRAMES_IN_FLIGHT);
-        tokio::spawn(serve_pipe(self.clone(), req.into_inner(), replies));
-        let ok: fn(Frame) -> Result<Frame, Status> = Ok;
-        Ok(Response::new(ReceiverStream::new(outgoing).map(ok)))
-    }
 }

@@ -8,17 +8,16 @@
 //! its waiter (or server) in one. At a k3s cluster's rest load that transport was about
 //! a quarter of the leader's CPU (docs/decisions.md, "Peer pipes on TCP connections").
 //!
-//! Telling the two apart on one port: a pipe connection opens with `PREFACE`, which
-//! no HTTP/2 or HTTP/1.1 client sends (it starts with a zero byte); the server reads
-//! as many bytes as it needs to decide, echoes the preface on a pipe, and hands every
-//! other connection, those bytes first (`Rewind`), to the gRPC peer service. A member
-//! that predates this answers the preface as HTTP/2 would (its SETTINGS, then it
-//! closes), which the opener takes as "no such pipes here" (peer_pipe.rs falls back to
-//! the gRPC pipe).
+//! A pipe connection opens with `PREFACE`, which no HTTP/2 or HTTP/1.1 client sends (it
+//! starts with a zero byte); the peer listener answers it with the same bytes and
+//! closes any connection that opens otherwise (a client pointed at a peer URL), and a
+//! dialer that is not answered with it sends nothing more.
 //!
-//! Owns framing, the preface exchange, the connection's socket options and the writer
-//! task. It never interprets a frame (peer_pipe.rs and peer_service.rs do).
+//! Owns framing, the preface exchange, the connection's socket options, the listener's
+//! accept loop and the writer task. It never interprets a frame (pipe.rs and service.rs
+//! do).
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -37,10 +36,9 @@ use crate::limits::MAX_PEER_MESSAGE_SIZE_BYTES;
 
 /// The first bytes a pipe connection sends, and the server's answer to them.
 pub const PREFACE: &[u8; 16] = b"\0raftkv-pipe/1\r\n";
-/// How long an accepted connection may take to send the bytes that tell a pipe from
-/// gRPC (gRPC clients send their preface at once).
+/// How long an accepted connection may take to send its preface.
 const CLASSIFY_TIMEOUT_MS: u64 = 10_000;
-/// How long a TCP connect to a peer may take (as the gRPC channels' connect timeout).
+/// How long a TCP connect to a peer may take.
 const CONNECT_TIMEOUT_MS: u64 = 1_000;
 /// Connections being told apart at once per listener.
 const MAX_CONCURRENT_CLASSIFY: usize = 128;
@@ -219,8 +217,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 pub enum Dialed {
     /// The connection, preface exchanged.
     Pipe(Box<dyn PipeIo>),
-    /// The member answered, but not as a pipe (an older raftkv, or a TLS setup that
-    /// only the gRPC client accepts): nothing was sent but the preface.
+    /// Something answered, but not with the pipe's preface: not a raftkv member.
+    /// Nothing was sent but the preface.
     NotSpoken(String),
 }
 
@@ -257,20 +255,22 @@ pub async fn dial(
     let mut io: Box<dyn PipeIo> = match (url.starts_with("https://"), tls) {
         (false, _) => Box::new(tcp),
         (true, None) => {
-            return Ok(Dialed::NotSpoken(
-                "no client TLS configuration for an https:// peer".into(),
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no client TLS configuration for an https:// peer",
             ))
         }
         (true, Some(config)) => {
             let Ok(name) = rustls::pki_types::ServerName::try_from(host.clone()) else {
-                return Ok(Dialed::NotSpoken(format!(
-                    "{host} is not a TLS server name"
-                )));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{host} is not a TLS server name"),
+                ));
             };
             let connector = tokio_rustls::TlsConnector::from(config);
             match tokio::time::timeout_at(deadline, connector.connect(name, tcp)).await {
                 Ok(Ok(tls)) => Box::new(tls),
-                Ok(Err(e)) => return Ok(Dialed::NotSpoken(format!("TLS handshake: {e}"))),
+                Ok(Err(e)) => return Err(io::Error::other(format!("TLS handshake: {e}"))),
                 Err(_) => return Err(timed_out()),
             }
         }
@@ -278,18 +278,39 @@ pub async fn dial(
     let exchange = async {
         io.write_all(PREFACE).await?;
         io.flush().await?;
-        let mut answer = [0u8; PREFACE.len()];
-        io.read_exact(&mut answer).await?;
-        Ok::<_, io::Error>(answer)
+        read_preface_answer(&mut io).await
     };
     match tokio::time::timeout_at(deadline, exchange).await {
-        Ok(Ok(answer)) if &answer == PREFACE => Ok(Dialed::Pipe(io)),
-        Ok(Ok(_)) => Ok(Dialed::NotSpoken(
-            "the member answered the pipe preface with something else (an older raftkv?)".into(),
+        Ok(Ok(true)) => Ok(Dialed::Pipe(io)),
+        Ok(Ok(false)) => Ok(Dialed::NotSpoken(
+            "it answered the pipe preface as something else: not a raftkv peer URL".into(),
         )),
-        Ok(Err(e)) => Ok(Dialed::NotSpoken(format!("pipe preface: {e}"))),
+        Ok(Err(e)) => Err(io::Error::new(e.kind(), format!("pipe preface: {e}"))),
         Err(_) => Err(timed_out()),
     }
+}
+
+/// Reads the answer to the preface: true when it is the preface, false as soon as a
+/// byte differs from it (an HTTP/2 server answers with its SETTINGS, say, then closes).
+/// A connection closed with every byte read so far matching (none, say) is an error:
+/// a member refusing a TLS client certificate, or stopping, closes it so too.
+async fn read_preface_answer<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<bool> {
+    let mut answer = [0u8; PREFACE.len()];
+    let mut read = 0;
+    while read < answer.len() {
+        let n = io.read(&mut answer[read..]).await?;
+        if answer[read..read + n] != PREFACE[read..read + n] {
+            return Ok(false);
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the connection closed before the preface's answer",
+            ));
+        }
+        read += n;
+    }
+    Ok(true)
 }
 
 /// An accepted connection with the bytes read to classify it handed back first.
@@ -344,14 +365,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
     }
 }
 
-impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected for Rewind<T> {
-    type ConnectInfo = T::ConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
-    }
-}
-
 /// Reads until the first bytes of `conn` either are `PREFACE` (true) or differ from it
 /// (false); returns them too.
 async fn classify<T: AsyncRead + Unpin>(conn: &mut T) -> io::Result<(bool, Bytes)> {
@@ -370,17 +383,17 @@ async fn classify<T: AsyncRead + Unpin>(conn: &mut T) -> io::Result<(bool, Bytes
     }
 }
 
-/// The peer listener's connections for the gRPC peer service: each accepted connection
-/// that opens with `PREFACE` is answered with it and handed to `serve_pipe` (with any
-/// bytes read past the preface) instead. Connections that send nothing in time, or
-/// fail, are dropped.
-pub fn split_pipes<S, T, F>(incoming: S, serve_pipe: F) -> impl Stream<Item = io::Result<Rewind<T>>>
+/// Accepts the peer listener's connections until `stop` resolves: each that opens with
+/// `PREFACE` is answered with it and handed to `serve_pipe` (with any bytes read past
+/// the preface); any other is closed. At most `MAX_CONCURRENT_CLASSIFY` connections are
+/// waited on for their preface at once, each for at most `CLASSIFY_TIMEOUT_MS`.
+pub async fn accept_pipes<S, T, F>(incoming: S, serve_pipe: F, stop: impl Future<Output = ()>)
 where
     S: Stream<Item = io::Result<T>>,
     T: PipeIo,
-    F: Fn(Rewind<T>) + Clone + Send + 'static,
+    F: Fn(Rewind<T>),
 {
-    incoming
+    let pipes = incoming
         .filter_map(|accepted| async move {
             match accepted {
                 Ok(conn) => Some(conn),
@@ -390,43 +403,56 @@ where
                 }
             }
         })
-        .map(move |mut conn| {
-            let serve_pipe = serve_pipe.clone();
-            async move {
-                let read = tokio::time::timeout(
-                    Duration::from_millis(CLASSIFY_TIMEOUT_MS),
-                    classify(&mut conn),
-                )
-                .await;
-                match read {
-                    Ok(Ok((false, head))) => Some(Ok(Rewind { head, inner: conn })),
-                    Ok(Ok((true, head))) => {
-                        // Flushed: over TLS the answer must leave rustls's buffer now.
-                        let answered = async {
-                            conn.write_all(PREFACE).await?;
-                            conn.flush().await
-                        };
-                        if let Err(e) = answered.await {
-                            tracing::debug!(error = %e, "peer: pipe preface answer failed");
-                            return None;
-                        }
-                        let head = head.slice(PREFACE.len()..);
-                        serve_pipe(Rewind { head, inner: conn });
-                        None
-                    }
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "peer: connection failed before its first bytes");
-                        None
-                    }
-                    Err(_) => {
-                        tracing::debug!("peer: connection sent nothing in time; dropped");
-                        None
-                    }
-                }
-            }
-        })
+        .map(answer_preface)
         .buffer_unordered(MAX_CONCURRENT_CLASSIFY)
-        .filter_map(|conn| async move { conn })
+        .filter_map(|conn| async move { conn });
+    tokio::pin!(pipes, stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            conn = pipes.next() => match conn {
+                Some(conn) => serve_pipe(conn),
+                None => return,
+            },
+        }
+    }
+}
+
+/// An accepted connection as a pipe, its preface answered; None (closed) when it does
+/// not open with the preface in time.
+async fn answer_preface<T: PipeIo>(mut conn: T) -> Option<Rewind<T>> {
+    let read = tokio::time::timeout(
+        Duration::from_millis(CLASSIFY_TIMEOUT_MS),
+        classify(&mut conn),
+    )
+    .await;
+    match read {
+        Ok(Ok((true, head))) => {
+            // Flushed: over TLS the answer must leave rustls's buffer now.
+            let answered = async {
+                conn.write_all(PREFACE).await?;
+                conn.flush().await
+            };
+            if let Err(e) = answered.await {
+                tracing::debug!(error = %e, "peer: pipe preface answer failed");
+                return None;
+            }
+            let head = head.slice(PREFACE.len()..);
+            Some(Rewind { head, inner: conn })
+        }
+        Ok(Ok((false, _))) => {
+            tracing::info!("peer: closed a connection that is not a raftkv peer pipe (a client using a peer URL?)");
+            None
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "peer: connection failed before its first bytes");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("peer: connection sent nothing in time; closed");
+            None
+        }
+    }
 }
 
 #[cfg(test)]
@@ -499,5 +525,43 @@ mod tests {
         let (pipe, head) = classify(&mut b).await.expect("read");
         assert!(pipe);
         assert!(head.starts_with(PREFACE));
+    }
+
+    #[tokio::test]
+    async fn the_listener_serves_pipes_and_closes_anything_else() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = served.clone();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let serve = move |_conn: Rewind<TcpStream>| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        };
+        tokio::spawn(accept_pipes(incoming, serve, std::future::pending()));
+
+        // An HTTP/2 client (a client URL's user at the peer port): closed, not served.
+        let mut h2 = TcpStream::connect(addr).await.expect("connect");
+        h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .expect("write");
+        let mut rest = Vec::new();
+        h2.read_to_end(&mut rest).await.expect("closed");
+        assert!(rest.is_empty(), "answered {rest:?}");
+
+        let url = format!("http://{addr}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let dialed = dial(&url, None, deadline).await.expect("dial");
+        assert!(matches!(dialed, Dialed::Pipe(_)));
+        // Handed to the server right after its preface was answered.
+        while served.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the pipe was not served"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }

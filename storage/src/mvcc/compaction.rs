@@ -13,119 +13,41 @@
 //! resumed by simply running again.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::keys::{self, ChangeRecord};
-use super::kvstore::{read_i64, Inner};
+use super::reader::read_i64;
+use super::state::Inner;
 use crate::error::StoreError;
 
-#[derive(Default)]
-struct State {
-    pending: bool,
-    running: bool,
-    shutdown: bool,
-    /// The last run failed; it is retried at the next wake.
-    failed: bool,
+/// Starts the store's compaction thread, and wakes it at once if a restart interrupted
+/// a compaction.
+pub(crate) fn start(inner: &Arc<Inner>) {
+    if compacted_up_to(inner) < inner.compact_revision.load(Ordering::SeqCst) {
+        inner.compactor.wake();
+    }
+    let weak: Weak<Inner> = Arc::downgrade(inner);
+    inner.compactor.spawn(move || weak.upgrade().map(|inner| compact(&inner)));
 }
 
-/// The handle the store keeps to its compaction thread.
-#[derive(Default)]
-pub struct Compactor {
-    shared: Arc<(Mutex<State>, Condvar)>,
+/// Blocks until no compaction is pending or running, and the last run reached the
+/// compacted revision or failed.
+pub(crate) fn wait_idle(inner: &Inner) {
+    inner
+        .compactor
+        .wait_idle(|| compacted_up_to(inner) >= inner.compact_revision.load(Ordering::SeqCst));
 }
 
-impl Drop for Compactor {
-    fn drop(&mut self) {
-        let (lock, cv) = &*self.shared;
-        lock.lock().unwrap_or_else(|e| e.into_inner()).shutdown = true;
-        cv.notify_all();
-    }
-}
-
-impl Compactor {
-    pub(crate) fn wake(&self) {
-        let (lock, cv) = &*self.shared;
-        lock.lock().unwrap_or_else(|e| e.into_inner()).pending = true;
-        cv.notify_all();
-    }
-
-    pub(crate) fn start(inner: &Arc<Inner>) {
-        let shared = inner.compactor.shared.clone();
-        let weak: Weak<Inner> = Arc::downgrade(inner);
-        // Resume a compaction a restart interrupted.
-        let done = read_i64(
-            &inner.tree.read().unwrap_or_else(|e| e.into_inner()),
-            keys::META_COMPACT_DONE,
-        )
-        .ok()
-        .flatten()
-        .unwrap_or(-1);
-        if done < inner.compact_revision.load(Ordering::SeqCst) {
-            inner.compactor.wake();
-        }
-        let spawned = std::thread::Builder::new()
-            .name("raftkv-compactor".into())
-            .spawn(move || {
-                crate::background::lower_thread_priority("mvcc compactor");
-                run(shared, weak)
-            });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "mvcc: could not start the compaction thread; history will not be reclaimed");
-        }
-    }
-
-    /// Blocks until no compaction is pending or running.
-    pub(crate) fn wait_idle(&self, inner: &Inner) {
-        let (lock, cv) = &*self.shared;
-        let mut state = lock.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            let done = read_i64(
-                &inner.tree.read().unwrap_or_else(|e| e.into_inner()),
-                keys::META_COMPACT_DONE,
-            )
-            .ok()
-            .flatten()
-            .unwrap_or(-1);
-            let caught_up = done >= inner.compact_revision.load(Ordering::SeqCst);
-            if !state.pending && !state.running && (caught_up || state.failed) {
-                return;
-            }
-            state = cv
-                .wait_timeout(state, Duration::from_millis(50))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-    }
-}
-
-fn run(shared: Arc<(Mutex<State>, Condvar)>, weak: Weak<Inner>) {
-    let (lock, cv) = &*shared;
-    loop {
-        {
-            let mut state = lock.lock().unwrap_or_else(|e| e.into_inner());
-            while !state.pending && !state.shutdown {
-                state = cv.wait(state).unwrap_or_else(|e| e.into_inner());
-            }
-            if state.shutdown {
-                return;
-            }
-            state.pending = false;
-            state.running = true;
-        }
-        let mut failed = false;
-        if let Some(inner) = weak.upgrade() {
-            if let Err(e) = compact(&inner) {
-                tracing::error!(error = %e, "mvcc: compaction failed; it will be retried at the next Compact");
-                failed = true;
-            }
-        }
-        let mut state = lock.lock().unwrap_or_else(|e| e.into_inner());
-        state.running = false;
-        state.failed = failed;
-        drop(state);
-        cv.notify_all();
-    }
+/// The revision the last finished compaction reached (-1: none).
+fn compacted_up_to(inner: &Inner) -> i64 {
+    read_i64(
+        &inner.tree.read().unwrap_or_else(|e| e.into_inner()),
+        keys::META_COMPACT_DONE,
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(-1)
 }
 
 /// Runs compaction up to the current compacted revision.

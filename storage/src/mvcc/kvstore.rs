@@ -13,43 +13,14 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::broadcast;
 
-use super::compaction::Compactor;
+use super::compactor::Compactor;
+use super::reader::read_i64;
+use super::state::{Inner, MvccOptions};
 use super::keys::{self, KvRecord};
 use super::range::{self, View};
 use super::types::*;
 use super::{Command, CommandResult, EventBatch};
 use crate::error::{Error, MvccError, StoreError};
-
-/// Limits and tuning of the store.
-#[derive(Debug, Clone)]
-pub struct MvccOptions {
-    /// The engine's block cache.
-    pub cache_capacity_bytes: u64,
-    /// The engine's in-memory write buffer per tree.
-    pub memtable_size_bytes: u64,
-    /// Each recently used key's newest version, in memory (`latest.rs`).
-    pub latest_cache_size_bytes: u64,
-    /// Revisions compacted per engine batch; bounds how long one batch holds the tree.
-    pub compaction_batch_revisions: usize,
-    /// Pause between compaction batches, so that writers always get the tree.
-    pub compaction_pause_ms: u64,
-    /// Event batches (one per changing revision) the live feed holds for slow watchers
-    /// before they fall back to reading history.
-    pub feed_capacity_batches: usize,
-}
-
-impl Default for MvccOptions {
-    fn default() -> Self {
-        MvccOptions {
-            cache_capacity_bytes: 64 << 20,
-            memtable_size_bytes: 16 << 20,
-            latest_cache_size_bytes: 32 << 20,
-            compaction_batch_revisions: 32,
-            compaction_pause_ms: 1,
-            feed_capacity_batches: 4096,
-        }
-    }
-}
 
 /// The applied log id and membership as stored (opaque bytes of the Raft layer).
 pub type StoredMeta = (Option<Vec<u8>>, Option<Vec<u8>>);
@@ -59,25 +30,6 @@ pub type StoredMeta = (Option<Vec<u8>>, Option<Vec<u8>>);
 pub struct AppliedMeta {
     pub applied: Vec<u8>,
     pub membership: Option<Vec<u8>>,
-}
-
-pub(crate) struct Inner {
-    pub db: super::engine::Db,
-    pub tree: RwLock<super::engine::Tree>,
-    pub revision: AtomicI64,
-    /// Each recently used key's newest version; filled only by the applier.
-    pub latest: super::latest::LatestCache,
-    pub compact_revision: AtomicI64,
-    pub leases: RwLock<BTreeMap<LeaseId, Lease>>,
-    /// Raised alarms (NOSPACE makes the applier refuse writes that need space).
-    pub alarms: RwLock<std::collections::BTreeSet<AlarmMember>>,
-    pub feed: broadcast::Sender<Arc<EventBatch>>,
-    /// Serialises writers: one apply at a time.
-    pub apply_lock: Mutex<()>,
-    /// Held by a compaction batch, a snapshot export and a snapshot install.
-    pub compaction_lock: Mutex<()>,
-    pub compactor: Compactor,
-    pub options: MvccOptions,
 }
 
 /// A handle to the store; cheap to clone.
@@ -118,7 +70,7 @@ impl MvccStore {
         });
         let store = MvccStore { inner };
         store.load_counters()?;
-        Compactor::start(&store.inner);
+        super::compaction::start(&store.inner);
         Ok(store)
     }
 
@@ -206,21 +158,6 @@ impl MvccStore {
         Ok(response)
     }
 
-    /// Applies one command, writing `meta` in the same atomic batch. A client error
-    /// (lease not found, say) is a normal result: the entry is applied all the same.
-    pub fn apply(
-        &self,
-        command: &Command,
-        meta: &AppliedMeta,
-    ) -> Result<CommandResult, StoreError> {
-        super::kvstore_txn::apply(self, Some(command), meta)
-    }
-
-    /// Records an entry that changes no key (a blank or membership entry).
-    pub fn apply_meta(&self, meta: &AppliedMeta) -> Result<(), StoreError> {
-        super::kvstore_txn::apply(self, None, meta).map(|_| ())
-    }
-
     /// Forgets the Raft log id and membership the key space was applied up to, keeping
     /// the key space: for restoring a snapshot as the start of a new cluster.
     pub fn forget_raft_state(&self) -> Result<(), StoreError> {
@@ -290,7 +227,7 @@ impl MvccStore {
 
     /// Waits until physical compaction has caught up with the compacted revision.
     pub fn wait_for_compaction(&self) {
-        self.inner.compactor.wait_idle(&self.inner);
+        super::compaction::wait_idle(&self.inner);
     }
 }
 
@@ -319,45 +256,3 @@ fn current_revision(tree: &super::engine::Tree, compact: Revision) -> Result<Rev
         .fold(1, Revision::max))
 }
 
-pub(crate) fn read_i64(tree: &super::engine::Tree, key: &[u8]) -> Result<Option<i64>, StoreError> {
-    match tree.get(key)? {
-        None => Ok(None),
-        Some(v) => {
-            let bytes: [u8; 8] = v
-                .as_ref()
-                .try_into()
-                .map_err(|_| StoreError::Corrupt(format!("meta {key:?} is not 8 bytes")))?;
-            Ok(Some(i64::from_be_bytes(bytes)))
-        }
-    }
-}
-
-/// The newest stored version of `key` at or below `rev`, tombstones included.
-pub(crate) fn version_at(
-    tree: &super::engine::Tree,
-    key: &[u8],
-    rev: i64,
-) -> Result<Option<(i64, KvRecord)>, StoreError> {
-    let prefix = keys::kv_prefix(key);
-    let mut from = prefix.clone();
-    from.extend_from_slice(&keys::rev_desc(rev));
-    // Bounded to this key's versions (revision 0 sorts last). Unbounded, a key with no
-    // version landed on whatever family follows — the meta records, rewritten by
-    // every apply — and the engine walked all their versions still in memory: puts of
-    // new keys slowed to ~1.6 ms each as the memtable filled.
-    let mut to = prefix.clone();
-    to.extend_from_slice(&keys::rev_desc(0));
-    let Some(item) = tree.range(from..=to).next() else {
-        return Ok(None);
-    };
-    let (k, v) = item?;
-    let Some((found_prefix, found_rev)) = keys::split_kv_key(&k) else {
-        return Ok(None);
-    };
-    if found_prefix != prefix.as_slice() {
-        return Ok(None);
-    }
-    let record = KvRecord::decode(&v, true)
-        .ok_or_else(|| StoreError::Corrupt(format!("undecodable record for {k:?}")))?;
-    Ok(Some((found_rev, record)))
-}

@@ -16,7 +16,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::keys::{self, ChangeRecord, KvRecord};
-use super::kvstore::{version_at, AppliedMeta, MvccStore};
+use super::kvstore::{AppliedMeta, MvccStore};
+use super::publish::{publish, Committed};
+use super::reader::{to_kv, version_at};
 use super::range::{self, KeyRange, Overlay, View};
 use super::types::*;
 use super::{validate, Command, CommandResponse, CommandResult, EventBatch};
@@ -47,6 +49,23 @@ struct WriteTxn<'a> {
     alarms: Option<BTreeSet<AlarmMember>>,
 }
 
+impl MvccStore {
+    /// Applies one command, writing `meta` in the same atomic batch. A client error
+    /// (lease not found, say) is a normal result: the entry is applied all the same.
+    pub fn apply(
+        &self,
+        command: &Command,
+        meta: &AppliedMeta,
+    ) -> Result<CommandResult, StoreError> {
+        apply(self, Some(command), meta)
+    }
+
+    /// Records an entry that changes no key (a blank or membership entry).
+    pub fn apply_meta(&self, meta: &AppliedMeta) -> Result<(), StoreError> {
+        apply(self, None, meta).map(|_| ())
+    }
+}
+
 pub(crate) fn apply(
     store: &MvccStore,
     command: Option<&Command>,
@@ -74,7 +93,8 @@ pub(crate) fn apply(
         None => Ok(CommandResponse::Applied),
         Some(command) => txn.execute(command)?,
     };
-    txn.commit(meta)?;
+    let committed = txn.commit(meta)?;
+    publish(&store.inner, committed);
     Ok(result)
 }
 
@@ -552,7 +572,9 @@ impl WriteTxn<'_> {
         })
     }
 
-    fn commit(self, meta: &AppliedMeta) -> Result<(), StoreError> {
+    /// Writes the transaction into the engine as one batch, with `meta`; what readers
+    /// and watchers see moves only when the caller publishes what this returns.
+    fn commit(self, meta: &AppliedMeta) -> Result<Committed, StoreError> {
         let rev = self.write_rev();
         let mut batch = super::engine::Batch::default();
         for (sub, change) in self.changes.iter().enumerate() {
@@ -623,40 +645,18 @@ impl WriteTxn<'_> {
             );
         }
 
-        let inner = &self.store.inner;
-        // Before the revision moves (latest.rs): a reader at the new revision must not
-        // find a key's older version cached as its newest.
-        for change in &self.changes {
-            inner.latest.set(&change.key, rev, &change.record);
-        }
-        if !self.leases.is_empty() {
-            let mut leases = inner.leases.write().unwrap_or_else(|e| e.into_inner());
-            for (id, lease) in self.leases {
-                match lease {
-                    Some(lease) => leases.insert(id, lease),
-                    None => leases.remove(&id),
-                };
-            }
-        }
-        if let Some(compact) = self.compact {
-            inner.compact_revision.store(compact, Ordering::SeqCst);
-            inner.compactor.wake();
-        }
-        if let Some(alarms) = self.alarms {
-            *inner.alarms.write().unwrap_or_else(|e| e.into_inner()) = alarms;
-        }
-        if !self.changes.is_empty() {
-            debug_assert_eq!(self.events.len(), self.changes.len());
-            // The batch goes out before the revision moves, so a watcher that keeps up
-            // always finds the next revision in the feed, never only in history.
-            // No receivers is fine: nobody is watching.
-            let _ = inner.feed.send(Arc::new(EventBatch {
-                revision: rev,
-                events: self.events,
-            }));
-            inner.revision.store(rev, Ordering::SeqCst);
-        }
-        Ok(())
+        Ok(Committed {
+            revision: rev,
+            changes: self
+                .changes
+                .into_iter()
+                .map(|c| (c.key, c.record))
+                .collect(),
+            events: self.events,
+            leases: self.leases,
+            compact: self.compact,
+            alarms: self.alarms,
+        })
     }
 }
 
@@ -664,7 +664,7 @@ impl WriteTxn<'_> {
 fn live_of(key: &Bytes, stored: Option<(Revision, KvRecord)>) -> Option<KeyValue> {
     match stored {
         Some((rev, record)) if !record.tombstone => {
-            Some(range::to_kv(key.clone(), rev, record, true))
+            Some(to_kv(key.clone(), rev, record, true))
         }
         _ => None,
     }

@@ -5,11 +5,16 @@
 //! - `types.rs`: the plain data (requests, responses, key-values, events)
 //! - `engine.rs`: the ordered key-value engine (lsm-tree) and the few calls the store makes
 //! - `keys.rs`: how that data is laid out in the engine
-//! - `kvstore.rs`: the store, its counters and read entry points
+//! - `state.rs`: what a store holds in memory (counters, caches, feed, locks)
+//! - `reader.rs`: single-record reads everything shares (a counter, a key's version)
+//! - `kvstore.rs`: the store: opening it, its counters and read entry points
 //! - `latest.rs`: each recently used key's newest version, in memory
 //! - `range.rs`: which versions a read sees, and etcd's Range semantics
-//! - `kvstore_txn.rs`: the write path (Put, DeleteRange, Txn, leases, Compact)
+//! - `kvstore_txn.rs`: the write path (Put, DeleteRange, Txn, leases, Compact), which
+//!   commits a transaction's batch to the engine
+//! - `publish.rs`: then makes it visible: caches, the watch feed, the revision
 //! - `validate.rs`: request checks etcd makes before proposing
+//! - `compactor.rs`: the handle to the compaction thread (wake, wait, stop)
 //! - `compaction.rs`: dropping history below the compacted revision, in small batches
 //! - `hash.rs`: a checksum of the key space at a revision (HashKV)
 //! - `watch.rs`: the change feed watchers read, from history and then live
@@ -19,14 +24,18 @@
 //! from the Raft log.
 
 pub mod compaction;
+mod compactor;
 pub mod engine;
 pub mod hash;
 pub mod keys;
 pub mod kvstore;
 mod kvstore_txn;
 pub mod latest;
+mod publish;
 pub mod range;
+mod reader;
 pub mod snapshot;
+mod state;
 pub mod types;
 pub mod validate;
 pub mod watch;
@@ -34,7 +43,8 @@ pub mod watch;
 use serde::{Deserialize, Serialize};
 
 use crate::error::MvccError;
-pub use kvstore::{AppliedMeta, MvccOptions, MvccStore};
+pub use kvstore::{AppliedMeta, MvccStore};
+pub use state::MvccOptions;
 pub use kvstore_txn::MAX_LEASE_TTL_S;
 pub use types::*;
 

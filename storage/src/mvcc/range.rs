@@ -11,6 +11,7 @@ use std::ops::Bound;
 use bytes::Bytes;
 
 use super::keys::{self, KvRecord};
+use super::reader::{to_kv, version_at};
 use super::types::*;
 use crate::error::StoreError;
 
@@ -139,7 +140,7 @@ impl<'a> View<'a> {
             KeyRange::Single(key) => {
                 let found = match self.latest.get_at(key, self.rev) {
                     Some(hit) => Some(hit),
-                    None => super::kvstore::version_at(self.tree, key, self.rev)?,
+                    None => version_at(self.tree, key, self.rev)?,
                 };
                 if let Some((rev, record)) = found {
                     if !record.tombstone {
@@ -215,26 +216,6 @@ impl<'a> View<'a> {
             }
         }
         Ok(())
-    }
-}
-
-pub(crate) fn to_kv(
-    key: Bytes,
-    mod_revision: Revision,
-    record: KvRecord,
-    with_value: bool,
-) -> KeyValue {
-    KeyValue {
-        key,
-        create_revision: record.create_revision,
-        mod_revision,
-        version: record.version,
-        value: if with_value {
-            record.value
-        } else {
-            Bytes::new()
-        },
-        lease: record.lease,
     }
 }
 

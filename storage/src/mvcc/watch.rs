@@ -14,7 +14,8 @@ use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 
 use super::keys::{self, ChangeRecord, KvRecord};
 use super::kvstore::MvccStore;
-use super::range::{to_kv, KeyRange};
+use super::range::KeyRange;
+use super::reader::to_kv;
 use super::types::*;
 use super::EventBatch;
 use crate::error::StoreError;
