@@ -28,7 +28,9 @@ pub(crate) fn start(inner: &Arc<Inner>) {
         inner.compactor.wake();
     }
     let weak: Weak<Inner> = Arc::downgrade(inner);
-    inner.compactor.spawn(move || weak.upgrade().map(|inner| compact(&inner)));
+    inner
+        .compactor
+        .spawn(move || weak.upgrade().map(|inner| compact(&inner)));
 }
 
 /// Blocks until no compaction is pending or running, and the last run reached the

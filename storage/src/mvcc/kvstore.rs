@@ -14,12 +14,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::broadcast;
 
 use super::compactor::Compactor;
+use super::keys::{self};
+use super::range::{self, View};
 use super::reader::read_i64;
 use super::state::{Inner, MvccOptions};
-use super::keys::{self, KvRecord};
-use super::range::{self, View};
 use super::types::*;
-use super::{Command, CommandResult, EventBatch};
 use crate::error::{Error, MvccError, StoreError};
 
 /// The applied log id and membership as stored (opaque bytes of the Raft layer).
@@ -255,4 +254,3 @@ fn current_revision(tree: &super::engine::Tree, compact: Revision) -> Result<Rev
         .flatten()
         .fold(1, Revision::max))
 }
-

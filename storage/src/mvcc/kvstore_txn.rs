@@ -10,18 +10,16 @@
 //! any change is recorded, and the applied log id is written either way.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::keys::{self, ChangeRecord, KvRecord};
 use super::kvstore::{AppliedMeta, MvccStore};
 use super::publish::{publish, Committed};
-use super::reader::{to_kv, version_at};
 use super::range::{self, KeyRange, Overlay, View};
+use super::reader::{to_kv, version_at};
 use super::types::*;
-use super::{validate, Command, CommandResponse, CommandResult, EventBatch};
+use super::{validate, Command, CommandResponse, CommandResult};
 use crate::error::{MvccError, StoreError};
 
 /// etcd's MaxLeaseTTL: 9,000,000,000 seconds.
@@ -663,9 +661,7 @@ impl WriteTxn<'_> {
 /// The live key-value of a stored version: none for no version or a tombstone.
 fn live_of(key: &Bytes, stored: Option<(Revision, KvRecord)>) -> Option<KeyValue> {
     match stored {
-        Some((rev, record)) if !record.tombstone => {
-            Some(to_kv(key.clone(), rev, record, true))
-        }
+        Some((rev, record)) if !record.tombstone => Some(to_kv(key.clone(), rev, record, true)),
         _ => None,
     }
 }

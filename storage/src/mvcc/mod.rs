@@ -44,8 +44,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::MvccError;
 pub use kvstore::{AppliedMeta, MvccStore};
-pub use state::MvccOptions;
 pub use kvstore_txn::MAX_LEASE_TTL_S;
+pub use state::MvccOptions;
 pub use types::*;
 
 /// A state machine command: what one Raft entry asks the store to do. Everything that
