@@ -79,18 +79,22 @@ async fn run_stream(
     mut leader_check: LeaderLossCheck,
 ) {
     use pb::watch_request::RequestUnion;
-    let mut watchers: HashMap<i64, WatcherHandle> = HashMap::new();
-    let mut next_id: i64 = 0;
+    let mut stream = WatchStream {
+        node,
+        out,
+        watchers: HashMap::new(),
+        next_id: 0,
+    };
     loop {
         let message = tokio::select! {
             m = inbound.message() => m,
-            _ = out.closed() => break,
-            () = leader_check.lost(&node) => {
+            _ = stream.out.closed() => break,
+            () = leader_check.lost(&stream.node) => {
                 tracing::info!(
-                    watchers = watchers.len(),
+                    watchers = stream.watchers.len(),
                     "watch: no leader; ending a stream that asked for one (hasleader)"
                 );
-                let _ = out.send(Err(ApiError::NoLeader.status())).await;
+                let _ = stream.out.send(Err(ApiError::NoLeader.status())).await;
                 break;
             }
         };
@@ -98,135 +102,166 @@ async fn run_stream(
             Ok(Some(r)) => r,
             Ok(None) | Err(_) => break,
         };
-        match request.request_union {
-            Some(RequestUnion::CreateRequest(create)) => {
-                watchers.retain(|_, w| !w.control.is_closed());
-                let header_rev = node.store.revision();
-                let requested = create.watch_id;
-                let id = if requested != 0 {
-                    requested
-                } else {
-                    while watchers.contains_key(&next_id) {
-                        next_id += 1;
-                    }
-                    next_id += 1;
-                    next_id - 1
-                };
-                let refusal = if requested != 0 && watchers.contains_key(&requested) {
-                    Some("mvcc: duplicate watch ID provided on the WatchStream")
-                } else if watchers.len() >= MAX_WATCHERS_PER_STREAM {
-                    Some("etcdserver: too many watchers on this stream")
-                } else {
-                    None
-                };
-                let mut header = node.header();
-                header.revision = header_rev;
-                if let Some(reason) = refusal {
-                    let response = pb::WatchResponse {
-                        header: Some(header),
-                        watch_id: -1,
-                        created: true,
-                        canceled: true,
-                        cancel_reason: reason.to_string(),
-                        ..Default::default()
-                    };
-                    if out.send(Ok(response)).await.is_err() {
-                        break;
-                    }
-                    continue;
-                }
-                let created = pb::WatchResponse {
-                    header: Some(header),
-                    watch_id: id,
-                    created: true,
-                    ..Default::default()
-                };
-                if out.send(Ok(created)).await.is_err() {
-                    break;
-                }
-                // Copied: a watch lives long, and the request's bytes are a slice of
-                // the connection's receive buffer.
-                let key = if create.key.is_empty() {
-                    bytes::Bytes::from_static(&[0])
-                } else {
-                    bytes::Bytes::copy_from_slice(&create.key)
-                };
-                let start = if create.start_revision == 0 {
-                    header_rev + 1
-                } else {
-                    create.start_revision
-                };
-                let range_end = bytes::Bytes::copy_from_slice(&create.range_end);
-                let watcher = node.store.watch(key, range_end, start);
-                let (control_tx, control_rx) = mpsc::channel(4);
-                let spec = Spec {
-                    id,
-                    no_put: create
-                        .filters
-                        .contains(&(pb::watch_create_request::FilterType::Noput as i32)),
-                    no_delete: create
-                        .filters
-                        .contains(&(pb::watch_create_request::FilterType::Nodelete as i32)),
-                    prev_kv: create.prev_kv,
-                    progress_notify: create.progress_notify,
-                };
-                tracing::debug!(watch_id = id, key = ?create.key, start_revision = start, "watch created");
-                tokio::spawn(run_watcher(
-                    node.clone(),
-                    spec,
-                    watcher,
-                    out.clone(),
-                    control_rx,
-                ));
-                watchers.insert(
-                    id,
-                    WatcherHandle {
-                        control: control_tx,
-                    },
-                );
-            }
-            Some(RequestUnion::CancelRequest(cancel)) => {
-                if let Some(w) = watchers.remove(&cancel.watch_id) {
-                    let (ack_tx, ack_rx) = oneshot::channel();
-                    if w.control.send(Control::Stop(ack_tx)).await.is_ok() {
-                        let _ = ack_rx.await;
-                    }
-                    let response = pb::WatchResponse {
-                        header: Some(node.header()),
-                        watch_id: cancel.watch_id,
-                        canceled: true,
-                        ..Default::default()
-                    };
-                    if out.send(Ok(response)).await.is_err() {
-                        break;
-                    }
-                }
-            }
-            Some(RequestUnion::ProgressRequest(_)) => {
-                let mut revision = node.store.revision();
-                for w in watchers.values() {
-                    let (tx, rx) = oneshot::channel();
-                    if w.control.send(Control::Position(tx)).await.is_ok() {
-                        if let Ok(position) = rx.await {
-                            revision = revision.min(position);
-                        }
-                    }
-                }
-                let mut header = node.header();
-                header.revision = revision;
-                let response = pb::WatchResponse {
-                    header: Some(header),
-                    watch_id: PROGRESS_ALL_WATCH_ID,
-                    ..Default::default()
-                };
-                if out.send(Ok(response)).await.is_err() {
-                    break;
-                }
-            }
-            None => {}
+        let sent = match request.request_union {
+            Some(RequestUnion::CreateRequest(create)) => stream.create(create).await,
+            Some(RequestUnion::CancelRequest(cancel)) => stream.cancel(cancel.watch_id).await,
+            Some(RequestUnion::ProgressRequest(_)) => stream.progress().await,
+            None => Ok(()),
+        };
+        if sent.is_err() {
+            break;
         }
     }
     // Dropping the handles ends every watcher task.
+}
+
+/// The client went away: nothing more can be sent on its stream.
+struct Closed;
+
+/// One Watch stream's watchers, by id.
+struct WatchStream {
+    node: Arc<Node>,
+    out: Out,
+    watchers: HashMap<i64, WatcherHandle>,
+    /// The next id to try for a watch created without one.
+    next_id: i64,
+}
+
+impl WatchStream {
+    async fn send(&self, response: pb::WatchResponse) -> Result<(), Closed> {
+        self.out.send(Ok(response)).await.map_err(|_| Closed)
+    }
+
+    /// A create request: refused (duplicate id, too many watchers) or answered
+    /// "created", then its watcher task started.
+    async fn create(&mut self, create: pb::WatchCreateRequest) -> Result<(), Closed> {
+        self.watchers.retain(|_, w| !w.control.is_closed());
+        let header_rev = self.node.store.revision();
+        let requested = create.watch_id;
+        let refusal = if requested != 0 && self.watchers.contains_key(&requested) {
+            Some("mvcc: duplicate watch ID provided on the WatchStream")
+        } else if self.watchers.len() >= MAX_WATCHERS_PER_STREAM {
+            Some("etcdserver: too many watchers on this stream")
+        } else {
+            None
+        };
+        let id = if requested != 0 {
+            requested
+        } else {
+            self.free_id()
+        };
+        let mut header = self.node.header();
+        header.revision = header_rev;
+        if let Some(reason) = refusal {
+            return self
+                .send(pb::WatchResponse {
+                    header: Some(header),
+                    watch_id: -1,
+                    created: true,
+                    canceled: true,
+                    cancel_reason: reason.to_string(),
+                    ..Default::default()
+                })
+                .await;
+        }
+        self.send(pb::WatchResponse {
+            header: Some(header),
+            watch_id: id,
+            created: true,
+            ..Default::default()
+        })
+        .await?;
+        self.start_watcher(id, &create, header_rev);
+        Ok(())
+    }
+
+    /// The lowest id from `next_id` on that no watcher of this stream has.
+    fn free_id(&mut self) -> i64 {
+        while self.watchers.contains_key(&self.next_id) {
+            self.next_id += 1;
+        }
+        self.next_id += 1;
+        self.next_id - 1
+    }
+
+    /// Starts the task that sends watch `id`'s events.
+    fn start_watcher(&mut self, id: i64, create: &pb::WatchCreateRequest, header_rev: i64) {
+        // Copied: a watch lives long, and the request's bytes are a slice of the
+        // connection's receive buffer.
+        let key = if create.key.is_empty() {
+            bytes::Bytes::from_static(&[0])
+        } else {
+            bytes::Bytes::copy_from_slice(&create.key)
+        };
+        let start = if create.start_revision == 0 {
+            header_rev + 1
+        } else {
+            create.start_revision
+        };
+        let range_end = bytes::Bytes::copy_from_slice(&create.range_end);
+        let watcher = self.node.store.watch(key, range_end, start);
+        let (control_tx, control_rx) = mpsc::channel(4);
+        let has_filter =
+            |f: pb::watch_create_request::FilterType| create.filters.contains(&(f as i32));
+        let spec = Spec {
+            id,
+            no_put: has_filter(pb::watch_create_request::FilterType::Noput),
+            no_delete: has_filter(pb::watch_create_request::FilterType::Nodelete),
+            prev_kv: create.prev_kv,
+            progress_notify: create.progress_notify,
+        };
+        tracing::debug!(watch_id = id, key = ?create.key, start_revision = start, "watch created");
+        tokio::spawn(run_watcher(
+            self.node.clone(),
+            spec,
+            watcher,
+            self.out.clone(),
+            control_rx,
+        ));
+        let handle = WatcherHandle {
+            control: control_tx,
+        };
+        self.watchers.insert(id, handle);
+    }
+
+    /// A cancel request: the watcher stops (and says so) before the answer is sent.
+    async fn cancel(&mut self, watch_id: i64) -> Result<(), Closed> {
+        let Some(w) = self.watchers.remove(&watch_id) else {
+            return Ok(());
+        };
+        let (ack_tx, ack_rx) = oneshot::channel();
+        if w.control.send(Control::Stop(ack_tx)).await.is_ok() {
+            let _ = ack_rx.await;
+        }
+        self.send(pb::WatchResponse {
+            header: Some(self.node.header()),
+            watch_id,
+            canceled: true,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// A progress request: the revision every watcher of the stream has sent all of.
+    async fn progress(&self) -> Result<(), Closed> {
+        let mut revision = self.node.store.revision();
+        for w in self.watchers.values() {
+            let (tx, rx) = oneshot::channel();
+            if w.control.send(Control::Position(tx)).await.is_ok() {
+                if let Ok(position) = rx.await {
+                    revision = revision.min(position);
+                }
+            }
+        }
+        let mut header = self.node.header();
+        header.revision = revision;
+        self.send(pb::WatchResponse {
+            header: Some(header),
+            watch_id: PROGRESS_ALL_WATCH_ID,
+            ..Default::default()
+        })
+        .await
+    }
 }
 
 struct Spec {

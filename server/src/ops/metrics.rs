@@ -275,47 +275,58 @@ fn process_facts() -> (Option<u64>, Option<u64>) {
 /// The whole /metrics page.
 pub fn render(node: &Node) -> String {
     let mut out = String::with_capacity(16 * 1024);
+    render_server(&mut out, node);
+    render_disk(&mut out);
+    render_mvcc(&mut out, node);
+    render_peers(&mut out);
+    render_grpc(&mut out);
+    render_process(&mut out);
+    out
+}
+
+/// etcd_server_*: leadership, proposals, term, identity, health checks.
+fn render_server(out: &mut String, node: &Node) {
     let metrics = node.raft.metrics().borrow().clone();
     let has_leader = node.leader().is_some();
     gauge(
-        &mut out,
+        out,
         "etcd_server_has_leader",
         "Whether or not a leader exists. 1 is existence, 0 is not.",
         f64::from(u8::from(has_leader)),
     );
     gauge(
-        &mut out,
+        out,
         "etcd_server_is_leader",
         "Whether or not this member is a leader. 1 if is, 0 otherwise.",
         f64::from(u8::from(node.is_leader())),
     );
     counter(
-        &mut out,
+        out,
         "etcd_server_leader_changes_seen_total",
         "The number of leader changes seen.",
         LEADER_CHANGES.load(Ordering::Relaxed),
     );
     let applied = metrics.last_applied.map(|l| l.index).unwrap_or(0);
     gauge(
-        &mut out,
+        out,
         "etcd_server_proposals_committed_total",
         "The total number of consensus proposals committed.",
         applied as f64,
     );
     gauge(
-        &mut out,
+        out,
         "etcd_server_proposals_applied_total",
         "The total number of consensus proposals applied.",
         applied as f64,
     );
     gauge(
-        &mut out,
+        out,
         "etcd_server_term",
         "The current Raft term of this member.",
         metrics.current_term as f64,
     );
     help(
-        &mut out,
+        out,
         "etcd_server_id",
         "gauge",
         "Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID.",
@@ -326,7 +337,7 @@ pub fn render(node: &Node) -> String {
         crate::ids::hex(node.id)
     );
     help(
-        &mut out,
+        out,
         "etcd_server_version",
         "gauge",
         "Which version is running. 1 for 'server_version' label with current version.",
@@ -337,75 +348,84 @@ pub fn render(node: &Node) -> String {
         crate::version::ETCD_API_VERSION
     );
     counter(
-        &mut out,
+        out,
         "etcd_server_health_success",
         "The total number of successful health checks",
         HEALTH_SUCCESS.load(Ordering::Relaxed),
     );
     counter(
-        &mut out,
+        out,
         "etcd_server_health_failures",
         "The total number of failed health checks",
         HEALTH_FAILURE.load(Ordering::Relaxed),
     );
+}
 
+/// etcd_disk_*: the log's fsync and the engine's commit latencies.
+fn render_disk(out: &mut String) {
     help(
-        &mut out,
+        out,
         "etcd_disk_wal_fsync_duration_seconds",
         "histogram",
         "The latency distributions of fsync called by WAL.",
     );
     histogram_series(
-        &mut out,
+        out,
         "etcd_disk_wal_fsync_duration_seconds",
         "",
         &raftkv_storage::stats::WAL_FSYNC.snapshot(),
     );
     help(
-        &mut out,
+        out,
         "etcd_disk_backend_commit_duration_seconds",
         "histogram",
         "The latency distributions of commit called by backend.",
     );
     histogram_series(
-        &mut out,
+        out,
         "etcd_disk_backend_commit_duration_seconds",
         "",
         &raftkv_storage::stats::BACKEND_COMMIT.snapshot(),
     );
+}
 
+/// The key space: its size, the quota, the current and compacted revisions.
+fn render_mvcc(out: &mut String, node: &Node) {
     let db_size_bytes = node.store.size_on_disk_bytes().unwrap_or(0) as f64;
     gauge(
-        &mut out,
+        out,
         "etcd_mvcc_db_total_size_in_bytes",
         "Total size of the underlying database physically allocated in bytes.",
         db_size_bytes,
     );
     gauge(
-        &mut out,
+        out,
         "etcd_server_quota_backend_bytes",
         "Current backend storage quota size in bytes.",
         node.config.quota_bytes().map_or(0.0, |q| q as f64),
     );
     gauge(
-        &mut out,
+        out,
         "etcd_mvcc_db_total_size_in_use_in_bytes",
         "Total size of the underlying database logically in use in bytes.",
         db_size_bytes,
     );
     gauge(
-        &mut out,
+        out,
         "etcd_debugging_mvcc_current_revision",
         "The current revision of store.",
         node.store.revision() as f64,
     );
     gauge(
-        &mut out,
+        out,
         "etcd_debugging_mvcc_compact_revision",
         "The revision of the last compaction in store.",
         node.store.compact_revision().max(0) as f64,
     );
+}
 
+/// Round trips of Raft messages to each peer.
+fn render_peers(out: &mut String) {
     let rtts: Vec<(u64, Arc<DurationHistogram>)> = crate::peer::rtt::PEER_RTT
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -413,7 +433,7 @@ pub fn render(node: &Node) -> String {
         .map(|(id, h)| (*id, h.clone()))
         .collect();
     help(
-        &mut out,
+        out,
         "etcd_network_peer_round_trip_time_seconds",
         "histogram",
         "Round-Trip-Time histogram between peers",
@@ -421,13 +441,16 @@ pub fn render(node: &Node) -> String {
     for (peer, histogram) in rtts {
         let labels = format!("To=\"{}\"", crate::ids::hex(peer));
         histogram_series(
-            &mut out,
+            out,
             "etcd_network_peer_round_trip_time_seconds",
             &labels,
             &histogram.snapshot(),
         );
     }
+}
 
+/// gRPC calls started and handled, by service, method and code.
+fn render_grpc(out: &mut String) {
     let mut started = String::new();
     let mut handled = String::new();
     for (path, counts) in GRPC_CALLS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
@@ -451,24 +474,27 @@ pub fn render(node: &Node) -> String {
         }
     }
     help(
-        &mut out,
+        out,
         "grpc_server_started_total",
         "counter",
         "Total number of RPCs started on the server.",
     );
     out.push_str(&started);
     help(
-        &mut out,
+        out,
         "grpc_server_handled_total",
         "counter",
         "Total number of RPCs completed on the server, regardless of success or failure.",
     );
     out.push_str(&handled);
+}
 
+/// The process's memory and open descriptors.
+fn render_process(out: &mut String) {
     let (rss, fds) = process_facts();
     if let Some(rss) = rss {
         gauge(
-            &mut out,
+            out,
             "process_resident_memory_bytes",
             "Resident memory size in bytes.",
             rss as f64,
@@ -476,13 +502,12 @@ pub fn render(node: &Node) -> String {
     }
     if let Some(fds) = fds {
         gauge(
-            &mut out,
+            out,
             "process_open_fds",
             "Number of open file descriptors.",
             fds as f64,
         );
     }
-    out
 }
 
 /// etcd's /health answer: healthy when there is a leader and a linearizable read
