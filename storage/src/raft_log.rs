@@ -456,6 +456,11 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
                 })?;
                 records.push((RecordKind::Entry, encode_entry(&entry)));
                 memory.entries.insert(index, entry);
+                debug_assert_eq!(
+                    memory.entries.keys().next_back(),
+                    Some(&index),
+                    "log ids grow at the tail only"
+                );
             }
         }
         if records.is_empty() {
@@ -506,6 +511,11 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
         } else {
             log_id
         };
+        debug_assert!(
+            log_id.index <= guard,
+            "a purge past the purge guard: {} > {guard}",
+            log_id.index
+        );
         if !self.memory_mut().purge_to(log_id) {
             return Ok(());
         }

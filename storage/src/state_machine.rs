@@ -165,6 +165,19 @@ impl StateMachine {
         }
     }
 
+    /// Debug and test builds: the engine holds the log through `index`, so the purge
+    /// guard may rise to it (ARCHITECTURE.md, invariant 3). Called after a flush or an
+    /// install, before the guard rises; raft_log.rs asserts that no purge passes it.
+    fn debug_assert_engine_holds(&self, index: u64) {
+        if cfg!(debug_assertions) {
+            let held = self.applied_log_id().ok().flatten().map_or(0, |l| l.index);
+            assert!(
+                held >= index,
+                "the purge guard would pass the engine's durable point: {index} > {held}"
+            );
+        }
+    }
+
     fn snapshots(&self) -> MutexGuard<'_, Snapshots> {
         crate::mvcc::engine::lock(&self.snapshots)
     }
@@ -482,6 +495,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut results = Vec::new();
         let mut last_index = None;
         for entry in entries {
+            // Entries come in log order, each after what was applied before it: the
+            // applied index never goes back (ARCHITECTURE.md, invariant 4).
+            debug_assert!(
+                entry.log_id.index > last_index.unwrap_or(self.applied_index.get())
+                    || self.applied_index.get() == 0,
+                "entry {} applied at or below the applied index {}",
+                entry.log_id.index,
+                last_index.unwrap_or(self.applied_index.get())
+            );
             let result = self
                 .apply_one(&entry)
                 .map_err(|e| StorageIOError::apply(entry.log_id, &e))?;
@@ -490,6 +512,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         if let Some(index) = last_index {
             self.applied_index.advance(index);
+            debug_assert!(
+                self.applied_index.get() >= index,
+                "the applied index went back"
+            );
         }
         Ok(results)
     }
@@ -542,6 +568,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             // The install switched the engine over durably: like a built point.
             sm.record_point(&meta_owned)?;
+            sm.debug_assert_engine_holds(index_of(&meta_owned));
             sm.purge_guard
                 .fetch_max(index_of(&meta_owned), Ordering::SeqCst);
             sm.applied_index.advance(index_of(&meta_owned));
@@ -583,6 +610,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             sm.store.flush().map_err(io_err)?;
             let meta = meta_of(&point)?;
             sm.record_point(&meta)?;
+            sm.debug_assert_engine_holds(index_of(&meta));
             sm.purge_guard.fetch_max(index_of(&meta), Ordering::SeqCst);
             tracing::info!(
                 index = index_of(&meta),
