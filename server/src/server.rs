@@ -101,77 +101,94 @@ async fn shutdown_signal() {
     }
 }
 
-pub async fn run(config: ServerConfig) -> Result<(), StartError> {
-    let peer_listener = bind(&config.listen_peer_urls, "peers").await?;
-    let peer_acceptor = match config.peer_tls().map_err(StartError::Config)? {
-        Some(files) if config.listen_peer_urls.starts_with("https://") => Some(Arc::new(
-            crate::net::tls::ReloadingAcceptor::new(files).map_err(StartError::Config)?,
-        )),
+/// Every listener a member serves on, bound before anything else starts.
+struct Listeners {
+    peer: TcpListener,
+    peer_tls: Option<Arc<crate::net::tls::ReloadingAcceptor>>,
+    clients: ClientListeners,
+}
+
+/// The client and metrics listeners.
+struct ClientListeners {
+    /// Each client listener, and whether it serves TLS.
+    clients: Vec<(TcpListener, bool)>,
+    client_tls: Option<Arc<crate::net::tls::ReloadingAcceptor>>,
+    metrics: Vec<TcpListener>,
+}
+
+/// Binds every listener (a port in use fails start-up at once, with a clear message)
+/// and loads the TLS files.
+async fn bind_all(config: &ServerConfig) -> Result<Listeners, StartError> {
+    let acceptor = |files| {
+        crate::net::tls::ReloadingAcceptor::new(files)
+            .map(Arc::new)
+            .map_err(StartError::Config)
+    };
+    let peer = bind(&config.listen_peer_urls, "peers").await?;
+    let peer_tls = match config.peer_tls().map_err(StartError::Config)? {
+        Some(files) if config.listen_peer_urls.starts_with("https://") => Some(acceptor(files)?),
         _ => None,
     };
-    let client_tls = config.client_tls().map_err(StartError::Config)?;
-    let acceptor = match client_tls {
-        Some(files) => Some(Arc::new(
-            crate::net::tls::ReloadingAcceptor::new(files).map_err(StartError::Config)?,
-        )),
+    let client_tls = match config.client_tls().map_err(StartError::Config)? {
+        Some(files) => Some(acceptor(files)?),
         None => None,
     };
-    let mut client_listeners = Vec::new();
+    let mut clients = Vec::new();
     for url in config.client_listen_urls() {
         let tls = url.starts_with("https://");
-        client_listeners.push((bind(&url, "clients").await?, tls));
+        clients.push((bind(&url, "clients").await?, tls));
     }
-    let mut metrics_listeners = Vec::new();
+    let mut metrics = Vec::new();
     for url in config.metrics_listen_urls() {
-        metrics_listeners.push(bind(&url, "metrics").await?);
+        metrics.push(bind(&url, "metrics").await?);
     }
-    let auto_compaction = crate::ops::auto_compaction::parse(
-        &config.auto_compaction_mode,
-        &config.auto_compaction_retention,
-    )
-    .map_err(StartError::Config)?;
-    let backups = config.backups().map_err(StartError::Config)?;
-    let (node, existing) = Node::open(config.clone()).await?;
-    let (stop_tx, stop_rx) = watch::channel(false);
+    Ok(Listeners {
+        peer,
+        peer_tls,
+        clients: ClientListeners {
+            clients,
+            client_tls,
+            metrics,
+        },
+    })
+}
 
-    let peer_server = {
-        let mut stop = stop_rx.clone();
-        let stopped = async move {
-            let _ = stop.wait_for(|s| *s).await;
-        };
-        // Every connection on the peer port is a pipe (peer/wire.rs); its socket gets the
-        // pipe's keepalive and unacknowledged-data timeout.
-        let tune = crate::peer::wire::tune_socket;
-        match peer_acceptor {
-            Some(acceptor) => tokio::spawn(crate::peer::wire::accept_pipes(
-                crate::net::tls::incoming(peer_listener, acceptor, tune),
-                pipe_server(&node),
-                stopped,
-            )),
-            None => tokio::spawn(crate::peer::wire::accept_pipes(
-                incoming_tuned(peer_listener, tune),
-                pipe_server(&node),
-                stopped,
-            )),
-        }
-    };
+/// Resolves once `stop` says so.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
 
-    let bootstrap = tokio::select! {
-        r = node.bootstrap(existing) => r,
-        _ = shutdown_signal() => Err(StartError::Config("stopped before joining a cluster".into())),
-    };
-    if let Err(e) = bootstrap {
-        let _ = stop_tx.send(true);
-        node.shutdown().await;
-        return Err(e);
+/// Serves pipe connections on the peer port until `stop`. Every connection there is a
+/// pipe (peer/wire.rs); its socket gets the pipe's keepalive and unacknowledged-data
+/// timeout.
+fn serve_peers(
+    listener: TcpListener,
+    tls: Option<Arc<crate::net::tls::ReloadingAcceptor>>,
+    node: &Arc<Node>,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let tune = crate::peer::wire::tune_socket;
+    match tls {
+        Some(acceptor) => tokio::spawn(crate::peer::wire::accept_pipes(
+            crate::net::tls::incoming(listener, acceptor, tune),
+            pipe_server(node),
+            stopped(stop),
+        )),
+        None => tokio::spawn(crate::peer::wire::accept_pipes(
+            incoming_tuned(listener, tune),
+            pipe_server(node),
+            stopped(stop),
+        )),
     }
-    let floors_keeper = tokio::spawn(crate::member::rollback_guard::run_keeper(node.clone()));
-    // A restarted member stays fenced until peers confirm its data dir is current; if
-    // they know of a newer state, it stops (rollback_guard.rs). The check starts before
-    // the wait for a leader below: fenced, the member refuses the leader's messages and
-    // would never learn of one, and a fence held through that wait leaves the cluster
-    // one failure from losing its quorum.
-    let (guard_tx, mut guard_failed) = tokio::sync::oneshot::channel::<String>();
+}
+
+/// A restarted member stays fenced until peers confirm its data dir is current; if they
+/// know of a newer state, it must stop: the receiver then gets why (rollback_guard.rs).
+/// The check starts before the wait for a leader: fenced, the member refuses the
+/// leader's messages and would never learn of one, and a fence held through that wait
+/// leaves the cluster one failure from losing its quorum.
+fn check_restart(node: &Arc<Node>) -> tokio::sync::oneshot::Receiver<String> {
+    let (guard_tx, guard_failed) = tokio::sync::oneshot::channel::<String>();
     if let Some(local) = node.restart_state {
         let node = node.clone();
         tokio::spawn(async move {
@@ -183,6 +200,101 @@ pub async fn run(config: ServerConfig) -> Result<(), StartError> {
             }
         });
     }
+    guard_failed
+}
+
+/// Starts the work beside the request path (ops/, the rollback guard's keeper); the
+/// tasks to stop at shutdown.
+fn start_background(
+    node: &Arc<Node>,
+    auto_compaction: Option<crate::ops::auto_compaction::Policy>,
+    backups: Option<crate::config::backup::BackupConfig>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, StartError> {
+    let mut tasks = vec![
+        tokio::spawn(crate::member::rollback_guard::run_keeper(node.clone())),
+        tokio::spawn(crate::ops::lease_expiry::run_expiry(node.clone())),
+        tokio::spawn(crate::ops::metrics::watch_leader_changes(node.clone())),
+    ];
+    if let Some(policy) = auto_compaction {
+        tasks.push(tokio::spawn(crate::ops::auto_compaction::run(
+            node.clone(),
+            policy,
+        )));
+    }
+    if let Some(backups) = backups {
+        crate::ops::backups::start(node.clone(), backups).map_err(StartError::Config)?;
+    }
+    Ok(tasks)
+}
+
+/// Serves etcd's API on every client listener and /metrics and health on the metrics
+/// listeners, until `stop`.
+fn serve_clients(
+    listeners: ClientListeners,
+    node: &Arc<Node>,
+    stop: &watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>> {
+    let mut servers = Vec::new();
+    for (listener, tls) in listeners.clients {
+        let addr = listener.local_addr().ok();
+        let router = client_router(node);
+        let done = stopped(stop.clone());
+        match (tls, &listeners.client_tls) {
+            (true, Some(acceptor)) => {
+                let incoming = coalesced(crate::net::tls::incoming(
+                    listener,
+                    acceptor.clone(),
+                    nodelay,
+                ));
+                servers.push(tokio::spawn(
+                    router.serve_with_incoming_shutdown(incoming, done),
+                ));
+            }
+            _ => servers.push(tokio::spawn(
+                router.serve_with_incoming_shutdown(coalesced(incoming(listener)), done),
+            )),
+        }
+        tracing::info!(addr = ?addr, tls, "serving clients");
+    }
+    for listener in listeners.metrics {
+        let addr = listener.local_addr().ok();
+        let routes = tonic::service::Routes::from(crate::ops::metrics::http_routes(node.clone()));
+        servers.push(tokio::spawn(
+            Server::builder()
+                .accept_http1(true)
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming(listener), stopped(stop.clone())),
+        ));
+        tracing::info!(addr = ?addr, "serving metrics and health");
+    }
+    servers
+}
+
+pub async fn run(config: ServerConfig) -> Result<(), StartError> {
+    let Listeners {
+        peer,
+        peer_tls,
+        clients,
+    } = bind_all(&config).await?;
+    let auto_compaction = crate::ops::auto_compaction::parse(
+        &config.auto_compaction_mode,
+        &config.auto_compaction_retention,
+    )
+    .map_err(StartError::Config)?;
+    let backups = config.backups().map_err(StartError::Config)?;
+    let (node, existing) = Node::open(config.clone()).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let peer_server = serve_peers(peer, peer_tls, &node, stop_rx.clone());
+    let bootstrap = tokio::select! {
+        r = node.bootstrap(existing) => r,
+        _ = shutdown_signal() => Err(StartError::Config("stopped before joining a cluster".into())),
+    };
+    if let Err(e) = bootstrap {
+        let _ = stop_tx.send(true);
+        node.shutdown().await;
+        return Err(e);
+    }
+    let mut guard_failed = check_restart(&node);
     // Give the cluster a moment to settle on a leader, so that "ready" usually means
     // "serving with a leader"; a member that cannot reach a quorum serves anyway (reads
     // that allow it, and etcd's errors for the rest), as etcd does.
@@ -191,53 +303,8 @@ pub async fn run(config: ServerConfig) -> Result<(), StartError> {
         .wait(Some(Duration::from_millis(READY_LEADER_WAIT_MS)))
         .metrics(|m| m.current_leader.is_some(), "a leader is known")
         .await;
-    let expiry = tokio::spawn(crate::ops::lease_expiry::run_expiry(node.clone()));
-    let leader_changes = tokio::spawn(crate::ops::metrics::watch_leader_changes(node.clone()));
-    let auto_compaction = auto_compaction
-        .map(|policy| tokio::spawn(crate::ops::auto_compaction::run(node.clone(), policy)));
-    if let Some(backups) = backups {
-        crate::ops::backups::start(node.clone(), backups).map_err(StartError::Config)?;
-    }
-
-    let mut client_servers = Vec::new();
-    for (listener, tls) in client_listeners {
-        let addr = listener.local_addr().ok();
-        let mut stop = stop_rx.clone();
-        let stopped = async move {
-            let _ = stop.wait_for(|s| *s).await;
-        };
-        let router = client_router(&node);
-        match (tls, &acceptor) {
-            (true, Some(acceptor)) => {
-                let incoming = coalesced(crate::net::tls::incoming(
-                    listener,
-                    acceptor.clone(),
-                    nodelay,
-                ));
-                client_servers.push(tokio::spawn(
-                    router.serve_with_incoming_shutdown(incoming, stopped),
-                ));
-            }
-            _ => client_servers.push(tokio::spawn(
-                router.serve_with_incoming_shutdown(coalesced(incoming(listener)), stopped),
-            )),
-        }
-        tracing::info!(addr = ?addr, tls, "serving clients");
-    }
-    for listener in metrics_listeners {
-        let addr = listener.local_addr().ok();
-        let mut stop = stop_rx.clone();
-        let routes = tonic::service::Routes::from(crate::ops::metrics::http_routes(node.clone()));
-        client_servers.push(tokio::spawn(
-            Server::builder()
-                .accept_http1(true)
-                .add_routes(routes)
-                .serve_with_incoming_shutdown(incoming(listener), async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                }),
-        ));
-        tracing::info!(addr = ?addr, "serving metrics and health");
-    }
+    let background = start_background(&node, auto_compaction, backups)?;
+    let client_servers = serve_clients(clients, &node, &stop_rx);
     tracing::info!(
         name = %node.name,
         member_id = %crate::ids::hex(node.id),
@@ -254,10 +321,7 @@ pub async fn run(config: ServerConfig) -> Result<(), StartError> {
         None => tracing::info!("shutting down"),
     }
     let _ = stop_tx.send(true);
-    floors_keeper.abort();
-    expiry.abort();
-    leader_changes.abort();
-    if let Some(task) = auto_compaction {
+    for task in background {
         task.abort();
     }
     // In-flight unary requests get a moment to finish; streams (watches, keep-alives)

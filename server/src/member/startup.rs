@@ -47,22 +47,7 @@ impl Node {
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir)?;
         let existing = Identity::load(&data_dir)?;
-        let flag_token = crate::member::join_token::from_flags(
-            config.token.as_deref(),
-            config.token_file.as_deref(),
-        )
-        .map_err(StartError::Config)?;
-        let join_token = match (crate::member::join_token::load(&data_dir)?, flag_token) {
-            (Some(stored), Some(given)) if stored != given => {
-                tracing::warn!(
-                    file = %crate::member::join_token::path(&data_dir).display(),
-                    "--token/--token-file differs from the token this member keeps; keeping its own"
-                );
-                Some(stored)
-            }
-            (Some(stored), _) => Some(stored),
-            (None, given) => given,
-        };
+        let join_token = join_token_of(&config)?;
         let peers = PeerClients::new(config.peer_tls().map_err(StartError::Config)?);
         let identity = match &existing {
             Some(id) => id.clone(),
@@ -76,63 +61,17 @@ impl Node {
                 joined: false,
             },
         };
-        let purge_guard = Arc::new(AtomicU64::new(0));
-        let (mut log, report) = RaftLogStore::open(
-            &data_dir.join("wal"),
-            WalOptions::default(),
-            purge_guard.clone(),
-        )?;
-        if let Some((segment, offset, bytes)) = &report.torn_tail {
-            tracing::warn!(segment = %segment.display(), offset, bytes, "raft log: a torn tail was cut");
-        }
-        let store = MvccStore::open(
-            &data_dir.join("mvcc"),
-            MvccOptions {
-                cache_capacity_bytes: config.backend_cache_bytes,
-                ..MvccOptions::default()
-            },
-        )?;
-        let mut sm = StateMachine::open(store.clone(), &data_dir.join("snapshots"), purge_guard)?;
-        {
-            use openraft::storage::RaftStateMachine;
-            let (applied, _) = sm
-                .applied_state()
-                .await
-                .map_err(|e| StartError::Raft(e.to_string()))?;
-            log.purge_gap_covered_by(applied)
-                .await
-                .map_err(StartError::Raft)?;
-        }
-        if !sole_voter(&log, &mut sm, identity.member_id).await? {
-            step_down_on_restart(&mut log, identity.member_id).await?;
-        }
+        let (mut log, sm, store) = open_storage(&config, identity.member_id).await?;
         let restart_state = match &existing {
             Some(identity) if identity.joined => Some(local_state(&mut log).await?),
             _ => None,
         };
         let applied_index = sm.applied_index();
-        let raft_config = openraft::Config {
-            cluster_name: "raftkv".into(),
-            heartbeat_interval: config.heartbeat_interval_ms,
-            election_timeout_min: config.election_timeout_ms,
-            election_timeout_max: config.election_timeout_ms * 2,
-            install_snapshot_timeout: 10_000,
-            max_payload_entries: APPEND_BATCH_MAX_ENTRIES,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_interval_entries(
-                config.snapshot_count,
-                identity.member_id,
-            )),
-            // etcd's snapshotCatchUpEntries: a member down for a moment (a restart)
-            // catches up from the log, not by a snapshot of the whole key space.
-            max_in_snapshot_log_to_keep: MAX_CATCH_UP_ENTRIES,
-            ..Default::default()
-        }
-        .validate()
-        .map_err(|e| StartError::Config(e.to_string()))?;
         let network = RaftNetworkImpl {
             clients: peers.clone(),
         };
-        let raft = Raft::new(identity.member_id, Arc::new(raft_config), network, log, sm)
+        let raft_config = Arc::new(raft_config(&config, identity.member_id)?);
+        let raft = Raft::new(identity.member_id, raft_config, network, log, sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
         if restart_state.is_some() {
@@ -217,6 +156,93 @@ impl Node {
             }
         }
     }
+}
+
+/// The cluster's join token: the one this member keeps, else the flags' (the kept one
+/// wins, with a warning, when they differ); none for a cluster made before tokens.
+fn join_token_of(config: &ServerConfig) -> Result<Option<String>, StartError> {
+    let data_dir = &config.data_dir;
+    let flag_token = crate::member::join_token::from_flags(
+        config.token.as_deref(),
+        config.token_file.as_deref(),
+    )
+    .map_err(StartError::Config)?;
+    Ok(
+        match (crate::member::join_token::load(data_dir)?, flag_token) {
+            (Some(stored), Some(given)) if stored != given => {
+                tracing::warn!(
+                    file = %crate::member::join_token::path(data_dir).display(),
+                    "--token/--token-file differs from the token this member keeps; keeping its own"
+                );
+                Some(stored)
+            }
+            (Some(stored), _) => Some(stored),
+            (None, given) => given,
+        },
+    )
+}
+
+/// Opens the Raft log, the key space and the state machine over it, then makes the
+/// log consistent with what the engine holds: a gap an interrupted snapshot install
+/// left is purged, and a member that led (with other voters) steps down.
+async fn open_storage(
+    config: &ServerConfig,
+    member_id: NodeId,
+) -> Result<(RaftLogStore, StateMachine, MvccStore), StartError> {
+    let data_dir = &config.data_dir;
+    let purge_guard = Arc::new(AtomicU64::new(0));
+    let (mut log, report) = RaftLogStore::open(
+        &data_dir.join("wal"),
+        WalOptions::default(),
+        purge_guard.clone(),
+    )?;
+    if let Some((segment, offset, bytes)) = &report.torn_tail {
+        tracing::warn!(segment = %segment.display(), offset, bytes, "raft log: a torn tail was cut");
+    }
+    let store = MvccStore::open(
+        &data_dir.join("mvcc"),
+        MvccOptions {
+            cache_capacity_bytes: config.backend_cache_bytes,
+            ..MvccOptions::default()
+        },
+    )?;
+    let mut sm = StateMachine::open(store.clone(), &data_dir.join("snapshots"), purge_guard)?;
+    {
+        use openraft::storage::RaftStateMachine;
+        let (applied, _) = sm
+            .applied_state()
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        log.purge_gap_covered_by(applied)
+            .await
+            .map_err(StartError::Raft)?;
+    }
+    if !sole_voter(&log, &mut sm, member_id).await? {
+        step_down_on_restart(&mut log, member_id).await?;
+    }
+    Ok((log, sm, store))
+}
+
+/// openraft's configuration from the flags.
+fn raft_config(config: &ServerConfig, member_id: NodeId) -> Result<openraft::Config, StartError> {
+    openraft::Config {
+        cluster_name: "raftkv".into(),
+        heartbeat_interval: config.heartbeat_interval_ms,
+        election_timeout_min: config.election_timeout_ms,
+        election_timeout_max: config.election_timeout_ms * 2,
+        install_snapshot_timeout: 10_000,
+        max_payload_entries: APPEND_BATCH_MAX_ENTRIES,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_interval_entries(
+            config.snapshot_count,
+            member_id,
+        )),
+        // etcd's snapshotCatchUpEntries: a member down for a moment (a restart) catches
+        // up from the log, not by a snapshot of the whole key space.
+        max_in_snapshot_log_to_keep: MAX_CATCH_UP_ENTRIES,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| StartError::Config(e.to_string()))
 }
 
 /// The id a new member takes: the one MemberAdd reserved for its peer URL, if any, or
