@@ -19,14 +19,7 @@ fn main() {
         }
     };
     let cli = Cli::parse_from(args);
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.server.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(&cli.server.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cli.server.worker_threads())
         .enable_all()
@@ -38,122 +31,144 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let result: Result<(), String> = match cli.command.unwrap_or(Command::Serve) {
+    let command = cli.command.unwrap_or(Command::Serve);
+    if let Err(e) = run(command, cli.server, &runtime) {
+        eprintln!("raftkv: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Logs to standard error, filtered by `--log` (RUST_LOG syntax), in colour on a
+/// terminal only.
+fn init_logging(log: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Runs one subcommand (serving, without one) to its end; what it prints goes to
+/// standard output, an error is returned.
+fn run(
+    command: Command,
+    server: raftkv_server::config::ServerConfig,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<(), String> {
+    use raftkv_server::cli;
+    let printed = |out: Result<String, String>| out.map(|out| print!("{out}"));
+    match command {
         Command::Serve => runtime
-            .block_on(raftkv_server::server::run(cli.server))
+            .block_on(raftkv_server::server::run(server))
             .map_err(|e| e.to_string()),
         Command::Snapshot(SnapshotCommand::Save { file, client }) => runtime
-            .block_on(raftkv_server::cli::snapshot::save(
-                &client.endpoints,
-                &file,
-                &client.tls(),
-            ))
+            .block_on(cli::snapshot::save(&client.endpoints, &file, &client.tls()))
             .map(|size_bytes| println!("Snapshot saved at {} ({size_bytes} bytes)", file.display()))
             .map_err(|e| e.to_string()),
-        Command::Status { write_out, client } => {
-            let tls = client.tls();
-            runtime
-                .block_on(raftkv_server::cli::status::run(
-                    &client.endpoints,
-                    &tls,
-                    &write_out,
-                ))
-                .map(|out| print!("{out}"))
-                .map_err(|e| e.to_string())
-        }
-        Command::Migrate {
-            from,
-            cacert,
-            cert,
-            key,
-            endpoints,
-            to_cacert,
-            to_cert,
-            to_key,
-        } => {
-            use raftkv_server::net::tls::ClientTls;
-            let from_tls = ClientTls { cacert, cert, key };
-            let to_tls = ClientTls {
-                cacert: to_cacert,
-                cert: to_cert,
-                key: to_key,
-            };
-            runtime
-                .block_on(raftkv_server::cli::migrate::run(
-                    &from, &from_tls, &endpoints, &to_tls,
-                ))
-                .map(|c| {
-                    println!(
-                        "Copied {} keys and {} leases at revision {} of {from}; the counts match.",
-                        c.keys, c.leases, c.revision
-                    )
-                })
-                .map_err(|e| e.to_string())
-        }
-        Command::Defrag { client } => runtime
-            .block_on(raftkv_server::cli::defrag::run(
-                &client.endpoints,
-                &client.tls(),
-            ))
-            .map(|out| print!("{out}"))
-            .map_err(|e| e.to_string()),
-        Command::Member { action, client } => {
-            let split = |urls: String| urls.split(',').map(|u| u.trim().to_string()).collect();
-            let action = match action {
-                MemberCommand::List => MemberAction::List,
-                MemberCommand::Add {
-                    name,
-                    peer_urls,
-                    learner,
-                } => MemberAction::Add {
-                    name,
-                    peer_urls: split(peer_urls),
-                    learner,
-                },
-                MemberCommand::Remove { id } => MemberAction::Remove { id },
-                MemberCommand::Promote { id } => MemberAction::Promote { id },
-                MemberCommand::Update { id, peer_urls } => MemberAction::Update {
-                    id,
-                    peer_urls: split(peer_urls),
-                },
-            };
-            let tls = client.tls();
-            runtime
-                .block_on(raftkv_server::cli::member::run(
-                    &client.endpoints,
-                    &tls,
-                    action,
-                ))
-                .map(|out| print!("{out}"))
-                .map_err(|e| e.to_string())
-        }
-        Command::CheckDisk { data_dir, writes } => {
-            match raftkv_server::cli::check_disk::check(&data_dir, writes) {
-                Ok(report) => {
-                    print!("{}", report.render());
-                    if report.slow() {
-                        std::process::exit(1);
-                    }
-                    Ok(())
-                }
-                Err(e) => Err(format!("cannot measure {}: {e}", data_dir.display())),
-            }
-        }
-        Command::Snapshot(SnapshotCommand::Restore { file, data_dir, s3 }) => s3
-            .config()
-            .and_then(|s3| match s3 {
-                None => raftkv_server::cli::snapshot::restore(&file, &data_dir)
-                    .map_err(|e| e.to_string()),
-                Some(s3) => runtime.block_on(raftkv_server::cli::snapshot::restore_from_s3(
+        Command::Snapshot(SnapshotCommand::Restore { file, data_dir, s3 }) => {
+            let s3 = s3.config()?;
+            match s3 {
+                None => cli::snapshot::restore(&file, &data_dir).map_err(|e| e.to_string()),
+                Some(s3) => runtime.block_on(cli::snapshot::restore_from_s3(
                     s3,
                     &file.to_string_lossy(),
                     &data_dir,
                 )),
-            })
-            .map(|()| println!("Snapshot restored into {}", data_dir.display())),
+            }
+            .map(|()| println!("Snapshot restored into {}", data_dir.display()))
+        }
+        Command::Status { write_out, client } => printed(
+            runtime
+                .block_on(cli::status::run(
+                    &client.endpoints,
+                    &client.tls(),
+                    &write_out,
+                ))
+                .map_err(|e| e.to_string()),
+        ),
+        command @ Command::Migrate { .. } => migrate(command, runtime),
+        Command::Defrag { client } => printed(
+            runtime
+                .block_on(cli::defrag::run(&client.endpoints, &client.tls()))
+                .map_err(|e| e.to_string()),
+        ),
+        Command::Member { action, client } => printed(
+            runtime
+                .block_on(cli::member::run(
+                    &client.endpoints,
+                    &client.tls(),
+                    member_action(action),
+                ))
+                .map_err(|e| e.to_string()),
+        ),
+        Command::CheckDisk { data_dir, writes } => {
+            let report = cli::check_disk::check(&data_dir, writes)
+                .map_err(|e| format!("cannot measure {}: {e}", data_dir.display()))?;
+            print!("{}", report.render());
+            if report.slow() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `raftkv migrate --from …`: the source's and the destination's TLS, then the copy.
+fn migrate(command: Command, runtime: &tokio::runtime::Runtime) -> Result<(), String> {
+    use raftkv_server::net::tls::ClientTls;
+    let Command::Migrate {
+        from,
+        cacert,
+        cert,
+        key,
+        endpoints,
+        to_cacert,
+        to_cert,
+        to_key,
+    } = command
+    else {
+        return Err("not a migrate command".into());
     };
-    if let Err(e) = result {
-        eprintln!("raftkv: {e}");
-        std::process::exit(1);
+    let from_tls = ClientTls { cacert, cert, key };
+    let to_tls = ClientTls {
+        cacert: to_cacert,
+        cert: to_cert,
+        key: to_key,
+    };
+    let copied = runtime
+        .block_on(raftkv_server::cli::migrate::run(
+            &from, &from_tls, &endpoints, &to_tls,
+        ))
+        .map_err(|e| e.to_string())?;
+    println!(
+        "Copied {} keys and {} leases at revision {} of {from}; the counts match.",
+        copied.keys, copied.leases, copied.revision
+    );
+    Ok(())
+}
+
+/// The member subcommand's flags as the action `cli::member` performs.
+fn member_action(command: MemberCommand) -> MemberAction {
+    let split = |urls: String| urls.split(',').map(|u| u.trim().to_string()).collect();
+    match command {
+        MemberCommand::List => MemberAction::List,
+        MemberCommand::Add {
+            name,
+            peer_urls,
+            learner,
+        } => MemberAction::Add {
+            name,
+            peer_urls: split(peer_urls),
+            learner,
+        },
+        MemberCommand::Remove { id } => MemberAction::Remove { id },
+        MemberCommand::Promote { id } => MemberAction::Promote { id },
+        MemberCommand::Update { id, peer_urls } => MemberAction::Update {
+            id,
+            peer_urls: split(peer_urls),
+        },
     }
 }

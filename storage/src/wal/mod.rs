@@ -133,23 +133,10 @@ impl Wal {
         std::fs::create_dir_all(dir).map_err(|e| WalError::io(dir, e))?;
         let lock = lock_dir(dir)?;
         let mut segments = segment::list_segments(dir)?;
-        let mut report = OpenReport::default();
         if segments.is_empty() {
-            let file = segment::create_segment(dir, 1, options.segment_size_bytes)?;
-            let mut header = Vec::new();
-            record::encode_into(
-                &mut header,
-                RecordKind::SegmentHeader,
-                &HeaderState::default().encode(),
-            );
-            use std::os::unix::fs::FileExt;
-            let path = segment::segment_path(dir, 1);
-            file.write_all_at(&header, 0)
-                .map_err(|e| WalError::io(&path, e))?;
-            file.sync_data().map_err(|e| WalError::io(&path, e))?;
-            segments.push((1, path));
+            segments.push(create_first_segment(dir, &options)?);
         }
-
+        let mut report = OpenReport::default();
         let mut closed = Vec::new();
         let mut header = HeaderState::default();
         let mut active = None;
@@ -158,72 +145,11 @@ impl Wal {
             let is_last = i + 1 == count;
             let buf = std::fs::read(&path).map_err(|e| WalError::io(&path, e))?;
             let scan = segment::scan(&buf, &path, is_last, options.max_record_size_bytes)?;
-            let mut max_entry_index = None;
-            for rec in &scan.records {
-                let corrupt = |reason: String| WalError::Corrupt {
-                    path: path.clone(),
-                    offset: rec.offset as u64,
-                    reason,
-                };
-                match rec.kind {
-                    RecordKind::SegmentHeader => {
-                        let state: HeaderState = postcard::from_bytes(rec.payload)
-                            .map_err(|e| corrupt(format!("undecodable segment header: {e}")))?;
-                        for (kind, payload) in [
-                            (RecordKind::Vote, &state.vote),
-                            (RecordKind::Committed, &state.committed),
-                            (RecordKind::Purge, &state.purge),
-                        ] {
-                            if let Some(payload) = payload {
-                                visit(kind, payload).map_err(corrupt)?;
-                            }
-                        }
-                        header = state;
-                    }
-                    kind => {
-                        if matches!(
-                            kind,
-                            RecordKind::Entry | RecordKind::Purge | RecordKind::Truncate
-                        ) && rec.payload.len() < 8
-                        {
-                            return Err(corrupt("record too short for its kind".into()));
-                        }
-                        match kind {
-                            RecordKind::Entry => {
-                                let index = writer::leading_u64(rec.payload);
-                                max_entry_index =
-                                    Some(max_entry_index.map_or(index, |m: u64| m.max(index)));
-                            }
-                            RecordKind::Vote => header.vote = Some(rec.payload.to_vec()),
-                            RecordKind::Committed => header.committed = Some(rec.payload.to_vec()),
-                            RecordKind::Purge => header.purge = Some(rec.payload.to_vec()),
-                            _ => {}
-                        }
-                        visit(kind, rec.payload).map_err(corrupt)?;
-                    }
-                }
-                report.records += 1;
-            }
+            let max_entry_index = replay(&scan, &path, &mut header, &mut visit)?;
+            report.records += scan.records.len();
             report.segments += 1;
             if is_last {
-                let file = segment::open_segment(&path)?;
-                if let Some(torn) = &scan.torn_tail {
-                    tracing::warn!(
-                        segment = %path.display(),
-                        offset = torn.offset,
-                        dropped_bytes = torn.dropped_bytes,
-                        reason = %torn.reason,
-                        "wal: cut a torn tail left by a crash mid-write; the dropped bytes were never acknowledged"
-                    );
-                    segment::zero_range(&file, &path, torn.offset as u64, torn.dropped_bytes)?;
-                    report.torn_tail = Some((path.clone(), torn.offset as u64, torn.dropped_bytes));
-                }
-                if (buf.len() as u64) < options.segment_size_bytes {
-                    // A shortened file: give it back its full size so appends change no size.
-                    segment::preallocate(&file, options.segment_size_bytes)
-                        .map_err(|e| WalError::io(&path, e))?;
-                    file.sync_all().map_err(|e| WalError::io(&path, e))?;
-                }
+                let file = open_active(&path, buf.len(), &scan, &options, &mut report)?;
                 active = Some((seq, path, file, scan.end_offset as u64, max_entry_index));
             } else {
                 closed.push(writer::ClosedSegment {
@@ -347,6 +273,105 @@ fn lock_dir(dir: &Path) -> Result<File, WalError> {
         return Err(WalError::Locked {
             dir: dir.to_path_buf(),
         });
+    }
+    Ok(file)
+}
+
+/// Creates segment 1 of a new log, holding an empty header, durably.
+fn create_first_segment(dir: &Path, options: &WalOptions) -> Result<(u64, PathBuf), WalError> {
+    use std::os::unix::fs::FileExt;
+    let file = segment::create_segment(dir, 1, options.segment_size_bytes)?;
+    let mut header = Vec::new();
+    record::encode_into(
+        &mut header,
+        RecordKind::SegmentHeader,
+        &HeaderState::default().encode(),
+    );
+    let path = segment::segment_path(dir, 1);
+    file.write_all_at(&header, 0)
+        .map_err(|e| WalError::io(&path, e))?;
+    file.sync_data().map_err(|e| WalError::io(&path, e))?;
+    Ok((1, path))
+}
+
+/// Hands one segment's records to `visit` in order, a segment header as the Vote,
+/// Committed and Purge records it repeats, keeping `header` current. The highest entry
+/// index the segment holds.
+fn replay(
+    scan: &segment::Scan<'_>,
+    path: &Path,
+    header: &mut HeaderState,
+    visit: &mut impl FnMut(RecordKind, &[u8]) -> Result<(), String>,
+) -> Result<Option<u64>, WalError> {
+    let mut max_entry_index = None;
+    for rec in &scan.records {
+        let corrupt = |reason: String| WalError::Corrupt {
+            path: path.to_path_buf(),
+            offset: rec.offset as u64,
+            reason,
+        };
+        if rec.kind == RecordKind::SegmentHeader {
+            let state: HeaderState = postcard::from_bytes(rec.payload)
+                .map_err(|e| corrupt(format!("undecodable segment header: {e}")))?;
+            for (kind, payload) in [
+                (RecordKind::Vote, &state.vote),
+                (RecordKind::Committed, &state.committed),
+                (RecordKind::Purge, &state.purge),
+            ] {
+                if let Some(payload) = payload {
+                    visit(kind, payload).map_err(corrupt)?;
+                }
+            }
+            *header = state;
+            continue;
+        }
+        let needs_index = matches!(
+            rec.kind,
+            RecordKind::Entry | RecordKind::Purge | RecordKind::Truncate
+        );
+        if needs_index && rec.payload.len() < 8 {
+            return Err(corrupt("record too short for its kind".into()));
+        }
+        match rec.kind {
+            RecordKind::Entry => {
+                let index = writer::leading_u64(rec.payload);
+                max_entry_index = Some(max_entry_index.map_or(index, |m: u64| m.max(index)));
+            }
+            RecordKind::Vote => header.vote = Some(rec.payload.to_vec()),
+            RecordKind::Committed => header.committed = Some(rec.payload.to_vec()),
+            RecordKind::Purge => header.purge = Some(rec.payload.to_vec()),
+            _ => {}
+        }
+        visit(rec.kind, rec.payload).map_err(corrupt)?;
+    }
+    Ok(max_entry_index)
+}
+
+/// Opens the last segment for appending: a torn tail is zeroed (and reported), and a
+/// shortened file gets its full size back, so that appends never change its size.
+fn open_active(
+    path: &Path,
+    len_bytes: usize,
+    scan: &segment::Scan<'_>,
+    options: &WalOptions,
+    report: &mut OpenReport,
+) -> Result<File, WalError> {
+    let file = segment::open_segment(path)?;
+    if let Some(torn) = &scan.torn_tail {
+        tracing::warn!(
+            segment = %path.display(),
+            offset = torn.offset,
+            dropped_bytes = torn.dropped_bytes,
+            reason = %torn.reason,
+            "wal: cut a torn tail left by a crash mid-write; the dropped bytes were never acknowledged"
+        );
+        segment::zero_range(&file, path, torn.offset as u64, torn.dropped_bytes)?;
+        report.torn_tail = Some((path.to_path_buf(), torn.offset as u64, torn.dropped_bytes));
+    }
+    if (len_bytes as u64) < options.segment_size_bytes {
+        segment::preallocate(&file, options.segment_size_bytes)
+            .map_err(|e| WalError::io(path, e))?;
+        file.sync_all().map_err(|e| WalError::io(path, e))?;
     }
     Ok(file)
 }
