@@ -35,20 +35,44 @@ impl Node {
         command: Command,
         deadline: Instant,
     ) -> Result<(CommandResult, u64), ApiError> {
+        // A copy per attempt: a proposal refused for want of leadership consumed it.
+        self.until_served(deadline, |route, remaining| {
+            let command = command.clone();
+            async move {
+                match route {
+                    Route::Here => tokio::time::timeout(remaining, self.propose_here(command))
+                        .await
+                        .unwrap_or(Err(ForwardError::Api(ApiError::Timeout))),
+                    _ => self.coalescer.forward_write(command).await,
+                }
+            }
+        })
+        .await
+    }
+
+    /// Runs `attempt` with the route to the leader until it is answered, the deadline
+    /// passes, or it fails for a reason other than leadership: after each `NotLeader`
+    /// (nothing was done) it looks for the leader again. `attempt` is never called
+    /// without a leader.
+    async fn until_served<T, F, Fut>(
+        &self,
+        deadline: Instant,
+        mut attempt: F,
+    ) -> Result<T, ApiError>
+    where
+        F: FnMut(Route, Duration) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ForwardError>>,
+    {
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 return Err(self.out_of_time());
             }
-            // A copy per attempt: a proposal refused for want of leadership consumed it.
-            let attempt = match self.link.route() {
-                Route::Here => tokio::time::timeout(remaining, self.propose_here(command.clone()))
-                    .await
-                    .map_err(|_| ApiError::Timeout)?,
-                Route::Remote(_) => self.coalescer.forward_write(command.clone()).await,
+            let outcome = match self.link.route() {
                 Route::Unknown => Err(ForwardError::NotLeader),
+                route => attempt(route, remaining).await,
             };
-            match attempt {
+            match outcome {
                 Ok(done) => return Ok(done),
                 Err(ForwardError::Api(e)) => return Err(e),
                 Err(ForwardError::NotLeader) => {}
@@ -93,26 +117,16 @@ impl Node {
         request: ForwardRequest,
         timeout: Duration,
     ) -> Result<ForwardResponse, ApiError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                return Err(self.out_of_time());
-            }
-            let reply = match self.link.route() {
-                Route::Here => tokio::time::timeout(remaining, self.serve_forward(request.clone()))
+        let request = &request;
+        self.until_served(Instant::now() + timeout, |route, remaining| async move {
+            match route {
+                Route::Remote(leader) => self.link.forward(leader, request, remaining).await,
+                _ => tokio::time::timeout(remaining, self.serve_forward(request.clone()))
                     .await
-                    .map_err(|_| ApiError::Timeout)?,
-                Route::Remote(leader) => self.link.forward(leader, &request, remaining).await,
-                Route::Unknown => Err(ForwardError::NotLeader),
-            };
-            match reply {
-                Ok(response) => return Ok(response),
-                Err(ForwardError::Api(e)) => return Err(e),
-                Err(ForwardError::NotLeader) => {}
+                    .unwrap_or(Err(ForwardError::Api(ApiError::Timeout))),
             }
-            tokio::time::sleep(Duration::from_millis(LEADER_POLL_MS).min(remaining)).await;
-        }
+        })
+        .await
     }
 
     /// Executes a request that only the leader may serve. `NotLeader` means nothing was
