@@ -14,6 +14,7 @@ use std::io::Write;
 use raftkv_proto::etcdserverpb as pb;
 use raftkv_proto::etcdserverpb::kv_client::KvClient;
 use raftkv_proto::etcdserverpb::lease_client::LeaseClient;
+use raftkv_proto::mvccpb;
 use tonic::transport::Channel;
 
 use crate::cli::client::{connect, ConnectError};
@@ -100,92 +101,8 @@ pub async fn run(
     eprintln!("raftkv migrate: {total} keys at revision {revision} of {from}");
 
     // Leases first, with what is left of their TTLs, under the same ids.
-    let leases = src_leases
-        .lease_leases(pb::LeaseLeasesRequest {})
-        .await
-        .map_err(source_err)?
-        .into_inner()
-        .leases;
-    let mut granted = HashSet::new();
-    for lease in leases.iter().take(LEASES_MAX) {
-        let ttl = src_leases
-            .lease_time_to_live(pb::LeaseTimeToLiveRequest {
-                id: lease.id,
-                keys: false,
-            })
-            .await
-            .map_err(source_err)?
-            .into_inner();
-        if ttl.ttl <= 0 {
-            continue; // expired meanwhile: its keys go with it
-        }
-        dst_leases
-            .lease_grant(pb::LeaseGrantRequest {
-                ttl: ttl.ttl,
-                id: lease.id,
-            })
-            .await
-            .map_err(dest_err)?;
-        granted.insert(lease.id);
-    }
-
-    let mut copied = 0i64;
-    let mut skipped = 0i64;
-    let mut from_key = vec![0u8];
-    loop {
-        let page = src
-            .range(pb::RangeRequest {
-                key: bytes::Bytes::from(from_key.clone()),
-                range_end: bytes::Bytes::from_static(&[0]),
-                revision,
-                limit: PAGE_KEYS,
-                ..Default::default()
-            })
-            .await
-            .map_err(source_err)?
-            .into_inner();
-        let Some(last) = page.kvs.last() else { break };
-        from_key = last.key.to_vec();
-        from_key.push(0);
-        let mut puts = Vec::new();
-        let mut bytes = 0usize;
-        for kv in &page.kvs {
-            // A key on a lease that has expired since is not copied (etcd would have
-            // deleted it by now).
-            let lease = if kv.lease != 0 && granted.contains(&kv.lease) {
-                kv.lease
-            } else {
-                0
-            };
-            if kv.lease != 0 && lease == 0 {
-                skipped += 1;
-                continue;
-            }
-            if !puts.is_empty()
-                && (puts.len() == TXN_PUTS_MAX || bytes + kv.value.len() > TXN_BYTES_MAX)
-            {
-                write_batch(&mut dst, std::mem::take(&mut puts)).await?;
-                bytes = 0;
-            }
-            bytes += kv.key.len() + kv.value.len();
-            puts.push(pb::PutRequest {
-                key: kv.key.clone(),
-                value: kv.value.clone(),
-                lease,
-                ..Default::default()
-            });
-            copied += 1;
-        }
-        if !puts.is_empty() {
-            write_batch(&mut dst, puts).await?;
-        }
-        eprint!("\rraftkv migrate: {copied}/{total} keys copied");
-        let _ = std::io::stderr().flush();
-        if !page.more {
-            break;
-        }
-    }
-    eprintln!();
+    let granted = copy_leases(&mut src_leases, &mut dst_leases).await?;
+    let (copied, skipped) = copy_keys(&mut src, &mut dst, revision, total, &granted).await?;
 
     // The check: every key of the source's revision is in raftkv.
     let (copied_keys, _) = count(&mut dst, 0).await.map_err(dest_err)?;
@@ -207,6 +124,118 @@ pub async fn run(
         keys: copied_keys,
         leases: granted.len(),
     })
+}
+
+/// Grants every live lease of the source on the destination, under its id, with what
+/// is left of its TTL; the ids granted (a lease expired meanwhile is not).
+async fn copy_leases(
+    src: &mut LeaseClient<Channel>,
+    dst: &mut LeaseClient<Channel>,
+) -> Result<HashSet<i64>, MigrateError> {
+    let leases = src
+        .lease_leases(pb::LeaseLeasesRequest {})
+        .await
+        .map_err(source_err)?
+        .into_inner()
+        .leases;
+    let mut granted = HashSet::new();
+    for lease in leases.iter().take(LEASES_MAX) {
+        let ttl = src
+            .lease_time_to_live(pb::LeaseTimeToLiveRequest {
+                id: lease.id,
+                keys: false,
+            })
+            .await
+            .map_err(source_err)?
+            .into_inner();
+        if ttl.ttl <= 0 {
+            continue; // expired meanwhile: its keys go with it
+        }
+        dst.lease_grant(pb::LeaseGrantRequest {
+            ttl: ttl.ttl,
+            id: lease.id,
+        })
+        .await
+        .map_err(dest_err)?;
+        granted.insert(lease.id);
+    }
+    Ok(granted)
+}
+
+/// Copies every key of the source at `revision`, a page at a time, showing progress;
+/// the keys copied, and those left out because their lease expired during the copy.
+async fn copy_keys(
+    src: &mut KvClient<Channel>,
+    dst: &mut KvClient<Channel>,
+    revision: i64,
+    total: i64,
+    granted: &HashSet<i64>,
+) -> Result<(i64, i64), MigrateError> {
+    let (mut copied, mut skipped) = (0i64, 0i64);
+    let mut from_key = vec![0u8];
+    loop {
+        let page = src
+            .range(pb::RangeRequest {
+                key: bytes::Bytes::from(from_key.clone()),
+                range_end: bytes::Bytes::from_static(&[0]),
+                revision,
+                limit: PAGE_KEYS,
+                ..Default::default()
+            })
+            .await
+            .map_err(source_err)?
+            .into_inner();
+        let Some(last) = page.kvs.last() else { break };
+        from_key = last.key.to_vec();
+        from_key.push(0);
+        let (page_copied, page_skipped) = copy_page(dst, &page.kvs, granted).await?;
+        copied += page_copied;
+        skipped += page_skipped;
+        eprint!("\rraftkv migrate: {copied}/{total} keys copied");
+        let _ = std::io::stderr().flush();
+        if !page.more {
+            break;
+        }
+    }
+    eprintln!();
+    Ok((copied, skipped))
+}
+
+/// Writes one page of keys in transactions of at most `TXN_PUTS_MAX` puts and
+/// `TXN_BYTES_MAX` bytes. A key on a lease that has expired since is not copied (etcd
+/// would have deleted it by now).
+async fn copy_page(
+    dst: &mut KvClient<Channel>,
+    kvs: &[mvccpb::KeyValue],
+    granted: &HashSet<i64>,
+) -> Result<(i64, i64), MigrateError> {
+    let (mut copied, mut skipped) = (0i64, 0i64);
+    let mut puts = Vec::new();
+    let mut bytes = 0usize;
+    for kv in kvs {
+        if kv.lease != 0 && !granted.contains(&kv.lease) {
+            skipped += 1;
+            continue;
+        }
+        if !puts.is_empty()
+            && (puts.len() == TXN_PUTS_MAX || bytes + kv.value.len() > TXN_BYTES_MAX)
+        {
+            write_batch(dst, std::mem::take(&mut puts)).await?;
+            bytes = 0;
+        }
+        bytes += kv.key.len() + kv.value.len();
+        puts.push(pb::PutRequest {
+            key: kv.key.clone(),
+            value: kv.value.clone(),
+            lease: kv.lease,
+            ..Default::default()
+        });
+        copied += 1;
+    }
+    if !puts.is_empty() {
+        write_batch(dst, puts).await?;
+    }
+    Ok((copied, skipped))
 }
 
 async fn write_batch(

@@ -73,54 +73,8 @@ pub async fn collect(endpoints: &str, tls: &ClientTls) -> Result<ClusterStatus, 
     let mut rows = Vec::new();
     let mut leader = None;
     for m in &list.members {
-        let endpoint = m.client_ur_ls.first().cloned().unwrap_or_default();
-        let mut row = MemberStatus {
-            id: hex(m.id),
-            name: if m.name.is_empty() {
-                "(unstarted)".into()
-            } else {
-                m.name.clone()
-            },
-            endpoint: endpoint.clone(),
-            role: "unreachable".into(),
-            raft_term: 0,
-            raft_index: 0,
-            raft_applied_index: 0,
-            db_size_bytes: 0,
-            version: String::new(),
-            health: "unreachable".into(),
-        };
-        if let Some(status) = member_status(&endpoint, tls).await {
-            if status.leader != 0 {
-                leader = Some(status.leader);
-            }
-            row.role = if m.is_learner {
-                "learner"
-            } else if status.leader == m.id {
-                "leader"
-            } else {
-                "follower"
-            }
-            .into();
-            row.raft_term = status.raft_term;
-            row.raft_index = status.raft_index;
-            row.raft_applied_index = status.raft_applied_index;
-            row.db_size_bytes = status.db_size;
-            row.version = status.version.clone();
-            let mut problems: Vec<String> = Vec::new();
-            if status.leader == 0 {
-                problems.push("no leader".into());
-            }
-            problems.extend(status.errors.iter().map(|e| e.trim().to_string()));
-            row.health = if problems.is_empty() {
-                "ok".into()
-            } else {
-                problems.join("; ")
-            };
-        } else if m.name.is_empty() {
-            row.role = "unstarted".into();
-            row.health = "not started yet".into();
-        }
+        let (row, seen_leader) = member_row(m, tls).await;
+        leader = seen_leader.or(leader);
         rows.push(row);
     }
     let voters = list.members.iter().filter(|m| !m.is_learner).count();
@@ -164,6 +118,58 @@ pub async fn collect(endpoints: &str, tls: &ClientTls) -> Result<ClusterStatus, 
         summary,
         members: rows,
     })
+}
+
+/// One member's row, asking it for its status; the leader it names, if any.
+async fn member_row(m: &pb::Member, tls: &ClientTls) -> (MemberStatus, Option<u64>) {
+    let endpoint = m.client_ur_ls.first().cloned().unwrap_or_default();
+    let mut row = MemberStatus {
+        id: hex(m.id),
+        name: if m.name.is_empty() {
+            "(unstarted)".into()
+        } else {
+            m.name.clone()
+        },
+        endpoint: endpoint.clone(),
+        role: "unreachable".into(),
+        raft_term: 0,
+        raft_index: 0,
+        raft_applied_index: 0,
+        db_size_bytes: 0,
+        version: String::new(),
+        health: "unreachable".into(),
+    };
+    let Some(status) = member_status(&endpoint, tls).await else {
+        if m.name.is_empty() {
+            row.role = "unstarted".into();
+            row.health = "not started yet".into();
+        }
+        return (row, None);
+    };
+    row.role = if m.is_learner {
+        "learner"
+    } else if status.leader == m.id {
+        "leader"
+    } else {
+        "follower"
+    }
+    .into();
+    row.raft_term = status.raft_term;
+    row.raft_index = status.raft_index;
+    row.raft_applied_index = status.raft_applied_index;
+    row.db_size_bytes = status.db_size;
+    row.version = status.version.clone();
+    let mut problems: Vec<String> = Vec::new();
+    if status.leader == 0 {
+        problems.push("no leader".into());
+    }
+    problems.extend(status.errors.iter().map(|e| e.trim().to_string()));
+    row.health = if problems.is_empty() {
+        "ok".into()
+    } else {
+        problems.join("; ")
+    };
+    (row, (status.leader != 0).then_some(status.leader))
 }
 
 /// One member's Maintenance.Status, or None if it does not answer in time.
