@@ -1,5 +1,5 @@
 //! etcd's Lease service. Grants and revokes are Raft writes; keep-alives and
-//! time-to-live questions go to the leader, which holds the expiry clocks (leases.rs).
+//! time-to-live questions go to the leader, which holds the expiry clocks (member/lease_clocks.rs).
 
 use std::pin::Pin;
 use std::sync::Arc;

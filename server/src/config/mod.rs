@@ -1,7 +1,7 @@
 //! The command line of `raftkv`: flags named as etcd's and k3s's, with their defaults.
 //!
-//! This module only parses and checks; `node.rs` decides what the flags mean for a data
-//! dir that already holds a member.
+//! This module only parses and checks; `member/startup.rs` decides what the flags mean
+//! for a data dir that already holds a member.
 
 pub mod backup;
 pub mod file;
@@ -329,7 +329,7 @@ pub struct ServerConfig {
     /// the log behind it may go; the key space (a 1M-key space is ~300 MB) is exported
     /// only when a follower needs it. The log entries kept in memory until then cost
     /// about their size (100k × 256 B values ≈ 40 MB). Each member adds up to half
-    /// again, by member id, so that members do not all flush at once (node.rs,
+    /// again, by member id, so that members do not all flush at once (member/startup.rs,
     /// `snapshot_interval_entries`).
     #[arg(long, env = "RAFTKV_SNAPSHOT_COUNT", default_value_t = 100_000)]
     pub snapshot_count: u64,

@@ -133,7 +133,7 @@ pub fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, String> {
 }
 
 /// The rustls client configuration a member uses on its pipe connections to https://
-/// peers (peer_wire.rs): its certificate, and the peers' checked against the CA. No CA
+/// peers (peer/wire.rs): its certificate, and the peers' checked against the CA. No CA
 /// file: no server is trusted (as the gRPC channels do without one).
 pub fn client_config(files: &TlsFiles) -> Result<rustls::ClientConfig, String> {
     let roots = match &files.trusted_ca {

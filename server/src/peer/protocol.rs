@@ -16,7 +16,7 @@ use crate::errors::ApiError;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ForwardRequest {
     Write(Command),
-    /// Writes a follower batched (batching.rs); answered one result each, in order.
+    /// Writes a follower batched (member/batching.rs); answered one result each, in order.
     Writes(Vec<Command>),
     /// The leader's read index: the log index a linearizable read must wait for.
     ReadIndex,
@@ -33,7 +33,7 @@ pub enum ForwardRequest {
     Join {
         id: NodeId,
         member: Member,
-        /// HMAC of the token over the member and a nonce (join_token.rs); none when
+        /// HMAC of the token over the member and a nonce (member/join_token.rs); none when
         /// the joiner has no token.
         proof: Option<JoinProof>,
     },
@@ -65,16 +65,16 @@ pub enum ForwardRequest {
     /// (Served by that member, not forwarded to the leader.) From members before lease
     /// reads; a member now sends `ElectInTerm`.
     Elect,
-    /// The leader's record of what members durably hold (rollback_guard.rs); served by
+    /// The leader's record of what members durably hold (member/rollback_guard.rs); served by
     /// the receiving member.
     Floors(Floors),
-    /// A restarting member asks what the receiver knows it held (rollback_guard.rs).
+    /// A restarting member asks what the receiver knows it held (member/rollback_guard.rs).
     FloorOf {
         member: NodeId,
     },
     /// `Elect`, honoured only while the receiver's vote is still of `term`: a late one
     /// must not start a campaign against a later leader that counts on the receiver's
-    /// acknowledgements for its read lease (node.rs, `move_leader`).
+    /// acknowledgements for its read lease (member/transfer.rs, `move_leader`).
     ElectInTerm {
         term: u64,
     },

@@ -48,7 +48,7 @@ impl<H> Clone for PeerService<H> {
 impl<H: PeerHandler> PeerService<H> {
     /// Refuses a Raft message addressed to another member id (a member restarted with a
     /// wiped data dir, a new id at the old URL, must never answer for the member it
-    /// was), and every Raft message while this member is fenced (rollback_guard.rs).
+    /// was), and every Raft message while this member is fenced (member/rollback_guard.rs).
     fn check_target(&self, target: Option<NodeId>) -> Result<(), Status> {
         if self.handler.is_fenced() {
             // Aborted, not Unavailable: the sender retries at once rather than backing
