@@ -10,7 +10,7 @@
 //! linearizable): a round only answers the reads queued before it started.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -21,9 +21,6 @@ use raftkv_storage::mvcc::Command;
 
 /// Reads waiting for the next read-index round, at most.
 pub const MAX_QUEUED_READS: usize = 65_536;
-/// The pause before asking for a read index again after the leader could not confirm
-/// its leadership.
-const READ_INDEX_RETRY_MS: u64 = 20;
 /// Writes waiting to be forwarded, at most (a full queue makes writers wait).
 pub const MAX_QUEUED_FORWARDS: usize = 16_384;
 /// Commands in one forwarded batch, at most.
@@ -96,7 +93,7 @@ async fn read_rounds(link: LeaderLink, timeout: Duration, mut rx: mpsc::Receiver
                 Err(_) => break,
             }
         }
-        let result = read_index(&link, tokio::time::Instant::now() + timeout).await;
+        let result = read_index(&link, Instant::now() + timeout).await;
         for w in waiters.drain(..) {
             let _ = w.send(result.clone());
         }
@@ -104,37 +101,31 @@ async fn read_rounds(link: LeaderLink, timeout: Duration, mut rx: mpsc::Receiver
 }
 
 /// The leader's read index, asked here or of the leader, by `deadline`.
-async fn read_index(link: &LeaderLink, deadline: tokio::time::Instant) -> Result<u64, ApiError> {
-    loop {
-        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if remaining.is_zero() {
-            return Err(if link.leader().is_none() {
-                ApiError::NoLeader
-            } else {
-                ApiError::Timeout
-            });
-        }
-        let reply = match link.route() {
-            Route::Here => link.read_index_here().await,
+async fn read_index(link: &LeaderLink, deadline: Instant) -> Result<u64, ApiError> {
+    link.until_served(deadline, |route, remaining| async move {
+        let reply = match route {
             Route::Remote(leader) => {
                 link.forward(leader, &ForwardRequest::ReadIndex, remaining)
                     .await
             }
-            Route::Unknown => Err(ForwardError::NotLeader),
+            _ => link.read_index_here().await,
         };
         match reply {
-            Ok(ForwardResponse::ReadIndex(index)) => return Ok(index),
-            Ok(other) => return Err(ApiError::Internal(format!("unexpected reply {other:?}"))),
-            Err(ForwardError::NotLeader) => {}
+            Ok(ForwardResponse::ReadIndex(index)) => Ok(index),
+            Ok(other) => Err(ForwardError::Api(ApiError::Internal(format!(
+                "unexpected reply {other:?}"
+            )))),
             // The leader could not hear from a quorum this time (a heartbeat lost to a
             // busy follower): ask again while the request has time and the cluster
             // still has a leader that heard from a quorum lately, as etcd retries its
             // read index. A later index still serves these reads.
-            Err(ForwardError::Api(ApiError::Timeout)) if link.leader().is_some() => {}
-            Err(ForwardError::Api(e)) => return Err(e),
+            Err(ForwardError::Api(ApiError::Timeout)) if link.leader().is_some() => {
+                Err(ForwardError::NotLeader)
+            }
+            Err(e) => Err(e),
         }
-        tokio::time::sleep(Duration::from_millis(READ_INDEX_RETRY_MS).min(remaining)).await;
-    }
+    })
+    .await
 }
 
 /// Drains queued writes into batches, up to MAX_FORWARD_BATCHES_IN_FLIGHT at once: while

@@ -6,7 +6,8 @@
 //! never send a write again once it may have reached the leader (ARCHITECTURE.md,
 //! invariant 8).
 
-use std::time::Duration;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{Raft, ServerState};
@@ -17,6 +18,9 @@ use crate::ids::hex;
 use crate::peer::pool::PeerClients;
 use crate::peer::{ForwardError, ForwardReply, ForwardRequest, ForwardResponse};
 use crate::quorum::voter_count;
+
+/// Pause between attempts to find a leader.
+pub const LEADER_POLL_MS: u64 = 20;
 
 /// Where a request that only the leader serves must go, as this member sees it now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +136,50 @@ impl LeaderLink {
                     return Err(ForwardError::Api(ApiError::TimeoutDueToLeaderFail));
                 }
                 Err(ForwardError::NotLeader)
+            }
+        }
+    }
+
+    /// Why a request that needs the leader ran out of time.
+    pub fn out_of_time(&self) -> ApiError {
+        if self.leader().is_none() {
+            ApiError::NoLeader
+        } else {
+            ApiError::Timeout
+        }
+    }
+
+    /// Runs `attempt` with the route to the leader until it is answered, `deadline`
+    /// passes, or it fails for a reason other than leadership: after each `NotLeader`
+    /// (nothing was done) it looks for the leader again, at once if the route changed
+    /// meanwhile (this member took over while its batch was on the way, say), else after
+    /// `LEADER_POLL_MS`. `attempt` is never called without a leader.
+    pub async fn until_served<T, F, Fut>(
+        &self,
+        deadline: Instant,
+        mut attempt: F,
+    ) -> Result<T, ApiError>
+    where
+        F: FnMut(Route, Duration) -> Fut,
+        Fut: Future<Output = Result<T, ForwardError>>,
+    {
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(self.out_of_time());
+            }
+            let route = self.route();
+            let outcome = match route {
+                Route::Unknown => Err(ForwardError::NotLeader),
+                route => attempt(route, remaining).await,
+            };
+            match outcome {
+                Ok(done) => return Ok(done),
+                Err(ForwardError::Api(e)) => return Err(e),
+                Err(ForwardError::NotLeader) => {}
+            }
+            if self.route() == route {
+                tokio::time::sleep(Duration::from_millis(LEADER_POLL_MS).min(remaining)).await;
             }
         }
     }

@@ -21,9 +21,6 @@ use crate::peer::service::PeerHandler;
 use crate::peer::{ForwardError, ForwardReply, ForwardRequest};
 use crate::quorum::{fault_tolerance_of, voter_count};
 
-/// Pause between attempts to find a leader.
-pub(super) const LEADER_POLL_MS: u64 = 20;
-
 pub struct Node {
     pub id: NodeId,
     pub name: String,
@@ -113,7 +110,7 @@ impl Node {
     /// `LEADER_POLL_MS`. A `hasleader` read waiting on a read barrier races this.
     pub async fn leader_lost(&self) {
         while self.leader().is_some() {
-            tokio::time::sleep(Duration::from_millis(LEADER_POLL_MS)).await;
+            tokio::time::sleep(Duration::from_millis(super::leader_link::LEADER_POLL_MS)).await;
         }
     }
 

@@ -7,7 +7,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use raftkv_storage::mvcc::{Command, CommandResponse, CommandResult};
 
 use super::leader_link::Route;
-use super::node::{Node, LEADER_POLL_MS};
+use super::node::Node;
 use super::transfer::electing;
 use crate::errors::ApiError;
 use crate::peer::{ForwardError, ForwardReply, ForwardRequest, ForwardResponse};
@@ -36,58 +36,19 @@ impl Node {
         deadline: Instant,
     ) -> Result<(CommandResult, u64), ApiError> {
         // A copy per attempt: a proposal refused for want of leadership consumed it.
-        self.until_served(deadline, |route, remaining| {
-            let command = command.clone();
-            async move {
-                match route {
-                    Route::Here => tokio::time::timeout(remaining, self.propose_here(command))
-                        .await
-                        .unwrap_or(Err(ForwardError::Api(ApiError::Timeout))),
-                    _ => self.coalescer.forward_write(command).await,
+        self.link
+            .until_served(deadline, |route, remaining| {
+                let command = command.clone();
+                async move {
+                    match route {
+                        Route::Here => tokio::time::timeout(remaining, self.propose_here(command))
+                            .await
+                            .unwrap_or(Err(ForwardError::Api(ApiError::Timeout))),
+                        _ => self.coalescer.forward_write(command).await,
+                    }
                 }
-            }
-        })
-        .await
-    }
-
-    /// Runs `attempt` with the route to the leader until it is answered, the deadline
-    /// passes, or it fails for a reason other than leadership: after each `NotLeader`
-    /// (nothing was done) it looks for the leader again. `attempt` is never called
-    /// without a leader.
-    async fn until_served<T, F, Fut>(
-        &self,
-        deadline: Instant,
-        mut attempt: F,
-    ) -> Result<T, ApiError>
-    where
-        F: FnMut(Route, Duration) -> Fut,
-        Fut: std::future::Future<Output = Result<T, ForwardError>>,
-    {
-        loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                return Err(self.out_of_time());
-            }
-            let outcome = match self.link.route() {
-                Route::Unknown => Err(ForwardError::NotLeader),
-                route => attempt(route, remaining).await,
-            };
-            match outcome {
-                Ok(done) => return Ok(done),
-                Err(ForwardError::Api(e)) => return Err(e),
-                Err(ForwardError::NotLeader) => {}
-            }
-            tokio::time::sleep(Duration::from_millis(LEADER_POLL_MS).min(remaining)).await;
-        }
-    }
-
-    /// Why a request that needs the leader ran out of time.
-    fn out_of_time(&self) -> ApiError {
-        if self.leader().is_none() {
-            ApiError::NoLeader
-        } else {
-            ApiError::Timeout
-        }
+            })
+            .await
     }
 
     /// Waits until this member has applied the log up to `index`.
@@ -118,15 +79,16 @@ impl Node {
         timeout: Duration,
     ) -> Result<ForwardResponse, ApiError> {
         let request = &request;
-        self.until_served(Instant::now() + timeout, |route, remaining| async move {
-            match route {
-                Route::Remote(leader) => self.link.forward(leader, request, remaining).await,
-                _ => tokio::time::timeout(remaining, self.serve_forward(request.clone()))
-                    .await
-                    .unwrap_or(Err(ForwardError::Api(ApiError::Timeout))),
-            }
-        })
-        .await
+        self.link
+            .until_served(Instant::now() + timeout, |route, remaining| async move {
+                match route {
+                    Route::Remote(leader) => self.link.forward(leader, request, remaining).await,
+                    _ => tokio::time::timeout(remaining, self.serve_forward(request.clone()))
+                        .await
+                        .unwrap_or(Err(ForwardError::Api(ApiError::Timeout))),
+                }
+            })
+            .await
     }
 
     /// Executes a request that only the leader may serve. `NotLeader` means nothing was

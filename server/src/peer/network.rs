@@ -83,8 +83,11 @@ impl PeerConnection {
             status.message()
         ));
         match status.code() {
-            // No connection: openraft backs off (500 ms) before trying again.
-            tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&err)),
+            // No connection, or nothing there speaks raftkv's pipe (a wrong peer URL):
+            // openraft backs off (500 ms) before trying again.
+            tonic::Code::Unavailable | tonic::Code::Unimplemented => {
+                RPCError::Unreachable(Unreachable::new(&err))
+            }
             // A slow answer is not a dead member: no back-off, so that
             // heartbeats keep reaching a member that is only busy.
             _ => RPCError::Network(NetworkError::new(&err)),

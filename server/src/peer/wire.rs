@@ -441,7 +441,7 @@ async fn answer_preface<T: PipeIo>(mut conn: T) -> Option<Rewind<T>> {
             Some(Rewind { head, inner: conn })
         }
         Ok(Ok((false, _))) => {
-            tracing::info!("peer: closed a connection that is not a raftkv peer pipe (a client using a peer URL?)");
+            tracing::debug!("peer: closed a connection that is not a raftkv peer pipe (a client using a peer URL?)");
             None
         }
         Ok(Err(e)) => {

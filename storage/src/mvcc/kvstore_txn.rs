@@ -15,7 +15,7 @@ use bytes::Bytes;
 
 use super::keys::{self, ChangeRecord, KvRecord};
 use super::kvstore::{AppliedMeta, MvccStore};
-use super::publish::{publish, Committed};
+use super::publish::{publish, Change, Committed};
 use super::range::{self, KeyRange, Overlay, View};
 use super::reader::{to_kv, version_at};
 use super::types::*;
@@ -24,12 +24,6 @@ use crate::error::{MvccError, StoreError};
 
 /// etcd's MaxLeaseTTL: 9,000,000,000 seconds.
 pub const MAX_LEASE_TTL_S: i64 = 9_000_000_000;
-
-struct Change {
-    key: Bytes,
-    record: KvRecord,
-    prev_revision: Revision,
-}
 
 struct WriteTxn<'a> {
     store: &'a MvccStore,
@@ -645,11 +639,7 @@ impl WriteTxn<'_> {
 
         Ok(Committed {
             revision: rev,
-            changes: self
-                .changes
-                .into_iter()
-                .map(|c| (c.key, c.record))
-                .collect(),
+            changes: self.changes,
             events: self.events,
             leases: self.leases,
             compact: self.compact,

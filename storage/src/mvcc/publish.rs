@@ -19,12 +19,20 @@ use super::state::Inner;
 use super::types::*;
 use super::EventBatch;
 
+/// One key a write transaction changed: its new stored version (a tombstone for a
+/// delete) and the revision of the version it replaced (0: none).
+pub(crate) struct Change {
+    pub key: Bytes,
+    pub record: KvRecord,
+    pub prev_revision: Revision,
+}
+
 /// What a committed write transaction changed, for publishing.
 pub(crate) struct Committed {
     /// The revision it wrote at (the store's revision + 1 when `changes` is not empty).
     pub revision: Revision,
-    /// Each changed key and its new stored version, in order.
-    pub changes: Vec<(Bytes, KvRecord)>,
+    /// Each changed key, in order.
+    pub changes: Vec<Change>,
     /// One event per change, in order.
     pub events: Vec<Event>,
     /// Lease table edits: Some to write, None to remove.
@@ -46,8 +54,8 @@ pub(crate) fn publish(inner: &Inner, committed: Committed) {
     } = committed;
     // Before the revision moves (latest.rs): a reader at the new revision must not find
     // a key's older version cached as its newest.
-    for (key, record) in &changes {
-        inner.latest.set(key, revision, record);
+    for change in &changes {
+        inner.latest.set(&change.key, revision, &change.record);
     }
     if !leases.is_empty() {
         let mut table = inner.leases.write().unwrap_or_else(|e| e.into_inner());
