@@ -467,6 +467,12 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
             callback.log_io_completed(Ok(()));
             return Ok(());
         }
+        let entries = records
+            .iter()
+            .filter(|(kind, _)| *kind == RecordKind::Entry)
+            .count() as u64;
+        crate::stats::LOG_APPENDS.fetch_add(1, Ordering::Relaxed);
+        crate::stats::LOG_APPENDED_ENTRIES.fetch_add(entries, Ordering::Relaxed);
         let request = Request {
             records,
             sync: true,

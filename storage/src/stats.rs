@@ -1,5 +1,6 @@
 //! Counters the storage layer keeps for the server's /metrics: how long fdatasyncs of
-//! the Raft log and commits of the key-value engine take. Plain atomics, written on the
+//! the Raft log and commits of the key-value engine take, how many entries each append
+//! to the log carried. Plain atomics, written on the
 //! hot path with a few relaxed adds; this module never allocates, locks or formats
 //! there. The server reads snapshots and renders them (etcd's metric names live there).
 
@@ -80,6 +81,12 @@ impl Default for DurationHistogram {
 pub static WAL_FSYNC: DurationHistogram = DurationHistogram::new();
 /// One applied Raft entry's atomic write to the key-value engine.
 pub static BACKEND_COMMIT: DurationHistogram = DurationHistogram::new();
+
+/// Appends to the Raft log (one per `RaftLogStorage::append`, each its own flush
+/// callback) and the entries they carried: their ratio shows how many client writes a
+/// leader gathers into one append.
+pub static LOG_APPENDS: AtomicU64 = AtomicU64::new(0);
+pub static LOG_APPENDED_ENTRIES: AtomicU64 = AtomicU64::new(0);
 
 /// An fdatasync slower than this is logged as a warning (etcd's threshold).
 pub const SLOW_FSYNC_WARN: Duration = Duration::from_secs(1);

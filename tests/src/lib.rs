@@ -316,22 +316,34 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start(n: usize, extra_args: &[&str]) -> Cluster {
-        Cluster::start_on(None, 0, n, extra_args)
+        Cluster::start_on(None, 0, n, extra_args, &[])
+    }
+
+    /// A cluster whose member `i` runs with the environment variables `env[i]` (for
+    /// example a slow disk: `RAFTKV_FSYNC_DELAY_MS`). Member 0 starts first and leads.
+    pub fn start_with_env(n: usize, extra_args: &[&str], env: &[&[(&str, &str)]]) -> Cluster {
+        Cluster::start_on(None, 0, n, extra_args, env)
     }
 
     /// A cluster whose members each keep their data dir on their own tmpfs of
     /// `size_mib` (`disks[i]`), so that a test can fill one member's disk.
     pub fn start_on_small_disks(n: usize, size_mib: u64, extra_args: &[&str]) -> Cluster {
-        Cluster::start_on(None, size_mib, n, extra_args)
+        Cluster::start_on(None, size_mib, n, extra_args, &[])
     }
 
     /// A cluster whose members each run in their own network namespace (netns.rs), so
     /// that the test can partition them.
     pub fn start_in_netns(n: usize, extra_args: &[&str]) -> Cluster {
-        Cluster::start_on(Some(netns::Net::new(n)), 0, n, extra_args)
+        Cluster::start_on(Some(netns::Net::new(n)), 0, n, extra_args, &[])
     }
 
-    fn start_on(net: Option<netns::Net>, disk_mib: u64, n: usize, extra_args: &[&str]) -> Cluster {
+    fn start_on(
+        net: Option<netns::Net>,
+        disk_mib: u64,
+        n: usize,
+        extra_args: &[&str],
+        env: &[&[(&str, &str)]],
+    ) -> Cluster {
         let root = tempfile::tempdir().expect("temp dir");
         let disks: Vec<SmallDisk> = if disk_mib > 0 {
             (0..n)
@@ -344,6 +356,11 @@ impl Cluster {
             .map(|i| {
                 let mut m = Member::new(root.path(), &format!("m{i}"));
                 m.extra_args = extra_args.iter().map(|s| s.to_string()).collect();
+                let vars = env.get(i).copied().unwrap_or_default();
+                m.env = vars
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
                 if let Some(net) = &net {
                     m.host = net.addr(i);
                     m.netns = Some(net.namespace(i));

@@ -1073,6 +1073,52 @@ fn a_leader_killed_and_restarted_at_once_stands_for_election_in_a_new_term() {
     );
 }
 
+/// The leader's completed fdatasyncs of its log, from its /metrics.
+fn wal_fsyncs(port: u16) -> u64 {
+    let (status, body) = http_get(port, "/metrics");
+    assert_eq!(status, 200, "/metrics answered {status}: {body}");
+    body.lines()
+        .find(|l| l.starts_with("etcd_disk_wal_fsync_duration_seconds_count"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .expect("etcd_disk_wal_fsync_duration_seconds_count is exported")
+}
+
+#[test]
+fn writes_commit_on_the_followers_disks_while_the_leaders_is_slow() {
+    // The leader sends entries to the followers while it writes them to its own log
+    // (vendor/openraft/PATCH.md), so two followers' fdatasyncs make a write durable on
+    // a quorum without the leader's: a leader whose fdatasync takes a second does not
+    // make every write take a second. Sequential puts: had each waited for the
+    // leader's flush, each would have cost one of its fdatasyncs.
+    const PUTS: u64 = 20;
+    const LEADER_FSYNC_DELAY: &str = "1000";
+    let rt = rt();
+    let mut cluster = Cluster::start_with_env(
+        3,
+        &[],
+        &[&[("RAFTKV_FSYNC_DELAY_MS", LEADER_FSYNC_DELAY)], &[], &[]],
+    );
+    assert_eq!(rt.block_on(leader_index(&mut cluster)), 0, "member 0 leads");
+    let port = cluster.members[0].client_port;
+    let fsyncs_before = wal_fsyncs(port);
+    let ep = cluster.members[0].endpoint();
+    rt.block_on(async {
+        let mut c = client(&ep).await;
+        for i in 0..PUTS {
+            c.put(format!("slow-leader/{i}"), "v", None)
+                .await
+                .expect("put");
+        }
+    });
+    let fsyncs = wal_fsyncs(port) - fsyncs_before;
+    assert!(
+        fsyncs < PUTS / 2,
+        "{PUTS} sequential puts waited for {fsyncs} of the leader's fdatasyncs; logs:\n{}",
+        cluster.logs()
+    );
+}
+
 #[test]
 fn a_restarted_member_takes_part_at_once_so_the_next_failure_keeps_the_quorum() {
     // A restarted member is fenced until its peers confirm its data dir is current

@@ -317,3 +317,65 @@ fn a_trickle_of_writes_replaces_the_heartbeats() {
     }
     assert_eq!(term(), term_before, "no election happened");
 }
+
+/// A follower forwards its clients' writes to the leader in batches, which arrive there
+/// as dozens of writes at once. The leader appends the writes queued together as one
+/// append to its log, one flush to wait for (vendor/openraft/PATCH.md): the metrics show
+/// several entries per append, where one each would cost a log request and a waiting
+/// task per write.
+#[test]
+fn the_leader_appends_the_writes_queued_together_as_one() {
+    const CLIENTS: usize = 64;
+    const PUTS_PER_CLIENT: usize = 30;
+    let cluster = Cluster::start(3, &[]);
+    let ports: Vec<u16> = cluster.members.iter().map(|m| m.client_port).collect();
+    let leader = (0..ports.len())
+        .find(|i| value(&metrics_of(ports[*i]), "etcd_server_is_leader ") == Some(1.0))
+        .expect("a leader");
+    let follower = (leader + 1) % ports.len();
+    let appends = |port| {
+        let metrics = metrics_of(port);
+        let of = |name| value(&metrics, name).unwrap_or_else(|| panic!("{name} is exported"));
+        (
+            of("raftkv_raft_log_appends_total "),
+            of("raftkv_raft_log_appended_entries_total "),
+        )
+    };
+    let (appends_before, entries_before) = appends(ports[leader]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let client = etcd_client::Client::connect([cluster.members[follower].endpoint()], None)
+            .await
+            .expect("connects");
+        let mut writers = tokio::task::JoinSet::new();
+        for c in 0..CLIENTS {
+            let mut client = client.clone();
+            writers.spawn(async move {
+                for i in 0..PUTS_PER_CLIENT {
+                    client
+                        .put(format!("batch/{c}/{i}"), "v", None)
+                        .await
+                        .expect("put");
+                }
+            });
+        }
+        while let Some(done) = writers.join_next().await {
+            done.expect("writer");
+        }
+    });
+    let (appends_after, entries_after) = appends(ports[leader]);
+    let appends = appends_after - appends_before;
+    let entries = entries_after - entries_before;
+    assert!(
+        entries >= (CLIENTS * PUTS_PER_CLIENT) as f64,
+        "{entries} entries appended for {} puts",
+        CLIENTS * PUTS_PER_CLIENT
+    );
+    assert!(
+        appends * 2.0 <= entries,
+        "the leader made {appends} appends for {entries} entries: fewer than two per append"
+    );
+}

@@ -361,7 +361,7 @@ fn render_server(out: &mut String, node: &Node) {
     );
 }
 
-/// etcd_disk_*: the log's fsync and the engine's commit latencies.
+/// etcd_disk_*: the log's fsync and the engine's commit latencies; the log's appends.
 fn render_disk(out: &mut String) {
     help(
         out,
@@ -386,6 +386,18 @@ fn render_disk(out: &mut String) {
         "etcd_disk_backend_commit_duration_seconds",
         "",
         &raftkv_storage::stats::BACKEND_COMMIT.snapshot(),
+    );
+    counter(
+        out,
+        "raftkv_raft_log_appends_total",
+        "Appends to the Raft log; a leader gathers the client writes queued together into one.",
+        raftkv_storage::stats::LOG_APPENDS.load(Ordering::Relaxed),
+    );
+    counter(
+        out,
+        "raftkv_raft_log_appended_entries_total",
+        "Entries appended to the Raft log.",
+        raftkv_storage::stats::LOG_APPENDED_ENTRIES.load(Ordering::Relaxed),
     );
 }
 

@@ -266,6 +266,14 @@ impl Config {
         RT::thread_rng().gen_range(self.election_timeout_min..self.election_timeout_max)
     }
 
+    /// raftkv patch: how long one AppendEntries call may take: the longest election
+    /// timeout, not just one heartbeat interval. A follower busy with a large batch (its
+    /// fdatasync, a full write buffer) answers in more than a heartbeat; timing it out
+    /// made the leader resend the same entries to an already slow follower.
+    pub fn append_entries_timeout(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval.max(self.election_timeout_max))
+    }
+
     /// Get the timeout for sending and installing the last snapshot segment.
     pub fn install_snapshot_timeout(&self) -> Duration {
         Duration::from_millis(self.install_snapshot_timeout)

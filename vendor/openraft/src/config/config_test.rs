@@ -162,3 +162,18 @@ fn test_config_enable_elect() -> anyhow::Result<()> {
 
     Ok(())
 }
+
+/// raftkv patch: an AppendEntries call may wait for a follower as long as the longest
+/// election timeout; upstream timed it out after one heartbeat interval.
+#[test]
+fn test_append_entries_timeout_is_the_longest_election_timeout() -> anyhow::Result<()> {
+    let config = Config::build(&[
+        "foo",
+        "--heartbeat-interval=100",
+        "--election-timeout-min=500",
+        "--election-timeout-max=600",
+    ])?;
+    assert_eq!(Duration::from_millis(600), config.append_entries_timeout());
+
+    Ok(())
+}

@@ -6,6 +6,8 @@ mod replication_session_id;
 pub(crate) mod request;
 pub(crate) mod request_id;
 pub(crate) mod response;
+#[cfg(all(test, feature = "storage-v2"))]
+mod commit_notice_test;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -476,11 +478,8 @@ where
             self.config.heartbeat_interval
         );
 
-        // raftkv patch: an append-entries call may take as long as the longest election
-        // timeout, not just one heartbeat interval. A follower busy with a large batch
-        // (its fdatasync, a full write buffer) answers in more than a heartbeat; timing
-        // it out made the leader resend the same entries to an already slow follower.
-        let the_timeout = Duration::from_millis(self.config.heartbeat_interval.max(self.config.election_timeout_max));
+        // raftkv patch: `Config::append_entries_timeout`, not one heartbeat interval.
+        let the_timeout = self.config.append_entries_timeout();
         let option = RPCOption::new(the_timeout);
         let res = C::timeout(the_timeout, self.network.append_entries(payload, option)).await;
 
@@ -556,7 +555,7 @@ where
         };
         tracing::debug!(payload = %payload.summary(), "send_commit");
 
-        let the_timeout = Duration::from_millis(self.config.heartbeat_interval.max(self.config.election_timeout_max));
+        let the_timeout = self.config.append_entries_timeout();
         let option = RPCOption::new(the_timeout);
         let res = C::timeout(the_timeout, self.network.send_commit(payload, option)).await;
         let sent = res.map_err(|_e| {

@@ -49,6 +49,16 @@ where C: RaftTypeConfig
 impl<C> SnapshotReader<C>
 where C: RaftTypeConfig
 {
+    /// raftkv patch: a reader whose state machine worker is gone, for replication tests
+    /// that send no snapshot.
+    #[cfg(test)]
+    pub(crate) fn closed() -> Self {
+        let (cmd_tx, _cmd_rx) = mpsc::unbounded_channel();
+        Self {
+            cmd_tx: cmd_tx.downgrade(),
+        }
+    }
+
     /// Get a snapshot from the state machine.
     ///
     /// If the state machine worker has shutdown, it will return an error.
