@@ -122,6 +122,12 @@ pub mod mvcc_stream;
 
 mod path;
 
+// raftkv patch: slow file work, seen by tests.
+mod probe;
+
+#[cfg(test)]
+mod patch_test;
+
 #[doc(hidden)]
 pub mod range;
 

@@ -81,6 +81,7 @@ impl Drop for Inner {
 
         if self.is_deleted.load(std::sync::atomic::Ordering::Acquire) {
             log::trace!("Cleanup deleted table {global_id:?} at {:?}", self.path);
+            crate::probe::file_work("deleted table unlink");
 
             if let Err(e) = std::fs::remove_file(&*self.path) {
                 log::warn!(

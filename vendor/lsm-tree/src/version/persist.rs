@@ -38,6 +38,7 @@ pub fn persist_version(folder: &Path, version: &Version) -> crate::Result<()> {
 
     drop(writer);
 
+    crate::probe::file_work("version record fsync");
     file.sync_all()?;
 
     // IMPORTANT: fsync folder on Unix

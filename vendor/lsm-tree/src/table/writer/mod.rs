@@ -389,6 +389,7 @@ impl Writer {
         if len < WRITE_BACK_CHUNK_BYTES {
             return;
         }
+        crate::probe::file_work("table write back");
         #[cfg(target_os = "linux")]
         {
             use std::os::unix::io::AsRawFd;
@@ -564,6 +565,7 @@ impl Writer {
         // Write fixed-size trailer
         // and flush & fsync the table file
         let mut checksum = self.file_writer.into_inner()?;
+        crate::probe::file_work("table fsync");
         checksum.inner_mut().get_mut().sync_all()?;
         let checksum = checksum.checksum();
 
