@@ -268,16 +268,6 @@ pub async fn check_at_restart(node: Arc<Node>, local: LocalState) -> Result<(), 
                     let timeout = Duration::from_millis(ASK_TIMEOUT_MS);
                     match node.peers.forward(&url, &request, timeout).await {
                         Ok(Ok(ForwardResponse::Floor(floor))) => Some((id, floor)),
-                        // A peer still on a raftkv without this guard (a rolling
-                        // upgrade) cannot decode the question: it keeps no floors, so
-                        // it knows nothing newer. Waiting for it would never end.
-                        Err(status)
-                            if status.code() == tonic::Code::InvalidArgument
-                                && status.message().contains("bad payload") =>
-                        {
-                            tracing::info!(peer = %hex(id), "a peer runs an older raftkv that keeps no record of members' logs");
-                            Some((id, None))
-                        }
                         _ => None,
                     }
                 }
@@ -348,18 +338,6 @@ mod tests {
         assert_eq!(regression(local(6, Some((6, 90))), &floor), None);
         // Nothing known.
         assert_eq!(regression(local(1, None), &Floor::default()), None);
-    }
-
-    #[test]
-    fn a_peer_that_does_not_know_the_question_answers_bad_payload() {
-        // An older raftkv decodes FloorOf as a variant it does not have: the answer the
-        // restart check treats as "keeps no floors".
-        let unknown_variant = raftkv_proto::peer::Blob {
-            data: bytes::Bytes::from_static(&[200, 1]),
-        };
-        let err = crate::peer::decode::<ForwardRequest>(&unknown_variant).expect_err("unknown");
-        assert_eq!(err.code(), tonic::Code::InvalidArgument);
-        assert!(err.message().contains("bad payload"), "{}", err.message());
     }
 
     #[test]

@@ -159,7 +159,6 @@ impl Node {
             ForwardRequest::PendingMember { peer_urls } => Ok(ForwardResponse::PendingMember {
                 id: self.pending_member(&peer_urls),
             }),
-            ForwardRequest::Elect => electing(self.raft.trigger().elect().await),
             ForwardRequest::ElectInTerm { term } => {
                 electing(self.raft.trigger().elect_in_term(term).await)
             }

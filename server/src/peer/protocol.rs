@@ -61,10 +61,6 @@ pub enum ForwardRequest {
     PendingMember {
         peer_urls: Vec<String>,
     },
-    /// Sent by the leader to the member it hands leadership to: stand for election now.
-    /// (Served by that member, not forwarded to the leader.) From members before lease
-    /// reads; a member now sends `ElectInTerm`.
-    Elect,
     /// The leader's record of what members durably hold (member/rollback_guard.rs); served by
     /// the receiving member.
     Floors(Floors),
@@ -72,9 +68,11 @@ pub enum ForwardRequest {
     FloorOf {
         member: NodeId,
     },
-    /// `Elect`, honoured only while the receiver's vote is still of `term`: a late one
-    /// must not start a campaign against a later leader that counts on the receiver's
-    /// acknowledgements for its read lease (member/transfer.rs, `move_leader`).
+    /// Sent by the leader to the member it hands leadership to: stand for election now
+    /// (served by that member, not forwarded to the leader), honoured only while the
+    /// receiver's vote is still of `term`: a late one must not start a campaign against
+    /// a later leader that counts on the receiver's acknowledgements for its read lease
+    /// (member/transfer.rs, `move_leader`).
     ElectInTerm {
         term: u64,
     },
