@@ -17,6 +17,7 @@
 
 pub mod applied;
 mod background;
+pub mod durable;
 pub mod error;
 pub mod failpoint;
 #[doc(hidden)]

@@ -129,7 +129,7 @@ impl StateMachine {
         dir: &Path,
         purge_guard: Arc<AtomicU64>,
     ) -> Result<StateMachine, std::io::Error> {
-        std::fs::create_dir_all(dir)?;
+        crate::durable::create_dir_all(dir)?;
         remove_snapshot_files(dir, None)?;
         let applied_index = Arc::new(AppliedIndex::default());
         let sm = StateMachine {

@@ -5,6 +5,7 @@
 //! A missing tool is a failure, not a skip: scripts/test installs them all.
 
 pub mod linearizability;
+pub mod lossy;
 pub mod netns;
 
 use std::net::TcpListener;
@@ -310,6 +311,8 @@ pub struct Cluster {
     pub net: Option<netns::Net>,
     /// Each member's own small file system, when the test fills disks (`start_on_small_disks`).
     pub disks: Vec<SmallDisk>,
+    /// Each member's disk that can lose power, when the test cuts it (`start_on_lossy_disks`).
+    pub lossy: Vec<lossy::LossyDisk>,
     /// Dropped last: the members' data dirs and logs.
     pub root: tempfile::TempDir,
 }
@@ -329,6 +332,38 @@ impl Cluster {
     /// `size_mib` (`disks[i]`), so that a test can fill one member's disk.
     pub fn start_on_small_disks(n: usize, size_mib: u64, extra_args: &[&str]) -> Cluster {
         Cluster::start_on(None, size_mib, n, extra_args, &[])
+    }
+
+    /// A cluster whose members each keep their data dir on their own lossy file system
+    /// (`lossy[i]`, lossyfs/), so that a test can cut their power; `seed` decides what
+    /// torn cuts keep.
+    pub fn start_on_lossy_disks(n: usize, seed: u64, extra_args: &[&str]) -> Cluster {
+        let root = tempfile::tempdir().expect("temp dir");
+        let lossy: Vec<lossy::LossyDisk> = (0..n)
+            .map(|i| {
+                lossy::LossyDisk::mount(&root.path().join(format!("power{i}")), seed + i as u64)
+            })
+            .collect();
+        let mut members: Vec<Member> = (0..n)
+            .map(|i| {
+                let mut m = Member::new(root.path(), &format!("m{i}"));
+                m.data_dir = lossy[i].mount.join("data");
+                m.extra_args = extra_args.iter().map(|s| s.to_string()).collect();
+                m
+            })
+            .collect();
+        members[0].start(&["--cluster-init".to_string()]);
+        let join = Member::join_args(&members[0]);
+        for m in members.iter_mut().skip(1) {
+            m.start(&join);
+        }
+        Cluster {
+            members,
+            net: None,
+            disks: Vec::new(),
+            lossy,
+            root,
+        }
     }
 
     /// A cluster whose members each run in their own network namespace (netns.rs), so
@@ -377,6 +412,7 @@ impl Cluster {
             members,
             net,
             disks,
+            lossy: Vec::new(),
             root,
         }
     }

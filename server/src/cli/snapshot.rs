@@ -81,6 +81,9 @@ pub async fn save(endpoint: &str, file: &Path, tls: &ClientTls) -> Result<u64, S
     }
     out.sync_all()?;
     std::fs::rename(&tmp, file)?;
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        raftkv_storage::durable::sync_dir(dir)?;
+    }
     Ok(size_bytes)
 }
 
@@ -180,7 +183,7 @@ pub fn restore(file: &Path, data_dir: &Path) -> Result<(), SnapshotCliError> {
         return Err(SnapshotCliError::NotEmpty(data_dir.display().to_string()));
     }
     let image = verified_image(file)?;
-    std::fs::create_dir_all(data_dir)?;
+    raftkv_storage::durable::create_dir_all(data_dir)?;
     let store = MvccStore::open(&data_dir.join("mvcc"), MvccOptions::default())
         .map_err(|e| SnapshotCliError::Restore(e.to_string()))?;
     let total_bytes = image.len() as u64;

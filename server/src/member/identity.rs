@@ -35,13 +35,8 @@ impl Identity {
 
     /// Writes the file durably (temp file, fsync, rename, fsync the directory).
     pub fn store(&self, data_dir: &Path) -> std::io::Result<()> {
-        use std::io::Write;
-        let tmp = data_dir.join(format!("{FILE_NAME}.tmp"));
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, data_dir.join(FILE_NAME))?;
-        std::fs::File::open(data_dir)?.sync_all()
+        let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        raftkv_storage::durable::replace_file(&data_dir.join(FILE_NAME), &bytes, 0o644)
     }
 }
 

@@ -8,7 +8,6 @@
 //! anything changes in the cluster.
 
 use std::collections::VecDeque;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -44,19 +43,8 @@ pub fn load(data_dir: &Path) -> std::io::Result<Option<String>> {
 
 /// Writes the token durably, readable by its owner only.
 pub fn store(data_dir: &Path, token: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = data_dir.join(format!("{TOKEN_FILE}.tmp"));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(token.as_bytes())?;
-    f.write_all(b"\n")?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path(data_dir))?;
-    std::fs::File::open(data_dir)?.sync_all()
+    let line = format!("{token}\n");
+    raftkv_storage::durable::replace_file(&path(data_dir), line.as_bytes(), 0o600)
 }
 
 /// The token given on the command line (--token, or the first line of --token-file).

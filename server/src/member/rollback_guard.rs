@@ -104,12 +104,8 @@ pub fn load(data_dir: &Path) -> Floors {
 }
 
 fn store(data_dir: &Path, floors: &Floors) -> std::io::Result<()> {
-    let tmp = data_dir.join(format!("{FILE_NAME}.tmp"));
-    std::fs::write(
-        &tmp,
-        serde_json::to_vec(floors).map_err(std::io::Error::other)?,
-    )?;
-    std::fs::rename(&tmp, path(data_dir))
+    let bytes = serde_json::to_vec(floors).map_err(std::io::Error::other)?;
+    raftkv_storage::durable::replace_file(&path(data_dir), &bytes, 0o644)
 }
 
 /// Merges `other` into `floors`; true if anything grew. Ignores members beyond

@@ -45,7 +45,7 @@ impl Node {
     /// `bootstrap`.
     pub async fn open(config: ServerConfig) -> Result<(Arc<Node>, Option<Identity>), StartError> {
         let data_dir = config.data_dir.clone();
-        std::fs::create_dir_all(&data_dir)?;
+        raftkv_storage::durable::create_dir_all(&data_dir)?;
         let existing = Identity::load(&data_dir)?;
         let join_token = join_token_of(&config)?;
         let peers = PeerClients::new(config.peer_tls().map_err(StartError::Config)?);

@@ -66,7 +66,8 @@ pub fn write_backup(store: &raftkv_storage::mvcc::MvccStore, dest: &Path) -> Res
         Ok(size) => {
             std::fs::rename(&tmp, dest).map_err(|e| e.to_string())?;
             if let Some(dir) = dest.parent() {
-                let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+                raftkv_storage::durable::sync_dir(dir)
+                    .map_err(|e| format!("{}: {e}", dir.display()))?;
             }
             Ok(size)
         }
@@ -86,7 +87,7 @@ fn prefix(node: &Node) -> String {
 /// Starts the scheduler; it runs until the process ends.
 pub fn start(node: Arc<Node>, config: BackupConfig) -> Result<(), String> {
     let cron = parse_schedule(&config.schedule)?;
-    std::fs::create_dir_all(&config.dir)
+    raftkv_storage::durable::create_dir_all(&config.dir)
         .map_err(|e| format!("--snapshot-dir {}: {e}", config.dir.display()))?;
     let s3 = match &config.s3 {
         Some(s3) => Some(Arc::new(

@@ -243,7 +243,7 @@ impl Db {
                 path.display()
             )));
         }
-        std::fs::create_dir_all(path.join(TREES_DIR))?;
+        crate::durable::create_dir_all(&path.join(TREES_DIR))?;
         Ok(Db(Arc::new(DbInner {
             dir: path.to_path_buf(),
             cache: Arc::new(lsm_tree::Cache::with_capacity_bytes(
@@ -297,14 +297,11 @@ impl Db {
     /// Makes `tree` the current one, durably, then deletes `old`.
     pub fn switch_to(&self, tree: &Tree, old: Tree) -> Result<(), EngineError> {
         tree.flush()?;
-        let tmp = self.0.dir.join("CURRENT.tmp");
-        {
-            let mut file = std::fs::File::create(&tmp)?;
-            std::io::Write::write_all(&mut file, tree.0.name.as_bytes())?;
-            file.sync_all()?;
-        }
-        std::fs::rename(&tmp, self.0.dir.join(CURRENT_FILE))?;
-        std::fs::File::open(&self.0.dir)?.sync_all()?;
+        crate::durable::replace_file(
+            &self.0.dir.join(CURRENT_FILE),
+            tree.0.name.as_bytes(),
+            0o644,
+        )?;
         self.drop_tree(old)
     }
 
@@ -434,7 +431,10 @@ fn tree_config(dir: &Path, db: &DbInner, seqno: SequenceNumberCounter) -> lsm_tr
 
 impl Tree {
     fn open(name: &str, dir: &Path, db: &DbInner) -> Result<Tree, EngineError> {
-        std::fs::create_dir_all(dir)?;
+        // Durable in TREES_DIR before anything is written in it: the log is purged
+        // once the tables in it are, and a tree whose folder a power cut takes back
+        // would take them along.
+        crate::durable::create_dir_all(dir)?;
         let seqno = SequenceNumberCounter::default();
         let lsm = tree_config(dir, db, seqno.clone()).open()?;
         // Everything recovered is visible; new batches number after it.

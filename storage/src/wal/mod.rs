@@ -130,7 +130,7 @@ impl Wal {
         mut visit: impl FnMut(RecordKind, &[u8]) -> Result<(), String>,
     ) -> Result<(Wal, OpenReport), WalError> {
         assert!(options.max_record_size_bytes as u64 * 2 <= options.segment_size_bytes);
-        std::fs::create_dir_all(dir).map_err(|e| WalError::io(dir, e))?;
+        crate::durable::create_dir_all(dir).map_err(|e| WalError::io(dir, e))?;
         let lock = lock_dir(dir)?;
         let mut segments = segment::list_segments(dir)?;
         if segments.is_empty() {
