@@ -6,6 +6,10 @@
 //! - `on`: the power is back; operations succeed again.
 //! - `unsynced`: `<pages> <dirs>`, the unsynced pages and the directories with unsynced
 //!   entries.
+//! - `arm <op> <pattern> [torn]`: a cut, instead of the first `<op>` (write, fsync,
+//!   create, mkdir, rename, unlink) on a path containing `<pattern>` (model.rs).
+//! - `disarm`: forgets the armed cut, if it has not fired.
+//! - `status`: `on`, or `off` and, if an armed cut fired, `fired <op> <pattern>`.
 //!
 //! Answers: `ok` and what a command reports, or `error <why>`. A line is at most
 //! `MAX_LINE_BYTES`; connections are served one at a time.
@@ -14,7 +18,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::{Arc, Mutex};
 
-use crate::model::Fs;
+use crate::model::{Fs, Trigger};
 
 const MAX_LINE_BYTES: u64 = 256;
 
@@ -62,6 +66,37 @@ fn answer(command: &str, model: &Mutex<Fs>) -> String {
             let (pages, dirs) = fs.unsynced();
             format!("ok {pages} {dirs}")
         }
-        other => format!("error unknown command {other:?}"),
+        "disarm" => {
+            fs.disarm();
+            "ok".to_string()
+        }
+        "status" => match (fs.powered().is_ok(), fs.fired()) {
+            (true, _) => "ok on".to_string(),
+            (false, Some(t)) => format!("ok off fired {} {}", t.op, t.pattern),
+            (false, None) => "ok off".to_string(),
+        },
+        other => match other.strip_prefix("arm ") {
+            Some(args) => arm(&mut fs, args),
+            None => format!("error unknown command {other:?}"),
+        },
     }
+}
+
+fn arm(fs: &mut Fs, args: &str) -> String {
+    const OPS: [&str; 6] = ["write", "fsync", "create", "mkdir", "rename", "unlink"];
+    let words: Vec<&str> = args.split_whitespace().collect();
+    let (op, pattern, torn) = match words[..] {
+        [op, pattern] => (op, pattern, false),
+        [op, pattern, "torn"] => (op, pattern, true),
+        _ => return "error usage: arm <op> <pattern> [torn]".to_string(),
+    };
+    if !OPS.contains(&op) {
+        return format!("error unknown operation {op:?} (one of {OPS:?})");
+    }
+    fs.arm(Trigger {
+        op: op.to_string(),
+        pattern: pattern.to_string(),
+        torn,
+    });
+    "ok armed".to_string()
 }

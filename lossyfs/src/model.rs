@@ -10,6 +10,10 @@
 //!   whatever its own fsyncs; a rename not followed by one comes undone).
 //! - After a cut every operation fails with EIO until the power is back.
 //!
+//! A cut can also be armed to happen at a moment (`arm`): the first time a process
+//! writes, fsyncs, creates, renames or removes a file whose path contains a pattern,
+//! the power goes instead of that operation, which fails.
+//!
 //! Durable file data lives in the backing folder, one file per inode (`<backing>/<ino>`);
 //! everything not yet durable lives in memory. This module never touches FUSE and
 //! never syncs the backing folder: it stands for the platters, which keep what they got.
@@ -79,9 +83,24 @@ pub struct DirState {
     durable: BTreeMap<OsString, u64>,
 }
 
+/// A cut armed to happen at the first matching operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trigger {
+    /// "write", "fsync", "create", "mkdir", "rename" or "unlink".
+    pub op: String,
+    /// A substring of the path (from the mount's root, with a leading '/'); for a
+    /// rename, of the old or the new path.
+    pub pattern: String,
+    pub torn: bool,
+}
+
 pub struct Fs {
     backing: PathBuf,
     inodes: HashMap<u64, Inode>,
+    /// Each inode's directory and name, as last linked (for paths in triggers).
+    links: HashMap<u64, (u64, OsString)>,
+    armed: Option<Trigger>,
+    fired: Option<Trigger>,
     next_ino: u64,
     powered: bool,
     unsynced_bytes: u64,
@@ -104,6 +123,9 @@ impl Fs {
         Fs {
             backing,
             inodes: HashMap::from([(ROOT_INO, root)]),
+            links: HashMap::new(),
+            armed: None,
+            fired: None,
             next_ino: ROOT_INO + 1,
             powered: true,
             unsynced_bytes: 0,
@@ -155,6 +177,57 @@ impl Fs {
             .ok_or(libc::ENOENT)
     }
 
+    /// Arms a cut at the first operation `trigger` names (replacing one armed before).
+    pub fn arm(&mut self, trigger: Trigger) {
+        self.armed = Some(trigger);
+        self.fired = None;
+    }
+
+    pub fn disarm(&mut self) {
+        self.armed = None;
+    }
+
+    /// The trigger that cut the power, if one did since it was armed.
+    pub fn fired(&self) -> Option<&Trigger> {
+        self.fired.as_ref()
+    }
+
+    /// The path of `ino` from the root ("/" for the root), as last linked.
+    fn path_of(&self, mut ino: u64) -> String {
+        let mut parts = Vec::new();
+        while ino != ROOT_INO {
+            let Some((parent, name)) = self.links.get(&ino) else {
+                break;
+            };
+            parts.push(name.to_string_lossy().into_owned());
+            ino = *parent;
+        }
+        parts.reverse();
+        format!("/{}", parts.join("/"))
+    }
+
+    fn child_path(&self, parent: u64, name: &OsStr) -> String {
+        let dir = self.path_of(parent);
+        format!("{}/{}", dir.trim_end_matches('/'), name.to_string_lossy())
+    }
+
+    /// Cuts the power instead of `op` on `paths` if the armed trigger matches.
+    fn trip(&mut self, op: &str, paths: &[String]) -> Result<(), Errno> {
+        self.powered()?;
+        let hit = self
+            .armed
+            .as_ref()
+            .is_some_and(|t| t.op == op && paths.iter().any(|p| p.contains(&t.pattern)));
+        if hit {
+            let trigger = self.armed.take();
+            let torn = trigger.as_ref().is_some_and(|t| t.torn);
+            self.power_cut(torn);
+            self.fired = trigger;
+            return Err(libc::EIO);
+        }
+        Ok(())
+    }
+
     /// The folder durable data lives in.
     pub fn backing(&self) -> &std::path::Path {
         &self.backing
@@ -177,6 +250,8 @@ impl Fs {
         if self.dir(parent)?.entries.contains_key(name) {
             return Err(libc::EEXIST);
         }
+        let path = self.child_path(parent, name);
+        self.trip(if dir { "mkdir" } else { "create" }, &[path])?;
         let ino = self.next_ino;
         self.next_ino += 1;
         let kind = if dir {
@@ -196,6 +271,7 @@ impl Fs {
             mtime: SystemTime::now(),
         };
         self.inodes.insert(ino, inode);
+        self.links.insert(ino, (parent, name.to_owned()));
         self.dir_mut(parent)?.entries.insert(name.to_owned(), ino);
         Ok(ino)
     }
@@ -208,6 +284,8 @@ impl Fs {
             (Kind::File(_), true) => return Err(libc::ENOTDIR),
             _ => {}
         }
+        let path = self.child_path(parent, name);
+        self.trip("unlink", &[path])?;
         self.dir_mut(parent)?.entries.remove(name);
         Ok(())
     }
@@ -233,6 +311,11 @@ impl Fs {
             }
         }
         self.dir(new_parent)?;
+        let paths = [
+            self.child_path(parent, name),
+            self.child_path(new_parent, new_name),
+        ];
+        self.trip("rename", &paths)?;
         self.dir_mut(parent)?.entries.remove(name);
         self.dir_mut(new_parent)?
             .entries
@@ -240,6 +323,7 @@ impl Fs {
         if let Kind::Dir(d) = &mut self.inodes.get_mut(&ino).ok_or(libc::ENOENT)?.kind {
             d.parent = new_parent;
         }
+        self.links.insert(ino, (new_parent, new_name.to_owned()));
         Ok(())
     }
 
@@ -262,6 +346,8 @@ impl Fs {
     }
 
     pub fn write(&mut self, ino: u64, offset: u64, data: &[u8]) -> Result<(), Errno> {
+        let path = self.path_of(ino);
+        self.trip("write", &[path])?;
         let backing = self.backing_path(ino);
         let held = self.unsynced_bytes;
         let f = self.file_mut(ino)?;
@@ -339,6 +425,8 @@ impl Fs {
 
     /// fsync(2) or fdatasync(2) of a file: what processes see of it becomes durable.
     pub fn sync_file(&mut self, ino: u64) -> Result<(), Errno> {
+        let path = self.path_of(ino);
+        self.trip("fsync", &[path])?;
         let backing = self.backing_path(ino);
         let f = self.file_mut(ino)?;
         let pages = f.pages.len() as u64;
@@ -451,6 +539,7 @@ impl Fs {
             .copied()
             .collect();
         for ino in gone {
+            self.links.remove(&ino);
             if let Some(Inode {
                 kind: Kind::File(_),
                 ..

@@ -257,3 +257,30 @@ fn the_control_socket_reports_what_is_unsynced() {
     m.sync_root();
     assert_eq!(m.say("unsynced"), "ok 0 0");
 }
+
+#[test]
+fn an_armed_cut_happens_instead_of_the_operation_it_names() {
+    let mut m = Mounted::new(9);
+    fs::create_dir(m.file("mvcc")).expect("mkdir");
+    write_synced(&m.file("mvcc/CURRENT"), b"old");
+    write_synced(&m.file("mvcc/CURRENT.tmp"), b"new");
+    File::open(m.file("mvcc"))
+        .expect("dir")
+        .sync_all()
+        .expect("dir fsync");
+    m.sync_root();
+    assert_eq!(m.say("arm rename mvcc/CURRENT"), "ok armed");
+    // Other operations on other paths go on.
+    write_synced(&m.file("unrelated"), b"x");
+    assert_eq!(m.say("status"), "ok on");
+
+    let err = fs::rename(m.file("mvcc/CURRENT.tmp"), m.file("mvcc/CURRENT")).expect_err("cut");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert_eq!(m.say("status"), "ok off fired rename mvcc/CURRENT");
+    m.say("on");
+    assert_eq!(fs::read(m.file("mvcc/CURRENT")).expect("read"), b"old");
+    assert!(
+        !m.file("unrelated").exists(),
+        "its directory was never synced"
+    );
+}
