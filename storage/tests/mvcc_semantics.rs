@@ -687,6 +687,43 @@ fn a_key_cached_before_a_snapshot_install_reads_the_snapshots_version() {
     assert_eq!((kv.version, kv.create_revision), (6, 2));
 }
 
+/// A member that catches up by installing a snapshot moves its revision forward
+/// without live events. A watcher already waiting there must get the events the
+/// snapshot brought at once, from history, not only after the next write (which on a
+/// quiet cluster may never come).
+#[tokio::test]
+async fn a_waiting_watcher_gets_the_events_an_installed_snapshot_brought() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir.path().join("leader"));
+    put(&s, "w", "0");
+    let t = open(&dir.path().join("follower"));
+    put(&t, "w", "0");
+    let mut watcher = t.watch(b("w"), Bytes::new(), 0);
+    for i in 1..=5 {
+        put(&s, "w", &i.to_string());
+    }
+    let point = s.snapshot_point().unwrap();
+    let mut image = Vec::new();
+    s.export_snapshot(&point, &mut image).unwrap();
+
+    let waiting = tokio::spawn(async move { watcher.next(100).await });
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(
+        !waiting.is_finished(),
+        "nothing to deliver before the install"
+    );
+    t.install_snapshot(&image[..]).unwrap();
+    let events = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+        .await
+        .expect("the waiting watcher woke without another write")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.kv.mod_revision).collect::<Vec<_>>(),
+        vec![3, 4, 5, 6, 7]
+    );
+}
+
 /// etcd panics on this txn (its check passes, then an earlier operation deletes the key
 /// an ignore_lease put needs); raftkv refuses it whole, on every member alike.
 #[test]

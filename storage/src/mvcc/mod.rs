@@ -172,5 +172,7 @@ pub type CommandResult = Result<CommandResponse, MvccError>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventBatch {
     pub revision: Revision,
+    /// Empty only in the batch an installed snapshot sends: the store moved to
+    /// `revision` without live events (its events are in history).
     pub events: Vec<Event>,
 }

@@ -14,12 +14,14 @@
 
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use super::keys::{self, KvRecord};
 use super::kvstore::MvccStore;
 use super::types::*;
+use super::EventBatch;
 use crate::error::StoreError;
 
 const MAGIC: &[u8; 8] = b"RKVSNAP1";
@@ -241,6 +243,13 @@ impl MvccStore {
         if self.inner.compact_revision.load(Ordering::SeqCst) > 0 {
             self.inner.compactor.wake();
         }
+        // The revisions the snapshot brought are in history only: no live batch will
+        // carry them. A watcher waiting for the next live batch would wait for the next
+        // write (forever, on a quiet cluster); this empty batch wakes it to read them.
+        let _ = self.inner.feed.send(Arc::new(EventBatch {
+            revision: self.revision(),
+            events: Vec::new(),
+        }));
         Ok(point)
     }
 }

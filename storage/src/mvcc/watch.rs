@@ -96,7 +96,10 @@ impl Watcher {
                         Err(TryRecvError::Empty) | Err(TryRecvError::Closed) => break,
                     },
                 };
-                if batch.revision < self.next_rev {
+                if batch.revision < self.next_rev || batch.events.is_empty() {
+                    // Delivered already; or a batch without events (the store moved
+                    // without live events: a snapshot was installed), whose revisions
+                    // the history read below delivers.
                     continue;
                 }
                 if batch.revision > self.next_rev {
