@@ -1626,3 +1626,72 @@ fn raftkv_status_shows_every_member_and_what_the_cluster_can_lose() {
         "{status}"
     );
 }
+
+#[test]
+fn a_member_that_needs_a_large_snapshot_catches_up_without_disturbing_the_leader() {
+    // A member down long enough to need the key space as a snapshot, when the key
+    // space is large (a few hundred MB): receiving and installing it takes seconds,
+    // during which the member must neither stand for election nor make the leader
+    // step down, and it must catch up. A watch opened on it meanwhile, from before
+    // what it missed, gets every event the snapshot brought, with no later write to
+    // wake it.
+    const BIG_KEYS: usize = 200;
+    const SMALL_KEYS: i64 = 6_000;
+    let mut cluster = Cluster::start(3, &["--snapshot-count", "300"]);
+    rt().block_on(async {
+        let leader = leader_index(&mut cluster).await;
+        let lagging = (leader + 1) % 3;
+        cluster.members[lagging].stop();
+        let mut c = client(&cluster.members[leader].endpoint()).await;
+        let value = vec![b'v'; 1 << 20];
+        for j in 0..BIG_KEYS {
+            c.put(format!("big/{j:04}"), value.clone(), None)
+                .await
+                .expect("put");
+        }
+        let mut last_revision = 0;
+        for j in 0..SMALL_KEYS {
+            let r = c.put(format!("s/{j:05}"), "x", None).await.expect("put");
+            last_revision = r.header().expect("header").revision();
+        }
+        let term_before = c.status().await.expect("status").raft_term();
+        let args = cluster.restart_args(lagging);
+        cluster.members[lagging].start(&args);
+        let mut watcher = client(&cluster.members[lagging].endpoint()).await;
+        let options = etcd_client::WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(1);
+        let mut stream = watcher.watch("s/", Some(options)).await.expect("watch");
+        let mut events = 0;
+        while events < SMALL_KEYS {
+            let message = tokio::time::timeout(Duration::from_secs(30), stream.message()).await;
+            let Ok(Ok(Some(resp))) = message else {
+                panic!(
+                    "the watch on the catching-up member stopped after {events} of {SMALL_KEYS} \
+                     events ({message:?}); logs:\n{}",
+                    cluster.logs()
+                );
+            };
+            events += resp.events().len() as i64;
+            if let Some(last) = resp.events().last().and_then(|e| e.kv()) {
+                assert!(last.mod_revision() <= last_revision);
+            }
+        }
+        wait_count(
+            &cluster,
+            lagging,
+            "big/",
+            BIG_KEYS as i64,
+            Duration::from_secs(60),
+        )
+        .await;
+        wait_count(&cluster, lagging, "s/", SMALL_KEYS, Duration::from_secs(20)).await;
+        let term_after = c.status().await.expect("status").raft_term();
+        assert_eq!(
+            term_before,
+            term_after,
+            "the leader changed while the member caught up; logs:\n{}",
+            cluster.logs()
+        );
+    });
+}

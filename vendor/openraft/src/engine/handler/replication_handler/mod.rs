@@ -376,11 +376,15 @@ where C: RaftTypeConfig
                         send_none
                     );
 
-                    #[allow(clippy::collapsible_if)]
-                    if e == &Inflight::None {
-                        if send_none == SendNone::True {
-                            Self::send_to_target(self.output, id, e);
-                        }
+                    // raftkv patch: a member a snapshot is streamed to gets heartbeats
+                    // too. Upstream sent none while the snapshot was in flight, and
+                    // receiving chunks does not reset a member's election timer, so a
+                    // member receiving a snapshot for longer than an election timeout
+                    // stood for an election it could not win and made the leader step
+                    // down, at every attempt.
+                    let idle = e == &Inflight::None || matches!(e, Inflight::Snapshot { .. });
+                    if idle && send_none == SendNone::True {
+                        Self::send_to_target(self.output, id, &Inflight::None);
                     }
                 }
             }
