@@ -333,10 +333,11 @@ impl Fs {
         let f = self.file_mut(ino)?;
         let end = f.len.min(offset.saturating_add(size));
         let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+        let durable = File::open(&backing).map_err(|_| libc::EIO)?;
         let mut at = offset;
         while at < end {
             let page = at / PAGE_BYTES;
-            let data = page_now(f, &backing, page)?;
+            let data = page_now(f, &durable, page)?;
             let from = (at - page * PAGE_BYTES) as usize;
             let to = ((end - page * PAGE_BYTES).min(PAGE_BYTES)) as usize;
             out.extend_from_slice(&data[from..to]);
@@ -359,11 +360,12 @@ impl Fs {
         if held + new_pages * PAGE_BYTES > MAX_UNSYNCED_BYTES {
             return Err(libc::ENOSPC);
         }
+        let durable = File::open(&backing).map_err(|_| libc::EIO)?;
         let mut at = offset;
         while at < end {
             let page = at / PAGE_BYTES;
             if !f.pages.contains_key(&page) {
-                let now = page_now(f, &backing, page)?;
+                let now = page_now(f, &durable, page)?;
                 f.pages.insert(page, now);
             }
             let buf = f.pages.get_mut(&page).ok_or(libc::EIO)?;
@@ -558,7 +560,7 @@ impl Fs {
 
 /// One page as processes see it now: the unsynced copy, or the durable bytes (those
 /// hidden by an unsynced truncate read as zeros).
-fn page_now(f: &FileState, backing: &PathBuf, page: u64) -> Result<Box<[u8]>, Errno> {
+fn page_now(f: &FileState, durable: &File, page: u64) -> Result<Box<[u8]>, Errno> {
     if let Some(data) = f.pages.get(&page) {
         return Ok(data.clone());
     }
@@ -571,8 +573,8 @@ fn page_now(f: &FileState, backing: &PathBuf, page: u64) -> Result<Box<[u8]>, Er
         .min(f.len);
     if start < visible_end {
         let n = (visible_end - start).min(PAGE_BYTES) as usize;
-        let file = File::open(backing).map_err(|_| libc::EIO)?;
-        file.read_exact_at(&mut data[..n], start)
+        durable
+            .read_exact_at(&mut data[..n], start)
             .map_err(|_| libc::EIO)?;
     }
     Ok(data)

@@ -110,15 +110,29 @@ enum Moment {
     PeerFloorsRewrite,
     /// A member writes a scheduled backup (--snapshot-schedule, every 2 s).
     Backup,
+    /// The leader's log starts its next segment: the test puts 1 MiB values until
+    /// the 64 MiB segment is full.
+    WalRollover,
+    /// The leader's log deletes a segment the engine has absorbed (after a rollover).
+    WalPurge,
+    /// The leader writes a snapshot out for a follower that missed more entries than it
+    /// keeps: the test stops the follower, writes past that, and restarts it.
+    SnapshotExport,
+    /// That follower installs the snapshot.
+    SnapshotInstall,
 }
 
 impl Moment {
-    const ALL: [Moment; 5] = [
+    const ALL: [Moment; 9] = [
         Moment::LogSync,
         Moment::EngineFlush,
         Moment::CompactAndDefragment,
         Moment::PeerFloorsRewrite,
         Moment::Backup,
+        Moment::WalRollover,
+        Moment::SnapshotInstall,
+        Moment::WalPurge,
+        Moment::SnapshotExport,
     ];
 
     /// The operation and path pattern to arm.
@@ -128,11 +142,22 @@ impl Moment {
             Moment::EngineFlush | Moment::CompactAndDefragment => ("write", "/tables/"),
             Moment::PeerFloorsRewrite => ("rename", "peer_floors.json"),
             Moment::Backup => ("write", "/data/backups/"),
+            // A new segment is written as a temporary file and renamed into place.
+            Moment::WalRollover => ("rename", "/data/wal/"),
+            Moment::WalPurge => ("unlink", "/data/wal/"),
+            Moment::SnapshotExport => ("write", "/data/snapshots/"),
+            Moment::SnapshotInstall => ("write", "/data/snapshots/incoming"),
         }
     }
 
-    fn on_leader(self) -> bool {
-        matches!(self, Moment::LogSync)
+    /// Whose disk the cut is armed on, given who leads.
+    fn member(self, leader: usize, n: usize) -> usize {
+        match self {
+            Moment::LogSync | Moment::WalRollover | Moment::WalPurge | Moment::SnapshotExport => {
+                leader
+            }
+            _ => (leader + 1) % n,
+        }
     }
 }
 
@@ -484,13 +509,18 @@ async fn all_events(endpoint: &str, from: i64, upto: i64) -> Vec<Seen> {
     let options = WatchOptions::new().with_prefix().with_start_revision(from);
     let mut stream = c.watch("reg/", Some(options)).await.expect("watch");
     let mut events = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // Generous: the history may hold hundreds of MB of other keys' values to pass over
+    // (the aimed power cuts write 1 MiB values), read through a test file system.
+    let deadline = Instant::now() + Duration::from_secs(60);
     while events.last().is_none_or(|(rev, _, _): &Seen| *rev < upto) {
         assert!(Instant::now() < deadline, "the history watch stalled");
-        let Ok(Ok(Some(resp))) =
-            tokio::time::timeout(Duration::from_secs(5), stream.message()).await
-        else {
-            panic!("the history watch ended early");
+        let message = tokio::time::timeout(Duration::from_secs(30), stream.message()).await;
+        let Ok(Ok(Some(resp))) = message else {
+            panic!(
+                "the history watch ended early ({message:?}) after {} events, last {:?}, upto {upto}",
+                events.len(),
+                events.last()
+            );
         };
         for ev in resp.events() {
             if let Some(kv) = ev.kv() {
@@ -698,17 +728,29 @@ fn power_cut_at(
 ) -> Result<Option<u128>, String> {
     let n = cluster.members.len();
     let leader = leader_index(cluster, rt).ok_or("no leader to aim at")?;
-    let member = if moment.on_leader() {
-        leader
-    } else {
-        (leader + 1) % n
-    };
+    let member = moment.member(leader, n);
+    let lagging = (leader + 1) % n;
+    let snapshot = matches!(moment, Moment::SnapshotExport | Moment::SnapshotInstall);
+    if snapshot {
+        cluster.members[lagging].kill9();
+        rt.block_on(burst_of_puts(endpoints[leader].clone(), LAG_ENTRIES));
+    }
     let (op, pattern) = moment.trigger();
     let torn_word = if torn { " torn" } else { "" };
     cluster.lossy[member].say(&format!("arm {op} {pattern}{torn_word}"));
-    if moment == Moment::CompactAndDefragment {
-        let endpoint = cluster.members[member].endpoint();
-        rt.spawn(compact_and_defragment(endpoint));
+    let leader_endpoint = cluster.members[leader].endpoint();
+    match moment {
+        Moment::CompactAndDefragment => {
+            rt.spawn(compact_and_defragment(cluster.members[member].endpoint()));
+        }
+        Moment::WalRollover | Moment::WalPurge => {
+            rt.spawn(big_puts(leader_endpoint));
+        }
+        _ if snapshot => {
+            let args = cluster.restart_args(lagging);
+            cluster.members[lagging].spawn(&args);
+        }
+        _ => {}
     }
     let armed = Instant::now();
     while !cluster.lossy[member].say("status").starts_with("ok off") {
@@ -732,7 +774,51 @@ fn power_cut_at(
     }
     std::thread::sleep(Duration::from_millis(down_ms));
     let first_write_ms = restart_after_power_cut(cluster, rt, endpoints, &cut)?;
+    if snapshot && !cut.contains(&lagging) {
+        // The follower the snapshot was for comes back too.
+        cluster.members[lagging].wait_serving();
+    }
     Ok(all.then_some(first_write_ms))
+}
+
+/// Entries a stopped follower misses so that the leader must send it a snapshot: more
+/// than the leader keeps behind its last snapshot point (`MAX_CATCH_UP_ENTRIES`).
+const LAG_ENTRIES: usize = 6_000;
+/// Puts of `BIG_VALUE_BYTES` that fill a 64 MiB log segment and then some.
+const BIG_PUTS: usize = 160;
+const BIG_VALUE_BYTES: usize = 1 << 20;
+
+/// `count` puts, 64 at a time, of small values on keys of their own.
+async fn burst_of_puts(endpoint: String, count: usize) {
+    let Some(c) = connect(&endpoint).await else {
+        return;
+    };
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..64 {
+        let mut c = c.clone();
+        writers.spawn(async move {
+            for i in (w..count).step_by(64) {
+                let _ = c.put(format!("lag/{i}"), "x", None).await;
+            }
+        });
+    }
+    while writers.join_next().await.is_some() {}
+}
+
+/// 1 MiB values, one after another, until `BIG_PUTS` or the first failure (the cut).
+async fn big_puts(endpoint: String) {
+    let Some(mut c) = connect(&endpoint).await else {
+        return;
+    };
+    let value = vec![b'b'; BIG_VALUE_BYTES];
+    for i in 0..BIG_PUTS {
+        if c.put(format!("big/{}", i % 4), value.clone(), None)
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
 }
 
 /// The revision the scenario's watcher started at: compactions stay below it, so that
@@ -1284,9 +1370,13 @@ fn three_members_lose_nothing_acknowledged_through_power_cuts() {
     if let Some(minutes) = soak_minutes() {
         let until = Instant::now() + Duration::from_secs(minutes * 60);
         let mut seed = std::process::id() as u64;
+        let mut kinds = [Kinds::PowerCuts, Kinds::PowerCutMoments]
+            .into_iter()
+            .cycle();
         while Instant::now() < until {
             seed = Rng::new(seed).next();
-            run_scenario_with(seed, 3, Duration::from_secs(30), Kinds::PowerCuts, None);
+            let kind = kinds.next().unwrap_or(Kinds::PowerCuts);
+            run_scenario_with(seed, 3, Duration::from_secs(30), kind, None);
         }
         return;
     }
@@ -1296,18 +1386,19 @@ fn three_members_lose_nothing_acknowledged_through_power_cuts() {
 }
 
 #[test]
-fn power_cuts_at_the_log_sync_a_flush_a_merge_a_backup_and_the_floors_rewrite_lose_nothing() {
-    // The same load and checks, with each power cut aimed at a moment: the leader's
-    // log fdatasync (with every member's power going at once), a follower's engine
-    // writing a table out, a member's engine merging its tables after a compaction
-    // (an operator's compact and defragment), the rewrite of peer_floors.json, a
-    // scheduled backup being written. Each moment must come, and every member comes
-    // back by itself.
+fn power_cuts_aimed_at_moments_of_the_log_engine_snapshots_and_backups_lose_nothing() {
+    // The same load and checks, with each power cut aimed at a moment (`Moment`): the
+    // leader's log fdatasync (with every member's power going at once), a follower's
+    // engine writing a table out, a member's engine merging its tables after a
+    // compaction (an operator's compact and defragment), the rewrite of
+    // peer_floors.json, a scheduled backup being written, the log's segment rollover and
+    // purge, a snapshot's export on the leader and its install on a lagging follower.
+    // Each moment must come, and every member comes back by itself.
     for seed in seeds(&[10]) {
         run_scenario_with(
             seed,
             3,
-            Duration::from_secs(16),
+            Duration::from_secs(20),
             Kinds::PowerCutMoments,
             None,
         );
