@@ -104,3 +104,56 @@ fn a_crash_at_any_log_write_or_fsync_loses_no_acknowledged_write() {
         acknowledged.len()
     );
 }
+
+/// A disk that loses data it had reported synced (out of raftkv's reach: a lying disk
+/// or a damaged one) leaves a log whose middle is corrupt. The member must not start
+/// on it, and must say how to repair it: remove it from the cluster and let it re-join.
+#[test]
+fn a_log_damaged_in_its_middle_stops_the_member_with_how_to_repair_it() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut member = Member::new(root.path(), "damaged");
+    member.start(&["--cluster-init".to_string()]);
+    for i in 0..200 {
+        assert!(rt.block_on(put(&member.endpoint(), &format!("k{i}"), "v")));
+    }
+    let member_id = member
+        .log()
+        .lines()
+        .find_map(|l| l.split("member_id=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the log names the member id")
+        .to_string();
+    member.stop();
+
+    // Flip one byte halfway through what the first segment holds.
+    let segment = std::fs::read_dir(member.data_dir.join("wal"))
+        .expect("wal dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .min()
+        .expect("a segment");
+    let mut bytes = std::fs::read(&segment).expect("read segment");
+    let written = bytes.iter().rposition(|b| *b != 0).expect("records");
+    bytes[written / 2] ^= 0xff;
+    std::fs::write(&segment, &bytes).expect("write segment");
+
+    member.spawn(&[]);
+    let status = member.wait_exit(Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the member started on a damaged log: {status:?}\n{}",
+        member.log()
+    );
+    let log = member.log();
+    for expected in [
+        "corrupt log",
+        &format!("etcdctl member remove {member_id}"),
+        "re-join",
+    ] {
+        assert!(log.contains(expected), "no {expected:?} in:\n{log}");
+    }
+}

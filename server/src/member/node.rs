@@ -63,6 +63,18 @@ pub enum StartError {
     Store(#[from] raftkv_storage::StoreError),
     #[error("raft: {0}")]
     Raft(String),
+    /// What the data dir holds contradicts itself: the disk lost data it had reported
+    /// synced. Restarting cannot help; re-joining from the cluster does.
+    #[error(
+        "{detail}. This data dir lost data its disk had reported written, and it cannot be \
+         trusted; the cluster still has everything. Remove this member (`etcdctl member \
+         remove {member_id}`), empty {data_dir}, and start it again to re-join"
+    )]
+    Damaged {
+        detail: String,
+        member_id: String,
+        data_dir: String,
+    },
     #[error("{0}")]
     Config(String),
 }

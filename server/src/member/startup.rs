@@ -191,11 +191,20 @@ async fn open_storage(
 ) -> Result<(RaftLogStore, StateMachine, MvccStore), StartError> {
     let data_dir = &config.data_dir;
     let purge_guard = Arc::new(AtomicU64::new(0));
+    let damaged = |detail: String| StartError::Damaged {
+        detail,
+        member_id: crate::ids::hex(member_id),
+        data_dir: data_dir.display().to_string(),
+    };
     let (mut log, report) = RaftLogStore::open(
         &data_dir.join("wal"),
         WalOptions::default(),
         purge_guard.clone(),
-    )?;
+    )
+    .map_err(|e| match e {
+        e @ raftkv_storage::wal::WalError::Corrupt { .. } => damaged(e.to_string()),
+        e => StartError::Wal(e),
+    })?;
     if let Some((segment, offset, bytes)) = &report.torn_tail {
         tracing::warn!(segment = %segment.display(), offset, bytes, "raft log: a torn tail was cut");
     }
@@ -205,7 +214,11 @@ async fn open_storage(
             cache_capacity_bytes: config.backend_cache_bytes,
             ..MvccOptions::default()
         },
-    )?;
+    )
+    .map_err(|e| match e {
+        e @ raftkv_storage::StoreError::Corrupt(_) => damaged(format!("the key space: {e}")),
+        e => StartError::Store(e),
+    })?;
     let mut sm = StateMachine::open(store.clone(), &data_dir.join("snapshots"), purge_guard)?;
     {
         use openraft::storage::RaftStateMachine;
