@@ -29,6 +29,8 @@ pub struct Net {
     members: usize,
     /// The cuts in place, (from, to).
     cuts: BTreeSet<(usize, usize)>,
+    /// Members cut off from the test process (its clients), both ways.
+    client_cuts: BTreeSet<usize>,
 }
 
 fn ip(args: &[&str]) -> Result<(), String> {
@@ -69,6 +71,7 @@ impl Net {
             subnet,
             members,
             cuts: BTreeSet::new(),
+            client_cuts: BTreeSet::new(),
         };
         net.teardown();
         let bridge = net.bridge();
@@ -153,8 +156,34 @@ impl Net {
         }
     }
 
+    /// Cuts member `i` off from the test process's clients: its answers to them are
+    /// dropped, so their requests and connections to it time out.
+    pub fn cut_from_clients(&mut self, i: usize) {
+        if !self.client_cuts.insert(i) {
+            return;
+        }
+        must(&[
+            "-n",
+            &self.namespace(i),
+            "route",
+            "add",
+            "blackhole",
+            &format!("{}/32", self.addr_of_host()),
+        ]);
+    }
+
     /// Removes every cut.
     pub fn heal(&mut self) {
+        for i in std::mem::take(&mut self.client_cuts) {
+            must(&[
+                "-n",
+                &self.namespace(i),
+                "route",
+                "del",
+                "blackhole",
+                &format!("{}/32", self.addr_of_host()),
+            ]);
+        }
         for (from, to) in std::mem::take(&mut self.cuts) {
             must(&[
                 "-n",

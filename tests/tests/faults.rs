@@ -61,8 +61,13 @@ enum Fault {
     /// SIGSTOP a member, SIGCONT it after the pause.
     Pause { member: usize, paused_ms: u64 },
     /// Cut the members in the bit set off from the others, both ways, then heal: one
-    /// member (minority isolated), or two of five.
-    Isolate { members: u8, cut_ms: u64 },
+    /// member (minority isolated), or two of five; `clients`: from the test's clients
+    /// too (a machine that drops off the network altogether).
+    Isolate {
+        members: u8,
+        cut_ms: u64,
+        clients: bool,
+    },
     /// Cut whoever leads off from every other member, both ways, then heal.
     IsolateLeader { cut_ms: u64 },
     /// Drop every packet `from` sends to `to` (asymmetric), then heal.
@@ -205,6 +210,9 @@ fn schedule(seed: u64, members: usize, duration: Duration, kinds: Kinds) -> Vec<
                     1 << member
                 },
                 cut_ms: pause_ms,
+                // Decided by the pause already drawn, so that the seeds' schedules stay
+                // as they were.
+                clients: pause_ms % 2 == 1,
             },
             (Kinds::Partitions, 1) => Fault::IsolateLeader { cut_ms: pause_ms },
             (Kinds::Partitions, 2) => Fault::OneWay {
@@ -649,12 +657,16 @@ fn inject(
         Fault::Isolate {
             members: set,
             cut_ms,
+            clients,
         } => {
             let n = cluster.members.len();
             partition(cluster, cut_ms, |net| {
                 for inside in (0..n).filter(|i| set & (1 << i) != 0) {
                     for outside in (0..n).filter(|i| set & (1 << i) == 0) {
                         net.cut_both(inside, outside);
+                    }
+                    if clients {
+                        net.cut_from_clients(inside);
                     }
                 }
             })
@@ -1199,7 +1211,7 @@ fn run_scenario_with(
         );
     }
     eprintln!(
-        "seed {seed}, {members} members: {} faults, {total_ops} register ops linearizable, counter {final_value} ({acked} acked, {unknown} unknown), {} watch events in order, {refusals} writes refused with NOSPACE, writes {recoveries_ms:?} ms after each whole-cluster power cut",
+        "seed {seed}, {members} members: {} faults ({faults:?}), {total_ops} register ops linearizable, counter {final_value} ({acked} acked, {unknown} unknown), {} watch events in order, {refusals} writes refused with NOSPACE, writes {recoveries_ms:?} ms after each whole-cluster power cut",
         faults.len(),
         seen.len()
     );
