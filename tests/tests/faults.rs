@@ -125,10 +125,12 @@ enum Moment {
     SnapshotExport,
     /// That follower installs the snapshot.
     SnapshotInstall,
+    /// A member removed and wiped joins again (`--join`) and writes down who it is.
+    Join,
 }
 
 impl Moment {
-    const ALL: [Moment; 9] = [
+    const ALL: [Moment; 10] = [
         Moment::LogSync,
         Moment::EngineFlush,
         Moment::CompactAndDefragment,
@@ -138,6 +140,7 @@ impl Moment {
         Moment::SnapshotInstall,
         Moment::WalPurge,
         Moment::SnapshotExport,
+        Moment::Join,
     ];
 
     /// The operation and path pattern to arm.
@@ -152,6 +155,7 @@ impl Moment {
             Moment::WalPurge => ("unlink", "/data/wal/"),
             Moment::SnapshotExport => ("write", "/data/snapshots/"),
             Moment::SnapshotInstall => ("write", "/data/snapshots/incoming"),
+            Moment::Join => ("rename", "/data/member.json"),
         }
     }
 
@@ -161,6 +165,8 @@ impl Moment {
             Moment::LogSync | Moment::WalRollover | Moment::WalPurge | Moment::SnapshotExport => {
                 leader
             }
+            // Not member 0: the others restart with --join, it with --cluster-init.
+            Moment::Join => (1..n).find(|i| *i != leader).unwrap_or(1),
             _ => (leader + 1) % n,
         }
     }
@@ -747,6 +753,9 @@ fn power_cut_at(
         cluster.members[lagging].kill9();
         rt.block_on(burst_of_puts(endpoints[leader].clone(), LAG_ENTRIES));
     }
+    if moment == Moment::Join {
+        remove_and_wipe(cluster, rt, endpoints, member)?;
+    }
     let (op, pattern) = moment.trigger();
     let torn_word = if torn { " torn" } else { "" };
     cluster.lossy[member].say(&format!("arm {op} {pattern}{torn_word}"));
@@ -755,12 +764,24 @@ fn power_cut_at(
         Moment::CompactAndDefragment => {
             rt.spawn(compact_and_defragment(cluster.members[member].endpoint()));
         }
-        Moment::WalRollover | Moment::WalPurge => {
+        Moment::WalRollover => {
             rt.spawn(big_puts(leader_endpoint));
+        }
+        Moment::WalPurge => {
+            // A full segment, then more entries than the leader keeps behind its last
+            // snapshot point, so that the full segment is purged.
+            rt.spawn(async move {
+                big_puts(leader_endpoint.clone()).await;
+                burst_of_puts(leader_endpoint, LAG_ENTRIES).await;
+            });
         }
         _ if snapshot => {
             let args = cluster.restart_args(lagging);
             cluster.members[lagging].spawn(&args);
+        }
+        Moment::Join => {
+            let args = cluster.restart_args(member);
+            cluster.members[member].spawn(&args);
         }
         _ => {}
     }
@@ -791,6 +812,43 @@ fn power_cut_at(
         cluster.members[lagging].wait_serving();
     }
     Ok(all.then_some(first_write_ms))
+}
+
+/// Removes member `i` from the cluster (as `etcdctl member remove` does), stops it
+/// and empties its data dir durably, so that its next start joins as a new member.
+fn remove_and_wipe(
+    cluster: &mut Cluster,
+    rt: &tokio::runtime::Runtime,
+    endpoints: &[String],
+    i: usize,
+) -> Result<(), String> {
+    let id = rt.block_on(async {
+        let mut c = connect(&endpoints[i]).await.ok_or("no connection")?;
+        let status = c.status().await.map_err(|e| e.to_string())?;
+        status
+            .header()
+            .map(|h| h.member_id())
+            .ok_or_else(|| "no header".to_string())
+    })?;
+    let leader = leader_index(cluster, rt).ok_or("no leader")?;
+    rt.block_on(async {
+        // A membership change commits two entries: more than a request's timeout
+        // allows under this load.
+        let options = ConnectOptions::new().with_timeout(Duration::from_secs(15));
+        let mut c = Client::connect([endpoints[leader].as_str()], Some(options))
+            .await
+            .map_err(|e| e.to_string())?;
+        c.member_remove(id)
+            .await
+            .map_err(|e| format!("member remove: {e}"))
+    })?;
+    cluster.members[i].kill9();
+    let data = cluster.members[i].data_dir.clone();
+    std::fs::remove_dir_all(&data).map_err(|e| format!("{}: {e}", data.display()))?;
+    let mount = data.parent().ok_or("no mount")?;
+    std::fs::File::open(mount)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| format!("{}: {e}", mount.display()))
 }
 
 /// Entries a stopped follower misses so that the leader must send it a snapshot: more
