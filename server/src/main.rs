@@ -108,7 +108,16 @@ fn run(
             let report = cli::check_disk::check(&data_dir, writes)
                 .map_err(|e| format!("cannot measure {}: {e}", data_dir.display()))?;
             print!("{}", report.render());
-            if report.slow() {
+            let device = cli::disk_device::device_of(&data_dir);
+            match &device {
+                Some(device) => println!("device: {}", device.describe()),
+                None => println!("device: not a block device Linux describes (tmpfs, overlay, FUSE or a network file system)"),
+            }
+            let device_warning = device.as_ref().and_then(|d| d.warning());
+            if let Some(warning) = &device_warning {
+                print!("{warning}");
+            }
+            if report.slow() || device_warning.is_some() {
                 std::process::exit(1);
             }
             Ok(())

@@ -4,6 +4,7 @@
 pub mod check_disk;
 pub mod client;
 pub mod defrag;
+pub mod disk_device;
 pub mod member;
 pub mod migrate;
 pub mod snapshot;
