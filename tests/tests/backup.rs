@@ -43,9 +43,9 @@ fn a_snapshot_restores_into_a_new_cluster_with_the_same_data() {
         &m.endpoint(),
     ]);
     assert!(out.status.success(), "{out:?}");
-    // Progress on stderr, ending at 100%.
+    // Progress is drawn on a terminal only (below): a pipe gets none.
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("(100%)"),
+        !String::from_utf8_lossy(&out.stderr).contains('\r'),
         "{out:?}"
     );
     let theirs = root.path().join("etcdctl.db");
@@ -67,8 +67,9 @@ fn a_snapshot_restores_into_a_new_cluster_with_the_same_data() {
             restored.data_dir.to_str().unwrap(),
         ]);
         assert!(out.status.success(), "{out:?}");
+        // Progress is drawn on a terminal only: a pipe (a log, a script) gets none.
         assert!(
-            String::from_utf8_lossy(&out.stderr).contains("snapshot restore:"),
+            !String::from_utf8_lossy(&out.stderr).contains('\r'),
             "{out:?}"
         );
         // Restoring over it again is refused: it holds data now.
@@ -132,6 +133,26 @@ fn a_snapshot_restores_into_a_new_cluster_with_the_same_data() {
     assert!(
         !target.exists(),
         "nothing was written for a corrupt snapshot"
+    );
+
+    // On a terminal (script(1) gives the command one), the restore draws its progress.
+    let on_terminal = root.path().join("on-terminal");
+    let command = format!(
+        "{} snapshot restore {} --data-dir {}",
+        raftkv_bin().display(),
+        ours.display(),
+        on_terminal.display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script(1) runs");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        screen.contains("snapshot restore") && screen.contains("(100%"),
+        "no progress bar on the terminal: {screen:?}"
     );
 }
 

@@ -78,8 +78,9 @@ fn migrate_copies_an_etcd_key_space_identically() {
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("Copied 2910 keys and 1 leases"), "{stdout}");
+    // Progress is drawn on a terminal only: a pipe (a log, a script) gets none.
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("2910/2910 keys copied"),
+        !String::from_utf8_lossy(&out.stderr).contains('\r'),
         "{out:?}"
     );
 

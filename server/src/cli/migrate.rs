@@ -9,7 +9,6 @@
 //! --datastore-endpoint. This module only reads the source; it never writes to it.
 
 use std::collections::HashSet;
-use std::io::Write;
 
 use raftkv_proto::etcdserverpb as pb;
 use raftkv_proto::etcdserverpb::kv_client::KvClient;
@@ -173,6 +172,7 @@ async fn copy_keys(
 ) -> Result<(i64, i64), MigrateError> {
     let (mut copied, mut skipped) = (0i64, 0i64);
     let mut from_key = vec![0u8];
+    let progress = crate::cli::progress::Progress::items("raftkv migrate", total.max(0) as u64);
     loop {
         let page = src
             .range(pb::RangeRequest {
@@ -191,13 +191,12 @@ async fn copy_keys(
         let (page_copied, page_skipped) = copy_page(dst, &page.kvs, granted).await?;
         copied += page_copied;
         skipped += page_skipped;
-        eprint!("\rraftkv migrate: {copied}/{total} keys copied");
-        let _ = std::io::stderr().flush();
+        progress.set((copied + skipped).max(0) as u64);
         if !page.more {
             break;
         }
     }
-    eprintln!();
+    progress.finish();
     Ok((copied, skipped))
 }
 

@@ -7,5 +7,6 @@ pub mod defrag;
 pub mod disk_device;
 pub mod member;
 pub mod migrate;
+pub mod progress;
 pub mod snapshot;
 pub mod status;

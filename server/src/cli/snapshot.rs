@@ -14,9 +14,9 @@ use raftkv_proto::etcdserverpb::SnapshotRequest;
 use raftkv_storage::mvcc::{MvccOptions, MvccStore};
 use sha2::Digest;
 
+use crate::cli::progress::Progress;
+
 const SHA256_BYTES: usize = 32;
-/// `snapshot save` and `restore` report progress on stderr every this many bytes.
-const PROGRESS_STEP_BYTES: u64 = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotCliError {
@@ -49,28 +49,17 @@ pub async fn save(endpoint: &str, file: &Path, tls: &ClientTls) -> Result<u64, S
     let tmp = file.with_extension("part");
     let mut out = std::fs::File::create(&tmp)?;
     let mut size_bytes = 0u64;
-    let mut reported_bytes = 0u64;
+    let progress = Progress::bytes("snapshot save", 0);
     loop {
         match stream.message().await {
             Ok(Some(chunk)) => {
                 out.write_all(&chunk.blob)?;
                 size_bytes += chunk.blob.len() as u64;
-                if size_bytes - reported_bytes >= PROGRESS_STEP_BYTES || chunk.remaining_bytes == 0
-                {
-                    reported_bytes = size_bytes;
-                    let total_bytes = size_bytes + chunk.remaining_bytes;
-                    eprint!(
-                        "\rsnapshot save: {:.1} of {:.1} MB ({}%)",
-                        size_bytes as f64 / 1e6,
-                        total_bytes as f64 / 1e6,
-                        size_bytes * 100 / total_bytes.max(1)
-                    );
-                }
+                progress.set_total(size_bytes + chunk.remaining_bytes);
+                progress.set(size_bytes);
             }
             Ok(None) => {
-                if reported_bytes > 0 {
-                    eprintln!();
-                }
+                progress.finish();
                 break;
             }
             Err(s) => {
@@ -87,29 +76,18 @@ pub async fn save(endpoint: &str, file: &Path, tls: &ClientTls) -> Result<u64, S
     Ok(size_bytes)
 }
 
-/// Checks the SHA-256 trailer and returns the snapshot image (with its padding).
-/// Reports on stderr how much of the image a restore has read, every
-/// `PROGRESS_STEP_BYTES`.
-struct Progress<R> {
+/// A reader that shows on the terminal how much of the image a restore has read.
+struct Reading<R> {
     inner: R,
     read_bytes: u64,
-    reported_bytes: u64,
-    total_bytes: u64,
+    progress: Progress,
 }
 
-impl<R: Read> Read for Progress<R> {
+impl<R: Read> Read for Reading<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.read_bytes += n as u64;
-        if self.read_bytes - self.reported_bytes >= PROGRESS_STEP_BYTES {
-            self.reported_bytes = self.read_bytes;
-            eprint!(
-                "\rsnapshot restore: {:.1} of {:.1} MB ({}%)",
-                self.read_bytes as f64 / 1e6,
-                self.total_bytes as f64 / 1e6,
-                self.read_bytes * 100 / self.total_bytes.max(1)
-            );
-        }
+        self.progress.set(self.read_bytes);
         Ok(n)
     }
 }
@@ -186,23 +164,18 @@ pub fn restore(file: &Path, data_dir: &Path) -> Result<(), SnapshotCliError> {
     raftkv_storage::durable::create_dir_all(data_dir)?;
     let store = MvccStore::open(&data_dir.join("mvcc"), MvccOptions::default())
         .map_err(|e| SnapshotCliError::Restore(e.to_string()))?;
-    let total_bytes = image.len() as u64;
+    let progress = Progress::bytes("snapshot restore", image.len() as u64);
     let point = store
-        .install_snapshot(Progress {
+        .install_snapshot(Reading {
             inner: std::io::Cursor::new(image),
             read_bytes: 0,
-            reported_bytes: 0,
-            total_bytes,
+            progress: progress.clone(),
         })
         .map_err(|e| SnapshotCliError::Corrupt {
             path: file.display().to_string(),
             reason: e.to_string(),
         })?;
-    eprintln!(
-        "\rsnapshot restore: {:.1} of {:.1} MB (100%)",
-        total_bytes as f64 / 1e6,
-        total_bytes as f64 / 1e6
-    );
+    progress.finish();
     store
         .forget_raft_state()
         .map_err(|e| SnapshotCliError::Restore(e.to_string()))?;
