@@ -979,10 +979,14 @@ fn same_hashkv(rt: &tokio::runtime::Runtime, endpoints: &[String]) -> Result<(),
             .map(|h| h.revision())
             .unwrap_or(0);
         let mut hashes = Vec::new();
+        // Hashing hundreds of MB of history takes longer than a request's timeout.
+        let options = ConnectOptions::new().with_timeout(Duration::from_secs(60));
         for endpoint in endpoints {
-            let deadline = Instant::now() + Duration::from_secs(10);
+            let deadline = Instant::now() + Duration::from_secs(60);
             let hash = loop {
-                let mut c = connect(endpoint).await.ok_or("no connection")?;
+                let mut c = Client::connect([endpoint.as_str()], Some(options.clone()))
+                    .await
+                    .map_err(|e| format!("{endpoint}: {e}"))?;
                 match c.hash_kv(revision).await {
                     Ok(r) => break r.hash(),
                     Err(e) if Instant::now() > deadline => {
