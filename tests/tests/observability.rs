@@ -379,3 +379,39 @@ fn the_leader_appends_the_writes_queued_together_as_one() {
         "the leader made {appends} appends for {entries} entries: fewer than two per append"
     );
 }
+
+/// What an operator reads: joins, elections and restarts are told in raftkv's own words;
+/// openraft's notes about ignoring stale messages, routine after every election and
+/// membership change, stay below the default log level (vendor/openraft/PATCH.md).
+#[test]
+fn joins_and_elections_leave_no_internal_notes_in_the_default_log() {
+    let mut cluster = Cluster::start(3, &[]);
+    let ports: Vec<u16> = cluster.members.iter().map(|m| m.client_port).collect();
+    let leader = (0..ports.len())
+        .find(|i| value(&metrics_of(ports[*i]), "etcd_server_is_leader ") == Some(1.0))
+        .expect("a leader");
+    cluster.members[leader].kill9();
+    let others: Vec<usize> = (0..ports.len()).filter(|i| *i != leader).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !others
+        .iter()
+        .any(|i| value(&metrics_of(ports[*i]), "etcd_server_is_leader ") == Some(1.0))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no new leader; logs:\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let args = cluster.restart_args(leader);
+    cluster.members[leader].start(&args);
+    etcdctl_ok(&etcdctl35(), &cluster.endpoints(), &["put", "k", "v"]);
+    let logs = cluster.logs();
+    for note in [
+        "will be ignored because vote changed",
+        "membership_log_id changed",
+    ] {
+        assert!(!logs.contains(note), "{note:?} in the default log:\n{logs}");
+    }
+}

@@ -1682,7 +1682,10 @@ where
         };
 
         if Some(sender_vote) != my_vote.as_ref() {
-            tracing::warn!(
+            // raftkv patch: debug, not warn. A message sent under an earlier vote comes
+            // after every election and join; ignoring it is routine, and an operator
+            // cannot act on it.
+            tracing::debug!(
                 "A message will be ignored because vote changed: msg sent by vote: {}; current my vote: {}; when ({})",
                 sender_vote,
                 my_vote.display(),
@@ -1705,7 +1708,9 @@ where
         }
 
         if &session_id.membership_log_id != self.engine.state.membership_state.effective().log_id() {
-            tracing::warn!(
+            // raftkv patch: debug, not warn, as above: routine after every membership
+            // change (every join).
+            tracing::debug!(
                 "membership_log_id changed: msg sent by: {}; curr: {}; ignore when ({})",
                 session_id.membership_log_id.summary(),
                 self.engine.state.membership_state.effective().log_id().summary(),
