@@ -1,15 +1,17 @@
 //! `raftkv defrag --endpoints …`: asks each member in turn to give the space of deleted
 //! and compacted data back (Maintenance.Defragment, which answers once the engine has
 //! merged its files; reads and writes go on meanwhile) and shows the db size before and
-//! after. One member at a time, never all at once; it never stops a member.
+//! after. One member at a time, never all at once; it never stops a member. While a
+//! member works, a terminal shows a spinner (cli/progress.rs); a pipe gets the summary
+//! only.
 
-use std::io::Write;
 use std::time::Instant;
 
 use raftkv_proto::etcdserverpb as pb;
 use raftkv_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 
 use crate::cli::client::{connect, ConnectError};
+use crate::cli::progress::Progress;
 use crate::net::tls::ClientTls;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,11 +46,10 @@ pub async fn run(endpoints: &str, tls: &ClientTls) -> Result<String, DefragCliEr
         };
         let mut client = MaintenanceClient::new(connect(endpoint, tls).await?);
         let before = db_size(&mut client).await.map_err(refused)?;
-        eprint!(
-            "defrag {endpoint}: merging {:.1} MB ...",
+        let progress = Progress::spinner(&format!(
+            "defrag {endpoint}: merging {:.1} MB",
             before as f64 / 1e6
-        );
-        let _ = std::io::stderr().flush();
+        ));
         let started = Instant::now();
         // Answers once the member's engine has merged its files (or after the
         // member's own bound; the merge then goes on).
@@ -58,7 +59,7 @@ pub async fn run(endpoints: &str, tls: &ClientTls) -> Result<String, DefragCliEr
             .map_err(refused)?;
         let took_ms = started.elapsed().as_millis();
         let last = db_size(&mut client).await.map_err(refused)?;
-        eprintln!(" done in {took_ms} ms");
+        progress.finish_with(format!("defrag {endpoint}: done in {took_ms} ms"));
         summary.push_str(&format!(
             "Finished defragmenting raftkv member[{endpoint}]: {:.1} MB -> {:.1} MB\n",
             before as f64 / 1e6,

@@ -26,6 +26,23 @@ impl Progress {
         Progress::with_style(what, total, "{msg}: {bar:30} {pos}/{len} keys ({percent}%)")
     }
 
+    /// A spinner for work whose length is unknown (a member's defragment).
+    pub fn spinner(what: &str) -> Progress {
+        let target = ProgressDrawTarget::stderr_with_hz(REDRAWS_PER_SECOND);
+        let bar = ProgressBar::with_draw_target(None, target);
+        if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
+            bar.set_style(style);
+        }
+        bar.set_message(what.to_string());
+        bar.enable_steady_tick(std::time::Duration::from_millis(100));
+        Progress(bar)
+    }
+
+    /// Ends the bar with `message` in place of its own.
+    pub fn finish_with(&self, message: String) {
+        self.0.finish_with_message(message);
+    }
+
     fn with_style(what: &str, total: u64, template: &str) -> Progress {
         let target = ProgressDrawTarget::stderr_with_hz(REDRAWS_PER_SECOND);
         let bar = ProgressBar::with_draw_target(Some(total), target);
