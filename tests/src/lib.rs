@@ -352,11 +352,7 @@ impl Cluster {
                 m
             })
             .collect();
-        members[0].start(&["--cluster-init".to_string()]);
-        let join = Member::join_args(&members[0]);
-        for m in members.iter_mut().skip(1) {
-            m.start(&join);
-        }
+        start_members(&mut members);
         Cluster {
             members,
             net: None,
@@ -403,11 +399,7 @@ impl Cluster {
                 m
             })
             .collect();
-        members[0].start(&["--cluster-init".to_string()]);
-        let join = Member::join_args(&members[0]);
-        for m in members.iter_mut().skip(1) {
-            m.start(&join);
-        }
+        start_members(&mut members);
         Cluster {
             members,
             net,
@@ -436,6 +428,16 @@ impl Cluster {
             .map(|m| format!("==== {} ====\n{}", m.name, m.log()))
             .collect::<Vec<_>>()
             .join("\n")
+    }
+}
+
+/// Starts the first member with --cluster-init and has the others join it, each once
+/// the one before serves.
+fn start_members(members: &mut [Member]) {
+    members[0].start(&["--cluster-init".to_string()]);
+    let join = Member::join_args(&members[0]);
+    for m in members.iter_mut().skip(1) {
+        m.start(&join);
     }
 }
 
