@@ -4,6 +4,7 @@
 //!
 //! A missing tool is a failure, not a skip: scripts/test installs them all.
 
+pub mod delay;
 pub mod linearizability;
 pub mod lossy;
 pub mod netns;
@@ -82,6 +83,9 @@ pub struct Member {
     pub host: String,
     /// The network namespace it runs in (netns.rs), if any.
     pub netns: Option<String>,
+    /// The peer port it tells the others to use, when that is not the one it listens
+    /// on (a delay proxy in front of it, delay.rs).
+    pub advertise_peer_port: Option<u16>,
     child: Option<Child>,
     /// "ready" lines in the log before the current start.
     starts_before: usize,
@@ -101,6 +105,7 @@ impl Member {
             env: Vec::new(),
             host: "127.0.0.1".to_string(),
             netns: None,
+            advertise_peer_port: None,
             child: None,
             starts_before: 0,
         }
@@ -135,7 +140,14 @@ impl Member {
         format!("{}:{}", self.host, self.client_port)
     }
 
+    /// The peer URL the others use: the advertised one if set.
     pub fn peer_url(&self) -> String {
+        let port = self.advertise_peer_port.unwrap_or(self.peer_port);
+        format!("{}://{}:{}", self.peer_scheme, self.host, port)
+    }
+
+    /// The peer URL it listens on.
+    pub fn listen_peer_url(&self) -> String {
         format!("{}://{}:{}", self.peer_scheme, self.host, self.peer_port)
     }
 
@@ -164,7 +176,13 @@ impl Member {
             .arg("--listen-client-urls")
             .arg(self.client_url())
             .arg("--listen-peer-urls")
-            .arg(self.peer_url())
+            .arg(self.listen_peer_url())
+            .args(
+                self.advertise_peer_port
+                    .map(|_| ["--advertise-peer-urls".to_string(), self.peer_url()])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(&self.extra_args)
             .args(args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -313,6 +331,8 @@ pub struct Cluster {
     pub disks: Vec<SmallDisk>,
     /// Each member's disk that can lose power, when the test cuts it (`start_on_lossy_disks`).
     pub lossy: Vec<lossy::LossyDisk>,
+    /// The delay proxies in front of the members' peer ports (`start_with_delay`).
+    pub proxies: Vec<delay::DelayProxy>,
     /// Dropped last: the members' data dirs and logs.
     pub root: tempfile::TempDir,
 }
@@ -358,6 +378,32 @@ impl Cluster {
             net: None,
             disks: Vec::new(),
             lossy,
+            proxies: Vec::new(),
+            root,
+        }
+    }
+
+    /// A cluster on loopback whose members reach one another only through delay
+    /// proxies (delay.rs): every peer message waits `delay`, with jitter.
+    pub fn start_with_delay(n: usize, delay: delay::Delay, seed: u64) -> Cluster {
+        let root = tempfile::tempdir().expect("temp dir");
+        let mut proxies = Vec::new();
+        let mut members: Vec<Member> = (0..n)
+            .map(|i| {
+                let mut m = Member::new(root.path(), &format!("m{i}"));
+                let proxy = delay::DelayProxy::start(m.peer_port, delay, seed + i as u64);
+                m.advertise_peer_port = Some(proxy.port);
+                proxies.push(proxy);
+                m
+            })
+            .collect();
+        start_members(&mut members);
+        Cluster {
+            members,
+            net: None,
+            disks: Vec::new(),
+            lossy: Vec::new(),
+            proxies,
             root,
         }
     }
@@ -405,6 +451,7 @@ impl Cluster {
             net,
             disks,
             lossy: Vec::new(),
+            proxies: Vec::new(),
             root,
         }
     }

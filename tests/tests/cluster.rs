@@ -1695,3 +1695,48 @@ fn a_member_that_needs_a_large_snapshot_catches_up_without_disturbing_the_leader
         );
     });
 }
+
+#[test]
+fn peers_behind_delay_proxies_see_the_delay_in_their_round_trips() {
+    // The delay proxies (tests/src/delay.rs) that the slow-link fault scenario relies on
+    // do delay every peer message: the leader's measured round trips to its followers
+    // are at least the two one-way delays.
+    const DELAY_MS: u64 = 15;
+    let mut cluster = Cluster::start_with_delay(
+        3,
+        raftkv_tests::delay::Delay {
+            delay_ms: DELAY_MS,
+            jitter_ms: 0,
+        },
+        1,
+    );
+    let rt = rt();
+    let leader = rt.block_on(leader_index(&mut cluster));
+    rt.block_on(async {
+        let mut c = client(&cluster.members[leader].endpoint()).await;
+        for i in 0..20 {
+            c.put(format!("slow/{i}"), "v", None).await.expect("put");
+        }
+    });
+    let (status, metrics) = http_get(cluster.members[leader].client_port, "/metrics");
+    assert_eq!(status, 200);
+    let sum_of = |suffix: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with(&format!(
+                    "etcd_network_peer_round_trip_time_seconds_{suffix}"
+                ))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let (sum_s, count) = (sum_of("sum"), sum_of("count"));
+    assert!(count >= 20.0, "{count} round trips measured");
+    let mean_ms = sum_s / count * 1000.0;
+    assert!(
+        mean_ms >= (2 * DELAY_MS) as f64 * 0.9,
+        "mean peer round trip {mean_ms:.1} ms, under the proxies' {} ms",
+        2 * DELAY_MS
+    );
+}

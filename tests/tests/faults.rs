@@ -186,6 +186,8 @@ enum Kinds {
     PowerCuts,
     /// Power cuts aimed at moments (`Moment`), each in turn, of one member or all.
     PowerCutMoments,
+    /// Crashes as `Crashes`, with every peer message delayed (`PEER_DELAY`).
+    DelayedCrashes,
 }
 
 /// The fault schedule of a seed: one fault every 1–2 s for `duration`.
@@ -199,12 +201,12 @@ fn schedule(seed: u64, members: usize, duration: Duration, kinds: Kinds) -> Vec<
         let other = (member + 1 + rng.below(members as u64 - 1) as usize) % members;
         let pause_ms = 300 + rng.below(1200);
         let fault = match (kinds, rng.below(4)) {
-            (Kinds::Crashes, 0) => Fault::Kill {
+            (Kinds::Crashes | Kinds::DelayedCrashes, 0) => Fault::Kill {
                 member,
                 down_ms: pause_ms,
             },
-            (Kinds::Crashes, 1) => Fault::KillLeader { down_ms: pause_ms },
-            (Kinds::Crashes, _) => Fault::Pause {
+            (Kinds::Crashes | Kinds::DelayedCrashes, 1) => Fault::KillLeader { down_ms: pause_ms },
+            (Kinds::Crashes | Kinds::DelayedCrashes, _) => Fault::Pause {
                 member,
                 paused_ms: pause_ms,
             },
@@ -582,6 +584,13 @@ fn partition(cluster: &mut Cluster, cut_ms: u64, cut: impl FnOnce(&mut Net)) {
 
 /// Each member's file system in the full-disk scenarios.
 const DISK_MIB: u64 = 200;
+/// Members on one home network and a slow switch, or across a few rooms of Wi-Fi:
+/// every peer message waits 10 ± 8 ms each way.
+const PEER_DELAY: raftkv_tests::delay::Delay = raftkv_tests::delay::Delay {
+    delay_ms: 10,
+    jitter_ms: 8,
+};
+
 /// How long after a whole-cluster power cut the cluster must take writes again.
 const POWER_RECOVERY_MAX_MS: u64 = 30_000;
 
@@ -1033,6 +1042,7 @@ fn run_scenario_with(
             &["--disk-reserve-bytes", &(70u64 << 20).to_string()],
         ),
         Kinds::PowerCuts => Cluster::start_on_lossy_disks(members, seed, &[]),
+        Kinds::DelayedCrashes => Cluster::start_with_delay(members, PEER_DELAY, seed),
         Kinds::PowerCutMoments => Cluster::start_on_lossy_disks(
             members,
             seed,
@@ -1474,6 +1484,22 @@ fn power_cuts_aimed_at_moments_of_the_log_engine_snapshots_and_backups_lose_noth
             3,
             Duration::from_secs(20),
             Kinds::PowerCutMoments,
+            None,
+        );
+    }
+}
+
+#[test]
+fn three_members_with_slow_jittery_links_under_kills_and_pauses_stay_linearizable() {
+    // Every peer message waits 10 ± 8 ms each way (a user-space proxy in front of each
+    // member's peer port: this kernel has no netem), while members and leaders are
+    // killed and paused: every check holds.
+    for seed in seeds(&[11]) {
+        run_scenario_with(
+            seed,
+            3,
+            Duration::from_secs(12),
+            Kinds::DelayedCrashes,
             None,
         );
     }
