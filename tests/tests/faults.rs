@@ -1155,8 +1155,10 @@ fn run_scenario_with(
                 );
             }
             Verdict::Undecided { states } => panic!(
-                "{}\n  key reg/{key}: undecided after {states} states",
-                report(seed, members, &faults, "the checker's bound")
+                "{}\n  key reg/{key}: undecided after {states} states ({} of {} operations of unknown outcome)",
+                report(seed, members, &faults, "the checker's bound"),
+                ops.iter().filter(|o| o.complete_ns.is_none()).count(),
+                ops.len()
             ),
         }
     }
