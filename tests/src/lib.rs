@@ -333,6 +333,9 @@ pub struct Cluster {
     pub lossy: Vec<lossy::LossyDisk>,
     /// The delay proxies in front of the members' peer ports (`start_with_delay`).
     pub proxies: Vec<delay::DelayProxy>,
+    /// The cluster's join token, read once at the start: a test that cut the first
+    /// member's power can still restart the others.
+    join_token: String,
     /// Dropped last: the members' data dirs and logs.
     pub root: tempfile::TempDir,
 }
@@ -373,12 +376,14 @@ impl Cluster {
             })
             .collect();
         start_members(&mut members);
+        let join_token = members[0].token();
         Cluster {
             members,
             net: None,
             disks: Vec::new(),
             lossy,
             proxies: Vec::new(),
+            join_token,
             root,
         }
     }
@@ -398,12 +403,14 @@ impl Cluster {
             })
             .collect();
         start_members(&mut members);
+        let join_token = members[0].token();
         Cluster {
             members,
             net: None,
             disks: Vec::new(),
             lossy: Vec::new(),
             proxies,
+            join_token,
             root,
         }
     }
@@ -446,12 +453,14 @@ impl Cluster {
             })
             .collect();
         start_members(&mut members);
+        let join_token = members[0].token();
         Cluster {
             members,
             net,
             disks,
             lossy: Vec::new(),
             proxies: Vec::new(),
+            join_token,
             root,
         }
     }
@@ -465,7 +474,12 @@ impl Cluster {
         if i == 0 {
             vec!["--cluster-init".to_string()]
         } else {
-            Member::join_args(&self.members[0])
+            vec![
+                "--join".to_string(),
+                self.members[0].peer_url(),
+                "--token".to_string(),
+                self.join_token.clone(),
+            ]
         }
     }
 

@@ -413,15 +413,16 @@ async fn register_client(
 }
 
 /// Errors that say the request took no effect: the NOSPACE alarm refuses writes before
-/// or at apply, never half-way; a connection refused (a member down, all of them
-/// after a power cut) never carried the request.
+/// or at apply, never half-way; a connection that could not be made (a member down,
+/// all of them after a power cut: "tcp connect error", "Connection refused") never
+/// carried the request.
 fn refused_unapplied(e: &etcd_client::Error) -> bool {
     let message = e.to_string();
     if message.contains("database space exceeded") {
         NOSPACE_REFUSALS.fetch_add(1, Ordering::Relaxed);
         return true;
     }
-    message.contains("Connection refused")
+    message.contains("Connection refused") || message.contains("tcp connect error")
 }
 
 /// Requests refused with NOSPACE in this test process (each test runs in its own).
