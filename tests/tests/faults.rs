@@ -703,6 +703,28 @@ fn inject(
                 return Err(format!("member {member} exited on a full disk"));
             }
         }
+        Fault::PowerCut { .. }
+        | Fault::PowerCutLeader { .. }
+        | Fault::PowerCutAll { .. }
+        | Fault::PowerCutAt { .. } => return inject_power_cut(cluster, rt, endpoints, fault),
+    }
+    Ok(None)
+}
+
+/// The power-cut faults (each member on a lossy disk): one member's, the leader's,
+/// every member's, or one aimed at a moment. A whole-cluster cut answers how long after
+/// the power returned a write first succeeded.
+fn inject_power_cut(
+    cluster: &mut Cluster,
+    rt: &tokio::runtime::Runtime,
+    endpoints: &[String],
+    fault: Fault,
+) -> Result<Option<u128>, String> {
+    let restart = |cluster: &mut Cluster, member: usize| {
+        let args = cluster.restart_args(member);
+        cluster.members[member].start(&args);
+    };
+    match fault {
         Fault::PowerCut {
             member,
             torn,
@@ -730,6 +752,7 @@ fn inject(
             all,
             down_ms,
         } => return power_cut_at(cluster, rt, endpoints, moment, torn, all, down_ms),
+        _ => unreachable!("not a power cut: {fault:?}"),
     }
     Ok(None)
 }
