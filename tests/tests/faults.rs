@@ -218,8 +218,8 @@ fn schedule(seed: u64, members: usize, duration: Duration, kinds: Kinds) -> Vec<
                     1 << member
                 },
                 cut_ms: pause_ms,
-                // Decided by the pause already drawn, so that the seeds' schedules stay
-                // as they were.
+                // Decided by the pause already drawn: a draw of its own would shift
+                // every later fault of each seed's schedule.
                 clients: pause_ms % 2 == 1,
             },
             (Kinds::Partitions, 1) => Fault::IsolateLeader { cut_ms: pause_ms },
