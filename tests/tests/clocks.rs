@@ -26,7 +26,7 @@ fn set_offset(file: &Path, offset: &str) {
 
 #[test]
 fn wall_clock_jumps_on_the_leader_change_no_lease_read_or_leadership() {
-    const LEASE_TTL_S: i64 = 6;
+    const LEASE_TTL_S: i64 = 10;
     let root = tempfile::tempdir().expect("temp dir");
     let offset_file = root.path().join("faketime");
     set_offset(&offset_file, "+0");
