@@ -61,9 +61,9 @@ impl Node {
                 joined: false,
             },
         };
-        let (mut log, sm, store) = open_storage(&config, identity.member_id).await?;
+        let (mut log, mut sm, store) = open_storage(&config, identity.member_id).await?;
         let restart_state = match &existing {
-            Some(identity) if identity.joined => Some(local_state(&mut log).await?),
+            Some(identity) if identity.joined => Some(local_state(&mut log, &mut sm).await?),
             _ => None,
         };
         let applied_index = sm.applied_index();
@@ -282,11 +282,16 @@ pub(super) async fn reserved_id(
     }
 }
 
-/// The vote and last log id a restarting member's log holds (rollback_guard.rs).
+/// The vote a restarting member holds, and the last log id it holds durably: in its
+/// log, or in its key space (rollback_guard.rs). A member that installed a snapshot
+/// holds the snapshot's entries in the key space while its log may still end before
+/// them (the log is purged only once the engine has flushed); counting the log alone,
+/// a power cut right after an install made it look older than what it acknowledged.
 pub(super) async fn local_state(
     log: &mut RaftLogStore,
+    sm: &mut StateMachine,
 ) -> Result<crate::member::rollback_guard::LocalState, StartError> {
-    use openraft::storage::RaftLogStorage;
+    use openraft::storage::{RaftLogStorage, RaftStateMachine};
     let state = log
         .get_log_state()
         .await
@@ -295,9 +300,14 @@ pub(super) async fn local_state(
         .read_vote()
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
+    let (applied, _) = sm
+        .applied_state()
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+    let held = state.last_log_id.max(applied);
     Ok(crate::member::rollback_guard::LocalState {
         vote_term: vote.map_or(0, |v| v.leader_id().term),
-        last_log: state.last_log_id.map(|l| (l.leader_id.term, l.index)),
+        last_log: held.map(|l| (l.leader_id.term, l.index)),
     })
 }
 
