@@ -431,6 +431,7 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
         I::IntoIter: Send,
     {
         let mut records = Vec::new();
+        let mut appended = 0u64;
         {
             let mut memory = self.memory_mut();
             let guard = self.shared.purge_guard.load(Ordering::SeqCst);
@@ -455,6 +456,7 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
                     )
                 })?;
                 records.push((RecordKind::Entry, encode_entry(&entry)));
+                appended += 1;
                 memory.entries.insert(index, entry);
                 debug_assert_eq!(
                     memory.entries.keys().next_back(),
@@ -467,12 +469,8 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
             callback.log_io_completed(Ok(()));
             return Ok(());
         }
-        let entries = records
-            .iter()
-            .filter(|(kind, _)| *kind == RecordKind::Entry)
-            .count() as u64;
         crate::stats::LOG_APPENDS.fetch_add(1, Ordering::Relaxed);
-        crate::stats::LOG_APPENDED_ENTRIES.fetch_add(entries, Ordering::Relaxed);
+        crate::stats::LOG_APPENDED_ENTRIES.fetch_add(appended, Ordering::Relaxed);
         let request = Request {
             records,
             sync: true,

@@ -367,7 +367,7 @@ impl Cluster {
                 lossy::LossyDisk::mount(&root.path().join(format!("power{i}")), seed + i as u64)
             })
             .collect();
-        let mut members: Vec<Member> = (0..n)
+        let members: Vec<Member> = (0..n)
             .map(|i| {
                 let mut m = Member::new(root.path(), &format!("m{i}"));
                 m.data_dir = lossy[i].mount.join("data");
@@ -375,17 +375,16 @@ impl Cluster {
                 m
             })
             .collect();
-        start_members(&mut members);
-        let join_token = members[0].token();
-        Cluster {
+        Cluster::assemble(
             members,
-            net: None,
-            disks: Vec::new(),
-            lossy,
-            proxies: Vec::new(),
-            join_token,
+            Parts {
+                net: None,
+                disks: Vec::new(),
+                lossy,
+                proxies: Vec::new(),
+            },
             root,
-        }
+        )
     }
 
     /// A cluster on loopback whose members reach one another only through delay
@@ -393,7 +392,7 @@ impl Cluster {
     pub fn start_with_delay(n: usize, delay: delay::Delay, seed: u64) -> Cluster {
         let root = tempfile::tempdir().expect("temp dir");
         let mut proxies = Vec::new();
-        let mut members: Vec<Member> = (0..n)
+        let members: Vec<Member> = (0..n)
             .map(|i| {
                 let mut m = Member::new(root.path(), &format!("m{i}"));
                 let proxy = delay::DelayProxy::start(m.peer_port, delay, seed + i as u64);
@@ -402,17 +401,16 @@ impl Cluster {
                 m
             })
             .collect();
-        start_members(&mut members);
-        let join_token = members[0].token();
-        Cluster {
+        Cluster::assemble(
             members,
-            net: None,
-            disks: Vec::new(),
-            lossy: Vec::new(),
-            proxies,
-            join_token,
+            Parts {
+                net: None,
+                disks: Vec::new(),
+                lossy: Vec::new(),
+                proxies,
+            },
             root,
-        }
+        )
     }
 
     /// A cluster whose members each run in their own network namespace (netns.rs), so
@@ -436,7 +434,7 @@ impl Cluster {
         } else {
             Vec::new()
         };
-        let mut members: Vec<Member> = (0..n)
+        let members: Vec<Member> = (0..n)
             .map(|i| {
                 let mut m = Member::new(root.path(), &format!("m{i}"));
                 m.extra_args = extra_args.iter().map(|s| s.to_string()).collect();
@@ -452,17 +450,16 @@ impl Cluster {
                 m
             })
             .collect();
-        start_members(&mut members);
-        let join_token = members[0].token();
-        Cluster {
+        Cluster::assemble(
             members,
-            net,
-            disks,
-            lossy: Vec::new(),
-            proxies: Vec::new(),
-            join_token,
+            Parts {
+                net,
+                disks,
+                lossy: Vec::new(),
+                proxies: Vec::new(),
+            },
             root,
-        }
+        )
     }
 
     pub fn endpoints(&self) -> Vec<String> {
@@ -492,13 +489,33 @@ impl Cluster {
     }
 }
 
-/// Starts the first member with --cluster-init and has the others join it, each once
-/// the one before serves.
-fn start_members(members: &mut [Member]) {
-    members[0].start(&["--cluster-init".to_string()]);
-    let join = Member::join_args(&members[0]);
-    for m in members.iter_mut().skip(1) {
-        m.start(&join);
+/// What a cluster holds beside its members: each constructor fills what it uses.
+struct Parts {
+    net: Option<netns::Net>,
+    disks: Vec<SmallDisk>,
+    lossy: Vec<lossy::LossyDisk>,
+    proxies: Vec<delay::DelayProxy>,
+}
+
+impl Cluster {
+    /// Starts the first member with --cluster-init and has the others join it, each
+    /// once the one before serves; reads the join token once.
+    fn assemble(mut members: Vec<Member>, parts: Parts, root: tempfile::TempDir) -> Cluster {
+        members[0].start(&["--cluster-init".to_string()]);
+        let join = Member::join_args(&members[0]);
+        for m in members.iter_mut().skip(1) {
+            m.start(&join);
+        }
+        let join_token = members[0].token();
+        Cluster {
+            members,
+            net: parts.net,
+            disks: parts.disks,
+            lossy: parts.lossy,
+            proxies: parts.proxies,
+            join_token,
+            root,
+        }
     }
 }
 
@@ -799,6 +816,23 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
 }
 
 /// One HTTP/1.1 request without a body to 127.0.0.1:`port`: status, head, raw body.
+/// A member's /metrics page (its client port).
+pub fn metrics_of(port: u16) -> String {
+    let (status, body) = http_get(port, "/metrics");
+    assert_eq!(status, 200, "/metrics answered {status}: {body}");
+    body
+}
+
+/// The value of the first series of `metrics` whose name and labels start with `series`.
+pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 pub fn http_request(port: u16, method: &str, path: &str) -> (u16, String, Vec<u8>) {
     http_request_to("127.0.0.1", port, method, path)
 }

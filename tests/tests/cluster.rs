@@ -1075,13 +1075,11 @@ fn a_leader_killed_and_restarted_at_once_stands_for_election_in_a_new_term() {
 
 /// The leader's completed fdatasyncs of its log, from its /metrics.
 fn wal_fsyncs(port: u16) -> u64 {
-    let (status, body) = http_get(port, "/metrics");
-    assert_eq!(status, 200, "/metrics answered {status}: {body}");
-    body.lines()
-        .find(|l| l.starts_with("etcd_disk_wal_fsync_duration_seconds_count"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .expect("etcd_disk_wal_fsync_duration_seconds_count is exported")
+    metric_value(
+        &metrics_of(port),
+        "etcd_disk_wal_fsync_duration_seconds_count",
+    )
+    .expect("etcd_disk_wal_fsync_duration_seconds_count is exported") as u64
 }
 
 #[test]
@@ -1718,8 +1716,7 @@ fn peers_behind_delay_proxies_see_the_delay_in_their_round_trips() {
             c.put(format!("slow/{i}"), "v", None).await.expect("put");
         }
     });
-    let (status, metrics) = http_get(cluster.members[leader].client_port, "/metrics");
-    assert_eq!(status, 200);
+    let metrics = metrics_of(cluster.members[leader].client_port);
     let sum_of = |suffix: &str| -> f64 {
         metrics
             .lines()

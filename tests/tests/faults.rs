@@ -283,6 +283,15 @@ async fn connect(endpoint: &str) -> Option<Client> {
     Client::connect([endpoint], Some(options)).await.ok()
 }
 
+/// A connection for one slow request (a membership change, a HashKV of a large key
+/// space): the scenarios' request timeout would cut it short.
+async fn connect_patient(endpoint: &str, timeout_s: u64) -> Result<Client, String> {
+    let options = ConnectOptions::new().with_timeout(Duration::from_secs(timeout_s));
+    Client::connect([endpoint], Some(options))
+        .await
+        .map_err(|e| format!("{endpoint}: {e}"))
+}
+
 /// A connection to one member that moves to the next member when it cannot connect
 /// or a request fails (the member may be dead or paused).
 struct Roaming {
@@ -867,10 +876,7 @@ fn remove_and_wipe(
     rt.block_on(async {
         // A membership change commits two entries: more than a request's timeout
         // allows under this load.
-        let options = ConnectOptions::new().with_timeout(Duration::from_secs(15));
-        let mut c = Client::connect([endpoints[leader].as_str()], Some(options))
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut c = connect_patient(&endpoints[leader], 15).await?;
         c.member_remove(id)
             .await
             .map_err(|e| format!("member remove: {e}"))
@@ -1013,13 +1019,10 @@ fn same_hashkv(rt: &tokio::runtime::Runtime, endpoints: &[String]) -> Result<(),
             .unwrap_or(0);
         let mut hashes = Vec::new();
         // Hashing hundreds of MB of history takes longer than a request's timeout.
-        let options = ConnectOptions::new().with_timeout(Duration::from_secs(60));
         for endpoint in endpoints {
             let deadline = Instant::now() + Duration::from_secs(60);
             let hash = loop {
-                let mut c = Client::connect([endpoint.as_str()], Some(options.clone()))
-                    .await
-                    .map_err(|e| format!("{endpoint}: {e}"))?;
+                let mut c = connect_patient(endpoint, 60).await?;
                 match c.hash_kv(revision).await {
                     Ok(r) => break r.hash(),
                     Err(e) if Instant::now() > deadline => {

@@ -7,22 +7,6 @@ use std::time::{Duration, Instant};
 
 use raftkv_tests::*;
 
-/// The value of the first series of `metrics` whose name and labels start with `series`.
-fn value(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-fn metrics_of(port: u16) -> String {
-    let (status, body) = http_get(port, "/metrics");
-    assert_eq!(status, 200, "/metrics answered {status}: {body}");
-    body
-}
-
 fn member_id_hex(port: u16) -> String {
     let metrics = metrics_of(port);
     let line = metrics
@@ -46,7 +30,7 @@ fn metrics_and_health_on_a_three_member_cluster() {
     let ports: Vec<u16> = cluster.members.iter().map(|m| m.client_port).collect();
     let m0 = metrics_of(ports[0]);
     assert!(
-        value(
+        metric_value(
             &m0,
             "grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Put\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"}"
         )
@@ -54,7 +38,7 @@ fn metrics_and_health_on_a_three_member_cluster() {
         "three Puts counted as OK:\n{m0}"
     );
     assert_eq!(
-        value(
+        metric_value(
             &m0,
             "grpc_server_handled_total{grpc_code=\"OutOfRange\",grpc_method=\"Range\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"}"
         ),
@@ -62,7 +46,8 @@ fn metrics_and_health_on_a_three_member_cluster() {
         "the failed Range counted under its code:\n{m0}"
     );
     assert!(
-        value(&m0, "grpc_server_started_total{grpc_method=\"Put\"").is_some_and(|n| n >= 3.0),
+        metric_value(&m0, "grpc_server_started_total{grpc_method=\"Put\"")
+            .is_some_and(|n| n >= 3.0),
         "{m0}"
     );
 
@@ -70,25 +55,27 @@ fn metrics_and_health_on_a_three_member_cluster() {
     for (i, port) in ports.iter().enumerate() {
         let m = metrics_of(*port);
         assert_eq!(
-            value(&m, "etcd_server_has_leader "),
+            metric_value(&m, "etcd_server_has_leader "),
             Some(1.0),
             "member {i}"
         );
         assert!(
-            value(&m, "etcd_server_leader_changes_seen_total ").is_some_and(|n| n >= 1.0),
+            metric_value(&m, "etcd_server_leader_changes_seen_total ").is_some_and(|n| n >= 1.0),
             "member {i} saw its first leader:\n{m}"
         );
         assert!(
-            value(&m, "etcd_disk_wal_fsync_duration_seconds_count ").is_some_and(|n| n > 0.0),
+            metric_value(&m, "etcd_disk_wal_fsync_duration_seconds_count ")
+                .is_some_and(|n| n > 0.0),
             "member {i} fsynced its log"
         );
         assert!(
-            value(&m, "etcd_disk_backend_commit_duration_seconds_count ").is_some_and(|n| n >= 3.0),
+            metric_value(&m, "etcd_disk_backend_commit_duration_seconds_count ")
+                .is_some_and(|n| n >= 3.0),
             "member {i} applied the puts"
         );
-        assert!(value(&m, "etcd_debugging_mvcc_current_revision ").is_some_and(|r| r >= 4.0));
-        assert!(value(&m, "process_resident_memory_bytes ").is_some_and(|b| b > 0.0));
-        if value(&m, "etcd_server_is_leader ") == Some(1.0) {
+        assert!(metric_value(&m, "etcd_debugging_mvcc_current_revision ").is_some_and(|r| r >= 4.0));
+        assert!(metric_value(&m, "process_resident_memory_bytes ").is_some_and(|b| b > 0.0));
+        if metric_value(&m, "etcd_server_is_leader ") == Some(1.0) {
             leaders.push(i);
         }
     }
@@ -104,7 +91,7 @@ fn metrics_and_health_on_a_three_member_cluster() {
             member_id_hex(*port)
         );
         assert!(
-            value(&leader_metrics, &series).is_some_and(|n| n > 0.0),
+            metric_value(&leader_metrics, &series).is_some_and(|n| n > 0.0),
             "{series} missing:\n{leader_metrics}"
         );
     }
@@ -137,7 +124,7 @@ fn metrics_and_health_on_a_three_member_cluster() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let deadline = Instant::now() + Duration::from_secs(15);
-    while value(&metrics_of(ports[0]), "etcd_server_has_leader ") != Some(0.0) {
+    while metric_value(&metrics_of(ports[0]), "etcd_server_has_leader ") != Some(0.0) {
         assert!(
             Instant::now() < deadline,
             "has_leader stayed 1 without a quorum"
@@ -146,7 +133,10 @@ fn metrics_and_health_on_a_three_member_cluster() {
     }
     assert_eq!(http_get(ports[0], "/readyz").0, 503);
     assert_eq!(http_get(ports[0], "/livez"), (200, "ok".to_string()));
-    assert!(value(&metrics_of(ports[0]), "etcd_server_health_failures ").is_some_and(|n| n >= 1.0));
+    assert!(
+        metric_value(&metrics_of(ports[0]), "etcd_server_health_failures ")
+            .is_some_and(|n| n >= 1.0)
+    );
 }
 
 #[test]
@@ -159,7 +149,7 @@ fn a_separate_metrics_url_serves_metrics_and_health() {
         format!("http://127.0.0.1:{metrics_port}"),
     ]);
     let metrics = metrics_of(metrics_port);
-    assert_eq!(value(&metrics, "etcd_server_has_leader "), Some(1.0));
+    assert_eq!(metric_value(&metrics, "etcd_server_has_leader "), Some(1.0));
     assert!(metrics.contains("# TYPE etcd_disk_wal_fsync_duration_seconds histogram"));
     assert!(metrics.contains("etcd_disk_wal_fsync_duration_seconds_bucket{le=\"+Inf\"}"));
     assert!(metrics.contains("etcd_server_version{server_version=\"3.5.16\"} 1"));
@@ -189,7 +179,7 @@ fn appends_to_followers(ports: &[u16], leader: usize) -> Vec<f64> {
                 "etcd_network_peer_round_trip_time_seconds_count{{To=\"{}\"}}",
                 member_id_hex(ports[i])
             );
-            value(&metrics, &series).unwrap_or(0.0)
+            metric_value(&metrics, &series).unwrap_or(0.0)
         })
         .collect()
 }
@@ -209,7 +199,7 @@ fn a_trickle_of_writes_replaces_the_heartbeats() {
     let cluster = Cluster::start(3, &[]);
     let ports: Vec<u16> = cluster.members.iter().map(|m| m.client_port).collect();
     let leader = (0..ports.len())
-        .find(|i| value(&metrics_of(ports[*i]), "etcd_server_is_leader ") == Some(1.0))
+        .find(|i| metric_value(&metrics_of(ports[*i]), "etcd_server_is_leader ") == Some(1.0))
         .expect("a leader");
     let endpoints = cluster.endpoints();
     let term = || {
@@ -330,12 +320,13 @@ fn the_leader_appends_the_writes_queued_together_as_one() {
     let cluster = Cluster::start(3, &[]);
     let ports: Vec<u16> = cluster.members.iter().map(|m| m.client_port).collect();
     let leader = (0..ports.len())
-        .find(|i| value(&metrics_of(ports[*i]), "etcd_server_is_leader ") == Some(1.0))
+        .find(|i| metric_value(&metrics_of(ports[*i]), "etcd_server_is_leader ") == Some(1.0))
         .expect("a leader");
     let follower = (leader + 1) % ports.len();
     let appends = |port| {
         let metrics = metrics_of(port);
-        let of = |name| value(&metrics, name).unwrap_or_else(|| panic!("{name} is exported"));
+        let of =
+            |name| metric_value(&metrics, name).unwrap_or_else(|| panic!("{name} is exported"));
         (
             of("raftkv_raft_log_appends_total "),
             of("raftkv_raft_log_appended_entries_total "),
@@ -388,14 +379,14 @@ fn joins_and_elections_leave_no_internal_notes_in_the_default_log() {
     let mut cluster = Cluster::start(3, &[]);
     let ports: Vec<u16> = cluster.members.iter().map(|m| m.client_port).collect();
     let leader = (0..ports.len())
-        .find(|i| value(&metrics_of(ports[*i]), "etcd_server_is_leader ") == Some(1.0))
+        .find(|i| metric_value(&metrics_of(ports[*i]), "etcd_server_is_leader ") == Some(1.0))
         .expect("a leader");
     cluster.members[leader].kill9();
     let others: Vec<usize> = (0..ports.len()).filter(|i| *i != leader).collect();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !others
         .iter()
-        .any(|i| value(&metrics_of(ports[*i]), "etcd_server_is_leader ") == Some(1.0))
+        .any(|i| metric_value(&metrics_of(ports[*i]), "etcd_server_is_leader ") == Some(1.0))
     {
         assert!(
             Instant::now() < deadline,
