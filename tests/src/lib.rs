@@ -321,6 +321,36 @@ impl Drop for Member {
     }
 }
 
+/// Lines of each member's log a failing test prints (the whole logs can be megabytes).
+const LOG_TAIL_LINES: usize = 40;
+
+impl Drop for Cluster {
+    /// A test that fails with the cluster still in scope (an `expect` on a client call)
+    /// says what the members were doing: which of them exited and how, who led, and
+    /// each member's last lines.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let mut report = format!("leadership:\n{}\n", self.leadership_log());
+        for m in &mut self.members {
+            let state = match m.child.as_mut().map(|c| c.try_wait()) {
+                Some(Ok(Some(status))) => format!("exited: {status}"),
+                Some(Ok(None)) => "running".to_string(),
+                Some(Err(e)) => format!("unknown: {e}"),
+                None => "stopped by the test".to_string(),
+            };
+            let log = m.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+            report.push_str(&format!("==== {} ({state}), last lines ====\n", m.name));
+            report.push_str(&tail.join("\n"));
+            report.push('\n');
+        }
+        eprintln!("{report}");
+    }
+}
+
 /// A cluster of `n` members on loopback: the first started with --cluster-init, the
 /// others with --join to the first's peer URL.
 pub struct Cluster {
@@ -478,6 +508,28 @@ impl Cluster {
                 self.join_token.clone(),
             ]
         }
+    }
+
+    /// Every member's lines about who leads (elected, lost, standing for election),
+    /// by member: the first thing to read when a test saw the leader change.
+    pub fn leadership_log(&self) -> String {
+        const MARKS: [&str; 4] = [
+            "elected leader",
+            "lost leader",
+            "became candidate",
+            "standing for election",
+        ];
+        self.members
+            .iter()
+            .flat_map(|m| {
+                m.log()
+                    .lines()
+                    .filter(|line| MARKS.iter().any(|mark| line.contains(mark)))
+                    .map(|line| format!("{}: {line}", m.name))
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     pub fn logs(&self) -> String {

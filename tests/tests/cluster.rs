@@ -1688,7 +1688,8 @@ fn a_member_that_needs_a_large_snapshot_catches_up_without_disturbing_the_leader
         assert_eq!(
             term_before,
             term_after,
-            "the leader changed while the member caught up; logs:\n{}",
+            "the leader changed while the member caught up:\n{}\nlogs:\n{}",
+            cluster.leadership_log(),
             cluster.logs()
         );
     });

@@ -40,26 +40,53 @@ const MAX_GRPC_METHODS: usize = 1_000;
 /// A unary call slower than this is logged as a warning.
 const SLOW_REQUEST_WARN: Duration = Duration::from_secs(1);
 
-/// Counts leader changes until the member stops, from openraft's server metrics: they
-/// change only with the leader, the vote, the state or the membership, where the full
-/// metrics change with every loop of RaftCore (several times per write, and at every tick).
+/// One line per change of who leads as this member sees it, and when it stands for
+/// election itself.
+fn log_leadership(
+    before: Option<u64>,
+    now: Option<u64>,
+    state_before: openraft::ServerState,
+    state_now: openraft::ServerState,
+    term: u64,
+) {
+    use crate::ids::hex;
+    if state_now == openraft::ServerState::Candidate && state_before != state_now {
+        tracing::info!(term, "became candidate");
+    }
+    match (before, now) {
+        (b, Some(n)) if b != Some(n) => tracing::info!(leader = %hex(n), term, "elected leader"),
+        (Some(b), None) => tracing::info!(leader = %hex(b), term, "lost leader"),
+        _ => {}
+    }
+}
+
+/// Counts and logs leader changes until the member stops, from openraft's server
+/// metrics: they change only with the leader, the vote, the state or the membership,
+/// where the full metrics change with every loop of RaftCore (several times per write,
+/// and at every tick). The log lines are etcd's "elected leader", "lost leader" and
+/// "became candidate": what an operator looks for when requests stalled for a moment.
 pub async fn watch_leader_changes(node: Arc<Node>) {
     let mut rx = node.raft.server_metrics();
     // The first leader this member learns of counts, as in etcd.
     let mut leader = None;
+    let mut state = openraft::ServerState::Learner;
     let mut voters = 0usize;
     loop {
-        let (now, now_voters) = {
+        let (now, now_state, term, now_voters) = {
             let m = rx.borrow_and_update();
             (
                 m.current_leader,
+                m.state,
+                m.vote.leader_id().term,
                 crate::quorum::voter_count(&m.membership_config),
             )
         };
+        log_leadership(leader, now, state, now_state, term);
         if now != leader && now.is_some() {
             LEADER_CHANGES.fetch_add(1, Ordering::Relaxed);
         }
         leader = now;
+        state = now_state;
         let (count, tolerated, warning) = crate::quorum::fault_tolerance_of(now_voters);
         if count != voters {
             voters = count;
