@@ -212,6 +212,7 @@ fn start_background(
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, StartError> {
     let mut tasks = vec![
         tokio::spawn(crate::member::rollback_guard::run_keeper(node.clone())),
+        tokio::spawn(crate::member::election::run_keeper(node.clone())),
         tokio::spawn(crate::ops::lease_expiry::run_expiry(node.clone())),
         tokio::spawn(crate::ops::metrics::watch_leader_changes(node.clone())),
     ];

@@ -1464,6 +1464,80 @@ fn an_isolated_leader_is_replaced_and_serves_no_stale_reads() {
 }
 
 #[test]
+fn a_follower_that_stalled_or_was_cut_off_does_not_unseat_the_leader() {
+    // etcd's PreVote: a follower that heard from no leader for a while — its process
+    // stalled (SIGSTOP here; a slow disk or swapping on a Pi), or its links to the
+    // others were cut — asks before it stands for election, and the others, who still
+    // hear from the leader, say no. The leader keeps its term, and the follower, back,
+    // takes the leader's writes.
+    const QUIET_MS: u64 = 2_000; // over three times the longest election timeout
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut cluster = Cluster::start_in_netns(3, &[]);
+    let endpoints = cluster.endpoints();
+    let leader = leader_index(&mut cluster, &rt).expect("a leader");
+    let follower = (leader + 1) % 3;
+    let term = |endpoint: &str| {
+        rt.block_on(async {
+            let mut c = connect(endpoint).await.expect("connect");
+            c.status().await.expect("status").raft_term()
+        })
+    };
+    let term_before = term(&endpoints[leader]);
+    for fault in ["stalled", "cut off"] {
+        if fault == "stalled" {
+            cluster.members[follower].pause();
+            std::thread::sleep(Duration::from_millis(QUIET_MS));
+            cluster.members[follower].resume();
+        } else {
+            let net = cluster.net.as_mut().expect("test network");
+            net.isolate(follower);
+            std::thread::sleep(Duration::from_millis(QUIET_MS));
+            net.heal();
+        }
+        let key = format!("after {fault}");
+        rt.block_on(async {
+            let mut c = connect(&endpoints[leader]).await.expect("connect");
+            c.put(key.as_str(), "v", None).await.expect("put");
+        });
+        wait_until_has(&cluster, &rt, follower, &key);
+        let stood = cluster.members[follower].log().contains("became candidate");
+        assert!(
+            !stood && term(&endpoints[leader]) == term_before,
+            "the {fault} follower stood for election or the leader changed:\n{}",
+            cluster.leadership_log()
+        );
+    }
+}
+
+/// Waits until member `i` answers a serializable read of `key`.
+fn wait_until_has(cluster: &Cluster, rt: &tokio::runtime::Runtime, i: usize, key: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let endpoint = cluster.members[i].endpoint();
+    loop {
+        let found = rt.block_on(async {
+            let mut c = connect(&endpoint).await?;
+            let options = etcd_client::GetOptions::new().with_serializable();
+            let r = c.get(key, Some(options)).await.ok()?;
+            Some(r.count() == 1)
+        });
+        if found == Some(true) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never had {key}; logs:\n{}",
+            cluster.members[i].name,
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
 fn members_whose_disks_fill_up_keep_running_and_lose_nothing() {
     // A member's file system filled to the last byte by another program, freed later,
     // between crashes: writes are refused with NOSPACE meanwhile, no member exits, and

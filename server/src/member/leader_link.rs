@@ -7,6 +7,8 @@
 //! invariant 8).
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::error::{CheckIsLeaderError, RaftError};
@@ -40,6 +42,10 @@ pub struct LeaderLink {
     peers: PeerClients,
     /// A leader that has not heard from a quorum for this long does not count as one.
     quorum_stale_ms: u64,
+    /// Set by the election keeper (election.rs) while this member, not leading, has
+    /// heard from no leader for its election timeout: the leader it last followed no
+    /// longer counts (as etcd's pre-candidate has none).
+    leaderless: Arc<AtomicBool>,
 }
 
 impl LeaderLink {
@@ -54,14 +60,19 @@ impl LeaderLink {
             raft,
             peers,
             quorum_stale_ms: 2 * election_timeout_ms,
+            leaderless: Arc::default(),
         }
     }
 
     /// The leader as this member knows it. A leader that has not heard from a quorum for
-    /// two election timeouts reports none (it is likely partitioned away).
+    /// two election timeouts reports none (it is likely partitioned away), and so does a
+    /// follower that has not heard from its leader for its election timeout.
     pub fn leader(&self) -> Option<NodeId> {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
+        if m.state != ServerState::Leader && self.leaderless.load(Ordering::Acquire) {
+            return None;
+        }
         if m.state == ServerState::Leader {
             let voters = voter_count(&m.membership_config);
             if voters > 1
@@ -72,6 +83,11 @@ impl LeaderLink {
             }
         }
         m.current_leader
+    }
+
+    /// Sets whether the leader last followed no longer counts; what it was before.
+    pub fn set_leaderless(&self, leaderless: bool) -> bool {
+        self.leaderless.swap(leaderless, Ordering::AcqRel)
     }
 
     pub fn route(&self) -> Route {

@@ -4,6 +4,7 @@
 //! (api/ does) and never frames peer messages (peer/ does).
 
 pub mod batching;
+pub mod election;
 pub mod identity;
 mod join;
 pub mod join_token;

@@ -85,10 +85,10 @@ impl Node {
         self.fenced.load(Ordering::Acquire)
     }
 
-    /// Peers confirmed the data dir: take part in Raft fully.
+    /// Peers confirmed the data dir: take part in Raft fully (the election keeper,
+    /// election.rs, waits for this too).
     pub fn lift_fence(&self) {
         self.fenced.store(false, Ordering::Release);
-        self.raft.runtime_config().elect(true);
     }
 
     /// How many voters the cluster has and how many of them it can lose, and a warning

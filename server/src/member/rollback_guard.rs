@@ -10,8 +10,8 @@
 //!   flushed) and the term it did so in (its vote was at least that term), and sends
 //!   the table to every follower.
 //!   Every member keeps the table merged (maxima) in `<data-dir>/peer_floors.json`,
-//!   written at most every `PERSIST_INTERVAL_MS` and never fsynced: losing an update
-//!   only makes the check weaker, never wrong.
+//!   written at most every `PERSIST_INTERVAL_MS`, off the runtime's threads: losing an
+//!   update (a power cut before the write) only makes the check weaker, never wrong.
 //! - A member that restarts with a data dir that already took part in a cluster starts
 //!   fenced: it does not stand for election and the peer service refuses its Raft RPCs
 //!   (votes, appends, snapshots). It asks the voters what they know of it, and lifts the
@@ -214,7 +214,13 @@ pub async fn run_keeper(node: Arc<Node>) {
             && node.floors.dirty.swap(false, Ordering::AcqRel)
         {
             last_store = Instant::now();
-            if let Err(e) = store(&node.config.data_dir, &node.floors.snapshot()) {
+            // Off the runtime's threads: the write syncs, and a sync can wait seconds
+            // behind other writes to the disk (a snapshot being exported), which on a
+            // one-worker runtime would stall the heartbeats too.
+            let data_dir = node.config.data_dir.clone();
+            let floors = node.floors.snapshot();
+            let stored = tokio::task::spawn_blocking(move || store(&data_dir, &floors)).await;
+            if let Err(e) = stored.map_err(std::io::Error::other).and_then(|r| r) {
                 tracing::warn!(error = %e, file = %path(&node.config.data_dir).display(), "could not keep what peers hold");
             }
         }

@@ -162,6 +162,12 @@ impl Node {
             ForwardRequest::ElectInTerm { term } => {
                 electing(self.raft.trigger().elect_in_term(term).await)
             }
+            ForwardRequest::PreVote {
+                candidate,
+                last_log,
+            } => Ok(ForwardResponse::PreVote {
+                granted: super::election::answer_pre_vote(self, candidate, last_log).await,
+            }),
         }
     }
 

@@ -74,10 +74,10 @@ impl Node {
         let raft = Raft::new(identity.member_id, raft_config, network, log, sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
-        if restart_state.is_some() {
-            // Fenced until peers confirm the data dir is current (rollback_guard.rs).
-            raft.runtime_config().elect(false);
-        }
+        // Elections are started by the keeper after a pre-vote (election.rs), never by
+        // openraft's own timer; a restarted member is fenced until peers confirm its
+        // data dir is current (rollback_guard.rs), and the keeper waits for that too.
+        raft.runtime_config().elect(false);
         raft.runtime_config().lease_read(!config.no_lease_reads);
         let link = LeaderLink::new(
             identity.member_id,

@@ -76,6 +76,12 @@ pub enum ForwardRequest {
     ElectInTerm {
         term: u64,
     },
+    /// A voter that heard from no leader asks whether the receiver would vote for it now
+    /// (member/election.rs); answered by the receiver, changing nothing there.
+    PreVote {
+        candidate: NodeId,
+        last_log: Option<(u64, u64)>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -116,6 +122,10 @@ pub enum ForwardResponse {
     /// The id MemberAdd reserved for these peer URLs, if any.
     PendingMember {
         id: Option<NodeId>,
+    },
+    /// The answer to a `PreVote`.
+    PreVote {
+        granted: bool,
     },
 }
 
