@@ -50,6 +50,25 @@ fn metrics_and_health_on_a_three_member_cluster() {
             .is_some_and(|n| n >= 3.0),
         "{m0}"
     );
+    // How long unary calls took, by method: etcd's "gRPC requests slow" alert reads it.
+    assert!(
+        metric_value(
+            &m0,
+            "grpc_server_handling_seconds_count{grpc_method=\"Put\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"}"
+        )
+        .is_some_and(|n| n >= 3.0),
+        "{m0}"
+    );
+    assert_eq!(
+        metric_value(&m0, "etcd_server_proposals_pending "),
+        Some(0.0),
+        "{m0}"
+    );
+    assert_eq!(
+        metric_value(&m0, "etcd_server_proposals_failed_total "),
+        Some(0.0),
+        "{m0}"
+    );
 
     let mut leaders = Vec::new();
     for (i, port) in ports.iter().enumerate() {
@@ -94,6 +113,17 @@ fn metrics_and_health_on_a_three_member_cluster() {
             metric_value(&leader_metrics, &series).is_some_and(|n| n > 0.0),
             "{series} missing:\n{leader_metrics}"
         );
+        // Raft traffic each way, by peer: etcd's dashboard plots it.
+        let id = member_id_hex(*port);
+        for series in [
+            format!("etcd_network_peer_sent_bytes_total{{To=\"{id}\"}}"),
+            format!("etcd_network_peer_received_bytes_total{{From=\"{id}\"}}"),
+        ] {
+            assert!(
+                metric_value(&leader_metrics, &series).is_some_and(|n| n > 0.0),
+                "{series} missing:\n{leader_metrics}"
+            );
+        }
     }
 
     // /health as etcd answers it, byte for byte.
@@ -105,9 +135,43 @@ fn metrics_and_health_on_a_three_member_cluster() {
         assert_eq!(http_get(*port, "/readyz"), (200, "ok".to_string()));
     }
 
+    // A follower gone: the leader's sends to it fail, counted by peer (etcd's
+    // "members down" alert reads the rate).
+    let leader = leaders[0];
+    let (first, second) = ((leader + 1) % 3, (leader + 2) % 3);
+    let failures = format!(
+        "etcd_network_peer_sent_failures_total{{To=\"{}\"}}",
+        member_id_hex(ports[first])
+    );
+    cluster.members[first].kill9();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !metric_value(&metrics_of(ports[leader]), &failures).is_some_and(|n| n > 0.0) {
+        assert!(Instant::now() < deadline, "{failures} stayed 0");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // Without a quorum, the last member says so everywhere an operator looks.
-    cluster.members[1].kill9();
-    cluster.members[2].kill9();
+    cluster.members[second].kill9();
+    let lone = [cluster.members[leader].endpoint()];
+    let put = etcdctl(
+        &etcdctl35(),
+        &lone,
+        &["put", "--command-timeout=3s", "lost", "v"],
+        None,
+    );
+    assert!(!put.status.success(), "a put without a quorum succeeded");
+    // Counted when the member gives up on it, at its own request timeout.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !metric_value(
+        &metrics_of(ports[leader]),
+        "etcd_server_proposals_failed_total ",
+    )
+    .is_some_and(|n| n >= 1.0)
+    {
+        assert!(Instant::now() < deadline, "the failed put was not counted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let ports = [ports[leader]];
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let (status, body) = http_get(ports[0], "/health");

@@ -15,5 +15,6 @@ pub mod node;
 mod quota;
 pub mod rollback_guard;
 mod routing;
+pub use routing::{PROPOSALS_FAILED, PROPOSALS_PENDING};
 pub mod startup;
 mod transfer;

@@ -1,6 +1,7 @@
 //! Routing to the leader: a write proposed on the leader or forwarded by a follower,
 //! the read index, and what the leader serves for other members.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
@@ -12,6 +13,35 @@ use super::transfer::electing;
 use crate::errors::ApiError;
 use crate::peer::{ForwardError, ForwardReply, ForwardRequest, ForwardResponse};
 
+/// Writes through this member that were proposed and failed (no leader, out of time,
+/// stopping, or the client gone first): etcd's `etcd_server_proposals_failed_total`.
+pub static PROPOSALS_FAILED: AtomicU64 = AtomicU64::new(0);
+/// Writes through this member proposed and not yet applied here:
+/// `etcd_server_proposals_pending`.
+pub static PROPOSALS_PENDING: AtomicU64 = AtomicU64::new(0);
+
+/// One pending write, counted until it is dropped; one that was not marked applied by
+/// then failed (an error, or a client that went away and dropped the request).
+struct Pending {
+    applied: bool,
+}
+
+impl Pending {
+    fn start() -> Pending {
+        PROPOSALS_PENDING.fetch_add(1, Ordering::Relaxed);
+        Pending { applied: false }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        PROPOSALS_PENDING.fetch_sub(1, Ordering::Relaxed);
+        if !self.applied {
+            PROPOSALS_FAILED.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 impl Node {
     /// Runs a write through Raft (via the leader) and returns what applying it answered,
     /// once this member has applied it too: as with etcd, a client reads its own writes
@@ -21,9 +51,11 @@ impl Node {
             self.check_space().await?;
         }
         let deadline = Instant::now() + self.config.request_timeout();
+        let mut pending = Pending::start();
         let (result, index) = self.propose(command, deadline).await?;
         self.wait_applied(index, deadline.saturating_duration_since(Instant::now()))
             .await?;
+        pending.applied = true;
         Ok(result?)
     }
 

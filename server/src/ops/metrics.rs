@@ -30,6 +30,8 @@ struct CallCounts {
     started: u64,
     /// By gRPC code name.
     handled: BTreeMap<&'static str, u64>,
+    /// How long unary calls took, from the request to the response's headers.
+    handling: DurationHistogram,
 }
 /// Looked up by the request's path without allocating; a path is copied once, when
 /// first seen. Service, method and type labels are derived from it when rendering.
@@ -162,15 +164,20 @@ fn count_started(path: &str) -> Option<Arc<str>> {
         CallCounts {
             started: 1,
             handled: BTreeMap::new(),
+            handling: DurationHistogram::default(),
         },
     );
     Some(key)
 }
 
-fn count_handled(path: &str, code: &'static str) {
+/// Counts a call's end; `unary_elapsed` is how long it took, for a unary call.
+fn count_handled(path: &str, code: &'static str, unary_elapsed: Option<Duration>) {
     let mut calls = GRPC_CALLS.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(counts) = calls.get_mut(path) {
         *counts.handled.entry(code).or_insert(0) += 1;
+        if let Some(elapsed) = unary_elapsed {
+            counts.handling.observe(elapsed);
+        }
     }
 }
 
@@ -227,20 +234,20 @@ where
                 Err(_) => "Unknown",
             };
             let elapsed = started.elapsed();
-            if elapsed > SLOW_REQUEST_WARN {
+            let unary = service_and_method(&path)
+                .is_some_and(|(service, method)| grpc_type(service, method) == "unary");
+            if unary && elapsed > SLOW_REQUEST_WARN {
                 if let Some((service, method)) = service_and_method(&path) {
-                    if grpc_type(service, method) == "unary" {
-                        tracing::warn!(
-                            service,
-                            method,
-                            code,
-                            took_ms = elapsed.as_millis() as u64,
-                            "grpc: slow request"
-                        );
-                    }
+                    tracing::warn!(
+                        service,
+                        method,
+                        code,
+                        took_ms = elapsed.as_millis() as u64,
+                        "grpc: slow request"
+                    );
                 }
             }
-            count_handled(&path, code);
+            count_handled(&path, code, unary.then_some(elapsed));
             result
         })
     }
@@ -345,6 +352,18 @@ fn render_server(out: &mut String, node: &Node) {
         "etcd_server_proposals_applied_total",
         "The total number of consensus proposals applied.",
         applied as f64,
+    );
+    counter(
+        out,
+        "etcd_server_proposals_failed_total",
+        "The total number of failed proposals seen.",
+        crate::member::PROPOSALS_FAILED.load(Ordering::Relaxed),
+    );
+    gauge(
+        out,
+        "etcd_server_proposals_pending",
+        "The current number of pending proposals to commit.",
+        crate::member::PROPOSALS_PENDING.load(Ordering::Relaxed) as f64,
     );
     gauge(
         out,
@@ -463,8 +482,49 @@ fn render_mvcc(out: &mut String, node: &Node) {
     );
 }
 
-/// Round trips of Raft messages to each peer.
+/// A per-peer series: name, the peer's label, help text, and its value.
+type PeerSeries = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&crate::peer::traffic::Traffic) -> u64,
+);
+
+/// Round trips of Raft messages to each peer, their bytes each way and the sends that
+/// failed (peer/traffic.rs).
 fn render_peers(out: &mut String) {
+    let traffic = crate::peer::traffic::snapshot();
+    let series: [PeerSeries; 3] = [
+        (
+            "etcd_network_peer_sent_bytes_total",
+            "To",
+            "The total number of bytes sent to peers.",
+            |t| t.sent_bytes,
+        ),
+        (
+            "etcd_network_peer_received_bytes_total",
+            "From",
+            "The total number of bytes received from peers.",
+            |t| t.received_bytes,
+        ),
+        (
+            "etcd_network_peer_sent_failures_total",
+            "To",
+            "The total number of send failures from peers.",
+            |t| t.sent_failures,
+        ),
+    ];
+    for (name, label, text, value) in series {
+        help(out, name, "counter", text);
+        for (peer, t) in &traffic {
+            let _ = writeln!(
+                out,
+                "{name}{{{label}=\"{}\"}} {}",
+                crate::ids::hex(*peer),
+                value(t)
+            );
+        }
+    }
     let rtts: Vec<(u64, Arc<DurationHistogram>)> = crate::peer::rtt::PEER_RTT
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -488,10 +548,12 @@ fn render_peers(out: &mut String) {
     }
 }
 
-/// gRPC calls started and handled, by service, method and code.
+/// gRPC calls started and handled, by service, method and code, and how long unary
+/// calls took (etcd exports that with `--metrics extensive`; its alerts use it).
 fn render_grpc(out: &mut String) {
     let mut started = String::new();
     let mut handled = String::new();
+    let mut handling = String::new();
     for (path, counts) in GRPC_CALLS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
         let Some((service, method)) = service_and_method(path) else {
             continue;
@@ -511,6 +573,15 @@ fn render_grpc(out: &mut String) {
                 "grpc_server_handled_total{{grpc_code=\"{code}\",{labels}}} {n}"
             );
         }
+        if grpc_type(service, method) == "unary" {
+            let snapshot = counts.handling.snapshot();
+            histogram_series(
+                &mut handling,
+                "grpc_server_handling_seconds",
+                &labels,
+                &snapshot,
+            );
+        }
     }
     help(
         out,
@@ -526,6 +597,13 @@ fn render_grpc(out: &mut String) {
         "Total number of RPCs completed on the server, regardless of success or failure.",
     );
     out.push_str(&handled);
+    help(
+        out,
+        "grpc_server_handling_seconds",
+        "histogram",
+        "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.",
+    );
+    out.push_str(&handling);
 }
 
 /// The process's memory and open descriptors.

@@ -9,6 +9,7 @@ pub mod pool;
 pub mod protocol;
 pub mod rtt;
 pub mod service;
+pub mod traffic;
 pub mod wire;
 
 pub use protocol::{

@@ -57,11 +57,13 @@ impl PeerConnection {
         E: std::error::Error + for<'de> Deserialize<'de>,
     {
         let data = encode(request).data;
+        crate::peer::traffic::sent(self.target, data.len());
         let reply = self
             .clients
             .request(&self.url, method, self.target, data, option.hard_ttl())
             .await
             .map_err(|status| self.transport_error(method, status))?;
+        crate::peer::traffic::received(self.target, reply.len());
         let result: Result<Resp, E> = postcard::from_bytes(&reply).map_err(|e| {
             RPCError::Network(NetworkError::new(&TransportError(format!(
                 "bad reply: {e}"
@@ -76,6 +78,7 @@ impl PeerConnection {
         method: PipeKind,
         status: tonic::Status,
     ) -> RPCError<NodeId, Member, E> {
+        crate::peer::traffic::send_failed(self.target);
         let err = TransportError(format!(
             "{} to {}: {}",
             method.name(),
@@ -116,6 +119,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<(), RPCError<NodeId, Member, RaftError<NodeId>>> {
         let data = encode(&rpc).data;
+        crate::peer::traffic::sent(self.target, data.len());
         self.clients
             .notify(
                 &self.url,

@@ -85,17 +85,26 @@ impl<H: PeerHandler> PeerService<H> {
             PipeKind::AppendEntries => {
                 self.check_target(target)?;
                 let rpc: AppendEntriesRequest<TypeConfig> = decode(&blob)?;
-                Ok(encode(&self.handler.raft().append_entries(rpc).await))
+                let from = rpc.vote.leader_id().voted_for();
+                let reply = encode(&self.handler.raft().append_entries(rpc).await);
+                Ok(counted(from, &blob, reply))
             }
             PipeKind::Vote => {
                 self.check_target(target)?;
                 let rpc: VoteRequest<NodeId> = decode(&blob)?;
-                Ok(encode(&self.handler.raft().vote(rpc).await))
+                let from = rpc.vote.leader_id().voted_for();
+                Ok(counted(
+                    from,
+                    &blob,
+                    encode(&self.handler.raft().vote(rpc).await),
+                ))
             }
             PipeKind::InstallSnapshot => {
                 self.check_target(target)?;
                 let rpc: InstallSnapshotRequest<TypeConfig> = decode(&blob)?;
-                Ok(encode(&self.handler.raft().install_snapshot(rpc).await))
+                let from = rpc.vote.leader_id().voted_for();
+                let reply = encode(&self.handler.raft().install_snapshot(rpc).await);
+                Ok(counted(from, &blob, reply))
             }
             PipeKind::Forward => self.forward(&blob).await,
         }
@@ -122,6 +131,15 @@ impl<H: PeerHandler> PeerService<H> {
         };
         reply_frame(frame.id, result)
     }
+}
+
+/// Counts a Raft message from `from` and this member's answer (traffic.rs).
+fn counted(from: Option<NodeId>, request: &Blob, reply: Blob) -> Blob {
+    if let Some(from) = from {
+        crate::peer::traffic::received(from, request.data.len());
+        crate::peer::traffic::sent(from, reply.data.len());
+    }
+    reply
 }
 
 /// Serves a pipe's frames, several at once (a vote must not wait behind a forwarded
