@@ -85,42 +85,65 @@ fn patience(election_timeout_ms: u64, followed_leader: bool) -> Duration {
     Duration::from_millis(lease_ms + own_ms)
 }
 
-/// Runs for the member's life: checks every half heartbeat interval whether to ask for
-/// an election, and starts one once a quorum would vote for this member.
+/// Runs for the member's life: checks when the election timeout could have passed
+/// (a follower hearing its leader asks RaftCore a few times a second, not at every
+/// heartbeat), and starts an election once a quorum would vote for this member.
 pub async fn run_keeper(node: Arc<Node>) {
     let election_timeout_ms = node.config.election_timeout_ms;
-    let tick = Duration::from_millis((node.config.heartbeat_interval_ms / 2).max(10));
-    let mut ticker = tokio::time::interval(tick);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut wait = patience(election_timeout_ms, true);
-    loop {
-        ticker.tick().await;
+    let mut keeper = Keeper {
+        tick: Duration::from_millis((node.config.heartbeat_interval_ms / 2).max(10)),
+        wait: patience(election_timeout_ms, true),
+        last_quiet: Duration::MAX,
+        election_timeout_ms,
+        node,
+    };
+    while let Some(pause) = keeper.step().await {
+        tokio::time::sleep(pause).await;
+    }
+}
+
+struct Keeper {
+    node: Arc<Node>,
+    election_timeout_ms: u64,
+    /// The shortest pause between checks.
+    tick: Duration,
+    /// How long without a leader's message before asking (`patience`).
+    wait: Duration,
+    /// The quiet time seen at the last check: a shorter one now means a message came.
+    last_quiet: Duration,
+}
+
+impl Keeper {
+    /// One check; the pause until the next, or None once openraft has stopped.
+    async fn step(&mut self) -> Option<Duration> {
+        let node = &self.node;
+        // A leader, a learner or a fenced member only looks again an election timeout
+        // later: nothing it could do sooner, and an idle member wakes less.
+        let idle_pause = Duration::from_millis(self.election_timeout_ms);
         if node.is_fenced() {
-            continue;
+            return Some(idle_pause.min(self.tick));
         }
-        if node.is_leader() || !is_voter(&node) {
-            // Read from the metrics alone: a leader (or a learner) does not ask
-            // RaftCore at every tick.
+        if node.is_leader() || !is_voter(node) {
+            // From the metrics alone: a leader or a learner does not ask RaftCore.
             node.link.set_leaderless(false);
-            continue;
+            return Some(idle_pause);
         }
-        let Some(view) = view_of(&node).await else {
-            return; // openraft stopped
-        };
+        let view = view_of(node).await?;
         if view.voters.len() == 1 {
             // The only voter needs nobody's vote: at once, as openraft's timer did.
-            if view.state != ServerState::Candidate && node.raft.trigger().elect().await.is_err() {
-                return;
+            if view.state != ServerState::Candidate {
+                node.raft.trigger().elect().await.ok()?;
             }
-            continue;
+            return Some(self.tick);
         }
-        if view.quiet < wait {
-            // A leader's message or a vote came in meanwhile: wait a new random span.
-            if view.quiet < tick {
-                wait = patience(election_timeout_ms, view.followed_leader);
-                node.link.set_leaderless(false);
-            }
-            continue;
+        if view.quiet < self.last_quiet {
+            // A leader's message or a vote came in: a new random span from it.
+            self.wait = patience(self.election_timeout_ms, view.followed_leader);
+            node.link.set_leaderless(false);
+        }
+        self.last_quiet = view.quiet;
+        if view.quiet < self.wait {
+            return Some((self.wait - view.quiet).max(self.tick));
         }
         if !node.link.set_leaderless(true) {
             tracing::info!(
@@ -128,24 +151,28 @@ pub async fn run_keeper(node: Arc<Node>) {
                 "lost leader: heard from none for the election timeout"
             );
         }
-        let granted = pre_vote(&node, &view).await;
+        self.campaign(&view).await?;
+        // Whatever came of it, the next attempt is a new random span away, measured
+        // from the election's vote (or from now, when no quorum agreed).
+        self.wait = view.quiet + patience(self.election_timeout_ms, false);
+        Some(self.tick)
+    }
+
+    /// Asks for a pre-vote and, granted, starts openraft's election.
+    async fn campaign(&self, view: &View) -> Option<()> {
+        let node = &self.node;
+        let granted = pre_vote(node, view).await;
         // A leader may have been heard from (or a vote granted) while the peers
         // answered: then that leader stands.
-        let still_quiet = view_of(&node)
-            .await
-            .is_some_and(|now| now.quiet >= view.quiet);
+        let still_quiet = view_of(node).await?.quiet >= view.quiet;
         if granted && still_quiet {
             tracing::info!(
                 quiet_ms = view.quiet.as_millis() as u64,
                 "heard from no leader and a quorum would vote for this member: standing for election"
             );
-            if node.raft.trigger().elect().await.is_err() {
-                return;
-            }
+            node.raft.trigger().elect().await.ok()?;
         }
-        // Whatever came of it, the next attempt is a new random span away, measured
-        // from the election's vote (or from now, when no quorum agreed).
-        wait = view.quiet + patience(election_timeout_ms, false);
+        Some(())
     }
 }
 
