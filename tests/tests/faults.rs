@@ -1054,11 +1054,7 @@ fn run_scenario_with(
     kinds: Kinds,
     slow: Option<SlowDisk>,
 ) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     let mut cluster = match kinds {
         Kinds::Crashes => Cluster::start(members, &[]),
         Kinds::Partitions => Cluster::start_in_netns(members, &[]),
@@ -1403,11 +1399,7 @@ fn an_isolated_leader_is_replaced_and_serves_no_stale_reads() {
     // it), the other two elect a new leader and take writes; the old leader answers no
     // linearizable read (it cannot confirm it still leads); once healed, it has the
     // new value.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     let mut cluster = Cluster::start_in_netns(3, &[]);
     let endpoints = cluster.endpoints();
     rt.block_on(async {
@@ -1471,11 +1463,7 @@ fn a_follower_that_stalled_or_was_cut_off_does_not_unseat_the_leader() {
     // hear from the leader, say no. The leader keeps its term, and the follower, back,
     // takes the leader's writes.
     const QUIET_MS: u64 = 2_000; // over three times the longest election timeout
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     let mut cluster = Cluster::start_in_netns(3, &[]);
     let endpoints = cluster.endpoints();
     let leader = leader_index(&mut cluster, &rt).expect("a leader");
@@ -1513,6 +1501,16 @@ fn a_follower_that_stalled_or_was_cut_off_does_not_unseat_the_leader() {
     }
 }
 
+/// The clients' runtime: two workers, so that a client stays served while another
+/// waits on a member that is paused or cut off.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 /// Waits until member `i` answers a serializable read of `key`.
 fn wait_until_has(cluster: &Cluster, rt: &tokio::runtime::Runtime, i: usize, key: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -1545,11 +1543,7 @@ fn a_power_cut_right_after_a_snapshot_install_leaves_the_member_able_to_start() 
     // space holds the snapshot, and the leader has recorded that it acknowledged the
     // snapshot: the restart check must count what the key space holds and let it in.
     const GOSSIP_WAIT_MS: u64 = 2_500; // the leader records what followers hold every second
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     let mut cluster = Cluster::start_on_lossy_disks(3, 12, &["--snapshot-count", "300"]);
     let endpoints = cluster.endpoints();
     let leader = leader_index(&mut cluster, &rt).expect("a leader");

@@ -154,7 +154,9 @@ impl Keeper {
         self.campaign(&view).await?;
         // Whatever came of it, the next attempt is a new random span away, measured
         // from the election's vote (or from now, when no quorum agreed).
-        self.wait = view.quiet + patience(self.election_timeout_ms, false);
+        self.wait = view
+            .quiet
+            .saturating_add(patience(self.election_timeout_ms, false));
         Some(self.tick)
     }
 
