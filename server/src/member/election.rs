@@ -178,9 +178,11 @@ impl Keeper {
     }
 }
 
-/// Asks the other voters whether they would vote for this member now; true once a
-/// quorum (counting this member) says yes.
+/// Asks the other voters whether they would vote for this member now; true as soon as
+/// a quorum (counting this member) says yes, without waiting for a voter that is down
+/// or cut off to time out.
 async fn pre_vote(node: &Arc<Node>, view: &View) -> bool {
+    use futures::StreamExt;
     let quorum = view.voters.len() / 2 + 1;
     let members = node.members();
     let request = ForwardRequest::PreVote {
@@ -201,12 +203,16 @@ async fn pre_vote(node: &Arc<Node>, view: &View) -> bool {
                 )
             }
         });
-    let granted = futures::future::join_all(asks)
-        .await
-        .into_iter()
-        .filter(|granted| *granted)
-        .count();
-    granted + 1 >= quorum
+    let mut answers: futures::stream::FuturesUnordered<_> = asks.collect();
+    let mut granted = 1; // this member's own
+    while granted < quorum {
+        match answers.next().await {
+            Some(true) => granted += 1,
+            Some(false) => {}
+            None => return false,
+        }
+    }
+    true
 }
 
 /// This member's answer to `candidate`'s pre-vote: yes when it would grant the vote
