@@ -408,10 +408,8 @@ impl Cluster {
         Cluster::assemble(
             members,
             Parts {
-                net: None,
-                disks: Vec::new(),
                 lossy,
-                proxies: Vec::new(),
+                ..Parts::default()
             },
             root,
         )
@@ -434,10 +432,8 @@ impl Cluster {
         Cluster::assemble(
             members,
             Parts {
-                net: None,
-                disks: Vec::new(),
-                lossy: Vec::new(),
                 proxies,
+                ..Parts::default()
             },
             root,
         )
@@ -485,8 +481,7 @@ impl Cluster {
             Parts {
                 net,
                 disks,
-                lossy: Vec::new(),
-                proxies: Vec::new(),
+                ..Parts::default()
             },
             root,
         )
@@ -542,6 +537,7 @@ impl Cluster {
 }
 
 /// What a cluster holds beside its members: each constructor fills what it uses.
+#[derive(Default)]
 struct Parts {
     net: Option<netns::Net>,
     disks: Vec<SmallDisk>,

@@ -46,7 +46,14 @@ async fn view_of(node: &Node) -> Option<View> {
         })
         .await
         .ok()?;
-    let metrics = node.raft.metrics().borrow().clone();
+    let (state, voters) = {
+        let metrics = node.raft.metrics();
+        let m = metrics.borrow();
+        (
+            m.state,
+            m.membership_config.membership().voter_ids().collect(),
+        )
+    };
     let last_log = node
         .raft
         .data_metrics()
@@ -54,11 +61,11 @@ async fn view_of(node: &Node) -> Option<View> {
         .last_log
         .map(|id| (id.leader_id.term, id.index));
     Some(View {
-        state: metrics.state,
+        state,
         quiet: quiet.unwrap_or(Duration::MAX),
         followed_leader: vote.is_committed(),
         last_log,
-        voters: metrics.membership_config.membership().voter_ids().collect(),
+        voters,
     })
 }
 
@@ -191,7 +198,7 @@ async fn pre_vote(node: &Arc<Node>, view: &View) -> bool {
     };
     let asks = members
         .iter()
-        .filter(|(id, _, learner)| *id != node.id && !learner && view.voters.contains(id))
+        .filter(|(id, _, learner)| *id != node.id && !learner)
         .filter_map(|(_, m, _)| m.peer_urls.first().cloned())
         .map(|url| {
             let request = &request;

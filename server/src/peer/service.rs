@@ -75,11 +75,13 @@ impl<H: PeerHandler> PeerService<H> {
     }
 
     /// Serves one request frame's payload.
+    /// `answered`: the sender waits for the reply (a commit notice does not).
     async fn serve(
         &self,
         kind: PipeKind,
         target: Option<NodeId>,
         blob: Blob,
+        answered: bool,
     ) -> Result<Blob, Status> {
         match kind {
             PipeKind::AppendEntries => {
@@ -87,24 +89,21 @@ impl<H: PeerHandler> PeerService<H> {
                 let rpc: AppendEntriesRequest<TypeConfig> = decode(&blob)?;
                 let from = rpc.vote.leader_id().voted_for();
                 let reply = encode(&self.handler.raft().append_entries(rpc).await);
-                Ok(counted(from, &blob, reply))
+                Ok(counted(from, &blob, answered, reply))
             }
             PipeKind::Vote => {
                 self.check_target(target)?;
                 let rpc: VoteRequest<NodeId> = decode(&blob)?;
                 let from = rpc.vote.leader_id().voted_for();
-                Ok(counted(
-                    from,
-                    &blob,
-                    encode(&self.handler.raft().vote(rpc).await),
-                ))
+                let reply = encode(&self.handler.raft().vote(rpc).await);
+                Ok(counted(from, &blob, answered, reply))
             }
             PipeKind::InstallSnapshot => {
                 self.check_target(target)?;
                 let rpc: InstallSnapshotRequest<TypeConfig> = decode(&blob)?;
                 let from = rpc.vote.leader_id().voted_for();
                 let reply = encode(&self.handler.raft().install_snapshot(rpc).await);
-                Ok(counted(from, &blob, reply))
+                Ok(counted(from, &blob, answered, reply))
             }
             PipeKind::Forward => self.forward(&blob).await,
         }
@@ -120,7 +119,8 @@ impl<H: PeerHandler> PeerService<H> {
         let result = match PipeKind::from_wire(frame.kind) {
             Some(kind) => {
                 let target = (frame.target != 0).then_some(frame.target);
-                self.serve(kind, target, Blob { data: frame.data })
+                let answered = frame.id != NO_REPLY_ID;
+                self.serve(kind, target, Blob { data: frame.data }, answered)
                     .await
                     .map(|blob| blob.data)
             }
@@ -133,11 +133,14 @@ impl<H: PeerHandler> PeerService<H> {
     }
 }
 
-/// Counts a Raft message from `from` and this member's answer (traffic.rs).
-fn counted(from: Option<NodeId>, request: &Blob, reply: Blob) -> Blob {
+/// Counts a Raft message from `from` and, when it is sent, this member's answer
+/// (traffic.rs).
+fn counted(from: Option<NodeId>, request: &Blob, answered: bool, reply: Blob) -> Blob {
     if let Some(from) = from {
         crate::peer::traffic::received(from, request.data.len());
-        crate::peer::traffic::sent(from, reply.data.len());
+        if answered {
+            crate::peer::traffic::sent(from, reply.data.len());
+        }
     }
     reply
 }
