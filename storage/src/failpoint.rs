@@ -1,4 +1,4 @@
-//! Failpoints in the Raft log for crash and slow-disk tests, armed only by environment
+//! Failpoints for crash, slow-disk and slow-compaction tests, armed only by environment
 //! variables read once per process:
 //!
 //! - `RAFTKV_FAILPOINT=<point>:<n>` aborts the process (as a crash: nothing is flushed,
@@ -6,9 +6,12 @@
 //!   `wal-before-write` (a batch is encoded, nothing written), `wal-after-write`
 //!   (written, not yet fdatasynced), `wal-after-sync` (durable, not yet acknowledged).
 //! - `RAFTKV_FSYNC_DELAY_MS=<ms>` sleeps before every fdatasync of the log: a slow disk.
+//! - `RAFTKV_COMPACTION_PAUSE_MS=<ms>` rests at least that long between the batches of a
+//!   revision compaction (mvcc/compaction.rs): a compaction that lasts long enough for a
+//!   test to cut the power in the middle of it.
 //!
 //! Owns only those counters. Unarmed, a point costs one load of a OnceLock; it never
-//! changes what the log writes.
+//! changes what the log or the key space holds.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -16,13 +19,22 @@ use std::time::Duration;
 
 /// The points the log passes, in order, for every batch it writes.
 pub const POINTS: [&str; 3] = ["wal-before-write", "wal-after-write", "wal-after-sync"];
-/// The largest fsync delay accepted (a typo must not hang a test for hours).
-const MAX_FSYNC_DELAY_MS: u64 = 10_000;
+/// The largest fsync delay or compaction pause accepted (a typo must not hang a test
+/// for hours).
+const MAX_DELAY_MS: u64 = 10_000;
 
 struct Armed {
     point: Option<(String, u64)>,
     hits: AtomicU64,
     fsync_delay: Option<Duration>,
+    compaction_pause: Option<Duration>,
+}
+
+fn delay_ms(variable: &str) -> Option<Duration> {
+    std::env::var(variable)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|ms| Duration::from_millis(ms.min(MAX_DELAY_MS)))
 }
 
 fn armed() -> &'static Armed {
@@ -36,14 +48,11 @@ fn armed() -> &'static Armed {
         if let Some((name, n)) = &point {
             tracing::warn!(point = %name, n, "failpoint armed: the process aborts there");
         }
-        let fsync_delay = std::env::var("RAFTKV_FSYNC_DELAY_MS")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(|ms| Duration::from_millis(ms.min(MAX_FSYNC_DELAY_MS)));
         Armed {
             point,
             hits: AtomicU64::new(0),
-            fsync_delay,
+            fsync_delay: delay_ms("RAFTKV_FSYNC_DELAY_MS"),
+            compaction_pause: delay_ms("RAFTKV_COMPACTION_PAUSE_MS"),
         }
     })
 }
@@ -65,4 +74,9 @@ pub fn fsync_delay() {
     if let Some(delay) = armed().fsync_delay {
         std::thread::sleep(delay);
     }
+}
+
+/// The least rest between two compaction batches that the environment asks for.
+pub fn compaction_pause() -> Duration {
+    armed().compaction_pause.unwrap_or(Duration::ZERO)
 }

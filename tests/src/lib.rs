@@ -389,8 +389,13 @@ impl Cluster {
 
     /// A cluster whose members each keep their data dir on their own lossy file system
     /// (`lossy[i]`, lossyfs/), so that a test can cut their power; `seed` decides what
-    /// torn cuts keep.
-    pub fn start_on_lossy_disks(n: usize, seed: u64, extra_args: &[&str]) -> Cluster {
+    /// torn cuts keep; every member runs with the variables `env`.
+    pub fn start_on_lossy_disks(
+        n: usize,
+        seed: u64,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Cluster {
         let root = tempfile::tempdir().expect("temp dir");
         let lossy: Vec<lossy::LossyDisk> = (0..n)
             .map(|i| {
@@ -402,6 +407,10 @@ impl Cluster {
                 let mut m = Member::new(root.path(), &format!("m{i}"));
                 m.data_dir = lossy[i].mount.join("data");
                 m.extra_args = extra_args.iter().map(|s| s.to_string()).collect();
+                m.env = env
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
                 m
             })
             .collect();

@@ -98,6 +98,10 @@ enum Fault {
         all: bool,
         down_ms: u64,
     },
+    /// An operator removes a member (`etcdctl member remove`), wipes its data dir and,
+    /// after the pause, starts it with `--join`: it comes back as a new member, a
+    /// learner until it has caught up, then a voter.
+    Rejoin { member: usize, down_ms: u64 },
 }
 
 /// A moment a power cut is aimed at: whose disk, which operation on which path
@@ -109,7 +113,12 @@ enum Moment {
     /// A follower's engine writes out a table (a flush: --snapshot-count makes the
     /// engine flush every few hundred entries).
     EngineFlush,
-    /// A member's engine merges its tables: the test compacts and defragments it.
+    /// A member's revision compaction is under way and partly flushed: the test
+    /// compacts the next part of the preloaded history (every member rests
+    /// `COMPACTION_PAUSE_MS` between compaction batches, so it lasts seconds), waits
+    /// until the member has flushed some of it, and cuts at its next table write.
+    Compaction,
+    /// A member's engine merges its tables: the test defragments it.
     CompactAndDefragment,
     /// A follower replaces peer_floors.json, the restart-safety table (every second).
     PeerFloorsRewrite,
@@ -130,9 +139,10 @@ enum Moment {
 }
 
 impl Moment {
-    const ALL: [Moment; 10] = [
+    const ALL: [Moment; 11] = [
         Moment::LogSync,
         Moment::EngineFlush,
+        Moment::Compaction,
         Moment::CompactAndDefragment,
         Moment::PeerFloorsRewrite,
         Moment::Backup,
@@ -147,7 +157,9 @@ impl Moment {
     fn trigger(self) -> (&'static str, &'static str) {
         match self {
             Moment::LogSync => ("fsync", "/data/wal/"),
-            Moment::EngineFlush | Moment::CompactAndDefragment => ("write", "/tables/"),
+            Moment::EngineFlush | Moment::Compaction | Moment::CompactAndDefragment => {
+                ("write", "/tables/")
+            }
             Moment::PeerFloorsRewrite => ("rename", "peer_floors.json"),
             Moment::Backup => ("write", "/data/backups/"),
             // A new segment is written as a temporary file and renamed into place.
@@ -188,6 +200,8 @@ enum Kinds {
     PowerCutMoments,
     /// Crashes as `Crashes`, with every peer message delayed (`PEER_DELAY`).
     DelayedCrashes,
+    /// Members removed, wiped and joining again, between SIGKILLs and SIGSTOPs.
+    Membership,
 }
 
 /// The fault schedule of a seed: one fault every 1–2 s for `duration`.
@@ -256,6 +270,20 @@ fn schedule(seed: u64, members: usize, duration: Duration, kinds: Kinds) -> Vec<
                 down_ms: pause_ms,
             },
             (Kinds::PowerCuts, _) => Fault::Kill {
+                member,
+                down_ms: pause_ms,
+            },
+            // Not member 0: it restarts with --cluster-init, the others with --join.
+            (Kinds::Membership, 0) => Fault::Rejoin {
+                member: if member == 0 { other } else { member },
+                down_ms: pause_ms,
+            },
+            (Kinds::Membership, 1) => Fault::KillLeader { down_ms: pause_ms },
+            (Kinds::Membership, 2) => Fault::Pause {
+                member,
+                paused_ms: pause_ms,
+            },
+            (Kinds::Membership, _) => Fault::Kill {
                 member,
                 down_ms: pause_ms,
             },
@@ -424,14 +452,19 @@ async fn register_client(
 /// Errors that say the request took no effect: the NOSPACE alarm refuses writes before
 /// or at apply, never half-way; a connection that could not be made (a member down,
 /// all of them after a power cut: "tcp connect error", "Connection refused") never
-/// carried the request.
+/// carried the request; "no leader" is raftkv's answer only when no attempt reached a
+/// leader (member/leader_link.rs: a write that may have reached one is answered
+/// "request timed out, possibly due to previous leader failure" instead). The checks hold each of these
+/// to it: an increment or a register value that took effect after all would show.
 fn refused_unapplied(e: &etcd_client::Error) -> bool {
     let message = e.to_string();
     if message.contains("database space exceeded") {
         NOSPACE_REFUSALS.fetch_add(1, Ordering::Relaxed);
         return true;
     }
-    message.contains("Connection refused") || message.contains("tcp connect error")
+    message.contains("Connection refused")
+        || message.contains("tcp connect error")
+        || message.contains("etcdserver: no leader")
 }
 
 /// Requests refused with NOSPACE in this test process (each test runs in its own).
@@ -712,6 +745,11 @@ fn inject(
                 return Err(format!("member {member} exited on a full disk"));
             }
         }
+        Fault::Rejoin { member, down_ms } => {
+            remove_and_wipe(cluster, rt, endpoints, member)?;
+            std::thread::sleep(Duration::from_millis(down_ms));
+            restart(cluster, member);
+        }
         Fault::PowerCut { .. }
         | Fault::PowerCutLeader { .. }
         | Fault::PowerCutAll { .. }
@@ -798,6 +836,13 @@ fn power_cut_at(
     if moment == Moment::Join {
         remove_and_wipe(cluster, rt, endpoints, member)?;
     }
+    let resumed_before = cluster.members[member]
+        .log()
+        .matches(COMPACTION_RESUMED)
+        .count();
+    if moment == Moment::Compaction {
+        compaction_under_way(cluster, rt, member)?;
+    }
     let (op, pattern) = moment.trigger();
     let torn_word = if torn { " torn" } else { "" };
     cluster.lossy[member].say(&format!("arm {op} {pattern}{torn_word}"));
@@ -852,6 +897,16 @@ fn power_cut_at(
     if snapshot && !cut.contains(&lagging) {
         // The follower the snapshot was for comes back too.
         cluster.members[lagging].wait_serving();
+    }
+    let resumed = cluster.members[member]
+        .log()
+        .matches(COMPACTION_RESUMED)
+        .count();
+    if moment == Moment::Compaction && resumed == resumed_before {
+        return Err(
+            "the member did not resume a compaction after the cut: none was on its disk half-done"
+                .into(),
+        );
     }
     Ok(all.then_some(first_write_ms))
 }
@@ -934,16 +989,65 @@ async fn big_puts(endpoint: String) {
 /// the watcher can resume and the history be read back whole.
 static SCENARIO_START_REVISION: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
 
-/// What an operator runs to reclaim space: a compaction, then a defragment (the engine
+/// The revision the scenario's compactions reached: each aimed compaction removes the
+/// next `COMPACTION_CHUNK_REVISIONS` of the preload.
+static COMPACTED_UPTO: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+/// Preloaded revisions one aimed compaction removes: 16 batches of 32, each followed by
+/// a rest of `COMPACTION_PAUSE_MS` (`RAFTKV_COMPACTION_PAUSE_MS`), about 3 s in all —
+/// while the load flushes the engine every few hundred entries.
+const COMPACTION_CHUNK_REVISIONS: i64 = 500;
+const COMPACTION_PAUSE_MS: u64 = 200;
+/// What a member logs when it starts with a compaction that a restart interrupted.
+const COMPACTION_RESUMED: &str = "resuming a compaction that a restart interrupted";
+/// What a member logs when everything it has applied is durable in its engine.
+const POINT_RECORDED: &str = "snapshot point recorded";
+
+/// Compacts the next part of the preload (on every member) and waits until `member`
+/// has made part of that compaction durable: a snapshot point recorded after the
+/// compaction was applied there, while it still runs.
+fn compaction_under_way(
+    cluster: &Cluster,
+    rt: &tokio::runtime::Runtime,
+    member: usize,
+) -> Result<(), String> {
+    let done = COMPACTED_UPTO.load(Ordering::Relaxed);
+    let target = (done + COMPACTION_CHUNK_REVISIONS)
+        .min(SCENARIO_START_REVISION.load(Ordering::Relaxed) - 1);
+    if target <= done {
+        return Err("no preloaded history left to compact".into());
+    }
+    let log = || cluster.members[member].log();
+    let finished_before = log().matches("mvcc: compaction finished").count();
+    let endpoint = cluster.members[member].endpoint();
+    rt.block_on(async {
+        let mut c = connect_patient(&endpoint, 10).await?;
+        c.compact(target, None)
+            .await
+            .map_err(|e| format!("compact {target}: {e}"))
+    })?;
+    COMPACTED_UPTO.store(target, Ordering::Relaxed);
+    let points = log().matches(POINT_RECORDED).count();
+    let asked = Instant::now();
+    while log().matches(POINT_RECORDED).count() == points {
+        if asked.elapsed() > Duration::from_millis(MOMENT_WAIT_MAX_MS) {
+            return Err(format!(
+                "no flush within {MOMENT_WAIT_MAX_MS} ms of the compaction"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if log().matches("mvcc: compaction finished").count() > finished_before {
+        return Err("the compaction finished before any of it was flushed".into());
+    }
+    Ok(())
+}
+
+/// What an operator runs to reclaim space after compactions: a defragment (the engine
 /// merges its tables). Errors are the cut's.
 async fn compact_and_defragment(endpoint: String) {
     let Some(mut c) = connect(&endpoint).await else {
         return;
     };
-    let below = SCENARIO_START_REVISION.load(Ordering::Relaxed) - 1;
-    if below > 1 {
-        let _ = c.compact(below, None).await;
-    }
     let _ = c.defragment().await;
 }
 
@@ -1056,7 +1160,7 @@ fn run_scenario_with(
 ) {
     let rt = runtime();
     let mut cluster = match kinds {
-        Kinds::Crashes => Cluster::start(members, &[]),
+        Kinds::Crashes | Kinds::Membership => Cluster::start(members, &[]),
         Kinds::Partitions => Cluster::start_in_netns(members, &[]),
         // Room for a 64 MiB log segment and the key space; NOSPACE below 70 MiB free.
         Kinds::Disks => Cluster::start_on_small_disks(
@@ -1064,7 +1168,7 @@ fn run_scenario_with(
             DISK_MIB,
             &["--disk-reserve-bytes", &(70u64 << 20).to_string()],
         ),
-        Kinds::PowerCuts => Cluster::start_on_lossy_disks(members, seed, &[]),
+        Kinds::PowerCuts => Cluster::start_on_lossy_disks(members, seed, &[], &[]),
         Kinds::DelayedCrashes => Cluster::start_with_delay(members, PEER_DELAY, seed),
         Kinds::PowerCutMoments => Cluster::start_on_lossy_disks(
             members,
@@ -1075,6 +1179,10 @@ fn run_scenario_with(
                 "--snapshot-schedule",
                 "*/2 * * * * *",
             ],
+            &[(
+                "RAFTKV_COMPACTION_PAUSE_MS",
+                &COMPACTION_PAUSE_MS.to_string(),
+            )],
         ),
     };
     if let Some(slow) = &slow {
@@ -1110,6 +1218,7 @@ fn run_scenario_with(
         r.header().map(|h| h.revision()).unwrap_or(1) + 1
     });
     SCENARIO_START_REVISION.store(start_revision, Ordering::Relaxed);
+    COMPACTED_UPTO.store(0, Ordering::Relaxed);
     let mut registers = Vec::new();
     for id in 0..REGISTER_CLIENTS {
         registers.push(rt.spawn(register_client(
@@ -1369,6 +1478,24 @@ fn a_member_with_a_slow_disk_neither_stalls_nor_breaks_the_cluster() {
 }
 
 #[test]
+fn three_members_through_removals_and_rejoins_stay_linearizable() {
+    // Members leave and join again as new members while others crash and stall: the
+    // joiner's catch-up, its promotion and the two-voter stretches in between.
+    if let Some(minutes) = soak_minutes() {
+        let until = Instant::now() + Duration::from_secs(minutes * 60);
+        let mut seed = std::process::id() as u64 ^ 0x901;
+        while Instant::now() < until {
+            seed = Rng::new(seed).next();
+            run_scenario_with(seed, 3, Duration::from_secs(30), Kinds::Membership, None);
+        }
+        return;
+    }
+    for seed in seeds(&[12]) {
+        run_scenario_with(seed, 3, Duration::from_secs(15), Kinds::Membership, None);
+    }
+}
+
+#[test]
 fn three_members_under_network_partitions_stay_linearizable() {
     // Minority isolated, leader isolated, one-way loss and partial partitions; the
     // members run in network namespaces so that only member-to-member traffic is cut.
@@ -1544,7 +1671,7 @@ fn a_power_cut_right_after_a_snapshot_install_leaves_the_member_able_to_start() 
     // snapshot: the restart check must count what the key space holds and let it in.
     const GOSSIP_WAIT_MS: u64 = 2_500; // the leader records what followers hold every second
     let rt = runtime();
-    let mut cluster = Cluster::start_on_lossy_disks(3, 12, &["--snapshot-count", "300"]);
+    let mut cluster = Cluster::start_on_lossy_disks(3, 12, &["--snapshot-count", "300"], &[]);
     let endpoints = cluster.endpoints();
     let leader = leader_index(&mut cluster, &rt).expect("a leader");
     let lagging = (leader + 1) % 3;

@@ -24,7 +24,14 @@ use crate::error::StoreError;
 /// Starts the store's compaction thread, and wakes it at once if a restart interrupted
 /// a compaction.
 pub(crate) fn start(inner: &Arc<Inner>) {
-    if compacted_up_to(inner) < inner.compact_revision.load(Ordering::SeqCst) {
+    let done = compacted_up_to(inner);
+    let target = inner.compact_revision.load(Ordering::SeqCst);
+    if done < target {
+        tracing::info!(
+            compact_revision = target,
+            finished_up_to = done,
+            "mvcc: resuming a compaction that a restart interrupted"
+        );
         inner.compactor.wake();
     }
     let weak: Weak<Inner> = Arc::downgrade(inner);
@@ -123,7 +130,8 @@ fn compact(inner: &Inner) -> Result<(), StoreError> {
         // more than half of a core however large the backlog.
         let pause = batch_started
             .elapsed()
-            .max(Duration::from_millis(inner.options.compaction_pause_ms));
+            .max(Duration::from_millis(inner.options.compaction_pause_ms))
+            .max(crate::failpoint::compaction_pause());
         std::thread::sleep(pause);
     }
 }
