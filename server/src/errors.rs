@@ -58,16 +58,22 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// The gRPC code etcd answers a storage error's class with.
+fn code_of(class: ErrorClass) -> Code {
+    match class {
+        ErrorClass::OutOfRange => Code::OutOfRange,
+        ErrorClass::NotFound => Code::NotFound,
+        ErrorClass::InvalidArgument => Code::InvalidArgument,
+        ErrorClass::FailedPrecondition => Code::FailedPrecondition,
+        ErrorClass::ResourceExhausted => Code::ResourceExhausted,
+        ErrorClass::PermissionDenied => Code::PermissionDenied,
+    }
+}
+
 impl ApiError {
     pub fn status(&self) -> Status {
         let code = match self {
-            ApiError::Mvcc(e) => match e.class() {
-                ErrorClass::OutOfRange => Code::OutOfRange,
-                ErrorClass::NotFound => Code::NotFound,
-                ErrorClass::InvalidArgument => Code::InvalidArgument,
-                ErrorClass::FailedPrecondition => Code::FailedPrecondition,
-                ErrorClass::ResourceExhausted => Code::ResourceExhausted,
-            },
+            ApiError::Mvcc(e) => code_of(e.class()),
             ApiError::NoLeader
             | ApiError::Timeout
             | ApiError::TimeoutDueToLeaderFail

@@ -6,6 +6,7 @@
 //! - `peer/`: member-to-member traffic — the forwarded-request protocol, pipes, their
 //!   wire, openraft's network, the peer service
 //! - `api/`: etcd's services (kv, watch, lease, cluster, maintenance, auth)
+//! - `auth/`: users' passwords at the edge (hashed before a change is proposed)
 //! - `ops/`: backups (and S3), auto-compaction, lease expiry, metrics and health
 //! - `cli/`: the subcommands that reach a running member or work on a data dir
 //! - `net/`: TLS and the client connections' coalesced writes
@@ -19,6 +20,7 @@
 //! openraft.
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod disk;

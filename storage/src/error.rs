@@ -36,6 +36,9 @@ pub enum MvccError {
     /// The NOSPACE alarm is raised: only reads, deletes and compaction are applied.
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
+    /// An auth change refused (auth.rs): etcd's message.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
 }
 
 /// The gRPC status class etcd answers each error with; the server maps it to tonic.
@@ -46,6 +49,7 @@ pub enum ErrorClass {
     InvalidArgument,
     FailedPrecondition,
     ResourceExhausted,
+    PermissionDenied,
 }
 
 impl MvccError {
@@ -64,6 +68,7 @@ impl MvccError {
             | MvccError::ValueProvided
             | MvccError::LeaseProvided => ErrorClass::InvalidArgument,
             MvccError::NoSpace => ErrorClass::ResourceExhausted,
+            MvccError::Auth(e) => e.class(),
         }
     }
 }

@@ -7,6 +7,7 @@
 //!   (points recorded every --snapshot-count entries, exported when a follower needs one)
 //! - `snapshot_data.rs`: a snapshot's bytes as openraft carries them, read once exported
 //! - `applied.rs`: the applied index and the requests waiting for it to rise
+//! - `auth.rs`: users, roles and permissions, and etcd's rules for changing them
 //! - `raft_types.rs`: the openraft type configuration
 //! - `error.rs`: typed errors, etcd's messages for the ones clients see
 //! - `stats.rs`: fsync and commit latency histograms for the server's /metrics
@@ -16,6 +17,7 @@
 //! `mvcc::types` and back. The log is the only thing fsynced on the write path.
 
 pub mod applied;
+pub mod auth;
 mod background;
 pub mod durable;
 pub mod error;

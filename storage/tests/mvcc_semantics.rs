@@ -993,3 +993,65 @@ fn the_revision_survives_restarts_compaction_and_writes_that_change_nothing() {
     }
     reopened_revision(6, "after writing again");
 }
+
+#[test]
+fn auth_changes_apply_survive_restart_and_travel_in_snapshots() {
+    use raftkv_storage::auth::{AuthCommand, AuthError, AuthState, ROOT};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = open(&dir.path().join("a"));
+    put(&s, "k", "v");
+    let add_root = Command::Auth(AuthCommand::UserAdd {
+        name: ROOT.into(),
+        password_hash: b"$2a$10$x".to_vec(),
+        no_password: false,
+    });
+    assert_eq!(
+        apply(&s, add_root.clone()),
+        Ok(CommandResponse::Auth {
+            revision: 2,
+            auth_revision: 2
+        }),
+        "an auth change keeps the key space's revision"
+    );
+    assert_eq!(
+        apply(&s, add_root),
+        Err(MvccError::Auth(AuthError::UserAlreadyExist))
+    );
+    assert_eq!(
+        apply(&s, Command::Auth(AuthCommand::Enable)),
+        Err(MvccError::Auth(AuthError::RootRoleNotExist))
+    );
+    for change in [
+        AuthCommand::UserGrantRole {
+            user: ROOT.into(),
+            role: ROOT.into(),
+        },
+        AuthCommand::Enable,
+    ] {
+        apply(&s, Command::Auth(change)).expect("applied");
+    }
+    assert_eq!(s.revision(), 2);
+    let enabled = s.auth();
+    assert!(enabled.enabled && enabled.revision == 3);
+    drop(s);
+
+    let s = open(&dir.path().join("a"));
+    assert_eq!(*s.auth(), *enabled, "the auth state survives a restart");
+    let point = s.snapshot_point().unwrap();
+    let mut image = Vec::new();
+    s.export_snapshot(&point, &mut image).unwrap();
+    let t = open(&dir.path().join("b"));
+    t.install_snapshot(&image[..]).unwrap();
+    assert_eq!(*t.auth(), *enabled, "and travels in a snapshot");
+
+    // A snapshot of a store that never had users carries no auth frame, and installing
+    // it resets whatever the receiver had.
+    let fresh = open(&dir.path().join("c"));
+    put(&fresh, "k", "v");
+    let mut plain = Vec::new();
+    fresh
+        .export_snapshot(&fresh.snapshot_point().unwrap(), &mut plain)
+        .unwrap();
+    t.install_snapshot(&plain[..]).unwrap();
+    assert_eq!(*t.auth(), AuthState::default());
+}

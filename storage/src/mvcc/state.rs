@@ -54,6 +54,9 @@ pub(crate) struct Inner {
     pub leases: RwLock<BTreeMap<LeaseId, Lease>>,
     /// Raised alarms (NOSPACE makes the applier refuse writes that need space).
     pub alarms: RwLock<std::collections::BTreeSet<AlarmMember>>,
+    /// Users, roles and whether authentication is on (auth.rs); replaced whole by each
+    /// auth change, so readers hold a consistent copy without a lock.
+    pub auth: RwLock<Arc<crate::auth::AuthState>>,
     pub feed: broadcast::Sender<Arc<EventBatch>>,
     /// Serialises writers: one apply at a time.
     pub apply_lock: Mutex<()>,
