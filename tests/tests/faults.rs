@@ -896,7 +896,7 @@ fn power_cut_at(
     let first_write_ms = restart_after_power_cut(cluster, rt, endpoints, &cut)?;
     if snapshot && !cut.contains(&lagging) {
         // The follower the snapshot was for comes back too.
-        cluster.members[lagging].wait_serving();
+        cluster.members[lagging].wait_serving_within(CATCH_UP_MAX_MS);
     }
     let resumed = cluster.members[member]
         .log()
@@ -1072,6 +1072,12 @@ fn power_cut_all(
     restart_after_power_cut(cluster, rt, endpoints, &all)
 }
 
+/// How long a member restarted or joining after a cut may take to serve: one that
+/// must take the key space as a snapshot (hundreds of MB once the rollover moments'
+/// 1 MiB values are in its history) installs it through the lossy file system, on two
+/// cores shared with the load.
+const CATCH_UP_MAX_MS: u64 = 90_000;
+
 /// Restarts `members` together, as their service units would after the power came
 /// back, with no operator step. Answers the time from the restart to the first write
 /// that succeeds; fails if none does within `POWER_RECOVERY_MAX_MS` or a member does
@@ -1104,7 +1110,7 @@ fn restart_after_power_cut(
     })?;
     // Each member came back by itself (this panics with its log if one did not).
     for &i in members {
-        cluster.members[i].wait_serving();
+        cluster.members[i].wait_serving_within(CATCH_UP_MAX_MS);
     }
     Ok(first_write_ms)
 }
