@@ -1055,3 +1055,13 @@ fn auth_changes_apply_survive_restart_and_travel_in_snapshots() {
     t.install_snapshot(&plain[..]).unwrap();
     assert_eq!(*t.auth(), AuthState::default());
 }
+
+#[test]
+fn an_empty_key_space_never_hashes_to_zero() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = open(dir.path());
+    let empty = s.hash_kv(0).unwrap().unwrap();
+    assert_ne!(empty.hash, 0, "etcd's never does: its hash starts with a bucket name");
+    put(&s, "a", "1");
+    assert_ne!(s.hash_kv(0).unwrap().unwrap().hash, empty.hash);
+}

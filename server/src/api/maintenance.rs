@@ -170,9 +170,8 @@ impl Maintenance for MaintenanceService {
                 "defragment: answered before the space reclaim finished; it goes on"
             ),
         }
-        Ok(Response::new(pb::DefragmentResponse {
-            header: Some(self.node.header()),
-        }))
+        // etcd 3.5 answers both without a header.
+        Ok(Response::new(pb::DefragmentResponse { header: None }))
     }
 
     async fn hash(
@@ -253,9 +252,7 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
         check_leader_metadata(&self.node, &req)?;
         self.node.move_leader(req.get_ref().target_id).await?;
-        Ok(Response::new(pb::MoveLeaderResponse {
-            header: Some(self.node.header()),
-        }))
+        Ok(Response::new(pb::MoveLeaderResponse { header: None }))
     }
 
     async fn downgrade(

@@ -33,7 +33,9 @@ impl MvccStore {
             return Ok(Err(MvccError::Compacted));
         }
         let tree = self.tree();
-        let mut crc = 0u32;
+        // As etcd's, the hash starts with the name of the bucket it reads ("key"): an
+        // empty key space never hashes to 0.
+        let mut crc = crc32c::crc32c(b"key");
         let mut group: Option<Vec<u8>> = None;
         let mut below_compact_seen = false;
         for item in tree.scan_prefix([keys::KV]) {
