@@ -11,6 +11,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+mod guard;
+pub use guard::Caller;
+
 /// etcd's superuser and superrole: the root role bypasses every permission check.
 pub const ROOT: &str = "root";
 
@@ -137,6 +140,8 @@ pub enum AuthError {
     PermissionNotGranted,
     #[error("etcdserver: invalid auth management")]
     InvalidAuthMgmt,
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
 }
 
 impl AuthError {
@@ -146,7 +151,8 @@ impl AuthError {
             AuthError::UserEmpty
             | AuthError::RoleEmpty
             | AuthError::PermissionNotGiven
-            | AuthError::InvalidAuthMgmt => ErrorClass::InvalidArgument,
+            | AuthError::InvalidAuthMgmt
+            | AuthError::AuthOldRevision => ErrorClass::InvalidArgument,
             AuthError::PermissionDenied => ErrorClass::PermissionDenied,
             _ => ErrorClass::FailedPrecondition,
         }

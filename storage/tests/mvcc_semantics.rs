@@ -1033,6 +1033,50 @@ fn auth_changes_apply_survive_restart_and_travel_in_snapshots() {
     assert_eq!(s.revision(), 2);
     let enabled = s.auth();
     assert!(enabled.enabled && enabled.revision == 3);
+    // On behalf of a user: applied only when permitted, checked at apply.
+    let as_user = |user: &str, auth_revision, command| Command::As {
+        caller: raftkv_storage::auth::Caller {
+            user: user.into(),
+            auth_revision,
+        },
+        command: Box::new(command),
+    };
+    let write_k = || {
+        Command::Put(PutRequest {
+            key: b("k"),
+            value: b("w"),
+            ..Default::default()
+        })
+    };
+    apply(
+        &s,
+        Command::Auth(AuthCommand::UserAdd {
+            name: "alice".into(),
+            password_hash: vec![],
+            no_password: true,
+        }),
+    )
+    .expect("root's change");
+    assert_eq!(
+        apply(&s, as_user("alice", 3, write_k())),
+        Err(MvccError::Auth(AuthError::AuthOldRevision)),
+        "the auth store changed since revision 3"
+    );
+    assert_eq!(
+        apply(&s, as_user("alice", 4, write_k())),
+        Err(MvccError::Auth(AuthError::PermissionDenied))
+    );
+    assert_eq!(
+        get(&s, "k").unwrap().value,
+        b("v"),
+        "refused: nothing written"
+    );
+    assert!(matches!(
+        apply(&s, as_user(ROOT, 4, write_k())),
+        Ok(CommandResponse::Put(_))
+    ));
+    assert_eq!(s.revision(), 3);
+    let enabled = s.auth();
     drop(s);
 
     let s = open(&dir.path().join("a"));
@@ -1061,7 +1105,10 @@ fn an_empty_key_space_never_hashes_to_zero() {
     let dir = tempfile::tempdir().expect("temp dir");
     let s = open(dir.path());
     let empty = s.hash_kv(0).unwrap().unwrap();
-    assert_ne!(empty.hash, 0, "etcd's never does: its hash starts with a bucket name");
+    assert_ne!(
+        empty.hash, 0,
+        "etcd's never does: its hash starts with a bucket name"
+    );
     put(&s, "a", "1");
     assert_ne!(s.hash_kv(0).unwrap().unwrap().hash, empty.hash);
 }

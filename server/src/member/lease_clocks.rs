@@ -51,6 +51,8 @@ impl ClockChange {
         match *command {
             Command::LeaseGrant { id, ttl_s } => Some(ClockChange::Grant { id, ttl_s }),
             Command::LeaseRevoke { id } => Some(ClockChange::Revoke { id }),
+            // On a user's behalf: what applying it answers says whether it ran.
+            Command::As { ref command, .. } => ClockChange::of(command),
             _ => None,
         }
     }

@@ -304,3 +304,192 @@ fn a_range_is_permitted_only_when_the_grants_cover_it_without_a_gap() {
         "revoked with the role"
     );
 }
+
+mod guard {
+    use super::*;
+    use crate::mvcc::types::{
+        Compare, CompareResult, CompareTarget, DeleteRangeRequest, PutRequest, RangeRequest,
+        RequestOp, TxnRequest,
+    };
+    use crate::mvcc::Command;
+    use bytes::Bytes;
+
+    fn alice(s: &AuthState) -> Caller {
+        Caller {
+            user: "alice".into(),
+            auth_revision: s.revision,
+        }
+    }
+
+    fn put(key: &str, prev_kv: bool, lease: i64) -> PutRequest {
+        PutRequest {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::from_static(b"v"),
+            lease,
+            prev_kv,
+            ..Default::default()
+        }
+    }
+
+    fn no_leases(_: i64) -> Vec<Bytes> {
+        Vec::new()
+    }
+
+    /// alice may write under w/ and read under r/ (and write r/own).
+    fn state() -> AuthState {
+        let mut s = enabled();
+        grant(&mut s, "r", PermKind::Write, b"w/", b"w0");
+        grant(&mut s, "r", PermKind::Read, b"r/", b"r0");
+        grant(&mut s, "r", PermKind::Write, b"r/own", b"");
+        s
+    }
+
+    #[test]
+    fn an_op_needs_a_user_a_current_revision_and_a_permission() {
+        let s = state();
+        let caller = alice(&s);
+        assert_eq!(s.check_op(&caller, b"w/1", b"", true), Ok(()));
+        assert_eq!(
+            s.check_op(&caller, b"r/1", b"", true),
+            Err(AuthError::PermissionDenied)
+        );
+        let anonymous = Caller {
+            user: String::new(),
+            auth_revision: 0,
+        };
+        assert_eq!(
+            s.check_op(&anonymous, b"w/1", b"", true),
+            Err(AuthError::UserEmpty)
+        );
+        let stale = Caller {
+            auth_revision: s.revision - 1,
+            ..caller.clone()
+        };
+        assert_eq!(
+            s.check_op(&stale, b"w/1", b"", true),
+            Err(AuthError::AuthOldRevision)
+        );
+        assert_eq!(s.check_admin(&caller), Err(AuthError::PermissionDenied));
+        assert_eq!(s.check_admin(&anonymous), Err(AuthError::UserEmpty));
+        let ghost = Caller {
+            user: "ghost".into(),
+            auth_revision: s.revision,
+        };
+        assert_eq!(s.check_admin(&ghost), Err(AuthError::UserNotFound));
+        let root = Caller {
+            user: ROOT.into(),
+            auth_revision: 0,
+        };
+        assert_eq!(s.check_admin(&root), Ok(()), "no revision check for admin");
+        let mut off = s.clone();
+        off.apply(&AuthCommand::Disable).unwrap();
+        assert_eq!(off.check_op(&anonymous, b"x", b"", true), Ok(()));
+        assert_eq!(off.check_admin(&anonymous), Ok(()));
+    }
+
+    #[test]
+    fn puts_deletes_and_txns_are_checked_as_etcd_checks_them() {
+        let s = state();
+        let c = alice(&s);
+        let check = |command: Command| s.check_command(&c, &command, &no_leases);
+        assert_eq!(check(Command::Put(put("w/1", false, 0))), Ok(()));
+        assert_eq!(
+            check(Command::Put(put("w/1", true, 0))),
+            Err(AuthError::PermissionDenied),
+            "prev_kv reads too"
+        );
+        assert_eq!(check(Command::Put(put("r/own", true, 0))), Ok(()));
+        let delete = |key: &str, end: &str, prev_kv| {
+            Command::DeleteRange(DeleteRangeRequest {
+                key: Bytes::copy_from_slice(key.as_bytes()),
+                range_end: Bytes::copy_from_slice(end.as_bytes()),
+                prev_kv,
+            })
+        };
+        assert_eq!(check(delete("w/", "w0", false)), Ok(()));
+        assert_eq!(
+            check(delete("w/", "w0", true)),
+            Err(AuthError::PermissionDenied)
+        );
+        let read_w = RequestOp::Range(RangeRequest {
+            key: Bytes::from_static(b"w/1"),
+            ..Default::default()
+        });
+        let compare_on = |key: &'static [u8]| Compare {
+            result: CompareResult::Equal,
+            target: CompareTarget::Version,
+            key: Bytes::from_static(key),
+            range_end: Bytes::new(),
+            operand: None,
+        };
+        let txn = |compare, success, failure| {
+            Command::Txn(TxnRequest {
+                compare,
+                success,
+                failure,
+            })
+        };
+        let write_w = RequestOp::Put(put("w/2", false, 0));
+        assert_eq!(
+            check(txn(vec![compare_on(b"r/1")], vec![write_w.clone()], vec![])),
+            Ok(())
+        );
+        assert_eq!(
+            check(txn(vec![compare_on(b"w/1")], vec![], vec![])),
+            Err(AuthError::PermissionDenied),
+            "a compare is a read"
+        );
+        assert_eq!(
+            check(txn(vec![], vec![write_w.clone()], vec![read_w.clone()])),
+            Err(AuthError::PermissionDenied),
+            "the branch not taken is checked too"
+        );
+        let nested = RequestOp::Txn(TxnRequest {
+            compare: vec![],
+            success: vec![read_w],
+            failure: vec![],
+        });
+        assert_eq!(
+            check(txn(vec![], vec![write_w], vec![nested])),
+            Err(AuthError::PermissionDenied),
+            "nested txns too"
+        );
+        assert_eq!(
+            check(Command::Auth(AuthCommand::RoleAdd { name: "x".into() })),
+            Err(AuthError::PermissionDenied),
+            "administration is root's"
+        );
+        assert_eq!(check(Command::Compact { revision: 5 }), Ok(()));
+        assert_eq!(check(Command::LeaseGrant { id: 1, ttl_s: 5 }), Ok(()));
+    }
+
+    #[test]
+    fn a_lease_holding_a_key_the_user_may_not_write_is_out_of_its_reach() {
+        let s = state();
+        let c = alice(&s);
+        let keys = |id: i64| match id {
+            7 => vec![Bytes::from_static(b"w/1")],
+            8 => vec![Bytes::from_static(b"w/1"), Bytes::from_static(b"r/1")],
+            _ => Vec::new(),
+        };
+        let check = |command: Command| s.check_command(&c, &command, &keys);
+        assert_eq!(check(Command::LeaseRevoke { id: 7 }), Ok(()));
+        assert_eq!(
+            check(Command::LeaseRevoke { id: 8 }),
+            Err(AuthError::PermissionDenied)
+        );
+        assert_eq!(check(Command::Put(put("w/2", false, 7))), Ok(()));
+        assert_eq!(
+            check(Command::Put(put("w/2", false, 8))),
+            Err(AuthError::PermissionDenied)
+        );
+        let root = Caller {
+            user: ROOT.into(),
+            auth_revision: s.revision,
+        };
+        assert_eq!(
+            s.check_command(&root, &Command::LeaseRevoke { id: 8 }, &keys),
+            Ok(())
+        );
+    }
+}

@@ -179,6 +179,18 @@ impl WriteTxn<'_> {
             } => self.lease_checkpoint(*id, *remaining_ttl_s),
             Command::Alarm { activate, alarm } => Ok(self.alarm(*activate, *alarm)),
             Command::Auth(change) => self.auth(change),
+            Command::As { caller, command } => {
+                let store = self.store;
+                let lease_keys = |id| store.lease_keys(id).unwrap_or_default();
+                match self
+                    .store
+                    .auth()
+                    .check_command(caller, command, &lease_keys)
+                {
+                    Ok(()) => return self.execute(command),
+                    Err(e) => Err(MvccError::Auth(e)),
+                }
+            }
         })
     }
 

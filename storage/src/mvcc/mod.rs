@@ -78,6 +78,12 @@ pub enum Command {
     /// A change of users, roles or whether authentication is on (auth.rs). Last, so
     /// that the entries of every other kind decode as before.
     Auth(crate::auth::AuthCommand),
+    /// `command` on behalf of a user, checked against its permissions when applied
+    /// (auth/guard.rs), as etcd's auth applier does.
+    As {
+        caller: crate::auth::Caller,
+        command: Box<Command>,
+    },
 }
 
 impl Command {
@@ -87,6 +93,7 @@ impl Command {
         match self {
             Command::Put(_) | Command::LeaseGrant { .. } => true,
             Command::Txn(txn) => txn_puts(txn),
+            Command::As { command, .. } => command.needs_space(),
             _ => false,
         }
     }
@@ -101,6 +108,7 @@ impl Command {
             Command::Put(p) => OVERHEAD_BYTES + p.key.len() + p.value.len(),
             Command::DeleteRange(d) => OVERHEAD_BYTES + d.key.len() + d.range_end.len(),
             Command::Txn(t) => txn_size_bytes(t),
+            Command::As { caller, command } => caller.user.len() + command.size_bytes(),
             _ => OVERHEAD_BYTES,
         }
     }
