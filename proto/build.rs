@@ -9,6 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/auth.proto",
         "proto/rpc.proto",
         "proto/peer.proto",
+        "proto/v3lock.proto",
+        "proto/v3election.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

@@ -22,6 +22,14 @@ pub mod peer {
     tonic::include_proto!("raftkv.peer");
 }
 
+pub mod v3lockpb {
+    tonic::include_proto!("v3lockpb");
+}
+
+pub mod v3electionpb {
+    tonic::include_proto!("v3electionpb");
+}
+
 /// etcd's gRPC limits: a request may be up to 1.5 MiB plus 512 KiB of gRPC overhead.
 pub const MAX_REQUEST_SIZE_BYTES: usize = 1536 * 1024;
 pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;

@@ -11,6 +11,7 @@ use raftkv_proto::etcdserverpb::kv_server::KvServer;
 use raftkv_proto::etcdserverpb::lease_server::LeaseServer;
 use raftkv_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use raftkv_proto::etcdserverpb::watch_server::WatchServer;
+use raftkv_proto::v3lockpb::lock_server::LockServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -371,6 +372,9 @@ fn client_router(
             api::maintenance::MaintenanceService::new(node.clone())
         )))
         .add_service(limits!(AuthServer::new(api::auth::AuthService {
+            node: node.clone()
+        })))
+        .add_service(limits!(LockServer::new(api::lock::LockService {
             node: node.clone()
         })));
     // /metrics, /health, /livez and /readyz answer plain HTTP/1.1 on the client port,

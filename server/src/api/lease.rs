@@ -25,7 +25,7 @@ pub struct LeaseService {
 }
 
 /// A random positive lease id, as etcd's id generator gives.
-fn new_lease_id() -> i64 {
+pub(crate) fn new_lease_id() -> i64 {
     loop {
         let id = rand::random::<i64>() & i64::MAX;
         if id != 0 {
