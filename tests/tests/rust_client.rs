@@ -237,7 +237,10 @@ fn maintenance_and_cluster_through_the_rust_client() {
         }
         assert_eq!(bytes % 512, 32, "etcd's layout: pages then a SHA-256");
         let defragmented = c.defragment().await.expect("defragment");
-        assert!(defragmented.header().is_none(), "etcd 3.5 answers without a header");
+        assert!(
+            defragmented.header().is_none(),
+            "etcd 3.5 answers without a header"
+        );
         let err = c.auth_enable().await.expect_err("no auth");
         assert!(err.to_string().contains("not supported"), "{err}");
     });
