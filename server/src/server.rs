@@ -11,6 +11,7 @@ use raftkv_proto::etcdserverpb::kv_server::KvServer;
 use raftkv_proto::etcdserverpb::lease_server::LeaseServer;
 use raftkv_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use raftkv_proto::etcdserverpb::watch_server::WatchServer;
+use raftkv_proto::v3electionpb::election_server::ElectionServer;
 use raftkv_proto::v3lockpb::lock_server::LockServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -374,9 +375,12 @@ fn client_router(
         .add_service(limits!(AuthServer::new(api::auth::AuthService {
             node: node.clone()
         })))
-        .add_service(limits!(LockServer::new(api::lock::LockService {
-            node: node.clone()
-        })));
+        .add_service(limits!(LockServer::new(api::lock::LockService::new(
+            node.clone()
+        ))))
+        .add_service(limits!(ElectionServer::new(
+            api::election::ElectionService::new(node.clone())
+        )));
     // /metrics, /health, /livez and /readyz answer plain HTTP/1.1 on the client port,
     // as etcd's do; gRPC stays on HTTP/2.
     let router = routes

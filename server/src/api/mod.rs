@@ -3,7 +3,9 @@
 
 pub mod auth;
 pub mod cluster;
+pub mod concurrency;
 pub mod convert;
+pub mod election;
 pub mod kv;
 pub mod lease;
 pub mod lock;

@@ -1,5 +1,6 @@
-//! etcd's Lock service through the Rust client, on raftkv and on real etcd: the same
-//! script runs against both and what a user sees (keys, waits, errors) must match.
+//! etcd's Lock and Election services through the Rust client, on raftkv and on real
+//! etcd: the same script runs against both and what a user sees (keys, waits, values,
+//! errors) must match line by line.
 
 use std::time::Duration;
 
@@ -146,4 +147,116 @@ fn locks_behave_as_etcds() {
     let got = run(m.endpoint());
     assert_eq!(got, want, "raftkv (left) and etcd 3.5.1 (right) differ");
     assert!(want.len() >= 7, "{want:?}");
+}
+
+/// A leader's value as text.
+fn value_of(r: &etcd_client::LeaderResponse) -> String {
+    r.kv()
+        .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+        .unwrap_or_default()
+}
+
+/// The election script: what it saw, in order.
+async fn election_script(endpoint: String) -> Vec<String> {
+    use etcd_client::{ProclaimOptions, ResignOptions};
+    let mut seen = Vec::new();
+    let mut c = Client::connect([endpoint.as_str()], None)
+        .await
+        .expect("connect");
+    let a = c.lease_grant(60, None).await.expect("grant").id();
+    let b = c.lease_grant(60, None).await.expect("grant").id();
+    let leases = [a, b];
+    let won = c.campaign("e", "v-a", a).await.expect("campaign a");
+    let lead_a = won.leader().expect("leader key").clone();
+    seen.push(format!(
+        "a leads as {}",
+        normalize(lead_a.key_str().unwrap_or("?"), &leases)
+    ));
+    let now = c.leader("e").await.expect("leader");
+    seen.push(format!("leader's value: {}", value_of(&now)));
+    let mut observed = c.observe("e").await.expect("observe");
+    let mut next_observed = async || {
+        let r = tokio::time::timeout(Duration::from_secs(10), observed.message())
+            .await
+            .expect("an observed change")
+            .expect("observe stream")
+            .expect("a message");
+        value_of(&r)
+    };
+    seen.push(format!("observed: {}", next_observed().await));
+
+    // b campaigns behind a.
+    let mut cb = c.clone();
+    let waiting = tokio::spawn(async move {
+        cb.campaign("e", "v-b", b)
+            .await
+            .map(|r| r.leader().map(|l| l.key_str().unwrap_or("?").to_string()))
+    });
+    wait_holders(&mut c, "e/", &[format!("e/{a:x}"), format!("e/{b:x}")]).await;
+    seen.push(format!("b queued; done: {}", waiting.is_finished()));
+
+    c.proclaim(
+        "v-a2",
+        Some(ProclaimOptions::new().with_leader(lead_a.clone())),
+    )
+    .await
+    .expect("proclaim");
+    seen.push(format!(
+        "observed after proclaim: {}",
+        next_observed().await
+    ));
+    let now = c.leader("e").await.expect("leader");
+    seen.push(format!("leader's value: {}", value_of(&now)));
+
+    c.resign(Some(ResignOptions::new().with_leader(lead_a.clone())))
+        .await
+        .expect("resign");
+    let got = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("b leads once a resigns")
+        .expect("task");
+    seen.push(format!(
+        "after a resigned, b: {}",
+        normalize(&format!("{got:?}"), &leases)
+    ));
+    seen.push(format!("observed: {}", next_observed().await));
+
+    // A stale leader key: proclaiming fails, resigning is not an error.
+    let stale = c
+        .proclaim(
+            "late",
+            Some(ProclaimOptions::new().with_leader(lead_a.clone())),
+        )
+        .await
+        .expect_err("not leader");
+    seen.push(format!("stale proclaim: {stale}"));
+    let resigned = c
+        .resign(Some(ResignOptions::new().with_leader(lead_a)))
+        .await
+        .is_ok();
+    seen.push(format!("stale resign ok: {resigned}"));
+    let none = c.leader("nobody").await.expect_err("no leader");
+    seen.push(format!("no election: {none}"));
+    let missing = c.proclaim("x", None).await.expect_err("no leader key");
+    seen.push(format!("no leader key: {missing}"));
+    seen
+}
+
+#[test]
+fn elections_behave_as_etcds() {
+    let rt = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    };
+    let etcd = Etcd::start();
+    let want = rt().block_on(election_script(etcd.client_url()));
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut m = Member::new(root.path(), "election");
+    m.start(&["--cluster-init".to_string()]);
+    let got = rt().block_on(election_script(m.endpoint()));
+    assert_eq!(got, want, "raftkv (left) and etcd 3.5.1 (right) differ");
+    assert!(want.len() >= 10, "{want:?}");
 }
