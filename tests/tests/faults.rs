@@ -993,10 +993,12 @@ static SCENARIO_START_REVISION: std::sync::atomic::AtomicI64 = std::sync::atomic
 /// next `COMPACTION_CHUNK_REVISIONS` of the preload.
 static COMPACTED_UPTO: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
 /// Preloaded revisions one aimed compaction removes: 16 batches of 32, each followed by
-/// a rest of `COMPACTION_PAUSE_MS` (`RAFTKV_COMPACTION_PAUSE_MS`), about 3 s in all —
-/// while the load flushes the engine every few hundred entries.
+/// a rest of `COMPACTION_PAUSE_MS` (`RAFTKV_COMPACTION_PAUSE_MS`), about 8 s in all —
+/// while the load flushes the engine every few hundred entries. It must outlast the
+/// compact request's own wait and two snapshot points on a member that may be catching
+/// up after the previous cut (a 3 s compaction did not, once in 17 soak scenarios).
 const COMPACTION_CHUNK_REVISIONS: i64 = 500;
-const COMPACTION_PAUSE_MS: u64 = 200;
+const COMPACTION_PAUSE_MS: u64 = 500;
 /// What a member logs when it starts with a compaction that a restart interrupted.
 const COMPACTION_RESUMED: &str = "resuming a compaction that a restart interrupted";
 /// What a member logs when everything it has applied is durable in its engine.
