@@ -996,7 +996,7 @@ static COMPACTED_UPTO: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI
 /// a rest of `COMPACTION_PAUSE_MS` (`RAFTKV_COMPACTION_PAUSE_MS`), about 8 s in all —
 /// while the load flushes the engine every few hundred entries. It must outlast the
 /// compact request's own wait and two snapshot points on a member that may be catching
-/// up after the previous cut (a 3 s compaction did not, once in 17 soak scenarios).
+/// up after the previous cut.
 const COMPACTION_CHUNK_REVISIONS: i64 = 500;
 const COMPACTION_PAUSE_MS: u64 = 500;
 /// What a member logs when it starts with a compaction that a restart interrupted.

@@ -49,14 +49,41 @@ async fn wait_holders(c: &mut Client, prefix: &str, want: &[String]) {
     panic!("{prefix}: {:?}, wanted {want:?}", holders(c, prefix).await);
 }
 
-/// The script: what it saw, in order.
-async fn script(endpoint: String) -> Vec<String> {
-    let mut seen = Vec::new();
-    let mut c = Client::connect([endpoint.as_str()], None)
-        .await
-        .expect("connect");
+/// A client of `endpoint` and two leases of 60 s, the callers' sessions.
+async fn client_with_two_leases(endpoint: &str) -> (Client, i64, i64) {
+    let mut c = Client::connect([endpoint], None).await.expect("connect");
     let a = c.lease_grant(60, None).await.expect("grant").id();
     let b = c.lease_grant(60, None).await.expect("grant").id();
+    (c, a, b)
+}
+
+/// Runs `script` on etcd 3.5.1, then on a raftkv member, and checks that both saw the
+/// same; answers what etcd saw.
+fn same_as_etcd<F: std::future::Future<Output = Vec<String>>>(
+    script: impl Fn(String) -> F,
+) -> Vec<String> {
+    let run = |endpoint: String| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(script(endpoint))
+    };
+    let etcd = Etcd::start();
+    let want = run(etcd.client_url());
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut m = Member::new(root.path(), "solo");
+    m.start(&["--cluster-init".to_string()]);
+    let got = run(m.endpoint());
+    assert_eq!(got, want, "raftkv (left) and etcd 3.5.1 (right) differ");
+    want
+}
+
+/// The lock script: what it saw, in order.
+async fn lock_script(endpoint: String) -> Vec<String> {
+    let mut seen = Vec::new();
+    let (mut c, a, b) = client_with_two_leases(&endpoint).await;
     let leases = [a, b];
     let held = c
         .lock("job", Some(LockOptions::new().with_lease(a)))
@@ -128,25 +155,10 @@ async fn script(endpoint: String) -> Vec<String> {
     seen
 }
 
-fn run(endpoint: String) -> Vec<String> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(script(endpoint))
-}
-
 #[test]
 fn locks_behave_as_etcds() {
-    let etcd = Etcd::start();
-    let want = run(etcd.client_url());
-    let root = tempfile::tempdir().expect("temp dir");
-    let mut m = Member::new(root.path(), "lock");
-    m.start(&["--cluster-init".to_string()]);
-    let got = run(m.endpoint());
-    assert_eq!(got, want, "raftkv (left) and etcd 3.5.1 (right) differ");
-    assert!(want.len() >= 7, "{want:?}");
+    let seen = same_as_etcd(lock_script);
+    assert!(seen.len() >= 7, "{seen:?}");
 }
 
 /// A leader's value as text.
@@ -160,11 +172,7 @@ fn value_of(r: &etcd_client::LeaderResponse) -> String {
 async fn election_script(endpoint: String) -> Vec<String> {
     use etcd_client::{ProclaimOptions, ResignOptions};
     let mut seen = Vec::new();
-    let mut c = Client::connect([endpoint.as_str()], None)
-        .await
-        .expect("connect");
-    let a = c.lease_grant(60, None).await.expect("grant").id();
-    let b = c.lease_grant(60, None).await.expect("grant").id();
+    let (mut c, a, b) = client_with_two_leases(&endpoint).await;
     let leases = [a, b];
     let won = c.campaign("e", "v-a", a).await.expect("campaign a");
     let lead_a = won.leader().expect("leader key").clone();
@@ -244,19 +252,6 @@ async fn election_script(endpoint: String) -> Vec<String> {
 
 #[test]
 fn elections_behave_as_etcds() {
-    let rt = || {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime")
-    };
-    let etcd = Etcd::start();
-    let want = rt().block_on(election_script(etcd.client_url()));
-    let root = tempfile::tempdir().expect("temp dir");
-    let mut m = Member::new(root.path(), "election");
-    m.start(&["--cluster-init".to_string()]);
-    let got = rt().block_on(election_script(m.endpoint()));
-    assert_eq!(got, want, "raftkv (left) and etcd 3.5.1 (right) differ");
-    assert!(want.len() >= 10, "{want:?}");
+    let seen = same_as_etcd(election_script);
+    assert!(seen.len() >= 10, "{seen:?}");
 }
