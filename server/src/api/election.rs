@@ -255,7 +255,16 @@ impl Election for ElectionService {
         check_leader_metadata(&self.recipes.node, &req)?;
         let prefix = prefix_of(&req.get_ref().name);
         let (tx, rx) = tokio::sync::mpsc::channel(OBSERVE_QUEUE_RESPONSES);
-        tokio::spawn(observe(self.recipes.clone(), prefix, tx));
+        // The observer waits on watches that may stay quiet for ever: it must end when
+        // the client goes, not at its next send.
+        let client_gone = tx.clone();
+        let recipes = self.recipes.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = client_gone.closed() => {}
+                () = observe(recipes, prefix, tx) => {}
+            }
+        });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
