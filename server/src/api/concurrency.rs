@@ -24,7 +24,7 @@ use crate::member::node::Node;
 /// keeps alive (concurrency.NewSession's default TTL).
 const SESSION_TTL_S: i64 = 60;
 /// Revisions a waiter reads from its watch at a time.
-const WATCH_BATCH_REVISIONS: usize = 16;
+pub const WATCH_BATCH_REVISIONS: usize = 16;
 
 /// etcd's lock and election servers hand their client's errors back as plain errors:
 /// clients see etcd's message with code Unknown.
@@ -72,12 +72,21 @@ pub fn key_of(prefix: &[u8], lease: i64) -> Bytes {
     [prefix, format!("{lease:x}").as_bytes()].concat().into()
 }
 
+/// The deletion of one key, as a command or as a txn operation (`delete_op`).
 pub fn delete(key: Bytes) -> Command {
-    Command::DeleteRange(DeleteRangeRequest {
+    Command::DeleteRange(one_key(key))
+}
+
+pub fn delete_op(key: Bytes) -> RequestOp {
+    RequestOp::DeleteRange(one_key(key))
+}
+
+fn one_key(key: Bytes) -> DeleteRangeRequest {
+    DeleteRangeRequest {
         key,
         range_end: Bytes::new(),
         prev_kv: false,
-    })
+    }
 }
 
 /// A compare that `key` was created at `revision` (0: that it does not exist).

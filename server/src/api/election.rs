@@ -17,7 +17,8 @@ use tonic::{Request, Response, Status};
 use crate::api::check_leader_metadata;
 use crate::api::concurrency::kvs_of;
 use crate::api::concurrency::{
-    as_etcd_answers, created_at, first_created, key_of, prefix_end, prefix_of, Recipes, Withdraw,
+    as_etcd_answers, created_at, delete_op, first_created, key_of, prefix_end, prefix_of, Recipes,
+    Withdraw, WATCH_BATCH_REVISIONS,
 };
 use crate::api::convert::kv_to_pb;
 use crate::member::node::Node;
@@ -28,7 +29,6 @@ const NO_LEADER: &str = "election: no leader";
 const MISSING_LEADER_KEY: &str = "\"leader\" field must be provided";
 /// Leader changes an Observe stream holds for a slow reader before it waits.
 const OBSERVE_QUEUE_RESPONSES: usize = 16;
-const WATCH_BATCH_REVISIONS: usize = 16;
 
 pub struct ElectionService {
     pub recipes: Arc<Recipes>,
@@ -282,13 +282,7 @@ impl Election for ElectionService {
         self.recipes
             .txn(TxnRequest {
                 compare: vec![created_at(&key, leader.rev)],
-                success: vec![RequestOp::DeleteRange(
-                    raftkv_storage::mvcc::types::DeleteRangeRequest {
-                        key,
-                        range_end: Bytes::new(),
-                        prev_kv: false,
-                    },
-                )],
+                success: vec![delete_op(key)],
                 failure: vec![],
             })
             .await
