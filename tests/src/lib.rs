@@ -319,6 +319,22 @@ impl Member {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
+
+    /// Waits until the member's log holds `line`: a member logs what it finished after
+    /// the effect a client can see (an export is logged once its file is synced, after
+    /// the follower may already have installed the streamed copy).
+    pub fn wait_logged(&self, line: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log().contains(line) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Member {

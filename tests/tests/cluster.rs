@@ -290,6 +290,8 @@ fn a_member_that_missed_purged_entries_catches_up_by_snapshot() {
         // purged), and never at every point. A loaded machine may make openraft ask
         // again for a snapshot whose send was slow, so the bound is a fraction of the
         // points, not an exact count.
+        cluster.members[leader]
+            .wait_logged("snapshot exported for a follower", Duration::from_secs(10));
         let log = cluster.members[leader].log();
         let points = log.matches("snapshot point recorded").count();
         let exports = log.matches("snapshot exported for a follower").count();

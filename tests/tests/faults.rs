@@ -1767,6 +1767,7 @@ fn a_power_cut_right_after_a_snapshot_install_leaves_the_member_able_to_start() 
     // space holds the snapshot, and the leader has recorded that it acknowledged the
     // snapshot: the restart check must count what the key space holds and let it in.
     const GOSSIP_WAIT_MS: u64 = 2_500; // the leader records what followers hold every second
+    const EXPORT_LOGGED_WAIT_MS: u64 = 10_000;
     let rt = runtime();
     let mut cluster = Cluster::start_on_lossy_disks(3, 12, &["--snapshot-count", "300"], &[]);
     let endpoints = cluster.endpoints();
@@ -1787,9 +1788,10 @@ fn a_power_cut_right_after_a_snapshot_install_leaves_the_member_able_to_start() 
     cluster.members[lagging].spawn(&args);
     wait_until_has(&cluster, &rt, lagging, "before the install");
     assert!(
-        cluster.members[leader]
-            .log()
-            .contains("snapshot exported for a follower"),
+        cluster.members[leader].wait_logged(
+            "snapshot exported for a follower",
+            Duration::from_millis(EXPORT_LOGGED_WAIT_MS)
+        ),
         "the follower caught up without a snapshot; logs:\n{}",
         cluster.logs()
     );
