@@ -320,6 +320,36 @@ impl Member {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// Waits until the member's Raft log is purged past `index` (its /metrics): a
+    /// follower that holds no more than `index` then needs a snapshot. openraft holds a
+    /// purge back while a replication still reads the entries, so a follower restarted
+    /// at once may find them still there.
+    pub fn wait_log_purged_past(&self, index: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let purged = metric_value(
+                &metrics_of(self.client_port),
+                "raftkv_raft_log_purged_index",
+            );
+            if purged.is_some_and(|p| p > index as f64) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The highest log index the member has applied (its /metrics).
+    pub fn applied_index(&self) -> u64 {
+        metric_value(
+            &metrics_of(self.client_port),
+            "etcd_server_proposals_applied_total",
+        )
+        .unwrap_or(0.0) as u64
+    }
+
     /// Waits until the member's log holds `line`: a member logs what it finished after
     /// the effect a client can see (an export is logged once its file is synced, after
     /// the follower may already have installed the streamed copy).

@@ -273,12 +273,17 @@ fn a_member_that_missed_purged_entries_catches_up_by_snapshot() {
     rt().block_on(async {
         let leader = leader_index(&mut cluster).await;
         let lagging = (leader + 1) % 3;
+        let held = cluster.members[lagging].applied_index();
         cluster.members[lagging].stop();
         let mut c = client(&cluster.members[leader].endpoint()).await;
         // More than the 5,000 entries a leader keeps behind a point for catching up.
         for j in 0..6_000 {
             c.put(format!("s/{j:05}"), "x", None).await.expect("put");
         }
+        assert!(
+            cluster.members[leader].wait_log_purged_past(held, Duration::from_secs(30)),
+            "the leader never purged what the follower holds"
+        );
         let args = cluster.restart_args(lagging);
         cluster.members[lagging].start(&args);
         wait_count(&cluster, lagging, "s/", 6_000, Duration::from_secs(20)).await;

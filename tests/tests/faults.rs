@@ -1773,6 +1773,7 @@ fn a_power_cut_right_after_a_snapshot_install_leaves_the_member_able_to_start() 
     let endpoints = cluster.endpoints();
     let leader = leader_index(&mut cluster, &rt).expect("a leader");
     let lagging = (leader + 1) % 3;
+    let held = cluster.members[lagging].applied_index();
     cluster.members[lagging].kill9();
     let acked = rt.block_on(async {
         let acked = burst_of_puts(endpoints[leader].clone(), LAG_ENTRIES).await;
@@ -1783,6 +1784,11 @@ fn a_power_cut_right_after_a_snapshot_install_leaves_the_member_able_to_start() 
     assert_eq!(
         acked, LAG_ENTRIES,
         "the follower must miss every one of them"
+    );
+    assert!(
+        cluster.members[leader].wait_log_purged_past(held, Duration::from_secs(30)),
+        "the leader never purged what the follower holds; logs:\n{}",
+        cluster.logs()
     );
     let args = cluster.restart_args(lagging);
     cluster.members[lagging].spawn(&args);

@@ -371,6 +371,12 @@ fn render_server(out: &mut String, node: &Node) {
         "The current Raft term of this member.",
         metrics.current_term as f64,
     );
+    gauge(
+        out,
+        "raftkv_raft_log_purged_index",
+        "The index up to which this member's Raft log was purged: a follower behind it catches up by snapshot.",
+        metrics.purged.map_or(0, |l| l.index) as f64,
+    );
     help(
         out,
         "etcd_server_id",
