@@ -45,6 +45,12 @@ pub enum ApiError {
     LeaderTransferTimeout,
     #[error("etcdserver: authentication is not enabled")]
     AuthNotEnabled,
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    /// etcd answers a password sent for a user without one with its auth store's own
+    /// error, which has no gRPC mapping (code Unknown).
+    #[error("auth: authentication failed, password was given for no password user")]
+    NoPasswordUser,
     #[error("etcdserver: user name not found")]
     UserNotFound,
     #[error("etcdserver: role name not found")]
@@ -87,6 +93,8 @@ impl ApiError {
             ApiError::NotLeader | ApiError::BadLeaderTransferee => Code::FailedPrecondition,
             ApiError::LeaderTransferTimeout => Code::Unavailable,
             ApiError::AuthNotEnabled => Code::FailedPrecondition,
+            ApiError::InvalidAuthToken => Code::Unauthenticated,
+            ApiError::NoPasswordUser => Code::Unknown,
             ApiError::UserNotFound | ApiError::RoleNotFound => Code::FailedPrecondition,
             ApiError::Unsupported(_) => Code::Unimplemented,
             ApiError::InvalidArgument(_) => Code::InvalidArgument,

@@ -4,14 +4,17 @@
 //!
 //! Owns the rules of each administrative change (`AuthCommand`, applied from the Raft
 //! log, so every member reaches the same state) and the permission check on a key or
-//! range. It must never see a password in the clear, hash one, or know of tokens and
-//! gRPC: the server hashes passwords before proposing and checks tokens at the edge.
+//! range; `tokens.rs` keeps the simple tokens those entries hand out. It must never
+//! see a password in the clear, hash one, or know of gRPC: the server hashes
+//! passwords before proposing, checks them before authenticating, and reads tokens
+//! from requests at the edge.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 mod guard;
+pub mod tokens;
 pub use guard::Caller;
 
 /// etcd's superuser and superrole: the root role bypasses every permission check.
@@ -109,6 +112,13 @@ pub enum AuthCommand {
         key: Vec<u8>,
         range_end: Vec<u8>,
     },
+    /// Hands `name` a simple token `<token_prefix>.<index of this entry>` on every
+    /// member (tokens.rs). The password was checked by the member that proposed it;
+    /// the entry carries none. Changes nothing and raises no revision.
+    Authenticate {
+        name: String,
+        token_prefix: String,
+    },
 }
 
 /// etcd's auth errors, with its messages; `class` gives the gRPC code etcd answers.
@@ -142,6 +152,10 @@ pub enum AuthError {
     InvalidAuthMgmt,
     #[error("etcdserver: revision of auth store is old")]
     AuthOldRevision,
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
 }
 
 impl AuthError {
@@ -152,7 +166,8 @@ impl AuthError {
             | AuthError::RoleEmpty
             | AuthError::PermissionNotGiven
             | AuthError::InvalidAuthMgmt
-            | AuthError::AuthOldRevision => ErrorClass::InvalidArgument,
+            | AuthError::AuthOldRevision
+            | AuthError::AuthFailed => ErrorClass::InvalidArgument,
             AuthError::PermissionDenied => ErrorClass::PermissionDenied,
             _ => ErrorClass::FailedPrecondition,
         }
@@ -196,6 +211,7 @@ impl AuthState {
                 key,
                 range_end,
             } => self.role_revoke_permission(role, key, range_end),
+            AuthCommand::Authenticate { name, .. } => self.may_authenticate(name),
         };
         debug_assert!(
             self.revision >= revision_before,
@@ -206,6 +222,18 @@ impl AuthState {
             "a refused change raises nothing"
         );
         result
+    }
+
+    /// etcd's authStore.Authenticate when applied: auth on, the user there, and not a
+    /// user without a password (those authenticate by certificate only).
+    pub fn may_authenticate(&self, name: &str) -> Result<(), AuthError> {
+        if !self.enabled {
+            return Err(AuthError::AuthNotEnabled);
+        }
+        match self.users.get(name) {
+            Some(user) if !user.no_password => Ok(()),
+            _ => Err(AuthError::AuthFailed),
+        }
     }
 
     fn enable(&mut self) -> Result<(), AuthError> {

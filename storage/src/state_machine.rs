@@ -365,6 +365,7 @@ impl StateMachine {
 
     fn apply_one(&self, entry: &Entry) -> Result<CommandResult, std::io::Error> {
         let mut meta = AppliedMeta {
+            index: entry.log_id.index,
             applied: encode(&Some(entry.log_id)),
             membership: None,
         };

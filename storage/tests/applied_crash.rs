@@ -90,6 +90,7 @@ fn crash_child_applier() {
             println!("{DURABLE}{}", index - 1);
         }
         let meta = AppliedMeta {
+            index,
             applied: index.to_le_bytes().to_vec(),
             membership: None,
         };

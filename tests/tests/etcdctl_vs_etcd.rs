@@ -138,6 +138,30 @@ fn script() -> Vec<Step> {
     steps
 }
 
+/// etcdctl's "Error:" lines; its own log lines (JSON with timestamps) are not compared.
+fn error_lines(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| l.starts_with("Error"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A watch from history: what it prints in a moment, then it is stopped.
+fn watch_output(ctl: &std::path::Path, endpoint: &str, args: &[&str]) -> std::process::Output {
+    let mut child = std::process::Command::new(ctl)
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("watch");
+    std::thread::sleep(Duration::from_millis(800));
+    let _ = child.kill();
+    child.wait_with_output().expect("watch output")
+}
+
 fn run_all(endpoint: &str) -> Vec<String> {
     let ctl = etcdctl35();
     let ep = vec![endpoint.to_string()];
@@ -147,18 +171,7 @@ fn run_all(endpoint: &str) -> Vec<String> {
     for s in script() {
         let args: Vec<&str> = s.args.iter().map(|a| a.as_str()).collect();
         if args[0] == "watch" {
-            // A watch from history: let it print, then stop it.
-            let mut child = std::process::Command::new(&ctl)
-                .env("ETCDCTL_API", "3")
-                .arg(format!("--endpoints={endpoint}"))
-                .args(&args)
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("watch");
-            std::thread::sleep(Duration::from_millis(800));
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("watch output");
+            let out = watch_output(&ctl, endpoint, &args);
             outputs.push(format!(
                 "{args:?}\n{}",
                 mask(&String::from_utf8_lossy(&out.stdout), &mut leases)
@@ -174,18 +187,11 @@ fn run_all(endpoint: &str) -> Vec<String> {
                 .unwrap_or_default()
                 .to_string();
         }
-        // etcdctl's own log lines (JSON with timestamps) are not compared; its
-        // "Error:" line is.
-        let stderr: String = String::from_utf8_lossy(&out.stderr)
-            .lines()
-            .filter(|l| l.starts_with("Error"))
-            .collect::<Vec<_>>()
-            .join("\n");
         outputs.push(format!(
             "{args:?} exit {:?}\n{}{}",
             out.status.code(),
             mask(&stdout, &mut leases),
-            stderr
+            error_lines(&out)
         ));
     }
     // Lease commands that need the granted id.
@@ -233,12 +239,7 @@ fn etcdctl_prints_the_same_for_etcd_and_raftkv() {
     let root = tempfile::tempdir().expect("temp dir");
     let mut member = Member::new(root.path(), "ctl");
     member.start(&["--cluster-init".to_string()]);
-    let want = run_all(&etcd.endpoint());
-    let got = run_all(&member.endpoint());
-    assert_eq!(want.len(), got.len());
-    for (w, g) in want.iter().zip(&got) {
-        assert_eq!(w, g, "etcdctl output differs");
-    }
+    same_outputs(&etcd, &member, run_all);
 
     // What cannot be equal is checked for shape: status, health, member list, snapshot.
     let ctl = etcdctl35();
@@ -267,4 +268,123 @@ fn etcdctl_prints_the_same_for_etcd_and_raftkv() {
         None,
     );
     assert!(out.status.success(), "{out:?}");
+}
+
+/// An operator's session with users and roles: set them up, turn authentication on,
+/// work as a restricted user and as root, change a password, take a permission away,
+/// turn it off again. Each command's output and error line, as etcdctl prints them.
+fn auth_script() -> Vec<Step> {
+    let as_root = |args: &[&str]| {
+        let mut all = vec!["--user=root:r00t"];
+        all.extend_from_slice(args);
+        step(&all)
+    };
+    let as_alice = |password: &str, args: &[&str]| {
+        let user = format!("--user=alice:{password}");
+        let mut all = vec![user.as_str()];
+        all.extend_from_slice(args);
+        step(&all)
+    };
+    vec![
+        step(&["put", "a/1", "one"]),
+        step(&["put", "b", "two"]),
+        step(&["auth", "enable"]),
+        // etcdctl adds the root role and grants it with the root user.
+        step(&["user", "add", "root", "--new-user-password=r00t"]),
+        step(&["role", "add", "root"]),
+        step(&["user", "grant-role", "root", "root"]),
+        step(&["user", "add", "alice", "--new-user-password=a1"]),
+        step(&["user", "add", "carol", "--no-password"]),
+        step(&["role", "add", "reader"]),
+        step(&[
+            "role",
+            "grant-permission",
+            "reader",
+            "read",
+            "a/",
+            "--prefix",
+        ]),
+        step(&["role", "grant-permission", "reader", "readwrite", "b"]),
+        step(&["role", "get", "reader"]),
+        step(&["user", "grant-role", "alice", "reader"]),
+        step(&["user", "get", "alice"]),
+        step(&["user", "list"]),
+        step(&["role", "list"]),
+        step(&["auth", "enable"]),
+        step(&["get", "a/", "--prefix"]),
+        as_alice("a1", &["get", "a/", "--prefix"]),
+        as_alice("a1", &["put", "a/1", "mine"]),
+        as_alice("a1", &["put", "b", "mine"]),
+        as_alice("a1", &["get", "", "--prefix"]),
+        as_alice("wrong", &["get", "b"]),
+        as_alice("a1", &["user", "list"]),
+        as_alice("a1", &["user", "get", "alice"]),
+        as_alice("a1", &["role", "get", "reader"]),
+        as_alice("a1", &["role", "get", "root"]),
+        as_alice("a1", &["watch", "b", "--rev=1"]),
+        as_root(&["get", "", "--prefix"]),
+        as_root(&["auth", "status"]),
+        as_root(&["role", "revoke-permission", "reader", "b"]),
+        as_alice("a1", &["get", "b"]),
+        Step {
+            args: vec![
+                "--user=root:r00t".into(),
+                "user".into(),
+                "passwd".into(),
+                "alice".into(),
+                "--interactive=false".into(),
+            ],
+            stdin: Some("a2\n".into()),
+        },
+        as_alice("a1", &["get", "a/1"]),
+        as_alice("a2", &["get", "a/1"]),
+        as_root(&["user", "delete", "carol"]),
+        as_root(&["user", "revoke-role", "alice", "reader"]),
+        as_alice("a2", &["get", "a/1"]),
+        as_root(&["role", "delete", "reader"]),
+        as_root(&["auth", "status"]),
+        as_root(&["auth", "disable"]),
+        step(&["get", "a/", "--prefix"]),
+        step(&["auth", "status"]),
+    ]
+}
+
+fn run_auth_session(endpoint: &str) -> Vec<String> {
+    let ctl = etcdctl35();
+    let ep = vec![endpoint.to_string()];
+    let mut leases = Vec::new();
+    let mut outputs = Vec::new();
+    for s in auth_script() {
+        let args: Vec<&str> = s.args.iter().map(|a| a.as_str()).collect();
+        let out = if args.contains(&"watch") {
+            watch_output(&ctl, endpoint, &args)
+        } else {
+            etcdctl(&ctl, &ep, &args, s.stdin.as_deref())
+        };
+        outputs.push(format!(
+            "{args:?}\n{}{}",
+            mask(&String::from_utf8_lossy(&out.stdout), &mut leases),
+            error_lines(&out)
+        ));
+    }
+    outputs
+}
+
+#[test]
+fn etcdctl_prints_the_same_for_an_auth_session() {
+    let etcd = Etcd::start_newest();
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut member = Member::new(root.path(), "ctlauth");
+    member.start(&["--cluster-init".to_string()]);
+    same_outputs(&etcd, &member, run_auth_session);
+}
+
+/// Runs `session` against etcd and against raftkv and compares each output.
+fn same_outputs(etcd: &Etcd, member: &Member, session: fn(&str) -> Vec<String>) {
+    let want = session(&etcd.endpoint());
+    let got = session(&member.endpoint());
+    assert_eq!(want.len(), got.len());
+    for (w, g) in want.iter().zip(&got) {
+        assert_eq!(w, g, "etcdctl output differs");
+    }
 }

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, DeleteOptions, EventType, GetOptions, PutOptions, SortOrder,
-    SortTarget, Txn, TxnOp, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, PutOptions,
+    SortOrder, SortTarget, Txn, TxnOp, WatchOptions,
 };
 use raftkv_tests::*;
 
@@ -241,8 +241,124 @@ fn maintenance_and_cluster_through_the_rust_client() {
             defragmented.header().is_none(),
             "etcd 3.5 answers without a header"
         );
-        let err = c.auth_enable().await.expect_err("no auth");
-        assert!(err.to_string().contains("not supported"), "{err}");
+        let err = c.auth_enable().await.expect_err("no root user yet");
+        assert!(
+            err.to_string()
+                .contains("etcdserver: root user does not exist"),
+            "{err}"
+        );
+    });
+}
+
+/// A deployment that configures a user name and password (APISIX, Patroni, CoreDNS):
+/// the client authenticates, sends its token with every call, is held to its role's
+/// keys, and is told "invalid auth token" once a new password ended its token.
+#[test]
+fn a_client_with_a_user_and_password_works_within_its_permissions() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut m = Member::new(root.path(), "solo");
+    m.start(&[
+        "--cluster-init".to_string(),
+        "--bcrypt-cost".into(),
+        "4".into(),
+    ]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut admin = Client::connect([m.endpoint()], None)
+            .await
+            .expect("connect");
+        admin.user_add("root", "rootpw", None).await.expect("root");
+        admin.role_add("root").await.expect("root role");
+        admin
+            .user_grant_role("root", "root")
+            .await
+            .expect("grant root");
+        admin.user_add("app", "apppw", None).await.expect("app");
+        admin.role_add("app").await.expect("app role");
+        let perm = etcd_client::Permission::read_write("app/").with_prefix();
+        admin
+            .role_grant_permission("app", perm)
+            .await
+            .expect("perm");
+        admin
+            .user_grant_role("app", "app")
+            .await
+            .expect("grant app");
+        admin.auth_enable().await.expect("auth enable");
+
+        let err = admin
+            .put("app/x", "1", None)
+            .await
+            .expect_err("no credentials");
+        assert!(
+            err.to_string().contains("etcdserver: user name is empty"),
+            "{err}"
+        );
+
+        let options = ConnectOptions::new().with_user("app", "apppw");
+        let mut app = Client::connect([m.endpoint()], Some(options))
+            .await
+            .expect("app connects");
+        app.put("app/x", "1", None)
+            .await
+            .expect("put in its prefix");
+        let got = app.get("app/x", None).await.expect("get");
+        assert_eq!(got.kvs()[0].value(), b"1");
+        let err = app
+            .put("other", "1", None)
+            .await
+            .expect_err("outside its prefix");
+        assert!(
+            err.to_string().contains("etcdserver: permission denied"),
+            "{err}"
+        );
+        let mut events = app
+            .watch("app/", Some(WatchOptions::new().with_prefix()))
+            .await
+            .expect("watch its prefix");
+        app.put("app/y", "2", None).await.expect("put");
+        let event = loop {
+            let m = events.message().await.expect("watch").expect("a message");
+            assert!(!m.canceled(), "{:?}", m.cancel_reason());
+            if let Some(e) = m.events().first() {
+                break e.clone();
+            }
+        };
+        assert_eq!(event.kv().unwrap().key(), b"app/y");
+
+        let wrong = ConnectOptions::new().with_user("app", "wrong");
+        let err = Client::connect([m.endpoint()], Some(wrong))
+            .await
+            .err()
+            .expect("a wrong password is refused");
+        assert!(
+            err.to_string()
+                .contains("etcdserver: authentication failed, invalid user ID or password"),
+            "{err}"
+        );
+
+        // A new password ends the old token: the next call says so.
+        let options = ConnectOptions::new().with_user("root", "rootpw");
+        let mut root_client = Client::connect([m.endpoint()], Some(options))
+            .await
+            .expect("root connects");
+        root_client
+            .user_change_password("app", "newpw")
+            .await
+            .expect("change password");
+        let err = app.get("app/x", None).await.expect_err("the old token");
+        assert!(
+            err.to_string().contains("etcdserver: invalid auth token"),
+            "{err}"
+        );
+        root_client.auth_disable().await.expect("auth disable");
+        admin
+            .put("app/x", "3", None)
+            .await
+            .expect("no credentials needed again");
     });
 }
 

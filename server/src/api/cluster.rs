@@ -10,6 +10,7 @@ use raftkv_proto::etcdserverpb::cluster_server::Cluster;
 use tonic::{Request, Response, Status};
 
 use crate::api::check_leader_metadata;
+use crate::api::credentials;
 use crate::errors::ApiError;
 use crate::member::node::Node;
 use crate::peer::{ForwardRequest, ForwardResponse};
@@ -19,6 +20,13 @@ pub struct ClusterService {
 }
 
 impl ClusterService {
+    /// etcd's checkMembershipOperationPermission: membership changes are a root
+    /// user's once authentication is on (listing members is anyone's).
+    async fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let caller = credentials::caller(&self.node, req.metadata()).await?;
+        Ok(credentials::require_admin(&self.node, &caller)?)
+    }
+
     fn members(&self) -> Vec<pb::Member> {
         to_pb(self.node.members())
     }
@@ -72,6 +80,7 @@ impl Cluster for ClusterService {
         req: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
         check_leader_metadata(&self.node, &req)?;
+        self.admin(&req).await?;
         let pb::MemberAddRequest {
             peer_ur_ls,
             is_learner,
@@ -101,6 +110,7 @@ impl Cluster for ClusterService {
         req: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
         check_leader_metadata(&self.node, &req)?;
+        self.admin(&req).await?;
         let id = req.get_ref().id;
         let members = self.change(ForwardRequest::RemoveMember { id }).await?;
         Ok(Response::new(pb::MemberRemoveResponse {
@@ -114,6 +124,7 @@ impl Cluster for ClusterService {
         req: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
         check_leader_metadata(&self.node, &req)?;
+        self.admin(&req).await?;
         let pb::MemberUpdateRequest { id, peer_ur_ls } = req.into_inner();
         if peer_ur_ls.is_empty() {
             return Err(ApiError::InvalidArgument("member peer URLs are missing".into()).status());
@@ -152,6 +163,7 @@ impl Cluster for ClusterService {
         req: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
         check_leader_metadata(&self.node, &req)?;
+        self.admin(&req).await?;
         let id = req.get_ref().id;
         let members = self.change(ForwardRequest::PromoteMember { id }).await?;
         Ok(Response::new(pb::MemberPromoteResponse {

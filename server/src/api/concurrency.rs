@@ -9,14 +9,17 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use raftkv_storage::auth::Caller;
 use raftkv_storage::mvcc::types::{
     Compare, CompareOperand, CompareResult, CompareTarget, DeleteRangeRequest, EventKind, KeyValue,
     PutRequest, RangeRequest, RequestOp, ResponseOp, SortOrder, SortTarget, TxnRequest,
     TxnResponse,
 };
 use raftkv_storage::mvcc::{Command, CommandResponse};
+use tonic::metadata::MetadataMap;
 use tonic::Status;
 
+use crate::api::credentials::{self, on_behalf, ReadCheck};
 use crate::errors::ApiError;
 use crate::member::node::Node;
 
@@ -111,27 +114,59 @@ pub fn kvs_of(r: &TxnResponse, i: usize) -> Vec<KeyValue> {
 /// future dropped), as etcd's mutex and election clean up on a cancelled context.
 pub struct Withdraw {
     pub node: Arc<Node>,
+    pub caller: Option<Caller>,
     pub key: Option<Bytes>,
+}
+
+impl Withdraw {
+    pub fn new(r: &Recipes, key: &Bytes) -> Withdraw {
+        Withdraw {
+            node: r.node.clone(),
+            caller: r.caller.clone(),
+            key: Some(key.clone()),
+        }
+    }
 }
 
 impl Drop for Withdraw {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
             let node = self.node.clone();
+            let command = on_behalf(self.caller.take(), delete(key));
             tokio::spawn(async move {
-                let _ = node.write(delete(key)).await;
+                let _ = node.write(command).await;
             });
         }
     }
 }
 
+/// The key-space steps of a lock or an election, taken for one caller: with
+/// authentication on, each is checked against the caller's permissions, as etcd's
+/// lock and election servers run them through a client carrying the caller's token.
 pub struct Recipes {
     pub node: Arc<Node>,
+    pub caller: Option<Caller>,
 }
 
 impl Recipes {
+    /// The recipes for the caller a request's metadata names.
+    pub async fn for_request(node: &Arc<Node>, metadata: &MetadataMap) -> Result<Recipes, Status> {
+        Ok(Recipes {
+            node: node.clone(),
+            caller: credentials::caller(node, metadata).await?,
+        })
+    }
+
+    /// Writes `command` on behalf of the caller.
+    pub async fn write(&self, command: Command) -> Result<CommandResponse, Status> {
+        Ok(self
+            .node
+            .write(on_behalf(self.caller.clone(), command))
+            .await?)
+    }
+
     pub async fn txn(&self, txn: TxnRequest) -> Result<TxnResponse, Status> {
-        match self.node.write(Command::Txn(txn)).await? {
+        match self.write(Command::Txn(txn)).await? {
             CommandResponse::Txn(r) => Ok(r),
             other => Err(ApiError::Internal(format!("unexpected reply {other:?}")).status()),
         }
@@ -139,7 +174,10 @@ impl Recipes {
 
     pub async fn read(&self, req: &RangeRequest) -> Result<Vec<KeyValue>, Status> {
         self.node.read_barrier().await?;
-        Ok(self.node.store.range(req).map_err(ApiError::from)?.kvs)
+        let check = ReadCheck::range(&self.node, self.caller.clone(), &req.key, &req.range_end)?;
+        let kvs = self.node.store.range(req).map_err(ApiError::from)?.kvs;
+        check.still_valid(&self.node)?;
+        Ok(kvs)
     }
 
     pub async fn get(&self, key: &Bytes) -> Result<Option<KeyValue>, Status> {
@@ -155,6 +193,7 @@ impl Recipes {
         if lease != 0 {
             return Ok(lease);
         }
+        credentials::require_someone(&self.caller)?;
         let grant = Command::LeaseGrant {
             id: crate::api::lease::new_lease_id(),
             ttl_s: SESSION_TTL_S,

@@ -31,88 +31,84 @@ const MISSING_LEADER_KEY: &str = "\"leader\" field must be provided";
 const OBSERVE_QUEUE_RESPONSES: usize = 16;
 
 pub struct ElectionService {
-    pub recipes: Arc<Recipes>,
+    pub node: Arc<Node>,
 }
 
 impl ElectionService {
     pub fn new(node: Arc<Node>) -> ElectionService {
-        ElectionService {
-            recipes: Arc::new(Recipes { node }),
-        }
+        ElectionService { node }
     }
 
-    async fn campaign(&self, req: pb::CampaignRequest) -> Result<pb::CampaignResponse, Status> {
-        let r = &self.recipes;
-        let lease = r.session_lease(req.lease).await?;
-        let prefix = prefix_of(&req.name);
-        let key = key_of(&prefix, lease);
-        let value = Bytes::from(req.value.to_vec());
-        let (txn, place, _) = r.enqueue(&prefix, &key, value.clone(), lease).await?;
-        let mut withdraw = Withdraw {
-            node: r.node.clone(),
-            key: Some(key.clone()),
-        };
-        // A campaign again with the same lease keeps its place and proclaims its value.
-        let existing = if txn.succeeded {
-            None
-        } else {
-            kvs_of(&txn, 0).into_iter().next()
-        };
-        if existing.is_some_and(|kv| kv.value != value) {
-            self.proclaim_at(&key, place, lease, value).await?;
-        }
-        r.wait_deletes(&prefix, place - 1).await?;
-        withdraw.key = None;
-        Ok(pb::CampaignResponse {
-            header: Some(r.node.header()),
-            leader: Some(pb::LeaderKey {
-                name: req.name,
-                key: key.to_vec().into(),
-                rev: place,
-                lease,
-            }),
-        })
+    async fn recipes<T>(&self, req: &Request<T>) -> Result<Recipes, Status> {
+        check_leader_metadata(&self.node, req)?;
+        Recipes::for_request(&self.node, req.metadata()).await
     }
+}
 
-    /// Puts `value` on `key` if it is still the one created at `rev`.
-    async fn proclaim_at(
-        &self,
-        key: &Bytes,
-        rev: i64,
-        lease: i64,
-        value: Bytes,
-    ) -> Result<(), Status> {
-        let put = RequestOp::Put(PutRequest {
-            key: key.clone(),
-            value,
+/// Campaigns for the caller: waits until its key is the oldest under the name.
+async fn campaign(r: &Recipes, req: pb::CampaignRequest) -> Result<pb::CampaignResponse, Status> {
+    let lease = r.session_lease(req.lease).await?;
+    let prefix = prefix_of(&req.name);
+    let key = key_of(&prefix, lease);
+    let value = Bytes::from(req.value.to_vec());
+    let (txn, place, _) = r.enqueue(&prefix, &key, value.clone(), lease).await?;
+    let mut withdraw = Withdraw::new(r, &key);
+    // A campaign again with the same lease keeps its place and proclaims its value.
+    let existing = if txn.succeeded {
+        None
+    } else {
+        kvs_of(&txn, 0).into_iter().next()
+    };
+    if existing.is_some_and(|kv| kv.value != value) {
+        proclaim_at(r, &key, place, lease, value).await?;
+    }
+    r.wait_deletes(&prefix, place - 1).await?;
+    withdraw.key = None;
+    Ok(pb::CampaignResponse {
+        header: Some(r.node.header()),
+        leader: Some(pb::LeaderKey {
+            name: req.name,
+            key: key.to_vec().into(),
+            rev: place,
             lease,
-            ..Default::default()
-        });
-        let r = self
-            .recipes
-            .txn(TxnRequest {
-                compare: vec![created_at(key, rev)],
-                success: vec![put],
-                failure: vec![],
-            })
-            .await?;
-        if r.succeeded {
-            Ok(())
-        } else {
-            Err(Status::unknown(NOT_LEADER))
-        }
-    }
+        }),
+    })
+}
 
-    async fn leader(&self, name: &[u8]) -> Result<KeyValue, Status> {
-        let oldest = self
-            .recipes
-            .read(&first_created(&prefix_of(name), None))
-            .await?;
-        oldest
-            .into_iter()
-            .next()
-            .ok_or_else(|| Status::unknown(NO_LEADER))
+/// Puts `value` on `key` if it is still the one created at `rev`.
+async fn proclaim_at(
+    recipes: &Recipes,
+    key: &Bytes,
+    rev: i64,
+    lease: i64,
+    value: Bytes,
+) -> Result<(), Status> {
+    let put = RequestOp::Put(PutRequest {
+        key: key.clone(),
+        value,
+        lease,
+        ..Default::default()
+    });
+    let r = recipes
+        .txn(TxnRequest {
+            compare: vec![created_at(key, rev)],
+            success: vec![put],
+            failure: vec![],
+        })
+        .await?;
+    if r.succeeded {
+        Ok(())
+    } else {
+        Err(Status::unknown(NOT_LEADER))
     }
+}
+
+async fn leader(recipes: &Recipes, name: &[u8]) -> Result<KeyValue, Status> {
+    let oldest = recipes.read(&first_created(&prefix_of(name), None)).await?;
+    oldest
+        .into_iter()
+        .next()
+        .ok_or_else(|| Status::unknown(NO_LEADER))
 }
 
 fn leader_key(key: Option<pb::LeaderKey>) -> Result<pb::LeaderKey, Status> {
@@ -203,8 +199,8 @@ impl Election for ElectionService {
         &self,
         req: Request<pb::CampaignRequest>,
     ) -> Result<Response<pb::CampaignResponse>, Status> {
-        check_leader_metadata(&self.recipes.node, &req)?;
-        self.campaign(req.into_inner())
+        let r = self.recipes(&req).await?;
+        campaign(&r, req.into_inner())
             .await
             .map(Response::new)
             .map_err(as_etcd_answers)
@@ -214,11 +210,12 @@ impl Election for ElectionService {
         &self,
         req: Request<pb::ProclaimRequest>,
     ) -> Result<Response<pb::ProclaimResponse>, Status> {
-        check_leader_metadata(&self.recipes.node, &req)?;
+        let r = self.recipes(&req).await?;
         let req = req.into_inner();
         let leader = leader_key(req.leader)?;
         let key = Bytes::from(leader.key.to_vec());
-        self.proclaim_at(
+        proclaim_at(
+            &r,
             &key,
             leader.rev,
             leader.lease,
@@ -227,7 +224,7 @@ impl Election for ElectionService {
         .await
         .map_err(as_etcd_answers)?;
         Ok(Response::new(pb::ProclaimResponse {
-            header: Some(self.recipes.node.header()),
+            header: Some(self.node.header()),
         }))
     }
 
@@ -235,13 +232,12 @@ impl Election for ElectionService {
         &self,
         req: Request<pb::LeaderRequest>,
     ) -> Result<Response<pb::LeaderResponse>, Status> {
-        check_leader_metadata(&self.recipes.node, &req)?;
-        let kv = self
-            .leader(&req.get_ref().name)
+        let r = self.recipes(&req).await?;
+        let kv = leader(&r, &req.get_ref().name)
             .await
             .map_err(as_etcd_answers)?;
         Ok(Response::new(pb::LeaderResponse {
-            header: Some(self.recipes.node.header()),
+            header: Some(self.node.header()),
             kv: Some(kv_to_pb(kv)),
         }))
     }
@@ -252,13 +248,12 @@ impl Election for ElectionService {
         &self,
         req: Request<pb::LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
-        check_leader_metadata(&self.recipes.node, &req)?;
+        let recipes = Arc::new(self.recipes(&req).await?);
         let prefix = prefix_of(&req.get_ref().name);
         let (tx, rx) = tokio::sync::mpsc::channel(OBSERVE_QUEUE_RESPONSES);
         // The observer waits on watches that may stay quiet for ever: it must end when
         // the client goes, not at its next send.
         let client_gone = tx.clone();
-        let recipes = self.recipes.clone();
         tokio::spawn(async move {
             tokio::select! {
                 () = client_gone.closed() => {}
@@ -274,21 +269,20 @@ impl Election for ElectionService {
         &self,
         req: Request<pb::ResignRequest>,
     ) -> Result<Response<pb::ResignResponse>, Status> {
-        check_leader_metadata(&self.recipes.node, &req)?;
+        let r = self.recipes(&req).await?;
         let leader = leader_key(req.into_inner().leader)?;
         let key = Bytes::from(leader.key.to_vec());
         // As etcd: deleted only if it is still the key created at that revision, and
         // no error when it is not.
-        self.recipes
-            .txn(TxnRequest {
-                compare: vec![created_at(&key, leader.rev)],
-                success: vec![delete_op(key)],
-                failure: vec![],
-            })
-            .await
-            .map_err(as_etcd_answers)?;
+        r.txn(TxnRequest {
+            compare: vec![created_at(&key, leader.rev)],
+            success: vec![delete_op(key)],
+            failure: vec![],
+        })
+        .await
+        .map_err(as_etcd_answers)?;
         Ok(Response::new(pb::ResignResponse {
-            header: Some(self.recipes.node.header()),
+            header: Some(self.node.header()),
         }))
     }
 }

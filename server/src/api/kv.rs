@@ -1,8 +1,10 @@
 //! etcd's KV service: Range, Put, DeleteRange, Txn, Compact.
 //!
 //! Reads: linearizable (the default) pass a read barrier first; serializable ones read
-//! this member's applied state. Writes are checked as etcd checks them, then go through
-//! Raft (`Node::write`). This module never touches storage except to read.
+//! this member's applied state; with authentication on, both are checked against the
+//! caller's permissions (credentials.rs). Writes are checked as etcd checks them, then
+//! go through Raft (`Node::write`) on behalf of the caller, whose permissions are
+//! checked when the entry applies. This module never touches storage except to read.
 
 use std::sync::Arc;
 
@@ -12,6 +14,7 @@ use raftkv_storage::mvcc::{validate, Command, CommandResponse};
 use tonic::{Request, Response, Status};
 
 use crate::api::convert;
+use crate::api::credentials::{self, on_behalf, ReadCheck};
 use crate::api::{check_leader_metadata, request_size_ok, wants_leader};
 use crate::errors::ApiError;
 use crate::member::node::Node;
@@ -34,6 +37,7 @@ impl Kv for KvService {
     ) -> Result<Response<pb::RangeResponse>, Status> {
         check_leader_metadata(&self.node, &req)?;
         let needs_leader = wants_leader(&req);
+        let caller = credentials::caller(&self.node, req.metadata()).await?;
         let req = req.into_inner();
         let serializable = req.serializable;
         let req_range = convert::range_from_pb(req);
@@ -58,7 +62,9 @@ impl Kv for KvService {
             } else if !serializable {
                 self.node.read_barrier().await?;
             }
+            let check = ReadCheck::range(&self.node, caller, &req_range.key, &req_range.range_end)?;
             let r = self.node.store.range(&req_range).map_err(ApiError::from)?;
+            check.still_valid(&self.node)?;
             Ok::<_, Status>(Response::new(convert::range_to_pb(r, self.node.header())))
         }
         .instrument(span)
@@ -68,9 +74,14 @@ impl Kv for KvService {
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         check_leader_metadata(&self.node, &req)?;
         request_size_ok(req.get_ref().encoded_len())?;
+        let caller = credentials::caller(&self.node, req.metadata()).await?;
         let req = convert::put_from_pb(req.into_inner());
         validate::put(&req).map_err(ApiError::from)?;
-        match self.node.write(Command::Put(req)).await? {
+        match self
+            .node
+            .write(on_behalf(caller, Command::Put(req)))
+            .await?
+        {
             CommandResponse::Put(r) => Ok(Response::new(convert::put_to_pb(r, self.node.header()))),
             other => Err(unexpected(other)),
         }
@@ -81,9 +92,14 @@ impl Kv for KvService {
         req: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         check_leader_metadata(&self.node, &req)?;
+        let caller = credentials::caller(&self.node, req.metadata()).await?;
         let req = convert::delete_from_pb(req.into_inner());
         validate::delete(&req).map_err(ApiError::from)?;
-        match self.node.write(Command::DeleteRange(req)).await? {
+        match self
+            .node
+            .write(on_behalf(caller, Command::DeleteRange(req)))
+            .await?
+        {
             CommandResponse::DeleteRange(r) => {
                 Ok(Response::new(convert::delete_to_pb(r, self.node.header())))
             }
@@ -94,12 +110,17 @@ impl Kv for KvService {
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
         check_leader_metadata(&self.node, &req)?;
         request_size_ok(req.get_ref().encoded_len())?;
+        let caller = credentials::caller(&self.node, req.metadata()).await?;
         let req = convert::txn_from_pb(req.into_inner()).map_err(ApiError::from)?;
         validate::txn(&req, validate::MAX_TXN_OPS).map_err(ApiError::from)?;
         // Every Txn goes through Raft, read-only ones too (etcd serves those after a read
         // barrier instead): the answers are the same, and a Txn that changes nothing
-        // does not advance the revision.
-        match self.node.write(Command::Txn(req)).await? {
+        // does not advance the revision; permissions are checked when it applies.
+        match self
+            .node
+            .write(on_behalf(caller, Command::Txn(req)))
+            .await?
+        {
             CommandResponse::Txn(r) => Ok(Response::new(convert::txn_to_pb(r, self.node.header()))),
             other => Err(unexpected(other)),
         }

@@ -1,5 +1,7 @@
 //! etcd's Lease service. Grants and revokes are Raft writes; keep-alives and
 //! time-to-live questions go to the leader, which holds the expiry clocks (member/lease_clocks.rs).
+//! With authentication on, every call but a keep-alive needs credentials; a revoke
+//! needs write permission on the lease's keys, and listing keys read permission.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -7,10 +9,12 @@ use std::sync::Arc;
 use futures::Stream;
 use raftkv_proto::etcdserverpb as pb;
 use raftkv_proto::etcdserverpb::lease_server::Lease;
+use raftkv_storage::auth::AuthError;
 use raftkv_storage::mvcc::{Command, CommandResponse, MAX_LEASE_TTL_S};
 use raftkv_storage::MvccError;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::api::credentials::{self, on_behalf};
 use crate::api::{check_leader_metadata, wants_leader, LeaderLossCheck};
 use crate::errors::ApiError;
 use crate::member::lease_clocks::MIN_LEASE_TTL_S;
@@ -56,6 +60,8 @@ impl Lease for LeaseService {
         req: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
         check_leader_metadata(&self.node, &req)?;
+        let caller = credentials::caller(&self.node, req.metadata()).await?;
+        credentials::require_someone(&caller)?;
         let req = req.into_inner();
         if req.ttl > MAX_LEASE_TTL_S {
             return Err(ApiError::Mvcc(MvccError::LeaseTtlTooLarge).status());
@@ -80,8 +86,12 @@ impl Lease for LeaseService {
         req: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
         check_leader_metadata(&self.node, &req)?;
+        let caller = credentials::caller(&self.node, req.metadata()).await?;
+        credentials::require_someone(&caller)?;
         let id = req.into_inner().id;
-        self.node.write(Command::LeaseRevoke { id }).await?;
+        self.node
+            .write(on_behalf(caller, Command::LeaseRevoke { id }))
+            .await?;
         Ok(Response::new(pb::LeaseRevokeResponse {
             header: Some(self.node.header()),
         }))
@@ -133,13 +143,37 @@ impl Lease for LeaseService {
         req: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
         check_leader_metadata(&self.node, &req)?;
+        let caller = credentials::caller(&self.node, req.metadata()).await?;
+        credentials::require_someone(&caller)?;
         let req = req.into_inner();
+        // etcd checks the keys this member knows the lease to hold, then answers with
+        // the leader's; users or roles changed meanwhile fail the call.
+        let auth = self.node.store.auth();
+        if req.keys {
+            let keys = self.node.store.lease_keys(req.id).unwrap_or_default();
+            credentials::check_lease_keys(&auth, &caller, &keys)?;
+        }
         let timeout = self.node.config.request_timeout();
         let request = ForwardRequest::LeaseTimeToLive {
             id: req.id,
             keys: req.keys,
         };
-        match self.node.on_leader(request, timeout).await? {
+        let answer = self.node.on_leader(request, timeout).await?;
+        if req.keys && caller.is_some() && self.node.store.auth().revision != auth.revision {
+            return Err(ApiError::Mvcc(MvccError::Auth(AuthError::AuthOldRevision)).status());
+        }
+        match answer {
+            ForwardResponse::LeaseTimeToLive {
+                ttl_s,
+                granted_ttl_s,
+                keys,
+            } if req.keys
+                && caller.is_some()
+                && self.node.store.auth().revision != auth.revision =>
+            {
+                let _ = (ttl_s, granted_ttl_s, keys);
+                Err(ApiError::Mvcc(MvccError::Auth(AuthError::AuthOldRevision)).status())
+            }
             ForwardResponse::LeaseTimeToLive {
                 ttl_s,
                 granted_ttl_s,
@@ -160,10 +194,18 @@ impl Lease for LeaseService {
         req: Request<pb::LeaseLeasesRequest>,
     ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
         check_leader_metadata(&self.node, &req)?;
-        let leases = self
-            .node
-            .store
-            .leases()
+        let caller = credentials::caller(&self.node, req.metadata()).await?;
+        let leases = self.node.store.leases();
+        if caller.is_some() {
+            let auth = self.node.store.auth();
+            let keys: Vec<_> = leases
+                .iter()
+                .flat_map(|l| self.node.store.lease_keys(l.id).unwrap_or_default())
+                .collect();
+            credentials::require_someone(&caller)?;
+            credentials::check_lease_keys(&auth, &caller, &keys)?;
+        }
+        let leases = leases
             .into_iter()
             .map(|l| pb::LeaseStatus { id: l.id })
             .collect();

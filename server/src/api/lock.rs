@@ -17,26 +17,20 @@ use crate::api::concurrency::{as_etcd_answers, delete, key_of, prefix_of, Recipe
 use crate::member::node::Node;
 
 pub struct LockService {
-    pub recipes: Recipes,
+    pub node: Arc<Node>,
 }
 
 impl LockService {
     pub fn new(node: Arc<Node>) -> LockService {
-        LockService {
-            recipes: Recipes { node },
-        }
+        LockService { node }
     }
 
-    async fn acquire(&self, req: pb::LockRequest) -> Result<pb::LockResponse, Status> {
-        let r = &self.recipes;
+    async fn acquire(r: &Recipes, req: pb::LockRequest) -> Result<pb::LockResponse, Status> {
         let lease = r.session_lease(req.lease).await?;
         let prefix = prefix_of(&req.name);
         let key = key_of(&prefix, lease);
         let (_, place, owner) = r.enqueue(&prefix, &key, Bytes::new(), lease).await?;
-        let mut withdraw = Withdraw {
-            node: r.node.clone(),
-            key: Some(key.clone()),
-        };
+        let mut withdraw = Withdraw::new(r, &key);
         if owner.is_some_and(|o| o.create_revision != place) {
             r.wait_deletes(&prefix, place - 1).await?;
             if r.get(&key).await?.is_none() {
@@ -59,8 +53,9 @@ impl Lock for LockService {
         &self,
         req: Request<pb::LockRequest>,
     ) -> Result<Response<pb::LockResponse>, Status> {
-        check_leader_metadata(&self.recipes.node, &req)?;
-        self.acquire(req.into_inner())
+        check_leader_metadata(&self.node, &req)?;
+        let r = Recipes::for_request(&self.node, req.metadata()).await?;
+        Self::acquire(&r, req.into_inner())
             .await
             .map(Response::new)
             .map_err(as_etcd_answers)
@@ -70,14 +65,12 @@ impl Lock for LockService {
         &self,
         req: Request<pb::UnlockRequest>,
     ) -> Result<Response<pb::UnlockResponse>, Status> {
-        let node = &self.recipes.node;
-        check_leader_metadata(node, &req)?;
+        check_leader_metadata(&self.node, &req)?;
+        let r = Recipes::for_request(&self.node, req.metadata()).await?;
         let key = Bytes::copy_from_slice(&req.get_ref().key);
-        node.write(delete(key))
-            .await
-            .map_err(|e| as_etcd_answers(e.status()))?;
+        r.write(delete(key)).await.map_err(as_etcd_answers)?;
         Ok(Response::new(pb::UnlockResponse {
-            header: Some(node.header()),
+            header: Some(self.node.header()),
         }))
     }
 }

@@ -1,5 +1,6 @@
 //! etcd's Maintenance service: Status, Snapshot, Hash/HashKV, MoveLeader, Alarm, Defragment; the rest answer
-//! that raftkv does not implement them (yet), never silently.
+//! that raftkv does not implement them (yet), never silently. With authentication
+//! on, all of it is a root user's, but reading the alarms, which anyone may.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use tokio::io::AsyncReadExt;
 use tonic::{Request, Response, Status};
 
 use crate::api::check_leader_metadata;
+use crate::api::credentials;
 use crate::errors::ApiError;
 use crate::member::node::Node;
 use crate::snapshot_file::snapshot_padding_bytes;
@@ -58,6 +60,12 @@ impl Maintenance for MaintenanceService {
         req: Request<pb::AlarmRequest>,
     ) -> Result<Response<pb::AlarmResponse>, Status> {
         check_leader_metadata(&self.node, &req)?;
+        let caller = credentials::caller(&self.node, req.metadata()).await?;
+        if req.get_ref().action() == pb::alarm_request::AlarmAction::Get {
+            credentials::require_someone(&caller)?;
+        } else {
+            credentials::require_admin(&self.node, &caller)?;
+        }
         let r = req.into_inner();
         let alarms = match (r.action(), alarm_type(r.alarm())) {
             // etcd's GET: every raised alarm, or those of one type.
@@ -100,6 +108,7 @@ impl Maintenance for MaintenanceService {
         req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         check_leader_metadata(&self.node, &req)?;
+        self.admin(&req).await?;
         let metrics = self.node.raft.metrics().borrow().clone();
         let db_size = self
             .node
@@ -141,6 +150,7 @@ impl Maintenance for MaintenanceService {
         req: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
         check_leader_metadata(&self.node, &req)?;
+        self.admin(&req).await?;
         // etcd rewrites its database file and stops the member meanwhile; here the
         // engine merges all its files in the background while everything goes on. As
         // in etcd, the answer comes when it is done: `etcdctl defrag --cluster` then
@@ -179,6 +189,7 @@ impl Maintenance for MaintenanceService {
         req: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
         check_leader_metadata(&self.node, &req)?;
+        self.admin(&req).await?;
         let h = self.kv_hash(0).await?;
         Ok(Response::new(pb::HashResponse {
             header: Some(self.node.header()),
@@ -191,6 +202,7 @@ impl Maintenance for MaintenanceService {
         req: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
         check_leader_metadata(&self.node, &req)?;
+        self.admin(&req).await?;
         let h = self.kv_hash(req.get_ref().revision).await?;
         Ok(Response::new(pb::HashKvResponse {
             header: Some(self.node.header()),
@@ -207,6 +219,7 @@ impl Maintenance for MaintenanceService {
         req: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         check_leader_metadata(&self.node, &req)?;
+        self.admin(&req).await?;
         let store = self.node.store.clone();
         let path = self.node.config.data_dir.join(format!(
             "maintenance-snapshot-{:x}.tmp",
@@ -251,14 +264,16 @@ impl Maintenance for MaintenanceService {
         req: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
         check_leader_metadata(&self.node, &req)?;
+        self.admin(&req).await?;
         self.node.move_leader(req.get_ref().target_id).await?;
         Ok(Response::new(pb::MoveLeaderResponse { header: None }))
     }
 
     async fn downgrade(
         &self,
-        _req: Request<pb::DowngradeRequest>,
+        req: Request<pb::DowngradeRequest>,
     ) -> Result<Response<pb::DowngradeResponse>, Status> {
+        self.admin(&req).await?;
         Err(ApiError::Unsupported("Downgrade is not implemented by raftkv".into()).status())
     }
 }
@@ -272,6 +287,12 @@ impl MaintenanceService {
             node,
             defragment_lock: Arc::new(tokio::sync::Mutex::new(())),
         }
+    }
+
+    /// etcd's authMaintenanceServer: a root user, once authentication is on.
+    async fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let caller = credentials::caller(&self.node, req.metadata()).await?;
+        Ok(credentials::require_admin(&self.node, &caller)?)
     }
 
     /// The key space's checksum at `revision`, computed off the async threads.

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod cluster;
 pub mod concurrency;
 pub mod convert;
+pub mod credentials;
 pub mod election;
 pub mod kv;
 pub mod lease;

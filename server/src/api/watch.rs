@@ -14,12 +14,14 @@ use std::time::Duration;
 use futures::Stream;
 use raftkv_proto::etcdserverpb as pb;
 use raftkv_proto::etcdserverpb::watch_server::Watch;
+use raftkv_storage::auth::AuthError;
 use raftkv_storage::mvcc::watch::{WatchError, Watcher};
 use raftkv_storage::mvcc::{Event, EventKind};
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::convert;
+use crate::api::credentials;
 use crate::api::{check_leader_metadata, wants_leader, LeaderLossCheck};
 use crate::errors::ApiError;
 use crate::member::node::Node;
@@ -49,9 +51,18 @@ impl Watch for WatchService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         check_leader_metadata(&self.node, &req)?;
         let leader_check = LeaderLossCheck::new(wants_leader(&req));
+        // The stream's credentials: each create is checked with them, as etcd does.
+        let metadata = req.metadata().clone();
         let inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(OUT_QUEUE_RESPONSES);
-        tokio::spawn(run_stream(self.node.clone(), inbound, tx, leader_check));
+        let stream = WatchStream {
+            node: self.node.clone(),
+            out: tx,
+            metadata,
+            watchers: HashMap::new(),
+            next_id: 0,
+        };
+        tokio::spawn(run_stream(stream, inbound, leader_check));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -73,18 +84,11 @@ struct WatcherHandle {
 /// server's), it ends with "etcdserver: no leader" once `leader_check` says the member
 /// lost its leader.
 async fn run_stream(
-    node: Arc<Node>,
+    mut stream: WatchStream,
     mut inbound: Streaming<pb::WatchRequest>,
-    out: Out,
     mut leader_check: LeaderLossCheck,
 ) {
     use pb::watch_request::RequestUnion;
-    let mut stream = WatchStream {
-        node,
-        out,
-        watchers: HashMap::new(),
-        next_id: 0,
-    };
     loop {
         let message = tokio::select! {
             m = inbound.message() => m,
@@ -122,6 +126,8 @@ struct Closed;
 struct WatchStream {
     node: Arc<Node>,
     out: Out,
+    /// The metadata the stream was opened with (its token, when auth is on).
+    metadata: tonic::metadata::MetadataMap,
     watchers: HashMap<i64, WatcherHandle>,
     /// The next id to try for a watch created without one.
     next_id: i64,
@@ -138,17 +144,14 @@ impl WatchStream {
         self.watchers.retain(|_, w| !w.control.is_closed());
         let header_rev = self.node.store.revision();
         let requested = create.watch_id;
-        let refusal = if requested != 0 && self.watchers.contains_key(&requested) {
+        let refusal = if let Some(reason) = self.permission_refusal(&create).await {
+            Some(reason)
+        } else if requested != 0 && self.watchers.contains_key(&requested) {
             Some("mvcc: duplicate watch ID provided on the WatchStream")
         } else if self.watchers.len() >= MAX_WATCHERS_PER_STREAM {
             Some("etcdserver: too many watchers on this stream")
         } else {
             None
-        };
-        let id = if requested != 0 {
-            requested
-        } else {
-            self.free_id()
         };
         let mut header = self.node.header();
         header.revision = header_rev;
@@ -164,6 +167,11 @@ impl WatchStream {
                 })
                 .await;
         }
+        let id = if requested != 0 {
+            requested
+        } else {
+            self.free_id()
+        };
         self.send(pb::WatchResponse {
             header: Some(header),
             watch_id: id,
@@ -173,6 +181,42 @@ impl WatchStream {
         .await?;
         self.start_watcher(id, &create, header_rev);
         Ok(())
+    }
+
+    /// Why the caller may not watch what `create` asks for, as etcd's
+    /// isWatchPermitted says it (the text of its gRPC error, code included); None when
+    /// it may (or authentication is off).
+    async fn permission_refusal(&self, create: &pb::WatchCreateRequest) -> Option<&'static str> {
+        let caller = match credentials::caller(&self.node, &self.metadata).await {
+            Ok(caller) => caller?,
+            Err(_) => {
+                return Some(
+                    "rpc error: code = Unauthenticated desc = etcdserver: invalid auth token",
+                )
+            }
+        };
+        // etcd checks a watch of every key from `key` on (range end "\0") as a watch of
+        // `key` alone: the same answers, so the same check.
+        let key: &[u8] = if create.key.is_empty() {
+            &[0]
+        } else {
+            &create.key
+        };
+        let range_end: &[u8] = if create.range_end[..] == [0] {
+            &[]
+        } else {
+            &create.range_end
+        };
+        match self.node.store.auth().check_op(&caller, key, range_end, false) {
+            Ok(()) => None,
+            Err(AuthError::AuthOldRevision) => Some(
+                "rpc error: code = InvalidArgument desc = etcdserver: revision of auth store is old",
+            ),
+            Err(AuthError::UserEmpty) => {
+                Some("rpc error: code = InvalidArgument desc = etcdserver: user name is empty")
+            }
+            Err(_) => Some("rpc error: code = PermissionDenied desc = etcdserver: permission denied"),
+        }
     }
 
     /// The lowest id from `next_id` on that no watcher of this stream has.

@@ -315,6 +315,15 @@ pub struct ServerConfig {
         )
     )]
     pub bcrypt_cost: u32,
+    /// How long an authentication token lives unused, in seconds (etcd's
+    /// --auth-token-ttl and default): each request with it starts the time again.
+    #[arg(
+        long = "auth-token-ttl",
+        env = "RAFTKV_AUTH_TOKEN_TTL",
+        default_value_t = raftkv_storage::auth::tokens::DEFAULT_TOKEN_TTL_S,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub auth_token_ttl_s: u64,
     /// Space quota of the key space (etcd's flag): a write that finds the database
     /// larger raises the NOSPACE alarm, and the cluster then takes only reads, deletes
     /// and compactions until `etcdctl alarm disarm`. 0: etcd's default, 2 GiB;

@@ -84,7 +84,7 @@ impl Node {
     }
 
     /// Waits until this member has applied the log up to `index`.
-    pub(super) async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), ApiError> {
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), ApiError> {
         let waited = tokio::time::timeout(timeout, self.applied_index.wait_for(index)).await;
         match waited {
             Ok(Ok(())) => Ok(()),

@@ -212,6 +212,7 @@ async fn open_storage(
         &data_dir.join("mvcc"),
         MvccOptions {
             cache_capacity_bytes: config.backend_cache_bytes,
+            token_ttl_s: config.auth_token_ttl_s,
             ..MvccOptions::default()
         },
     )

@@ -28,6 +28,8 @@ pub type StoredMeta = (Option<Vec<u8>>, Option<Vec<u8>>);
 /// Opaque bytes the Raft layer stores with every applied entry, in the same batch.
 #[derive(Debug, Clone, Default)]
 pub struct AppliedMeta {
+    /// The entry's log index (0 outside the log, as in tests): a simple token names it.
+    pub index: u64,
     pub applied: Vec<u8>,
     pub membership: Option<Vec<u8>>,
 }
@@ -63,6 +65,9 @@ impl MvccStore {
             leases: RwLock::new(BTreeMap::new()),
             alarms: RwLock::new(Default::default()),
             auth: RwLock::new(Default::default()),
+            tokens: Mutex::new(crate::auth::tokens::SimpleTokens::new(
+                std::time::Duration::from_secs(options.token_ttl_s),
+            )),
             feed,
             apply_lock: Mutex::new(()),
             compaction_lock: Mutex::new(()),
@@ -104,6 +109,16 @@ impl MvccStore {
         *self.inner.alarms.write().unwrap_or_else(|e| e.into_inner()) =
             alarms.into_iter().collect();
         Ok(())
+    }
+
+    /// The user a simple token stands for on this member, restarting its TTL; None
+    /// for a token this member does not know (yet: see `tokens::token_index`).
+    pub fn token_user(&self, token: &str) -> Option<String> {
+        self.inner
+            .tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .user(token, std::time::Instant::now())
     }
 
     /// Users, roles and whether authentication is on, as of the last applied entry.

@@ -42,6 +42,8 @@ struct WriteTxn<'a> {
     alarms: Option<BTreeSet<AlarmMember>>,
     /// The whole auth state after this transaction, when it changed.
     auth: Option<AuthState>,
+    /// The log index of the entry being applied (a simple token names it).
+    index: u64,
 }
 
 impl MvccStore {
@@ -84,6 +86,7 @@ pub(crate) fn apply(
         compact: None,
         alarms: None,
         auth: None,
+        index: meta.index,
     };
     let result = match command {
         None => Ok(CommandResponse::Applied),
@@ -195,10 +198,31 @@ impl WriteTxn<'_> {
     }
 
     /// etcd's auth store: a change applied to a copy, kept if it was allowed. Changes
-    /// no key and so no revision.
+    /// no key and so no revision. Tokens follow the change on every member: an
+    /// authentication hands one out, a deleted user or a new password ends the user's,
+    /// turning auth off ends all (tokens.rs; memory only, so not part of the batch).
     fn auth(&mut self, change: &AuthCommand) -> CommandResult {
         let mut auth = (*self.store.auth()).clone();
         auth.apply(change)?;
+        let mut tokens = self
+            .store
+            .inner
+            .tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match change {
+            AuthCommand::Authenticate { name, token_prefix } => {
+                let now = std::time::Instant::now();
+                let token = tokens.assign(token_prefix, self.index, name, now);
+                return Ok(CommandResponse::Authenticated { token });
+            }
+            AuthCommand::UserDelete { name } | AuthCommand::UserChangePassword { name, .. } => {
+                tokens.invalidate_user(name)
+            }
+            AuthCommand::Disable => tokens.clear(),
+            _ => {}
+        }
+        drop(tokens);
         let auth_revision = auth.revision;
         self.auth = Some(auth);
         Ok(CommandResponse::Auth {

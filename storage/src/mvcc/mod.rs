@@ -181,6 +181,11 @@ pub enum CommandResponse {
         revision: Revision,
         auth_revision: u64,
     },
+    /// `AuthCommand::Authenticate` applied: the token it handed out. Last, so that
+    /// answers of every other kind decode as before.
+    Authenticated {
+        token: String,
+    },
 }
 
 pub type CommandResult = Result<CommandResponse, MvccError>;

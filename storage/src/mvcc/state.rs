@@ -29,6 +29,8 @@ pub struct MvccOptions {
     /// Event batches (one per changing revision) the live feed holds for slow watchers
     /// before they fall back to reading history.
     pub feed_capacity_batches: usize,
+    /// How long a simple token lives unused (etcd's --auth-token-ttl).
+    pub token_ttl_s: u64,
 }
 
 impl Default for MvccOptions {
@@ -40,6 +42,7 @@ impl Default for MvccOptions {
             compaction_batch_revisions: 32,
             compaction_pause_ms: 1,
             feed_capacity_batches: 4096,
+            token_ttl_s: crate::auth::tokens::DEFAULT_TOKEN_TTL_S,
         }
     }
 }
@@ -57,6 +60,8 @@ pub(crate) struct Inner {
     /// Users, roles and whether authentication is on (auth.rs); replaced whole by each
     /// auth change, so readers hold a consistent copy without a lock.
     pub auth: RwLock<Arc<crate::auth::AuthState>>,
+    /// The simple tokens applied entries handed out; in memory only (tokens.rs).
+    pub tokens: Mutex<crate::auth::tokens::SimpleTokens>,
     pub feed: broadcast::Sender<Arc<EventBatch>>,
     /// Serialises writers: one apply at a time.
     pub apply_lock: Mutex<()>,

@@ -1,0 +1,148 @@
+//! Who is asking: the caller a request names when authentication is on, found as
+//! etcd's AuthInfoFromCtx finds it — a simple token in the `token` metadata (or
+//! `authorization`, the gateway's name for it); without one, nobody (an empty user,
+//! which every permission check refuses with "user name is empty").
+//!
+//! Owns reading credentials and etcd's checks made before a request reaches the log
+//! (admin-only calls, reads, watch creation). It never decides a write: writes travel
+//! as `Command::As` and are decided when applied (storage's auth/guard.rs), so that a
+//! permission revoked while the write waited in the log is not used.
+
+use std::time::Duration;
+
+use raftkv_storage::auth::{tokens, AuthError, AuthState, Caller};
+use raftkv_storage::mvcc::Command;
+use raftkv_storage::MvccError;
+use tonic::metadata::MetadataMap;
+
+use crate::errors::ApiError;
+use crate::member::node::Node;
+
+/// The metadata keys etcd's clients put a token under.
+const TOKEN_KEYS: [&str; 2] = ["token", "authorization"];
+
+/// The caller a request names, or None when authentication is off (nothing is
+/// checked then). A token this member does not know, once it has applied the entry
+/// the token names, is "invalid auth token".
+pub async fn caller(node: &Node, metadata: &MetadataMap) -> Result<Option<Caller>, ApiError> {
+    if !node.store.auth().enabled {
+        return Ok(None);
+    }
+    let Some(token) = TOKEN_KEYS
+        .iter()
+        .find_map(|k| metadata.get(*k).and_then(|v| v.to_str().ok()))
+    else {
+        return Ok(Some(nobody()));
+    };
+    let index = tokens::token_index(token).ok_or(ApiError::InvalidAuthToken)?;
+    // A token handed out through another member is known here once this member has
+    // applied its entry; etcd waits for that as long as the request may.
+    let timeout = Duration::from_millis(node.config.request_timeout_ms);
+    node.wait_applied(index, timeout)
+        .await
+        .map_err(|_| ApiError::InvalidAuthToken)?;
+    let user = node
+        .store
+        .token_user(token)
+        .ok_or(ApiError::InvalidAuthToken)?;
+    Ok(Some(Caller {
+        user,
+        // A simple token stands for its user as of now (etcd's tokenSimple.info).
+        auth_revision: node.store.auth().revision,
+    }))
+}
+
+/// A request without credentials.
+fn nobody() -> Caller {
+    Caller {
+        user: String::new(),
+        auth_revision: 0,
+    }
+}
+
+fn refused(e: AuthError) -> ApiError {
+    ApiError::Mvcc(MvccError::Auth(e))
+}
+
+/// `command` as it goes into the log: on behalf of the caller when auth is on.
+pub fn on_behalf(caller: Option<Caller>, command: Command) -> Command {
+    match caller {
+        Some(caller) => Command::As {
+            caller,
+            command: Box::new(command),
+        },
+        None => command,
+    }
+}
+
+/// etcd's IsAdminPermitted, at the edge: a user holding the root role.
+pub fn require_admin(node: &Node, caller: &Option<Caller>) -> Result<(), ApiError> {
+    match caller {
+        Some(caller) => node.store.auth().check_admin(caller).map_err(refused),
+        None => Ok(()),
+    }
+}
+
+/// etcd's requireAuthInfo: any credentials at all (a lease grant, a lease list).
+pub fn require_someone(caller: &Option<Caller>) -> Result<(), ApiError> {
+    match caller {
+        Some(c) if c.user.is_empty() => Err(refused(AuthError::UserEmpty)),
+        _ => Ok(()),
+    }
+}
+
+/// etcd's doSerialize: a read checked before it is served and refused after it if the
+/// auth state changed meanwhile (the permission it was served under may be gone).
+pub struct ReadCheck {
+    caller: Option<Caller>,
+}
+
+impl ReadCheck {
+    /// Checks a read of `key`..`range_end`.
+    pub fn range(
+        node: &Node,
+        caller: Option<Caller>,
+        key: &[u8],
+        range_end: &[u8],
+    ) -> Result<ReadCheck, ApiError> {
+        if let Some(c) = &caller {
+            node.store
+                .auth()
+                .check_op(c, key, range_end, false)
+                .map_err(refused)?;
+        }
+        Ok(ReadCheck { caller })
+    }
+
+    /// After the read: "revision of auth store is old" if users or roles changed.
+    pub fn still_valid(&self, node: &Node) -> Result<(), ApiError> {
+        match &self.caller {
+            Some(c) if c.auth_revision != 0 && c.auth_revision != node.store.auth().revision => {
+                Err(refused(AuthError::AuthOldRevision))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// etcd's checks on the keys attached to leases (LeaseTimeToLive with keys,
+/// LeaseLeases): a root user sees all; anyone else must be able to read each key.
+pub fn check_lease_keys(
+    auth: &AuthState,
+    caller: &Option<Caller>,
+    keys: &[bytes::Bytes],
+) -> Result<(), ApiError> {
+    let Some(c) = caller else {
+        return Ok(());
+    };
+    if c.user.is_empty() {
+        return Err(refused(AuthError::UserEmpty));
+    }
+    if auth.check_admin(c).is_ok() {
+        return Ok(());
+    }
+    for key in keys {
+        auth.check_op(c, key, &[], false).map_err(refused)?;
+    }
+    Ok(())
+}
