@@ -387,3 +387,64 @@ fn members_talk_over_mutual_tls_and_a_foreign_certificate_cannot_join() {
         m.stop();
     }
 }
+
+/// With `--client-cert-auth` and authentication on, a request without a token is made
+/// by the user its certificate names (the Common Name, as etcd): k3s or a backup job
+/// can be given a role by certificate alone. A token, when sent, wins.
+#[test]
+fn a_certificates_common_name_is_the_user_when_no_token_is_sent() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let certs = root.path().join("certs");
+    make_certs(&certs, 365, &[]);
+    let member = tls_member(root.path(), &certs);
+    let url = member.client_url();
+    let ctl = |args: &[&str]| {
+        let out = etcdctl_tls(&url, &certs, Some(&certs), args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    for args in [
+        &["user", "add", "root", "--new-user-password=r00t"][..],
+        &["role", "add", "root"],
+        &["user", "grant-role", "root", "root"],
+        // make-certs.sh's client certificate: CN=raftkv-client.
+        &["user", "add", "raftkv-client", "--no-password"],
+        &["role", "add", "app"],
+        &[
+            "role",
+            "grant-permission",
+            "app",
+            "readwrite",
+            "app/",
+            "--prefix",
+        ],
+        &["user", "grant-role", "raftkv-client", "app"],
+        &["auth", "enable"],
+    ] {
+        let (ok, text) = ctl(args);
+        assert!(ok, "{args:?}: {text}");
+    }
+    let (ok, text) = ctl(&["put", "app/x", "1"]);
+    assert!(ok, "the certificate's user may write its prefix: {text}");
+    let (ok, text) = ctl(&["put", "other", "1"]);
+    assert!(
+        !ok && text.contains("etcdserver: permission denied"),
+        "{text}"
+    );
+    let (ok, text) = ctl(&["user", "list"]);
+    assert!(
+        !ok && text.contains("etcdserver: permission denied"),
+        "{text}"
+    );
+    let (ok, text) = ctl(&["--user=root:r00t", "user", "list"]);
+    assert!(ok && text.contains("raftkv-client"), "a token wins: {text}");
+    let (ok, text) = ctl(&["--user=raftkv-client:x", "get", "app/x"]);
+    assert!(
+        !ok && text.contains("password was given for no password user"),
+        "a no-password user cannot log in with a password: {text}"
+    );
+}

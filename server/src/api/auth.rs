@@ -19,7 +19,6 @@ use raftkv_storage::auth::{AuthCommand, AuthState, PermKind, Permission};
 use raftkv_storage::auth::{AuthError, Caller};
 use raftkv_storage::mvcc::{Command, CommandResponse};
 use raftkv_storage::MvccError;
-use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use crate::api::credentials::{self, on_behalf};
@@ -39,8 +38,8 @@ pub struct AuthService {
 }
 
 impl AuthService {
-    async fn caller(&self, metadata: &MetadataMap) -> Result<Option<Caller>, Status> {
-        Ok(credentials::caller(&self.node, metadata).await?)
+    async fn caller<T>(&self, req: &Request<T>) -> Result<Option<Caller>, Status> {
+        Ok(credentials::caller(&self.node, req).await?)
     }
 
     /// Proposes one change on behalf of the caller and answers with the header after
@@ -61,18 +60,18 @@ impl AuthService {
     }
 
     /// The auth state as of a linearizable read, for a root caller.
-    async fn read(&self, metadata: &MetadataMap) -> Result<Arc<AuthState>, Status> {
-        self.read_unless(metadata, |_, _| false).await
+    async fn read<T>(&self, req: &Request<T>) -> Result<Arc<AuthState>, Status> {
+        self.read_unless(req, |_, _| false).await
     }
 
     /// The auth state as of a linearizable read, for a root caller or one that
     /// `allowed` lets in (etcd's UserGet of oneself, RoleGet of one's own role).
-    async fn read_unless(
+    async fn read_unless<T>(
         &self,
-        metadata: &MetadataMap,
+        req: &Request<T>,
         allowed: impl Fn(&AuthState, &Caller) -> bool,
     ) -> Result<Arc<AuthState>, Status> {
-        let caller = self.caller(metadata).await?;
+        let caller = self.caller(req).await?;
         self.node.read_barrier().await?;
         let auth = self.node.store.auth();
         if let Some(c) = &caller {
@@ -151,7 +150,7 @@ impl Auth for AuthService {
         &self,
         r: Request<pb::AuthEnableRequest>,
     ) -> Result<Response<pb::AuthEnableResponse>, Status> {
-        let caller = self.caller(r.metadata()).await?;
+        let caller = self.caller(&r).await?;
         let header = self.change(caller, AuthCommand::Enable).await?;
         Ok(Response::new(pb::AuthEnableResponse {
             header: Some(header),
@@ -162,7 +161,7 @@ impl Auth for AuthService {
         &self,
         r: Request<pb::AuthDisableRequest>,
     ) -> Result<Response<pb::AuthDisableResponse>, Status> {
-        let caller = self.caller(r.metadata()).await?;
+        let caller = self.caller(&r).await?;
         let header = self.change(caller, AuthCommand::Disable).await?;
         Ok(Response::new(pb::AuthDisableResponse {
             header: Some(header),
@@ -173,7 +172,7 @@ impl Auth for AuthService {
         &self,
         r: Request<pb::AuthStatusRequest>,
     ) -> Result<Response<pb::AuthStatusResponse>, Status> {
-        let auth = self.read(r.metadata()).await?;
+        let auth = self.read(&r).await?;
         Ok(Response::new(pb::AuthStatusResponse {
             header: Some(self.node.header()),
             enabled: auth.enabled,
@@ -217,7 +216,7 @@ impl Auth for AuthService {
         &self,
         r: Request<pb::AuthUserAddRequest>,
     ) -> Result<Response<pb::AuthUserAddResponse>, Status> {
-        let caller = self.caller(r.metadata()).await?;
+        let caller = self.caller(&r).await?;
         let r = r.into_inner();
         let no_password = r.options.is_some_and(|o| o.no_password);
         // As etcd: a password user's password is hashed here, whatever hash came along.
@@ -246,9 +245,7 @@ impl Auth for AuthService {
         r: Request<pb::AuthUserGetRequest>,
     ) -> Result<Response<pb::AuthUserGetResponse>, Status> {
         let name = &r.get_ref().name;
-        let auth = self
-            .read_unless(r.metadata(), |_, c| &c.user == name)
-            .await?;
+        let auth = self.read_unless(&r, |_, c| &c.user == name).await?;
         let user = auth
             .users
             .get(&r.get_ref().name)
@@ -263,7 +260,7 @@ impl Auth for AuthService {
         &self,
         r: Request<pb::AuthUserListRequest>,
     ) -> Result<Response<pb::AuthUserListResponse>, Status> {
-        let auth = self.read(r.metadata()).await?;
+        let auth = self.read(&r).await?;
         Ok(Response::new(pb::AuthUserListResponse {
             header: Some(self.node.header()),
             users: auth.users.keys().cloned().collect(),
@@ -274,7 +271,7 @@ impl Auth for AuthService {
         &self,
         r: Request<pb::AuthUserDeleteRequest>,
     ) -> Result<Response<pb::AuthUserDeleteResponse>, Status> {
-        let caller = self.caller(r.metadata()).await?;
+        let caller = self.caller(&r).await?;
         let name = r.into_inner().name;
         let header = self
             .change(caller, AuthCommand::UserDelete { name })
@@ -288,7 +285,7 @@ impl Auth for AuthService {
         &self,
         r: Request<pb::AuthUserChangePasswordRequest>,
     ) -> Result<Response<pb::AuthUserChangePasswordResponse>, Status> {
-        let caller = self.caller(r.metadata()).await?;
+        let caller = self.caller(&r).await?;
         let r = r.into_inner();
         // As etcd: a new password is hashed here; without one, the client's own hash
         // (base64) is taken as it is.
@@ -319,7 +316,7 @@ impl Auth for AuthService {
         &self,
         r: Request<pb::AuthUserGrantRoleRequest>,
     ) -> Result<Response<pb::AuthUserGrantRoleResponse>, Status> {
-        let caller = self.caller(r.metadata()).await?;
+        let caller = self.caller(&r).await?;
         let r = r.into_inner();
         let header = self
             .change(
@@ -339,7 +336,7 @@ impl Auth for AuthService {
         &self,
         r: Request<pb::AuthUserRevokeRoleRequest>,
     ) -> Result<Response<pb::AuthUserRevokeRoleResponse>, Status> {
-        let caller = self.caller(r.metadata()).await?;
+        let caller = self.caller(&r).await?;
         let r = r.into_inner();
         let header = self
             .change(
@@ -359,7 +356,7 @@ impl Auth for AuthService {
         &self,
         r: Request<pb::AuthRoleAddRequest>,
     ) -> Result<Response<pb::AuthRoleAddResponse>, Status> {
-        let caller = self.caller(r.metadata()).await?;
+        let caller = self.caller(&r).await?;
         let name = r.into_inner().name;
         let header = self.change(caller, AuthCommand::RoleAdd { name }).await?;
         Ok(Response::new(pb::AuthRoleAddResponse {
@@ -373,7 +370,7 @@ impl Auth for AuthService {
     ) -> Result<Response<pb::AuthRoleGetResponse>, Status> {
         let role = &r.get_ref().role;
         let auth = self
-            .read_unless(r.metadata(), |auth, c| {
+            .read_unless(&r, |auth, c| {
                 auth.users
                     .get(&c.user)
                     .is_some_and(|u| u.roles.contains(role))
@@ -393,7 +390,7 @@ impl Auth for AuthService {
         &self,
         r: Request<pb::AuthRoleListRequest>,
     ) -> Result<Response<pb::AuthRoleListResponse>, Status> {
-        let auth = self.read(r.metadata()).await?;
+        let auth = self.read(&r).await?;
         Ok(Response::new(pb::AuthRoleListResponse {
             header: Some(self.node.header()),
             roles: auth.roles.keys().cloned().collect(),
@@ -404,7 +401,7 @@ impl Auth for AuthService {
         &self,
         r: Request<pb::AuthRoleDeleteRequest>,
     ) -> Result<Response<pb::AuthRoleDeleteResponse>, Status> {
-        let caller = self.caller(r.metadata()).await?;
+        let caller = self.caller(&r).await?;
         let name = r.into_inner().role;
         let header = self
             .change(caller, AuthCommand::RoleDelete { name })
@@ -418,7 +415,7 @@ impl Auth for AuthService {
         &self,
         r: Request<pb::AuthRoleGrantPermissionRequest>,
     ) -> Result<Response<pb::AuthRoleGrantPermissionResponse>, Status> {
-        let caller = self.caller(r.metadata()).await?;
+        let caller = self.caller(&r).await?;
         let r = r.into_inner();
         let header = self
             .change(
@@ -438,7 +435,7 @@ impl Auth for AuthService {
         &self,
         r: Request<pb::AuthRoleRevokePermissionRequest>,
     ) -> Result<Response<pb::AuthRoleRevokePermissionResponse>, Status> {
-        let caller = self.caller(r.metadata()).await?;
+        let caller = self.caller(&r).await?;
         let r = r.into_inner();
         let header = self
             .change(

@@ -23,7 +23,7 @@ impl ClusterService {
     /// etcd's checkMembershipOperationPermission: membership changes are a root
     /// user's once authentication is on (listing members is anyone's).
     async fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        let caller = credentials::caller(&self.node, req.metadata()).await?;
+        let caller = credentials::caller(&self.node, req).await?;
         Ok(credentials::require_admin(&self.node, &caller)?)
     }
 

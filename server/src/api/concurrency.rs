@@ -16,8 +16,7 @@ use raftkv_storage::mvcc::types::{
     TxnResponse,
 };
 use raftkv_storage::mvcc::{Command, CommandResponse};
-use tonic::metadata::MetadataMap;
-use tonic::Status;
+use tonic::{Request, Status};
 
 use crate::api::credentials::{self, on_behalf, ReadCheck};
 use crate::errors::ApiError;
@@ -149,11 +148,11 @@ pub struct Recipes {
 }
 
 impl Recipes {
-    /// The recipes for the caller a request's metadata names.
-    pub async fn for_request(node: &Arc<Node>, metadata: &MetadataMap) -> Result<Recipes, Status> {
+    /// The recipes for the caller a request names.
+    pub async fn for_request<T>(node: &Arc<Node>, req: &Request<T>) -> Result<Recipes, Status> {
         Ok(Recipes {
             node: node.clone(),
-            caller: credentials::caller(node, metadata).await?,
+            caller: credentials::caller(node, req).await?,
         })
     }
 

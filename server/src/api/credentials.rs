@@ -1,6 +1,7 @@
 //! Who is asking: the caller a request names when authentication is on, found as
 //! etcd's AuthInfoFromCtx finds it — a simple token in the `token` metadata (or
-//! `authorization`, the gateway's name for it); without one, nobody (an empty user,
+//! `authorization`, the gateway's name for it); without one, with `--client-cert-auth`,
+//! the Common Name of the client's verified certificate; else nobody (an empty user,
 //! which every permission check refuses with "user name is empty").
 //!
 //! Owns reading credentials and etcd's checks made before a request reaches the log
@@ -13,26 +14,64 @@ use std::time::Duration;
 use raftkv_storage::auth::{tokens, AuthError, AuthState, Caller};
 use raftkv_storage::mvcc::Command;
 use raftkv_storage::MvccError;
-use tonic::metadata::MetadataMap;
+use tonic::Request;
 
 use crate::errors::ApiError;
 use crate::member::node::Node;
+use crate::net::tls::ClientTlsInfo;
 
 /// The metadata keys etcd's clients put a token under.
 const TOKEN_KEYS: [&str; 2] = ["token", "authorization"];
 
+/// What a request carries that may name its caller.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    token: Option<String>,
+    /// The Common Name of the client's verified certificate (TLS with
+    /// `--client-cert-auth` only: without it no certificate is asked for).
+    common_name: Option<String>,
+}
+
+impl Credentials {
+    pub fn of<T>(req: &Request<T>) -> Credentials {
+        let metadata = req.metadata();
+        let token = TOKEN_KEYS
+            .iter()
+            .find_map(|k| metadata.get(*k).and_then(|v| v.to_str().ok()))
+            .map(str::to_string);
+        let common_name = req
+            .extensions()
+            .get::<ClientTlsInfo>()
+            .and_then(|info| info.common_name.clone());
+        Credentials { token, common_name }
+    }
+}
+
 /// The caller a request names, or None when authentication is off (nothing is
 /// checked then). A token this member does not know, once it has applied the entry
 /// the token names, is "invalid auth token".
-pub async fn caller(node: &Node, metadata: &MetadataMap) -> Result<Option<Caller>, ApiError> {
+pub async fn caller<T>(node: &Node, req: &Request<T>) -> Result<Option<Caller>, ApiError> {
+    caller_with(node, &Credentials::of(req)).await
+}
+
+/// `caller` for credentials read before (a stream's, checked at each watch created).
+pub async fn caller_with(
+    node: &Node,
+    credentials: &Credentials,
+) -> Result<Option<Caller>, ApiError> {
     if !node.store.auth().enabled {
         return Ok(None);
     }
-    let Some(token) = TOKEN_KEYS
-        .iter()
-        .find_map(|k| metadata.get(*k).and_then(|v| v.to_str().ok()))
-    else {
-        return Ok(Some(nobody()));
+    let Some(token) = credentials.token.as_deref() else {
+        // etcd: a certificate's Common Name stands for the user, at the current auth
+        // revision, when no token came.
+        return Ok(Some(match &credentials.common_name {
+            Some(cn) => Caller {
+                user: cn.clone(),
+                auth_revision: node.store.auth().revision,
+            },
+            None => nobody(),
+        }));
     };
     let index = tokens::token_index(token).ok_or(ApiError::InvalidAuthToken)?;
     // A token handed out through another member is known here once this member has

@@ -41,7 +41,7 @@ impl ElectionService {
 
     async fn recipes<T>(&self, req: &Request<T>) -> Result<Recipes, Status> {
         check_leader_metadata(&self.node, req)?;
-        Recipes::for_request(&self.node, req.metadata()).await
+        Recipes::for_request(&self.node, req).await
     }
 }
 

@@ -37,7 +37,7 @@ impl Kv for KvService {
     ) -> Result<Response<pb::RangeResponse>, Status> {
         check_leader_metadata(&self.node, &req)?;
         let needs_leader = wants_leader(&req);
-        let caller = credentials::caller(&self.node, req.metadata()).await?;
+        let caller = credentials::caller(&self.node, &req).await?;
         let req = req.into_inner();
         let serializable = req.serializable;
         let req_range = convert::range_from_pb(req);
@@ -74,7 +74,7 @@ impl Kv for KvService {
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         check_leader_metadata(&self.node, &req)?;
         request_size_ok(req.get_ref().encoded_len())?;
-        let caller = credentials::caller(&self.node, req.metadata()).await?;
+        let caller = credentials::caller(&self.node, &req).await?;
         let req = convert::put_from_pb(req.into_inner());
         validate::put(&req).map_err(ApiError::from)?;
         match self
@@ -92,7 +92,7 @@ impl Kv for KvService {
         req: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         check_leader_metadata(&self.node, &req)?;
-        let caller = credentials::caller(&self.node, req.metadata()).await?;
+        let caller = credentials::caller(&self.node, &req).await?;
         let req = convert::delete_from_pb(req.into_inner());
         validate::delete(&req).map_err(ApiError::from)?;
         match self
@@ -110,7 +110,7 @@ impl Kv for KvService {
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
         check_leader_metadata(&self.node, &req)?;
         request_size_ok(req.get_ref().encoded_len())?;
-        let caller = credentials::caller(&self.node, req.metadata()).await?;
+        let caller = credentials::caller(&self.node, &req).await?;
         let req = convert::txn_from_pb(req.into_inner()).map_err(ApiError::from)?;
         validate::txn(&req, validate::MAX_TXN_OPS).map_err(ApiError::from)?;
         // Every Txn goes through Raft, read-only ones too (etcd serves those after a read

@@ -60,7 +60,7 @@ impl Lease for LeaseService {
         req: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
         check_leader_metadata(&self.node, &req)?;
-        let caller = credentials::caller(&self.node, req.metadata()).await?;
+        let caller = credentials::caller(&self.node, &req).await?;
         credentials::require_someone(&caller)?;
         let req = req.into_inner();
         if req.ttl > MAX_LEASE_TTL_S {
@@ -86,7 +86,7 @@ impl Lease for LeaseService {
         req: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
         check_leader_metadata(&self.node, &req)?;
-        let caller = credentials::caller(&self.node, req.metadata()).await?;
+        let caller = credentials::caller(&self.node, &req).await?;
         credentials::require_someone(&caller)?;
         let id = req.into_inner().id;
         self.node
@@ -143,7 +143,7 @@ impl Lease for LeaseService {
         req: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
         check_leader_metadata(&self.node, &req)?;
-        let caller = credentials::caller(&self.node, req.metadata()).await?;
+        let caller = credentials::caller(&self.node, &req).await?;
         credentials::require_someone(&caller)?;
         let req = req.into_inner();
         // etcd checks the keys this member knows the lease to hold, then answers with
@@ -194,7 +194,7 @@ impl Lease for LeaseService {
         req: Request<pb::LeaseLeasesRequest>,
     ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
         check_leader_metadata(&self.node, &req)?;
-        let caller = credentials::caller(&self.node, req.metadata()).await?;
+        let caller = credentials::caller(&self.node, &req).await?;
         let leases = self.node.store.leases();
         if caller.is_some() {
             let auth = self.node.store.auth();

@@ -54,7 +54,7 @@ impl Lock for LockService {
         req: Request<pb::LockRequest>,
     ) -> Result<Response<pb::LockResponse>, Status> {
         check_leader_metadata(&self.node, &req)?;
-        let r = Recipes::for_request(&self.node, req.metadata()).await?;
+        let r = Recipes::for_request(&self.node, &req).await?;
         Self::acquire(&r, req.into_inner())
             .await
             .map(Response::new)
@@ -66,7 +66,7 @@ impl Lock for LockService {
         req: Request<pb::UnlockRequest>,
     ) -> Result<Response<pb::UnlockResponse>, Status> {
         check_leader_metadata(&self.node, &req)?;
-        let r = Recipes::for_request(&self.node, req.metadata()).await?;
+        let r = Recipes::for_request(&self.node, &req).await?;
         let key = Bytes::copy_from_slice(&req.get_ref().key);
         r.write(delete(key)).await.map_err(as_etcd_answers)?;
         Ok(Response::new(pb::UnlockResponse {

@@ -60,7 +60,7 @@ impl Maintenance for MaintenanceService {
         req: Request<pb::AlarmRequest>,
     ) -> Result<Response<pb::AlarmResponse>, Status> {
         check_leader_metadata(&self.node, &req)?;
-        let caller = credentials::caller(&self.node, req.metadata()).await?;
+        let caller = credentials::caller(&self.node, &req).await?;
         if req.get_ref().action() == pb::alarm_request::AlarmAction::Get {
             credentials::require_someone(&caller)?;
         } else {
@@ -291,7 +291,7 @@ impl MaintenanceService {
 
     /// etcd's authMaintenanceServer: a root user, once authentication is on.
     async fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        let caller = credentials::caller(&self.node, req.metadata()).await?;
+        let caller = credentials::caller(&self.node, req).await?;
         Ok(credentials::require_admin(&self.node, &caller)?)
     }
 

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::convert;
-use crate::api::credentials;
+use crate::api::credentials::{self, Credentials};
 use crate::api::{check_leader_metadata, wants_leader, LeaderLossCheck};
 use crate::errors::ApiError;
 use crate::member::node::Node;
@@ -52,13 +52,13 @@ impl Watch for WatchService {
         check_leader_metadata(&self.node, &req)?;
         let leader_check = LeaderLossCheck::new(wants_leader(&req));
         // The stream's credentials: each create is checked with them, as etcd does.
-        let metadata = req.metadata().clone();
+        let credentials = Credentials::of(&req);
         let inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(OUT_QUEUE_RESPONSES);
         let stream = WatchStream {
             node: self.node.clone(),
             out: tx,
-            metadata,
+            credentials,
             watchers: HashMap::new(),
             next_id: 0,
         };
@@ -126,8 +126,8 @@ struct Closed;
 struct WatchStream {
     node: Arc<Node>,
     out: Out,
-    /// The metadata the stream was opened with (its token, when auth is on).
-    metadata: tonic::metadata::MetadataMap,
+    /// The credentials the stream was opened with.
+    credentials: Credentials,
     watchers: HashMap<i64, WatcherHandle>,
     /// The next id to try for a watch created without one.
     next_id: i64,
@@ -187,7 +187,7 @@ impl WatchStream {
     /// isWatchPermitted says it (the text of its gRPC error, code included); None when
     /// it may (or authentication is off).
     async fn permission_refusal(&self, create: &pb::WatchCreateRequest) -> Option<&'static str> {
-        let caller = match credentials::caller(&self.node, &self.metadata).await {
+        let caller = match credentials::caller_with(&self.node, &self.credentials).await {
             Ok(caller) => caller?,
             Err(_) => {
                 return Some(

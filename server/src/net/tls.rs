@@ -249,12 +249,37 @@ impl AsyncWrite for TlsConn {
     }
 }
 
+/// What a TLS client connection proved, in each of its requests' extensions.
+#[derive(Debug, Clone)]
+pub struct ClientTlsInfo {
+    pub tcp: tonic::transport::server::TcpConnectInfo,
+    /// The Common Name of the certificate the client presented. Only a verified one
+    /// is ever presented: certificates are asked for with `--client-cert-auth` only,
+    /// and the handshake fails on one the CA did not sign.
+    pub common_name: Option<String>,
+}
+
 impl tonic::transport::server::Connected for TlsConn {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+    type ConnectInfo = ClientTlsInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.0.get_ref().0.connect_info()
+        let (io, session) = self.0.get_ref();
+        let common_name = session
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| common_name(leaf.as_ref()));
+        ClientTlsInfo {
+            tcp: io.connect_info(),
+            common_name,
+        }
     }
+}
+
+/// The subject's Common Name of a DER certificate.
+fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_string)
 }
 
 /// Accepted connections, TLS handshakes done (up to `MAX_CONCURRENT_HANDSHAKES` at
