@@ -51,6 +51,9 @@ pub enum ApiError {
     /// error, which has no gRPC mapping (code Unknown).
     #[error("auth: authentication failed, password was given for no password user")]
     NoPasswordUser,
+    /// An error etcd answers with a plain error of its own (code Unknown).
+    #[error("{0}")]
+    Unknown(String),
     #[error("etcdserver: user name not found")]
     UserNotFound,
     #[error("etcdserver: role name not found")]
@@ -94,7 +97,7 @@ impl ApiError {
             ApiError::LeaderTransferTimeout => Code::Unavailable,
             ApiError::AuthNotEnabled => Code::FailedPrecondition,
             ApiError::InvalidAuthToken => Code::Unauthenticated,
-            ApiError::NoPasswordUser => Code::Unknown,
+            ApiError::NoPasswordUser | ApiError::Unknown(_) => Code::Unknown,
             ApiError::UserNotFound | ApiError::RoleNotFound => Code::FailedPrecondition,
             ApiError::Unsupported(_) => Code::Unimplemented,
             ApiError::InvalidArgument(_) => Code::InvalidArgument,

@@ -113,8 +113,9 @@ pub enum AuthCommand {
         range_end: Vec<u8>,
     },
     /// Hands `name` a simple token `<token_prefix>.<index of this entry>` on every
-    /// member (tokens.rs). The password was checked by the member that proposed it;
-    /// the entry carries none. Changes nothing and raises no revision.
+    /// member (tokens.rs); none with an empty prefix (JWTs are signed at the edge).
+    /// The password was checked by the member that proposed it; the entry carries
+    /// none. Changes nothing and raises no revision.
     Authenticate {
         name: String,
         token_prefix: String,

@@ -852,6 +852,11 @@ impl Etcd {
     }
 
     pub fn start_with(bin: &Path) -> Etcd {
+        Etcd::start_with_args(bin, &[])
+    }
+
+    /// etcd `bin` with `extra` flags.
+    pub fn start_with_args(bin: &Path, extra: &[String]) -> Etcd {
         let dir = tempfile::tempdir().expect("temp dir");
         let client_port = free_port();
         let peer_port = free_port();
@@ -871,6 +876,7 @@ impl Etcd {
             .arg(&peer_url)
             .arg("--initial-cluster")
             .arg(format!("default={peer_url}"))
+            .args(extra)
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()

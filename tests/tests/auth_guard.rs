@@ -476,6 +476,15 @@ fn run_seed(seed: u64, ops: usize, etcd_url: String, raftkv_url: String) -> Resu
         let mut raftkv = Side::connect(raftkv_url).await;
         set_up(&mut etcd).await;
         set_up(&mut raftkv).await;
+        // The same kind of token: a simple one has two parts, a JWT three.
+        let parts = |s: &Side| s.tokens["root"].split('.').count();
+        assert_eq!(
+            parts(&etcd),
+            parts(&raftkv),
+            "{:?} {:?}",
+            etcd.tokens,
+            raftkv.tokens
+        );
         let mut gen = Gen {
             rng: StdRng::seed_from_u64(seed),
             next_lease: 1,
@@ -511,10 +520,12 @@ fn run_seed(seed: u64, ops: usize, etcd_url: String, raftkv_url: String) -> Resu
     })
 }
 
-fn against(etcd: Etcd, member_name: &str) {
+fn against(etcd: Etcd, member_name: &str, member_args: &[String]) {
     let root = tempfile::tempdir().expect("temp dir");
     let mut member = Member::new(root.path(), member_name);
-    member.start(&["--cluster-init".to_string()]);
+    let mut args = vec!["--cluster-init".to_string()];
+    args.extend_from_slice(member_args);
+    member.start(&args);
     let ops = std::env::var("RAFTKV_DIFF_OPS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -532,5 +543,38 @@ fn against(etcd: Etcd, member_name: &str) {
 
 #[test]
 fn requests_under_authentication_match_the_newest_etcd() {
-    against(Etcd::start_newest(), "guardnew");
+    against(Etcd::start_newest(), "guardnew", &[]);
+}
+
+/// The same with JWTs signed by one RSA key on both sides: a token names the auth
+/// revision it was issued at, so every auth change makes the tokens before it stale.
+#[test]
+fn requests_with_jwt_tokens_match_the_newest_etcd() {
+    let keys = tempfile::tempdir().expect("temp dir");
+    let private = keys.path().join("jwt.key");
+    let public = keys.path().join("jwt.pub");
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl runs");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    openssl(&["genrsa", "-out", private.to_str().unwrap(), "2048"]);
+    openssl(&[
+        "rsa",
+        "-in",
+        private.to_str().unwrap(),
+        "-pubout",
+        "-out",
+        public.to_str().unwrap(),
+    ]);
+    let option = format!(
+        "jwt,pub-key={},priv-key={},sign-method=RS256,ttl=10m",
+        public.display(),
+        private.display()
+    );
+    let flags = ["--auth-token".to_string(), option];
+    let etcd = Etcd::start_with_args(&etcd_newest_dir().join("etcd"), &flags);
+    against(etcd, "guardjwt", &flags);
 }

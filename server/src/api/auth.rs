@@ -22,6 +22,7 @@ use raftkv_storage::MvccError;
 use tonic::{Request, Response, Status};
 
 use crate::api::credentials::{self, on_behalf};
+use crate::auth::jwt::TokenKind;
 use crate::auth::password;
 use crate::errors::ApiError;
 use crate::member::node::Node;
@@ -188,12 +189,26 @@ impl Auth for AuthService {
         let r = r.into_inner();
         for _ in 0..AUTHENTICATE_ATTEMPTS {
             let checked = self.check_password(&r.name, r.password.clone()).await?;
+            let jwt = match &self.node.tokens {
+                TokenKind::Jwt(jwt) => Some(jwt),
+                TokenKind::Simple => None,
+            };
             let command = Command::Auth(AuthCommand::Authenticate {
                 name: r.name.clone(),
-                token_prefix: token_prefix(),
+                token_prefix: if jwt.is_some() {
+                    String::new()
+                } else {
+                    token_prefix()
+                },
             });
             let token = match self.node.write(command).await? {
-                CommandResponse::Authenticated { token } => token,
+                CommandResponse::Authenticated {
+                    token,
+                    auth_revision,
+                } => match jwt {
+                    Some(jwt) => jwt.sign(&r.name, auth_revision)?,
+                    None => token,
+                },
                 other => {
                     return Err(ApiError::Internal(format!("unexpected reply {other:?}")).status())
                 }

@@ -16,6 +16,7 @@ use raftkv_storage::mvcc::Command;
 use raftkv_storage::MvccError;
 use tonic::Request;
 
+use crate::auth::jwt::TokenKind;
 use crate::errors::ApiError;
 use crate::member::node::Node;
 use crate::net::tls::ClientTlsInfo;
@@ -73,6 +74,13 @@ pub async fn caller_with(
             None => nobody(),
         }));
     };
+    if let TokenKind::Jwt(jwt) = &node.tokens {
+        let (user, auth_revision) = jwt.check(token).ok_or(ApiError::InvalidAuthToken)?;
+        return Ok(Some(Caller {
+            user,
+            auth_revision,
+        }));
+    }
     let index = tokens::token_index(token).ok_or(ApiError::InvalidAuthToken)?;
     // A token handed out through another member is known here once this member has
     // applied its entry; etcd waits for that as long as the request may.

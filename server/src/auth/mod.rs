@@ -4,4 +4,5 @@
 //!
 //! - `password.rs`: bcrypt hashing before a change is proposed, and checking
 
+pub mod jwt;
 pub mod password;

@@ -324,6 +324,10 @@ pub struct ServerConfig {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub auth_token_ttl_s: u64,
+    /// The tokens Authenticate hands out (etcd's flag): `simple`, or
+    /// `jwt,pub-key=FILE,priv-key=FILE,sign-method=RS256[,ttl=5m]` (docs/auth.md).
+    #[arg(long, env = "RAFTKV_AUTH_TOKEN", default_value = "simple")]
+    pub auth_token: String,
     /// Space quota of the key space (etcd's flag): a write that finds the database
     /// larger raises the NOSPACE alarm, and the cluster then takes only reads, deletes
     /// and compactions until `etcdctl alarm disarm`. 0: etcd's default, 2 GiB;

@@ -51,6 +51,8 @@ pub struct Node {
     pub(super) fenced: AtomicBool,
     /// This member's vote and log as they were when it restarted; none for a new one.
     pub restart_state: Option<crate::member::rollback_guard::LocalState>,
+    /// The tokens Authenticate hands out (`--auth-token`).
+    pub tokens: crate::auth::jwt::TokenKind,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -48,6 +48,8 @@ impl Node {
         raftkv_storage::durable::create_dir_all(&data_dir)?;
         let existing = Identity::load(&data_dir)?;
         let join_token = join_token_of(&config)?;
+        let tokens =
+            crate::auth::jwt::TokenKind::parse(&config.auth_token).map_err(StartError::Config)?;
         let peers = PeerClients::new(config.peer_tls().map_err(StartError::Config)?);
         let identity = match &existing {
             Some(id) => id.clone(),
@@ -106,6 +108,7 @@ impl Node {
             floors: crate::member::rollback_guard::FloorTable::open(&data_dir),
             fenced: AtomicBool::new(restart_state.is_some()),
             restart_state,
+            tokens,
         });
         Ok((node, existing))
     }

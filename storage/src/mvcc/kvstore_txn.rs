@@ -212,9 +212,17 @@ impl WriteTxn<'_> {
             .unwrap_or_else(|e| e.into_inner());
         match change {
             AuthCommand::Authenticate { name, token_prefix } => {
-                let now = std::time::Instant::now();
-                let token = tokens.assign(token_prefix, self.index, name, now);
-                return Ok(CommandResponse::Authenticated { token });
+                // An empty prefix asks for no simple token (the server signs a JWT).
+                let token = if token_prefix.is_empty() {
+                    String::new()
+                } else {
+                    let now = std::time::Instant::now();
+                    tokens.assign(token_prefix, self.index, name, now)
+                };
+                return Ok(CommandResponse::Authenticated {
+                    token,
+                    auth_revision: auth.revision,
+                });
             }
             AuthCommand::UserDelete { name } | AuthCommand::UserChangePassword { name, .. } => {
                 tokens.invalidate_user(name)

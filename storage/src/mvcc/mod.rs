@@ -181,10 +181,12 @@ pub enum CommandResponse {
         revision: Revision,
         auth_revision: u64,
     },
-    /// `AuthCommand::Authenticate` applied: the token it handed out. Last, so that
-    /// answers of every other kind decode as before.
+    /// `AuthCommand::Authenticate` applied: the simple token it handed out (empty
+    /// when none was asked for) and the auth revision it was applied at. Last, so
+    /// that answers of every other kind decode as before.
     Authenticated {
         token: String,
+        auth_revision: u64,
     },
 }
 
