@@ -133,6 +133,7 @@ fn migrate(command: Command, runtime: &tokio::runtime::Runtime) -> Result<(), St
         cacert,
         cert,
         key,
+        user,
         endpoints,
         to_cacert,
         to_cert,
@@ -149,13 +150,31 @@ fn migrate(command: Command, runtime: &tokio::runtime::Runtime) -> Result<(), St
     };
     let copied = runtime
         .block_on(raftkv_server::cli::migrate::run(
-            &from, &from_tls, &endpoints, &to_tls,
+            &from,
+            &from_tls,
+            user.as_deref(),
+            &endpoints,
+            &to_tls,
         ))
         .map_err(|e| e.to_string())?;
     println!(
         "Copied {} keys and {} leases at revision {} of {from}; the counts match.",
         copied.keys, copied.leases, copied.revision
     );
+    let auth = copied.auth;
+    if auth.users + auth.roles > 0 {
+        println!(
+            "Copied {} roles with their permissions and {} users with their roles. etcd's API \
+             never gives out passwords: set each user's with `etcdctl user passwd NAME`{}.",
+            auth.roles,
+            auth.users,
+            if auth.enabled_at_source {
+                ", then turn authentication on with `etcdctl auth enable`, as it was on the source"
+            } else {
+                ""
+            }
+        );
+    }
     Ok(())
 }
 

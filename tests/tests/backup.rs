@@ -59,13 +59,7 @@ fn a_snapshot_restores_into_a_new_cluster_with_the_same_data() {
 
     for (name, file) in [("from-raftkv", &ours), ("from-etcdctl", &theirs)] {
         let mut restored = Member::new(root.path(), name);
-        let out = raftkv_cli(&[
-            "snapshot",
-            "restore",
-            file.to_str().unwrap(),
-            "--data-dir",
-            restored.data_dir.to_str().unwrap(),
-        ]);
+        let out = restore(file.to_str().unwrap(), restored.data_dir.to_str().unwrap());
         assert!(out.status.success(), "{out:?}");
         // Progress is drawn on a terminal only: a pipe (a log, a script) gets none.
         assert!(
@@ -73,13 +67,7 @@ fn a_snapshot_restores_into_a_new_cluster_with_the_same_data() {
             "{out:?}"
         );
         // Restoring over it again is refused: it holds data now.
-        let again = raftkv_cli(&[
-            "snapshot",
-            "restore",
-            file.to_str().unwrap(),
-            "--data-dir",
-            restored.data_dir.to_str().unwrap(),
-        ]);
+        let again = restore(file.to_str().unwrap(), restored.data_dir.to_str().unwrap());
         assert!(!again.status.success());
         assert!(
             String::from_utf8_lossy(&again.stderr).contains("already holds data"),
@@ -118,13 +106,7 @@ fn a_snapshot_restores_into_a_new_cluster_with_the_same_data() {
     let bad = root.path().join("bad.db");
     std::fs::write(&bad, bytes).expect("write");
     let target = root.path().join("never");
-    let out = raftkv_cli(&[
-        "snapshot",
-        "restore",
-        bad.to_str().unwrap(),
-        "--data-dir",
-        target.to_str().unwrap(),
-    ]);
+    let out = restore(bad.to_str().unwrap(), target.to_str().unwrap());
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("the snapshot is corrupt"),
@@ -272,4 +254,88 @@ fn scheduled_snapshots_keep_the_newest_locally_and_in_s3_and_restore_identically
         .expect("exits");
     assert!(!status.success());
     assert!(bad.log().contains("--snapshot-schedule"), "{}", bad.log());
+}
+
+/// Users, roles, their permissions and authentication being on come back with a
+/// restored snapshot, and the restored cluster checks requests as the old one did.
+#[test]
+fn a_restored_snapshot_keeps_users_roles_and_authentication() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut m = Member::new(root.path(), "authsnap");
+    m.start(&[
+        "--cluster-init".to_string(),
+        "--bcrypt-cost".into(),
+        "4".into(),
+    ]);
+    let ctl = etcdctl35();
+    let on = |endpoint: &str, args: &[&str]| {
+        let out = etcdctl(&ctl, &[endpoint.to_string()], args, None);
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    for args in [
+        &["put", "app/x", "1"][..],
+        &["user", "add", "root", "--new-user-password=r00t"],
+        &["role", "add", "root"],
+        &["user", "grant-role", "root", "root"],
+        &["role", "add", "app"],
+        &[
+            "role",
+            "grant-permission",
+            "app",
+            "read",
+            "app/",
+            "--prefix",
+        ],
+        &["user", "add", "app", "--new-user-password=apw"],
+        &["user", "grant-role", "app", "app"],
+        &["auth", "enable"],
+    ] {
+        let (ok, text) = on(&m.endpoint(), args);
+        assert!(ok, "{args:?}: {text}");
+    }
+    let file = root.path().join("auth.db");
+    let (ok, text) = on(
+        &m.endpoint(),
+        &[
+            "--user=root:r00t",
+            "snapshot",
+            "save",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "a root user saves the snapshot: {text}");
+    let mut restored = Member::new(root.path(), "restored");
+    let out = restore(file.to_str().unwrap(), restored.data_dir.to_str().unwrap());
+    assert!(out.status.success(), "{out:?}");
+    restored.start(&["--cluster-init".to_string()]);
+    let ep = restored.endpoint();
+    let (ok, text) = on(&ep, &["get", "app/x"]);
+    assert!(
+        !ok && text.contains("user name is empty"),
+        "auth stays on: {text}"
+    );
+    let (ok, text) = on(
+        &ep,
+        &["--user=app:apw", "get", "app/x", "--print-value-only"],
+    );
+    assert!(ok && text.trim() == "1", "the password came along: {text}");
+    let (ok, text) = on(&ep, &["--user=app:apw", "put", "app/x", "2"]);
+    assert!(
+        !ok && text.contains("permission denied"),
+        "read only: {text}"
+    );
+    let (ok, text) = on(&ep, &["--user=root:r00t", "user", "list"]);
+    assert!(ok && text == "app\nroot\n", "{text}");
+}
+
+/// `raftkv snapshot restore FILE --data-dir DIR`.
+fn restore(file: &str, data_dir: &str) -> std::process::Output {
+    raftkv_cli(&["snapshot", "restore", file, "--data-dir", data_dir])
 }

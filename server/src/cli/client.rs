@@ -103,3 +103,46 @@ pub fn aligned(rows: &[Vec<String>]) -> String {
     }
     out
 }
+
+/// A channel whose every request carries a user's token once `login` succeeded, as
+/// etcdctl's `--user NAME:PASSWORD` does.
+pub type Authed = tonic::service::interceptor::InterceptedService<Channel, Token>;
+
+/// The token a command's requests carry (none: no `--user`).
+#[derive(Clone, Default)]
+pub struct Token(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Token {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(t) = &self.0 {
+            r.metadata_mut().insert("token", t.clone());
+        }
+        Ok(r)
+    }
+}
+
+/// Authenticates as `user` (`NAME:PASSWORD`, etcdctl's form; None: no credentials) and
+/// wraps `channel` so that every request carries the token.
+pub async fn login(channel: Channel, user: Option<&str>) -> Result<Authed, String> {
+    use raftkv_proto::etcdserverpb as pb;
+    let Some(user) = user else {
+        return Ok(Authed::new(channel, Token::default()));
+    };
+    let (name, password) = user
+        .split_once(':')
+        .ok_or_else(|| format!("--user {user:?}: want NAME:PASSWORD"))?;
+    let mut auth = pb::auth_client::AuthClient::new(channel.clone());
+    let token = auth
+        .authenticate(pb::AuthenticateRequest {
+            name: name.to_string(),
+            password: password.to_string(),
+        })
+        .await
+        .map_err(|s| format!("authenticating as {name}: {}", s.message()))?
+        .into_inner()
+        .token;
+    let token = token
+        .parse()
+        .map_err(|_| format!("authenticating as {name}: an unreadable token"))?;
+    Ok(Authed::new(channel, Token(Some(token))))
+}

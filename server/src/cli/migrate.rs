@@ -14,9 +14,9 @@ use raftkv_proto::etcdserverpb as pb;
 use raftkv_proto::etcdserverpb::kv_client::KvClient;
 use raftkv_proto::etcdserverpb::lease_client::LeaseClient;
 use raftkv_proto::mvccpb;
-use tonic::transport::Channel;
 
-use crate::cli::client::{connect, ConnectError};
+use crate::cli::client::{connect, login, Authed, ConnectError};
+use crate::cli::migrate_auth;
 use crate::net::tls::ClientTls;
 
 /// Keys read from the source per page.
@@ -52,17 +52,29 @@ pub struct Copied {
     pub revision: i64,
     pub keys: i64,
     pub leases: usize,
+    pub auth: migrate_auth::AuthCopied,
 }
 
-fn source_err(s: tonic::Status) -> MigrateError {
-    MigrateError::Source(s.message().to_string())
+/// A source's refusal; one that comes from its authentication says what to give.
+pub(crate) fn source_err(s: tonic::Status) -> MigrateError {
+    let hint = match s.code() {
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => true,
+        tonic::Code::InvalidArgument => s.message().contains("user name is empty"),
+        _ => false,
+    };
+    let hint = if hint {
+        " (the source has authentication on, and reading everything is root's: give --user root:PASSWORD)"
+    } else {
+        ""
+    };
+    MigrateError::Source(format!("{}{hint}", s.message()))
 }
 
 fn dest_err(s: tonic::Status) -> MigrateError {
     MigrateError::Destination(s.message().to_string())
 }
 
-async fn count(kv: &mut KvClient<Channel>, revision: i64) -> Result<(i64, i64), tonic::Status> {
+async fn count(kv: &mut KvClient<Authed>, revision: i64) -> Result<(i64, i64), tonic::Status> {
     let r = kv
         .range(pb::RangeRequest {
             key: bytes::Bytes::from_static(&[0]),
@@ -76,20 +88,26 @@ async fn count(kv: &mut KvClient<Channel>, revision: i64) -> Result<(i64, i64), 
     Ok((r.count, r.header.map_or(0, |h| h.revision)))
 }
 
-/// Copies everything from `from` into `to`, printing progress to stderr.
+/// Copies everything from `from` (as `from_user`, `NAME:PASSWORD`, when its
+/// authentication is on) into `to`, printing progress to stderr.
 pub async fn run(
     from: &str,
     from_tls: &ClientTls,
+    from_user: Option<&str>,
     to: &str,
     to_tls: &ClientTls,
 ) -> Result<Copied, MigrateError> {
     // One connection to each side.
-    let src_channel = connect(from, from_tls).await?;
+    let src_channel = login(connect(from, from_tls).await?, from_user)
+        .await
+        .map_err(MigrateError::Source)?;
     let mut src = KvClient::new(src_channel.clone()).max_decoding_message_size(usize::MAX);
-    let mut src_leases = LeaseClient::new(src_channel);
-    let dst_channel = connect(to, to_tls).await?;
+    let mut src_leases = LeaseClient::new(src_channel.clone());
+    let dst_channel = login(connect(to, to_tls).await?, None)
+        .await
+        .map_err(MigrateError::Destination)?;
     let mut dst = KvClient::new(dst_channel.clone());
-    let mut dst_leases = LeaseClient::new(dst_channel);
+    let mut dst_leases = LeaseClient::new(dst_channel.clone());
 
     let (existing, _) = count(&mut dst, 0).await.map_err(dest_err)?;
     if existing > 0 {
@@ -118,18 +136,20 @@ pub async fn run(
             "raftkv migrate: {skipped} keys on leases that expired during the copy were left out"
         );
     }
+    let auth = migrate_auth::copy(src_channel, dst_channel).await?;
     Ok(Copied {
         revision,
         keys: copied_keys,
         leases: granted.len(),
+        auth,
     })
 }
 
 /// Grants every live lease of the source on the destination, under its id, with what
 /// is left of its TTL; the ids granted (a lease expired meanwhile is not).
 async fn copy_leases(
-    src: &mut LeaseClient<Channel>,
-    dst: &mut LeaseClient<Channel>,
+    src: &mut LeaseClient<Authed>,
+    dst: &mut LeaseClient<Authed>,
 ) -> Result<HashSet<i64>, MigrateError> {
     let leases = src
         .lease_leases(pb::LeaseLeasesRequest {})
@@ -164,8 +184,8 @@ async fn copy_leases(
 /// Copies every key of the source at `revision`, a page at a time, showing progress;
 /// the keys copied, and those left out because their lease expired during the copy.
 async fn copy_keys(
-    src: &mut KvClient<Channel>,
-    dst: &mut KvClient<Channel>,
+    src: &mut KvClient<Authed>,
+    dst: &mut KvClient<Authed>,
     revision: i64,
     total: i64,
     granted: &HashSet<i64>,
@@ -204,7 +224,7 @@ async fn copy_keys(
 /// `TXN_BYTES_MAX` bytes. A key on a lease that has expired since is not copied (etcd
 /// would have deleted it by now).
 async fn copy_page(
-    dst: &mut KvClient<Channel>,
+    dst: &mut KvClient<Authed>,
     kvs: &[mvccpb::KeyValue],
     granted: &HashSet<i64>,
 ) -> Result<(i64, i64), MigrateError> {
@@ -238,7 +258,7 @@ async fn copy_page(
 }
 
 async fn write_batch(
-    dst: &mut KvClient<Channel>,
+    dst: &mut KvClient<Authed>,
     puts: Vec<pb::PutRequest>,
 ) -> Result<(), MigrateError> {
     let txn = pb::TxnRequest {

@@ -7,6 +7,7 @@ pub mod defrag;
 pub mod disk_device;
 pub mod member;
 pub mod migrate;
+pub mod migrate_auth;
 pub mod progress;
 pub mod snapshot;
 pub mod status;

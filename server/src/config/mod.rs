@@ -60,6 +60,10 @@ pub enum Command {
         /// The client certificate's key (PEM).
         #[arg(long)]
         key: Option<PathBuf>,
+        /// NAME:PASSWORD on the source, when its authentication is on (etcdctl's
+        /// --user): reading its users and roles is root's.
+        #[arg(long)]
+        user: Option<String>,
         /// raftkv's client endpoints, comma-separated.
         #[arg(long, default_value = "127.0.0.1:2379")]
         endpoints: String,
