@@ -466,7 +466,25 @@ async fn set_up(s: &mut Side) {
     }
 }
 
-fn run_seed(seed: u64, ops: usize, etcd_url: String, raftkv_url: String) -> Result<(), String> {
+/// What etcd 3.5.1 answers differently from later 3.5 releases, which fixed it: Status,
+/// LeaseLeases and LeaseTimeToLive's keys unchecked, lease calls without credentials
+/// let through, and a refused watch answered with watch id 0. The sequences for 3.5.1
+/// leave those out.
+fn fixed_since_3_5_1(caller: &str, op: &Op) -> bool {
+    let unnamed = caller.is_empty() || caller == "forged";
+    matches!(
+        op,
+        Op::Status | Op::LeaseTimeToLive(_) | Op::LeaseLeases | Op::Watch(_)
+    ) || (unnamed && matches!(op, Op::LeaseGrant(_) | Op::LeaseRevoke(_)))
+}
+
+fn run_seed(
+    seed: u64,
+    ops: usize,
+    etcd_url: String,
+    raftkv_url: String,
+    old_etcd: bool,
+) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -492,8 +510,12 @@ fn run_seed(seed: u64, ops: usize, etcd_url: String, raftkv_url: String) -> Resu
         let mut history: Vec<String> = Vec::new();
         let (mut allowed, mut refused) = (0, 0);
         for i in 0..ops {
-            let op = gen.op();
-            let caller = gen.pick(CALLERS);
+            let (op, caller) = loop {
+                let (op, caller) = (gen.op(), gen.pick(CALLERS));
+                if !(old_etcd && fixed_since_3_5_1(caller, &op)) {
+                    break (op, caller);
+                }
+            };
             let want = run(&mut etcd, caller, &op).await;
             let got = run(&mut raftkv, caller, &op).await;
             history.push(format!("#{i} as {caller:?}: {op:?}\n    => {want:?}"));
@@ -520,7 +542,7 @@ fn run_seed(seed: u64, ops: usize, etcd_url: String, raftkv_url: String) -> Resu
     })
 }
 
-fn against(etcd: Etcd, member_name: &str, member_args: &[String]) {
+fn against(etcd: Etcd, member_name: &str, member_args: &[String], old_etcd: bool) {
     let root = tempfile::tempdir().expect("temp dir");
     let mut member = Member::new(root.path(), member_name);
     let mut args = vec!["--cluster-init".to_string()];
@@ -535,7 +557,7 @@ fn against(etcd: Etcd, member_name: &str, member_args: &[String]) {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| rand::random::<u64>() % 1_000_000);
     eprintln!("auth guard differential seed {seed} ({ops} operations)");
-    let result = run_seed(seed, ops, etcd.client_url(), member.client_url());
+    let result = run_seed(seed, ops, etcd.client_url(), member.client_url(), old_etcd);
     if let Err(report) = result {
         panic!("{report}\nraftkv's log:\n{}", member.log());
     }
@@ -543,7 +565,12 @@ fn against(etcd: Etcd, member_name: &str, member_args: &[String]) {
 
 #[test]
 fn requests_under_authentication_match_the_newest_etcd() {
-    against(Etcd::start_newest(), "guardnew", &[]);
+    against(Etcd::start_newest(), "guardnew", &[], false);
+}
+
+#[test]
+fn requests_under_authentication_match_etcd_3_5_1() {
+    against(Etcd::start(), "guard351", &[], true);
 }
 
 /// The same with JWTs signed by one RSA key on both sides: a token names the auth
@@ -576,5 +603,5 @@ fn requests_with_jwt_tokens_match_the_newest_etcd() {
     );
     let flags = ["--auth-token".to_string(), option];
     let etcd = Etcd::start_with_args(&etcd_newest_dir().join("etcd"), &flags);
-    against(etcd, "guardjwt", &flags);
+    against(etcd, "guardjwt", &flags, false);
 }

@@ -1745,3 +1745,105 @@ fn peers_behind_delay_proxies_see_the_delay_in_their_round_trips() {
         2 * DELAY_MS
     );
 }
+
+/// A token handed out by one member is valid on every member at once (each waits until
+/// it has applied the entry that made it), and a password changed through a third
+/// member ends it everywhere.
+#[test]
+fn a_token_from_one_member_works_on_every_member_until_the_password_changes() {
+    use raftkv_proto::etcdserverpb as pb;
+    use raftkv_proto::etcdserverpb::auth_client::AuthClient;
+    use raftkv_proto::etcdserverpb::kv_client::KvClient;
+    let cluster = Cluster::start(3, &["--bcrypt-cost", "4"]);
+    let urls: Vec<String> = cluster.members.iter().map(|m| m.client_url()).collect();
+    rt().block_on(async {
+        let channel = |url: &str| {
+            tonic::transport::Channel::from_shared(url.to_string())
+                .expect("url")
+                .connect_lazy()
+        };
+        let mut admin = AuthClient::new(channel(&urls[0]));
+        for (name, password) in [("root", "r00t"), ("app", "apw")] {
+            admin
+                .user_add(pb::AuthUserAddRequest {
+                    name: name.into(),
+                    password: password.into(),
+                    ..Default::default()
+                })
+                .await
+                .expect("user add");
+        }
+        admin
+            .role_add(pb::AuthRoleAddRequest {
+                name: "root".into(),
+            })
+            .await
+            .expect("role add");
+        admin
+            .user_grant_role(pb::AuthUserGrantRoleRequest {
+                user: "root".into(),
+                role: "root".into(),
+            })
+            .await
+            .expect("grant");
+        admin
+            .auth_enable(pb::AuthEnableRequest {})
+            .await
+            .expect("enable");
+        let login = |url: String, name: &str, password: &str| {
+            let request = pb::AuthenticateRequest {
+                name: name.into(),
+                password: password.into(),
+            };
+            async move {
+                let mut auth = AuthClient::new(channel(&url));
+                auth.authenticate(request)
+                    .await
+                    .expect("authenticate")
+                    .into_inner()
+                    .token
+            }
+        };
+        let as_token = |token: &str| {
+            let mut r = tonic::Request::new(pb::RangeRequest {
+                key: b"k".to_vec().into(),
+                ..Default::default()
+            });
+            r.metadata_mut()
+                .insert("token", token.parse().expect("ascii"));
+            r
+        };
+        let token = login(urls[0].clone(), "root", "r00t").await;
+        for url in &urls {
+            let mut kv = KvClient::new(channel(url));
+            kv.range(as_token(&token))
+                .await
+                .expect("the token works on every member");
+        }
+        let root_on_2 = login(urls[2].clone(), "root", "r00t").await;
+        let mut change = tonic::Request::new(pb::AuthUserChangePasswordRequest {
+            name: "root".into(),
+            password: "new".into(),
+            hashed_password: String::new(),
+        });
+        change
+            .metadata_mut()
+            .insert("token", root_on_2.parse().expect("ascii"));
+        AuthClient::new(channel(&urls[2]))
+            .user_change_password(change)
+            .await
+            .expect("change password");
+        for url in &urls {
+            // Authenticating reads linearizably, so once the new password works on a
+            // member, that member has applied the change and forgotten the old token.
+            let mut kv = KvClient::new(channel(url));
+            let fresh = login(url.clone(), "root", "new").await;
+            kv.range(as_token(&fresh))
+                .await
+                .expect("the new password works");
+            let err = kv.range(as_token(&token)).await.expect_err("the old token");
+            assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+            assert_eq!(err.message(), "etcdserver: invalid auth token");
+        }
+    });
+}
