@@ -65,7 +65,11 @@ fn run(
             .block_on(raftkv_server::server::run(server))
             .map_err(|e| e.to_string()),
         Command::Snapshot(SnapshotCommand::Save { file, client }) => runtime
-            .block_on(cli::snapshot::save(&client.endpoints, &file, &client.tls()))
+            .block_on(cli::snapshot::save(
+                &client.endpoints,
+                &file,
+                &access(&client),
+            ))
             .map(|size_bytes| println!("Snapshot saved at {} ({size_bytes} bytes)", file.display()))
             .map_err(|e| e.to_string()),
         Command::Snapshot(SnapshotCommand::Restore { file, data_dir, s3 }) => {
@@ -84,7 +88,7 @@ fn run(
             runtime
                 .block_on(cli::status::run(
                     &client.endpoints,
-                    &client.tls(),
+                    &access(&client),
                     &write_out,
                 ))
                 .map_err(|e| e.to_string()),
@@ -92,14 +96,14 @@ fn run(
         command @ Command::Migrate { .. } => migrate(command, runtime),
         Command::Defrag { client } => printed(
             runtime
-                .block_on(cli::defrag::run(&client.endpoints, &client.tls()))
+                .block_on(cli::defrag::run(&client.endpoints, &access(&client)))
                 .map_err(|e| e.to_string()),
         ),
         Command::Member { action, client } => printed(
             runtime
                 .block_on(cli::member::run(
                     &client.endpoints,
-                    &client.tls(),
+                    &access(&client),
                     member_action(action),
                 ))
                 .map_err(|e| e.to_string()),
@@ -198,5 +202,13 @@ fn member_action(command: MemberCommand) -> MemberAction {
             id,
             peer_urls: split(peer_urls),
         },
+    }
+}
+
+/// Where and as whom a client subcommand reaches members.
+fn access(client: &raftkv_server::config::ClientArgs) -> raftkv_server::cli::client::Access {
+    raftkv_server::cli::client::Access {
+        tls: client.tls(),
+        user: client.user.clone(),
     }
 }

@@ -300,17 +300,25 @@ fn a_restored_snapshot_keeps_users_roles_and_authentication() {
         let (ok, text) = on(&m.endpoint(), args);
         assert!(ok, "{args:?}: {text}");
     }
+    // raftkv's own commands take etcdctl's --user too.
     let file = root.path().join("auth.db");
-    let (ok, text) = on(
-        &m.endpoint(),
-        &[
-            "--user=root:r00t",
-            "snapshot",
-            "save",
-            file.to_str().unwrap(),
-        ],
+    let endpoint = m.endpoint();
+    let save = |user: &[&str]| {
+        let mut args = vec!["snapshot", "save", file.to_str().unwrap()];
+        args.extend_from_slice(user);
+        args.extend_from_slice(&["--endpoints", &endpoint]);
+        raftkv_cli(&args)
+    };
+    let refused = save(&[]);
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("user name is empty"),
+        "a snapshot is root's: {refused:?}"
     );
-    assert!(ok, "a root user saves the snapshot: {text}");
+    let out = save(&["--user", "root:r00t"]);
+    assert!(
+        out.status.success(),
+        "a root user saves the snapshot: {out:?}"
+    );
     let mut restored = Member::new(root.path(), "restored");
     let out = restore(file.to_str().unwrap(), restored.data_dir.to_str().unwrap());
     assert!(out.status.success(), "{out:?}");
@@ -333,6 +341,8 @@ fn a_restored_snapshot_keeps_users_roles_and_authentication() {
     );
     let (ok, text) = on(&ep, &["--user=root:r00t", "user", "list"]);
     assert!(ok && text == "app\nroot\n", "{text}");
+    let status = raftkv_cli(&["status", "--user", "root:r00t", "--endpoints", &ep]);
+    assert!(status.status.success(), "{status:?}");
 }
 
 /// `raftkv snapshot restore FILE --data-dir DIR`.

@@ -104,6 +104,25 @@ pub fn aligned(rows: &[Vec<String>]) -> String {
     out
 }
 
+/// Where and as whom a command reaches members: etcdctl's TLS flags and `--user`.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    pub tls: ClientTls,
+    /// `NAME:PASSWORD`, for members with authentication on.
+    pub user: Option<String>,
+}
+
+/// `connect`, then `login` as `access.user`.
+pub async fn connect_as(endpoints: &str, access: &Access) -> Result<Authed, ConnectError> {
+    let channel = connect(endpoints, &access.tls).await?;
+    login(channel, access.user.as_deref())
+        .await
+        .map_err(|reason| ConnectError {
+            endpoint: endpoints.to_string(),
+            reason,
+        })
+}
+
 /// A channel whose every request carries a user's token once `login` succeeded, as
 /// etcdctl's `--user NAME:PASSWORD` does.
 pub type Authed = tonic::service::interceptor::InterceptedService<Channel, Token>;

@@ -10,9 +10,8 @@ use std::time::Instant;
 use raftkv_proto::etcdserverpb as pb;
 use raftkv_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 
-use crate::cli::client::{connect, ConnectError};
+use crate::cli::client::{connect_as, Access, Authed, ConnectError};
 use crate::cli::progress::Progress;
-use crate::net::tls::ClientTls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DefragCliError {
@@ -22,9 +21,7 @@ pub enum DefragCliError {
     Refused { endpoint: String, message: String },
 }
 
-async fn db_size(
-    client: &mut MaintenanceClient<tonic::transport::Channel>,
-) -> Result<i64, tonic::Status> {
+async fn db_size(client: &mut MaintenanceClient<Authed>) -> Result<i64, tonic::Status> {
     Ok(client
         .status(pb::StatusRequest {})
         .await?
@@ -33,7 +30,7 @@ async fn db_size(
 }
 
 /// Defragments every endpoint in `endpoints`, one after another; returns the summary.
-pub async fn run(endpoints: &str, tls: &ClientTls) -> Result<String, DefragCliError> {
+pub async fn run(endpoints: &str, access: &Access) -> Result<String, DefragCliError> {
     let mut summary = String::new();
     for endpoint in endpoints
         .split(',')
@@ -44,7 +41,7 @@ pub async fn run(endpoints: &str, tls: &ClientTls) -> Result<String, DefragCliEr
             endpoint: endpoint.to_string(),
             message: s.message().to_string(),
         };
-        let mut client = MaintenanceClient::new(connect(endpoint, tls).await?);
+        let mut client = MaintenanceClient::new(connect_as(endpoint, access).await?);
         let before = db_size(&mut client).await.map_err(refused)?;
         let progress = Progress::spinner(&format!(
             "defrag {endpoint}: merging {:.1} MB",

@@ -5,9 +5,8 @@
 use raftkv_proto::etcdserverpb as pb;
 use raftkv_proto::etcdserverpb::cluster_client::ClusterClient;
 
-use crate::cli::client::{connect, ConnectError};
+use crate::cli::client::{connect_as, Access, ConnectError};
 use crate::ids::hex;
-use crate::net::tls::ClientTls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MemberCliError {
@@ -54,10 +53,10 @@ fn refused(status: tonic::Status) -> MemberCliError {
 /// Runs `action` against the first reachable of `endpoints`; returns what to print.
 pub async fn run(
     endpoints: &str,
-    tls: &ClientTls,
+    access: &Access,
     action: MemberAction,
 ) -> Result<String, MemberCliError> {
-    let mut client = ClusterClient::new(connect(endpoints, tls).await?);
+    let mut client = ClusterClient::new(connect_as(endpoints, access).await?);
     match action {
         MemberAction::List => {
             let reply = client

@@ -38,8 +38,12 @@ pub use crate::net::tls::ClientTls;
 
 /// Streams a snapshot from `endpoint` into `file` (written to a temp file, synced, then
 /// renamed, so a failed save leaves no partial file behind).
-pub async fn save(endpoint: &str, file: &Path, tls: &ClientTls) -> Result<u64, SnapshotCliError> {
-    let channel = crate::cli::client::connect(endpoint, tls).await?;
+pub async fn save(
+    endpoint: &str,
+    file: &Path,
+    access: &crate::cli::client::Access,
+) -> Result<u64, SnapshotCliError> {
+    let channel = crate::cli::client::connect_as(endpoint, access).await?;
     let mut client = MaintenanceClient::new(channel).max_decoding_message_size(usize::MAX);
     let mut stream = client
         .snapshot(SnapshotRequest {})

@@ -12,9 +12,8 @@ use raftkv_proto::etcdserverpb::cluster_client::ClusterClient;
 use raftkv_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use serde::Serialize;
 
-use crate::cli::client::{connect, ConnectError};
+use crate::cli::client::{connect_as, Access, ConnectError};
 use crate::ids::hex;
-use crate::net::tls::ClientTls;
 
 /// How long one member may take to answer its status.
 const MEMBER_STATUS_TIMEOUT_MS: u64 = 3_000;
@@ -60,8 +59,8 @@ pub struct ClusterStatus {
 }
 
 /// Collects the status of every member reachable from `endpoints`.
-pub async fn collect(endpoints: &str, tls: &ClientTls) -> Result<ClusterStatus, StatusCliError> {
-    let channel = connect(endpoints, tls).await?;
+pub async fn collect(endpoints: &str, access: &Access) -> Result<ClusterStatus, StatusCliError> {
+    let channel = connect_as(endpoints, access).await?;
     let list = ClusterClient::new(channel)
         .member_list(pb::MemberListRequest {
             linearizable: false,
@@ -73,7 +72,7 @@ pub async fn collect(endpoints: &str, tls: &ClientTls) -> Result<ClusterStatus, 
     let mut rows = Vec::new();
     let mut leader = None;
     for m in &list.members {
-        let (row, seen_leader) = member_row(m, tls).await;
+        let (row, seen_leader) = member_row(m, access).await;
         leader = seen_leader.or(leader);
         rows.push(row);
     }
@@ -121,7 +120,7 @@ pub async fn collect(endpoints: &str, tls: &ClientTls) -> Result<ClusterStatus, 
 }
 
 /// One member's row, asking it for its status; the leader it names, if any.
-async fn member_row(m: &pb::Member, tls: &ClientTls) -> (MemberStatus, Option<u64>) {
+async fn member_row(m: &pb::Member, access: &Access) -> (MemberStatus, Option<u64>) {
     let endpoint = m.client_ur_ls.first().cloned().unwrap_or_default();
     let mut row = MemberStatus {
         id: hex(m.id),
@@ -139,7 +138,7 @@ async fn member_row(m: &pb::Member, tls: &ClientTls) -> (MemberStatus, Option<u6
         version: String::new(),
         health: "unreachable".into(),
     };
-    let Some(status) = member_status(&endpoint, tls).await else {
+    let Some(status) = member_status(&endpoint, access).await else {
         if m.name.is_empty() {
             row.role = "unstarted".into();
             row.health = "not started yet".into();
@@ -173,13 +172,13 @@ async fn member_row(m: &pb::Member, tls: &ClientTls) -> (MemberStatus, Option<u6
 }
 
 /// One member's Maintenance.Status, or None if it does not answer in time.
-async fn member_status(endpoint: &str, tls: &ClientTls) -> Option<pb::StatusResponse> {
+async fn member_status(endpoint: &str, access: &Access) -> Option<pb::StatusResponse> {
     if endpoint.is_empty() {
         return None;
     }
     let timeout = Duration::from_millis(MEMBER_STATUS_TIMEOUT_MS);
     let ask = async {
-        let channel = connect(endpoint, tls).await.ok()?;
+        let channel = connect_as(endpoint, access).await.ok()?;
         MaintenanceClient::new(channel)
             .status(pb::StatusRequest {})
             .await
@@ -190,11 +189,11 @@ async fn member_status(endpoint: &str, tls: &ClientTls) -> Option<pb::StatusResp
 }
 
 /// `raftkv status`: the text to print, as a table or JSON.
-pub async fn run(endpoints: &str, tls: &ClientTls, format: &str) -> Result<String, StatusCliError> {
+pub async fn run(endpoints: &str, access: &Access, format: &str) -> Result<String, StatusCliError> {
     if format != "table" && format != "json" {
         return Err(StatusCliError::BadFormat(format.into()));
     }
-    let status = collect(endpoints, tls).await?;
+    let status = collect(endpoints, access).await?;
     if format == "json" {
         return serde_json::to_string_pretty(&status)
             .map(|s| s + "\n")

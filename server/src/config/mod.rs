@@ -122,6 +122,9 @@ pub struct ClientArgs {
     /// The client certificate's key (PEM).
     #[arg(long, global = true)]
     pub key: Option<PathBuf>,
+    /// NAME:PASSWORD, for members with authentication on (etcdctl's --user).
+    #[arg(long, global = true)]
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
