@@ -86,6 +86,9 @@ pub struct Member {
     /// The peer port it tells the others to use, when that is not the one it listens
     /// on (a delay proxy in front of it, delay.rs).
     pub advertise_peer_port: Option<u16>,
+    /// The program to run instead of this build's raftkv (an arm64 build under
+    /// qemu-user, by a wrapper script).
+    pub bin: Option<PathBuf>,
     child: Option<Child>,
     /// "ready" lines in the log before the current start.
     starts_before: usize,
@@ -106,6 +109,7 @@ impl Member {
             host: "127.0.0.1".to_string(),
             netns: None,
             advertise_peer_port: None,
+            bin: None,
             child: None,
             starts_before: 0,
         }
@@ -160,14 +164,15 @@ impl Member {
             .append(true)
             .open(&self.log_path)
             .expect("log file");
+        let bin = self.bin.clone().unwrap_or_else(raftkv_bin);
         let mut cmd = match &self.netns {
             // `ip netns exec` execs the command: the child's pid is raftkv's.
             Some(ns) => {
                 let mut cmd = Command::new("ip");
-                cmd.args(["netns", "exec", ns]).arg(raftkv_bin());
+                cmd.args(["netns", "exec", ns]).arg(bin);
                 cmd
             }
-            None => Command::new(raftkv_bin()),
+            None => Command::new(bin),
         };
         cmd.arg("--name")
             .arg(&self.name)
