@@ -1112,3 +1112,74 @@ fn an_empty_key_space_never_hashes_to_zero() {
     put(&s, "a", "1");
     assert_ne!(s.hash_kv(0).unwrap().unwrap().hash, empty.hash);
 }
+
+/// Simple tokens follow the log on every member: an applied Authenticate hands one
+/// out, a password change ends it, and a member that installs a snapshot keeps none
+/// (the entries that would have ended them are behind the snapshot).
+#[test]
+fn tokens_follow_the_log_and_die_with_an_installed_snapshot() {
+    use raftkv_storage::auth::AuthCommand;
+    let auth = |store: &MvccStore, change: AuthCommand| apply(store, Command::Auth(change));
+    let with_root = |store: &MvccStore| {
+        let user = AuthCommand::UserAdd {
+            name: "root".into(),
+            password_hash: b"h".to_vec(),
+            no_password: false,
+        };
+        let role = AuthCommand::RoleAdd {
+            name: "root".into(),
+        };
+        let grant = AuthCommand::UserGrantRole {
+            user: "root".into(),
+            role: "root".into(),
+        };
+        for change in [user, role, grant] {
+            auth(store, change).unwrap();
+        }
+    };
+    let login = |store: &MvccStore| {
+        auth(
+            store,
+            AuthCommand::Authenticate {
+                name: "root".into(),
+                token_prefix: "abcdefghijklmnop".into(),
+            },
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir.path().join("a"));
+    with_root(&s);
+    let refused = login(&s);
+    assert!(
+        matches!(refused, Err(MvccError::Auth(_))),
+        "authentication is off: {refused:?}"
+    );
+    auth(&s, AuthCommand::Enable).unwrap();
+    let token_of = |r: CommandResult| match r {
+        Ok(CommandResponse::Authenticated { token, .. }) => token,
+        other => panic!("{other:?}"),
+    };
+    let token = token_of(login(&s));
+    assert_eq!(s.token_user(&token).as_deref(), Some("root"));
+    let new_password = AuthCommand::UserChangePassword {
+        name: "root".into(),
+        password_hash: b"h2".to_vec(),
+    };
+    auth(&s, new_password).unwrap();
+    assert_eq!(s.token_user(&token), None, "a new password ends the token");
+
+    let t = open(&dir.path().join("b"));
+    with_root(&t);
+    auth(&t, AuthCommand::Enable).unwrap();
+    let kept = token_of(login(&t));
+    let point = s.snapshot_point().unwrap();
+    let mut image = Vec::new();
+    s.export_snapshot(&point, &mut image).unwrap();
+    t.install_snapshot(&image[..]).unwrap();
+    assert_eq!(
+        t.token_user(&kept),
+        None,
+        "an installed snapshot ends every token"
+    );
+    assert!(t.auth().enabled);
+}

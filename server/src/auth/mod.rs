@@ -3,6 +3,8 @@
 //! The auth store's state and its rules live in storage (`raftkv_storage::auth`).
 //!
 //! - `password.rs`: bcrypt hashing before a change is proposed, and checking
+//!   a password when a user authenticates;
+//! - `jwt.rs`: `--auth-token`, and JWTs signed and checked by their signature.
 
 pub mod jwt;
 pub mod password;

@@ -80,7 +80,8 @@ impl MvccStore {
         Ok(store)
     }
 
-    /// Reads the counters and the lease table from the current tree into memory.
+    /// Reads the counters, leases, alarms and auth state from the current tree into
+    /// memory (at open, and after a snapshot was installed).
     pub(crate) fn load_counters(&self) -> Result<(), StoreError> {
         let tree = self.tree();
         let compact = read_i64(&tree, keys::META_COMPACT)?.unwrap_or(-1);
@@ -105,6 +106,13 @@ impl MvccStore {
         self.inner.revision.store(revision, Ordering::SeqCst);
         self.inner.compact_revision.store(compact, Ordering::SeqCst);
         *self.inner.auth.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(auth);
+        // A state loaded whole (an installed snapshot) skipped the entries that would
+        // have ended tokens (a user deleted, a password changed): none are kept.
+        self.inner
+            .tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         *self.inner.leases.write().unwrap_or_else(|e| e.into_inner()) = leases;
         *self.inner.alarms.write().unwrap_or_else(|e| e.into_inner()) =
             alarms.into_iter().collect();
