@@ -381,12 +381,14 @@ fn client_router(
         .add_service(limits!(ElectionServer::new(
             api::election::ElectionService::new(node.clone())
         )));
-    // /metrics, /health, /livez and /readyz answer plain HTTP/1.1 on the client port,
-    // as etcd's do; gRPC stays on HTTP/2.
+    // /metrics, /health, /livez, /readyz and /version answer plain HTTP/1.1 on the
+    // client port, as etcd's do, and anything else a 404; gRPC stays on HTTP/2.
     let router = routes
         .routes()
         .into_axum_router()
-        .merge(crate::ops::metrics::http_routes(node.clone()));
+        .merge(crate::ops::metrics::http_routes(node.clone()))
+        .route("/version", axum::routing::get(crate::ops::metrics::version))
+        .fallback(crate::ops::metrics::not_found);
     Server::builder()
         .tcp_nodelay(true)
         .accept_http1(true)

@@ -470,3 +470,42 @@ fn joins_and_elections_leave_no_internal_notes_in_the_default_log() {
         assert!(!logs.contains(note), "{note:?} in the default log:\n{logs}");
     }
 }
+
+/// `GET /version` and paths a client URL does not serve, as etcd answers them: the
+/// versions (raftkv's API level), and 404s with etcd's bodies — a JSON client on an
+/// unknown gateway path is told at once, not given an empty gRPC answer.
+#[test]
+fn version_and_unknown_paths_answer_as_etcd() {
+    let etcd = Etcd::start_newest();
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut member = Member::new(root.path(), "m0");
+    member.start(&[]);
+    let (status, body) = http_get(member.client_port, "/version");
+    assert_eq!(status, 200);
+    assert_eq!(body, r#"{"etcdserver":"3.5.16","etcdcluster":"3.5.0"}"#);
+    let (_, theirs) = http_get(etcd.client_port, "/version");
+    assert_eq!(json(&theirs)["etcdcluster"], json(&body)["etcdcluster"]);
+    for (method, path) in [
+        ("GET", "/nope"),
+        ("POST", "/nope"),
+        ("POST", "/v3/nope"),
+        ("GET", "/v3/kv/nope"),
+    ] {
+        let answer = |port| {
+            let (status, head, body) = http_request(port, method, path);
+            let content_type = head.lines().find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-type: ")
+                    .map(str::to_string)
+            });
+            (
+                status,
+                content_type,
+                String::from_utf8_lossy(&body).into_owned(),
+            )
+        };
+        let want = answer(etcd.client_port);
+        assert_eq!(want.0, 404, "{method} {path}: {want:?}");
+        assert_eq!(answer(member.client_port), want, "{method} {path}");
+    }
+}

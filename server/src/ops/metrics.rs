@@ -659,6 +659,55 @@ pub async fn health(node: &Node) -> (bool, &'static str) {
 }
 
 /// The HTTP endpoints: /metrics, /health, /livez, /readyz.
+/// `GET /version` on a client URL, as etcd answers it: the server's version and the
+/// cluster's (major.minor.0).
+pub async fn version() -> impl axum::response::IntoResponse {
+    let cluster = crate::version::ETCD_API_VERSION
+        .rsplit_once('.')
+        .map_or("3.5", |(major_minor, _)| major_minor);
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        format!(
+            "{{\"etcdserver\":\"{}\",\"etcdcluster\":\"{cluster}.0\"}}",
+            crate::version::ETCD_API_VERSION
+        ),
+    )
+}
+
+/// What a client URL answers for a path it does not serve, as etcd does: a gRPC call
+/// gets "unimplemented" (tonic's answer), a JSON gateway path under /v3/ the gateway's
+/// 404 body, anything else Go's "404 page not found". A gateway client waiting on an
+/// unknown path is told at once instead of reading an empty gRPC answer.
+pub async fn not_found(request: axum::extract::Request) -> axum::response::Response {
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
+    let grpc = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/grpc"));
+    if grpc {
+        return tonic::Status::unimplemented("").into_http::<axum::body::Body>();
+    }
+    if request.uri().path().starts_with("/v3/") {
+        return (
+            StatusCode::NOT_FOUND,
+            [(header::CONTENT_TYPE, "application/json")],
+            "{\"code\":5, \"message\":\"Not Found\"}",
+        )
+            .into_response();
+    }
+    (
+        StatusCode::NOT_FOUND,
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        "404 page not found\n",
+    )
+        .into_response()
+}
+
 pub fn http_routes(node: Arc<Node>) -> axum::Router {
     use axum::http::{header, StatusCode};
     use axum::routing::get;
