@@ -167,17 +167,6 @@ impl Lease for LeaseService {
                 ttl_s,
                 granted_ttl_s,
                 keys,
-            } if req.keys
-                && caller.is_some()
-                && self.node.store.auth().revision != auth.revision =>
-            {
-                let _ = (ttl_s, granted_ttl_s, keys);
-                Err(ApiError::Mvcc(MvccError::Auth(AuthError::AuthOldRevision)).status())
-            }
-            ForwardResponse::LeaseTimeToLive {
-                ttl_s,
-                granted_ttl_s,
-                keys,
             } => Ok(Response::new(pb::LeaseTimeToLiveResponse {
                 header: Some(self.node.header()),
                 id: req.id,
