@@ -806,20 +806,23 @@ pub fn etcd35() -> PathBuf {
     p
 }
 
+/// The build's target folder: target/<profile>/deps/<test> → target.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
+}
+
 /// The newest etcd Debian ships (unstable), unpacked by scripts/etcd-newest under
 /// target/etcd-newest ($RAFTKV_ETCD_NEWEST overrides the folder of its binaries).
 pub fn etcd_newest_dir() -> PathBuf {
     if let Ok(p) = std::env::var("RAFTKV_ETCD_NEWEST") {
         return PathBuf::from(p);
     }
-    // target/<profile>/deps/<test> → target/etcd-newest/usr/bin
-    let exe = std::env::current_exe().expect("current exe");
-    let target = exe
-        .parent()
-        .and_then(Path::parent)
-        .and_then(Path::parent)
-        .expect("target dir");
-    let dir = target.join("etcd-newest/usr/bin");
+    let dir = target_dir().join("etcd-newest/usr/bin");
     assert!(
         dir.join("etcd").exists(),
         "{} is missing: run scripts/etcd-newest (scripts/test does)",
@@ -1122,4 +1125,31 @@ fn all_threads_stopped(pid: u32) -> bool {
             None => true,
         }
     })
+}
+
+/// The seeded differential tests' seed and length: RAFTKV_DIFF_SEED replays one seed
+/// (else a random one), RAFTKV_DIFF_OPS sets the length (else `default_ops`); printed,
+/// so that a failure can be replayed.
+pub fn diff_seed_and_ops(label: &str, default_ops: usize) -> (u64, usize) {
+    let ops = std::env::var("RAFTKV_DIFF_OPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default_ops);
+    let seed = std::env::var("RAFTKV_DIFF_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::random::<u64>() % 1_000_000);
+    eprintln!("{label} seed {seed} ({ops} operations)");
+    (seed, ops)
+}
+
+/// A differential test's report of operation `i` answering differently: what was
+/// sent and answered (`detail`) and the last operations before it in `history`.
+pub fn divergence(seed: u64, i: usize, detail: &str, history: &[String]) -> String {
+    let recent = &history[history.len().saturating_sub(8)..];
+    format!(
+        "seed {seed}: operation #{i} diverges (replay: RAFTKV_DIFF_SEED={seed})\n{detail}\n\
+         the operations before it:\n{}",
+        recent.join("\n")
+    )
 }

@@ -20,13 +20,7 @@ const ARM64_SYSROOT: &str = "/usr/aarch64-linux-gnu";
 
 /// target/aarch64-unknown-linux-gnu/cross/raftkv, checked to be an arm64 ELF file.
 fn arm64_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let target = exe
-        .parent()
-        .and_then(Path::parent)
-        .and_then(Path::parent)
-        .expect("target dir");
-    let bin = target.join("aarch64-unknown-linux-gnu/cross/raftkv");
+    let bin = target_dir().join("aarch64-unknown-linux-gnu/cross/raftkv");
     let header = std::fs::read(&bin).unwrap_or_else(|e| {
         panic!(
             "{}: {e}: build it with scripts/cross-arm64 (scripts/test does)",

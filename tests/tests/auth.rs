@@ -255,13 +255,8 @@ fn run_seed(
             let got = run(&mut raftkv, &op).await;
             history.push(format!("#{i} {op:?}\n    => {want:?}"));
             if want != got {
-                let recent: Vec<String> = history.iter().rev().take(8).rev().cloned().collect();
-                return Err(format!(
-                    "seed {seed}: operation #{i} diverges (replay: RAFTKV_DIFF_SEED={seed})\n\
-                     op:     {op:?}\n etcd:   {want:?}\n raftkv: {got:?}\n\
-                     the operations before it:\n{}",
-                    recent.join("\n")
-                ));
+                let detail = format!("op:     {op:?}\n etcd:   {want:?}\n raftkv: {got:?}");
+                return Err(divergence(seed, i, &detail, &history[..i]));
             }
             answered_ok += usize::from(want.is_ok());
         }
@@ -274,19 +269,6 @@ fn run_seed(
     })
 }
 
-fn seed_and_ops(default_ops: usize) -> (u64, usize) {
-    let ops = std::env::var("RAFTKV_DIFF_OPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default_ops);
-    let seed = std::env::var("RAFTKV_DIFF_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::random::<u64>() % 1_000_000);
-    eprintln!("auth differential seed {seed} ({ops} operations)");
-    (seed, ops)
-}
-
 /// `old_etcd`: etcd 3.5.1, whose known differences from the newest the sequences avoid.
 fn against(etcd: Etcd, member_name: &str, old_etcd: bool) {
     let root = tempfile::tempdir().expect("temp dir");
@@ -297,7 +279,7 @@ fn against(etcd: Etcd, member_name: &str, old_etcd: bool) {
         "--bcrypt-cost".to_string(),
         "4".to_string(),
     ]);
-    let (seed, ops) = seed_and_ops(400);
+    let (seed, ops) = diff_seed_and_ops("auth differential", 400);
     let result = run_seed(seed, ops, etcd.client_url(), member.client_url(), old_etcd);
     if let Err(report) = result {
         panic!("{report}\nraftkv's log:\n{}", member.log());

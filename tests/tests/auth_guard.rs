@@ -520,13 +520,10 @@ fn run_seed(
             let got = run(&mut raftkv, caller, &op).await;
             history.push(format!("#{i} as {caller:?}: {op:?}\n    => {want:?}"));
             if want != got {
-                let recent: Vec<String> = history.iter().rev().take(8).rev().cloned().collect();
-                return Err(format!(
-                    "seed {seed}: operation #{i} diverges (replay: RAFTKV_DIFF_SEED={seed})\n\
-                     as:     {caller:?}\n op:     {op:?}\n etcd:   {want:?}\n raftkv: {got:?}\n\
-                     the operations before it:\n{}",
-                    recent.join("\n")
-                ));
+                let detail = format!(
+                    "as:     {caller:?}\n op:     {op:?}\n etcd:   {want:?}\n raftkv: {got:?}"
+                );
+                return Err(divergence(seed, i, &detail, &history[..i]));
             }
             match &want {
                 Ok(_) => allowed += 1,
@@ -548,15 +545,7 @@ fn against(etcd: Etcd, member_name: &str, member_args: &[String], old_etcd: bool
     let mut args = vec!["--cluster-init".to_string()];
     args.extend_from_slice(member_args);
     member.start(&args);
-    let ops = std::env::var("RAFTKV_DIFF_OPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
-    let seed = std::env::var("RAFTKV_DIFF_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::random::<u64>() % 1_000_000);
-    eprintln!("auth guard differential seed {seed} ({ops} operations)");
+    let (seed, ops) = diff_seed_and_ops("auth guard differential", 300);
     let result = run_seed(seed, ops, etcd.client_url(), member.client_url(), old_etcd);
     if let Err(report) = result {
         panic!("{report}\nraftkv's log:\n{}", member.log());

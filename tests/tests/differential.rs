@@ -616,19 +616,6 @@ fn run_seed(
     })
 }
 
-fn seed_and_ops(default_ops: usize) -> (u64, usize) {
-    let ops: usize = std::env::var("RAFTKV_DIFF_OPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default_ops);
-    let seed: u64 = std::env::var("RAFTKV_DIFF_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::random::<u64>() % 1_000_000);
-    eprintln!("differential seed {seed} ({ops} operations)");
-    (seed, ops)
-}
-
 fn report(result: Result<(), String>, logs: String) {
     if let Err(report) = result {
         let tail: Vec<&str> = logs
@@ -648,7 +635,7 @@ fn random_kv_and_lease_operations_match_etcd() {
     let root = tempfile::tempdir().expect("temp dir");
     let mut member = Member::new(root.path(), "diff");
     member.start(&["--cluster-init".to_string()]);
-    let (seed, ops) = seed_and_ops(3_000);
+    let (seed, ops) = diff_seed_and_ops("differential", 3_000);
     let result = run_seed(seed, ops, etcd.client_url(), member.client_url(), true);
     report(result, member.log());
 }
@@ -659,7 +646,7 @@ fn random_kv_and_lease_operations_match_etcd() {
 fn random_operations_through_a_three_member_cluster_match_etcd() {
     let etcd = Etcd::start();
     let cluster = Cluster::start(3, &[]);
-    let (seed, ops) = seed_and_ops(1_500);
+    let (seed, ops) = diff_seed_and_ops("differential", 1_500);
     let result = run_seed(
         seed,
         ops,
@@ -677,7 +664,7 @@ fn random_operations_match_debians_etcd_3_4() {
     let root = tempfile::tempdir().expect("temp dir");
     let mut member = Member::new(root.path(), "diff34");
     member.start(&["--cluster-init".to_string()]);
-    let (seed, ops) = seed_and_ops(1_500);
+    let (seed, ops) = diff_seed_and_ops("differential", 1_500);
     let result = run_seed(seed, ops, etcd.client_url(), member.client_url(), true);
     report(result, member.log());
 }

@@ -64,7 +64,8 @@ pub async fn caller_with(
     node: &Node,
     credentials: &Credentials,
 ) -> Result<Option<Caller>, ApiError> {
-    if !node.store.auth().enabled {
+    let auth = node.store.auth();
+    if !auth.enabled {
         return Ok(None);
     }
     let Some(token) = credentials.token.as_deref() else {
@@ -73,7 +74,7 @@ pub async fn caller_with(
         return Ok(Some(match &credentials.common_name {
             Some(cn) => Caller {
                 user: cn.clone(),
-                auth_revision: node.store.auth().revision,
+                auth_revision: auth.revision,
             },
             None => nobody(),
         }));
@@ -178,10 +179,11 @@ impl ReadCheck {
 
 /// etcd's checks on the keys attached to leases (LeaseTimeToLive with keys,
 /// LeaseLeases): a root user sees all; anyone else must be able to read each key.
+/// `keys` reads them from the engine, so only when a check needs them.
 pub fn check_lease_keys(
     auth: &AuthState,
     caller: &Option<Caller>,
-    keys: &[bytes::Bytes],
+    keys: impl FnOnce() -> Vec<bytes::Bytes>,
 ) -> Result<(), ApiError> {
     let Some(c) = caller else {
         return Ok(());
@@ -192,8 +194,8 @@ pub fn check_lease_keys(
     if auth.check_admin(c).is_ok() {
         return Ok(());
     }
-    for key in keys {
-        auth.check_op(c, key, &[], false).map_err(refused)?;
+    for key in keys() {
+        auth.check_op(c, &key, &[], false).map_err(refused)?;
     }
     Ok(())
 }

@@ -150,8 +150,8 @@ impl Lease for LeaseService {
         // the leader's; users or roles changed meanwhile fail the call.
         let auth = self.node.store.auth();
         if req.keys {
-            let keys = self.node.store.lease_keys(req.id).unwrap_or_default();
-            credentials::check_lease_keys(&auth, &caller, &keys)?;
+            let keys = || self.node.store.lease_keys(req.id).unwrap_or_default();
+            credentials::check_lease_keys(&auth, &caller, keys)?;
         }
         let timeout = self.node.config.request_timeout();
         let request = ForwardRequest::LeaseTimeToLive {
@@ -185,15 +185,14 @@ impl Lease for LeaseService {
         check_leader_metadata(&self.node, &req)?;
         let caller = credentials::caller(&self.node, &req).await?;
         let leases = self.node.store.leases();
-        if caller.is_some() {
-            let auth = self.node.store.auth();
-            let keys: Vec<_> = leases
+        let keys = || {
+            leases
                 .iter()
                 .flat_map(|l| self.node.store.lease_keys(l.id).unwrap_or_default())
-                .collect();
-            credentials::require_someone(&caller)?;
-            credentials::check_lease_keys(&auth, &caller, &keys)?;
-        }
+                .collect()
+        };
+        credentials::require_someone(&caller)?;
+        credentials::check_lease_keys(&self.node.store.auth(), &caller, keys)?;
         let leases = leases
             .into_iter()
             .map(|l| pb::LeaseStatus { id: l.id })

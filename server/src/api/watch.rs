@@ -14,9 +14,9 @@ use std::time::Duration;
 use futures::Stream;
 use raftkv_proto::etcdserverpb as pb;
 use raftkv_proto::etcdserverpb::watch_server::Watch;
-use raftkv_storage::auth::AuthError;
 use raftkv_storage::mvcc::watch::{WatchError, Watcher};
 use raftkv_storage::mvcc::{Event, EventKind};
+use raftkv_storage::MvccError;
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -147,9 +147,9 @@ impl WatchStream {
         let refusal = if let Some(reason) = self.permission_refusal(&create).await {
             Some(reason)
         } else if requested != 0 && self.watchers.contains_key(&requested) {
-            Some("mvcc: duplicate watch ID provided on the WatchStream")
+            Some("mvcc: duplicate watch ID provided on the WatchStream".to_string())
         } else if self.watchers.len() >= MAX_WATCHERS_PER_STREAM {
-            Some("etcdserver: too many watchers on this stream")
+            Some("etcdserver: too many watchers on this stream".to_string())
         } else {
             None
         };
@@ -162,7 +162,7 @@ impl WatchStream {
                     watch_id: -1,
                     created: true,
                     canceled: true,
-                    cancel_reason: reason.to_string(),
+                    cancel_reason: reason,
                     ..Default::default()
                 })
                 .await;
@@ -184,39 +184,36 @@ impl WatchStream {
     }
 
     /// Why the caller may not watch what `create` asks for, as etcd's
-    /// isWatchPermitted says it (the text of its gRPC error, code included); None when
-    /// it may (or authentication is off).
-    async fn permission_refusal(&self, create: &pb::WatchCreateRequest) -> Option<&'static str> {
-        let caller = match credentials::caller_with(&self.node, &self.credentials).await {
-            Ok(caller) => caller?,
-            Err(_) => {
-                return Some(
-                    "rpc error: code = Unauthenticated desc = etcdserver: invalid auth token",
-                )
+    /// isWatchPermitted says it: the text of the gRPC error the same refusal gets
+    /// elsewhere, code included. None when it may (or authentication is off).
+    async fn permission_refusal(&self, create: &pb::WatchCreateRequest) -> Option<String> {
+        let refused = match credentials::caller_with(&self.node, &self.credentials).await {
+            Ok(caller) => {
+                let caller = caller?;
+                // etcd checks a watch of every key from `key` on (range end "\0") as a
+                // watch of `key` alone: the same answers, so the same check.
+                let key: &[u8] = if create.key.is_empty() {
+                    &[0]
+                } else {
+                    &create.key
+                };
+                let range_end: &[u8] = if create.range_end[..] == [0] {
+                    &[]
+                } else {
+                    &create.range_end
+                };
+                let auth = self.node.store.auth();
+                let e = auth.check_op(&caller, key, range_end, false).err()?;
+                ApiError::Mvcc(MvccError::Auth(e))
             }
+            Err(e) => e,
         };
-        // etcd checks a watch of every key from `key` on (range end "\0") as a watch of
-        // `key` alone: the same answers, so the same check.
-        let key: &[u8] = if create.key.is_empty() {
-            &[0]
-        } else {
-            &create.key
-        };
-        let range_end: &[u8] = if create.range_end[..] == [0] {
-            &[]
-        } else {
-            &create.range_end
-        };
-        match self.node.store.auth().check_op(&caller, key, range_end, false) {
-            Ok(()) => None,
-            Err(AuthError::AuthOldRevision) => Some(
-                "rpc error: code = InvalidArgument desc = etcdserver: revision of auth store is old",
-            ),
-            Err(AuthError::UserEmpty) => {
-                Some("rpc error: code = InvalidArgument desc = etcdserver: user name is empty")
-            }
-            Err(_) => Some("rpc error: code = PermissionDenied desc = etcdserver: permission denied"),
-        }
+        let status = refused.status();
+        Some(format!(
+            "rpc error: code = {:?} desc = {}",
+            status.code(),
+            status.message()
+        ))
     }
 
     /// The lowest id from `next_id` on that no watcher of this stream has.
