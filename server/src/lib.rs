@@ -6,6 +6,7 @@
 //! - `peer/`: member-to-member traffic — the forwarded-request protocol, pipes, their
 //!   wire, openraft's network, the peer service
 //! - `api/`: etcd's services (kv, watch, lease, cluster, maintenance, auth)
+//! - `gateway/`: etcd's JSON gateway, calling `api/`'s services in process
 //! - `auth/`: users' passwords at the edge (hashed before a change is proposed)
 //! - `ops/`: backups (and S3), auto-compaction, lease expiry, metrics and health
 //! - `cli/`: the subcommands that reach a running member or work on a data dir
@@ -15,7 +16,7 @@
 //! - shared, importing nothing of the crate: `errors.rs`, `ids.rs`, `quorum.rs`,
 //!   `version.rs`, `limits.rs`, `snapshot_file.rs`, `disk.rs`
 //!
-//! Folders import one way: `api/` and `ops/` → `member/` → `peer/` → `net/`
+//! Folders import one way: `gateway/` → `api/`; `api/` and `ops/` → `member/` → `peer/` → `net/`
 //! (`server/tests/layout.rs`). The server never writes to storage except through
 //! openraft.
 
@@ -27,6 +28,7 @@ pub mod disk;
 pub mod errors;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod gateway;
 pub mod ids;
 pub mod limits;
 pub mod member;

@@ -381,11 +381,14 @@ fn client_router(
         .add_service(limits!(ElectionServer::new(
             api::election::ElectionService::new(node.clone())
         )));
-    // /metrics, /health, /livez, /readyz and /version answer plain HTTP/1.1 on the
-    // client port, as etcd's do, and anything else a 404; gRPC stays on HTTP/2.
-    let router = routes
-        .routes()
+    // etcd's JSON gateway under /v3/, calling these same services in process; /metrics,
+    // /health, /livez, /readyz and /version; anything else a 404. All of it on HTTP/1.1
+    // as well as HTTP/2, as etcd serves it.
+    let grpc = routes.routes();
+    let router = grpc
+        .clone()
         .into_axum_router()
+        .merge(crate::gateway::router(&grpc))
         .merge(crate::ops::metrics::http_routes(node.clone()))
         .route("/version", axum::routing::get(crate::ops::metrics::version))
         .fallback(crate::ops::metrics::not_found);

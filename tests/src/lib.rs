@@ -5,6 +5,7 @@
 //! A missing tool is a failure, not a skip: scripts/test installs them all.
 
 pub mod delay;
+pub mod gateway;
 pub mod linearizability;
 pub mod lossy;
 pub mod netns;

@@ -447,4 +447,51 @@ fn a_certificates_common_name_is_the_user_when_no_token_is_sent() {
         !ok && text.contains("password was given for no password user"),
         "a no-password user cannot log in with a password: {text}"
     );
+    gateway_over_tls_takes_tokens_not_certificates(&url, &certs);
+}
+
+/// The JSON gateway on the same TLS port, over HTTP/1.1 and HTTP/2: a client
+/// certificate's name is no caller there (etcd's gateway does not pass it on); a token is.
+fn gateway_over_tls_takes_tokens_not_certificates(url: &str, certs: &Path) {
+    let file = |name: &str| certs.join(name).display().to_string();
+    let curl = |http: &str, path: &str, body: &str, token: Option<&str>| {
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-s",
+            http,
+            "--cacert",
+            &file("ca.pem"),
+            "--cert",
+            &file("client.pem"),
+        ])
+        .args([
+            "--key",
+            &file("client-key.pem"),
+            "-d",
+            body,
+            &format!("{url}{path}"),
+        ]);
+        if let Some(token) = token {
+            cmd.args(["-H", &format!("Authorization: {token}")]);
+        }
+        let out = cmd.output().expect("curl runs (scripts/test installs it)");
+        json(&String::from_utf8_lossy(&out.stdout))
+    };
+    let read_x = r#"{"key":"YXBwL3g="}"#;
+    for http in ["--http1.1", "--http2"] {
+        let refused = curl(http, "/v3/kv/range", read_x, None);
+        assert_eq!(
+            refused["message"], "etcdserver: user name is empty",
+            "{http}"
+        );
+        let login = curl(
+            http,
+            "/v3/auth/authenticate",
+            r#"{"name":"root","password":"r00t"}"#,
+            None,
+        );
+        let token = login["token"].as_str().expect("a token");
+        let read = curl(http, "/v3/kv/range", read_x, Some(token));
+        assert_eq!(read["kvs"][0]["value"], "MQ==", "{http}: {read}");
+    }
 }

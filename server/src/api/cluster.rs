@@ -20,6 +20,17 @@ pub struct ClusterService {
 }
 
 impl ClusterService {
+    /// etcd's Cluster answers carry no revision (its cluster server fills in the IDs
+    /// and the term only).
+    fn header(&self) -> pb::ResponseHeader {
+        pb::ResponseHeader {
+            revision: 0,
+            ..self.node.header()
+        }
+    }
+}
+
+impl ClusterService {
     /// etcd's checkMembershipOperationPermission: membership changes are a root
     /// user's once authentication is on (listing members is anyone's).
     async fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
@@ -99,7 +110,7 @@ impl Cluster for ClusterService {
         };
         let member = members.iter().find(|m| m.id == id).cloned();
         Ok(Response::new(pb::MemberAddResponse {
-            header: Some(self.node.header()),
+            header: Some(self.header()),
             member,
             members,
         }))
@@ -114,7 +125,7 @@ impl Cluster for ClusterService {
         let id = req.get_ref().id;
         let members = self.change(ForwardRequest::RemoveMember { id }).await?;
         Ok(Response::new(pb::MemberRemoveResponse {
-            header: Some(self.node.header()),
+            header: Some(self.header()),
             members,
         }))
     }
@@ -139,7 +150,7 @@ impl Cluster for ClusterService {
             })
             .await?;
         Ok(Response::new(pb::MemberUpdateResponse {
-            header: Some(self.node.header()),
+            header: Some(self.header()),
             members,
         }))
     }
@@ -153,7 +164,7 @@ impl Cluster for ClusterService {
             self.node.read_barrier().await?;
         }
         Ok(Response::new(pb::MemberListResponse {
-            header: Some(self.node.header()),
+            header: Some(self.header()),
             members: self.members(),
         }))
     }
@@ -167,7 +178,7 @@ impl Cluster for ClusterService {
         let id = req.get_ref().id;
         let members = self.change(ForwardRequest::PromoteMember { id }).await?;
         Ok(Response::new(pb::MemberPromoteResponse {
-            header: Some(self.node.header()),
+            header: Some(self.header()),
             members,
         }))
     }

@@ -89,9 +89,12 @@ async fn run_stream(
     mut leader_check: LeaderLossCheck,
 ) {
     use pb::watch_request::RequestUnion;
+    // A client that closes its side of the stream keeps its watchers until it goes
+    // away, as etcd's do (a JSON gateway client sends its requests in one body).
+    let mut half_closed = false;
     loop {
         let message = tokio::select! {
-            m = inbound.message() => m,
+            m = inbound.message(), if !half_closed => m,
             _ = stream.out.closed() => break,
             () = leader_check.lost(&stream.node) => {
                 tracing::info!(
@@ -104,7 +107,11 @@ async fn run_stream(
         };
         let request = match message {
             Ok(Some(r)) => r,
-            Ok(None) | Err(_) => break,
+            Ok(None) => {
+                half_closed = true;
+                continue;
+            }
+            Err(_) => break,
         };
         let sent = match request.request_union {
             Some(RequestUnion::CreateRequest(create)) => stream.create(create).await,
