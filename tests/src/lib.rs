@@ -817,6 +817,12 @@ pub fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
+/// Whether `bytes` start as a 64-bit arm64 ELF file does (e_machine 183, EM_AARCH64,
+/// at offset 18).
+pub fn is_arm64_elf(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"\x7fELF\x02") && bytes.get(18..20) == Some(&[183, 0][..])
+}
+
 /// The newest etcd Debian ships (unstable), unpacked by scripts/etcd-newest under
 /// target/etcd-newest ($RAFTKV_ETCD_NEWEST overrides the folder of its binaries).
 pub fn etcd_newest_dir() -> PathBuf {

@@ -27,9 +27,8 @@ fn arm64_bin() -> PathBuf {
             bin.display()
         )
     });
-    // ELF, 64-bit, e_machine 183 (EM_AARCH64) at offset 18.
     assert!(
-        header.starts_with(b"\x7fELF\x02") && header.get(18..20) == Some(&[183, 0][..]),
+        is_arm64_elf(&header),
         "{} is not an arm64 executable",
         bin.display()
     );
