@@ -35,7 +35,7 @@ impl Machine {
             .replace("10.0.0.", "127.0.0.")
             .replace("/var/lib/raftkv", &format!("{root}/var/lib/raftkv"))
             .replace("/etc/raftkv", &format!("{root}/etc/raftkv"));
-        let path = self.root.join("etc/raftkv/raftkv.yaml");
+        let path = self.root.join("etc/raftkv/config.yaml");
         std::fs::create_dir_all(path.parent().expect("dir")).expect("etc");
         std::fs::write(&path, config).expect("config");
         path
