@@ -3,12 +3,13 @@
 //! Compact(N) is applied instantly: it records N, after which reads below N fail. A
 //! background thread then walks the change log up to N in batches of
 //! `compaction_batch_revisions`: each change at revision r <= N removes the version it
-//! superseded (its prev_revision), removes r itself if r is a tombstone, and removes the
-//! change record if r < N (records at N stay, so a watch from N still sees them). Each
+//! superseded (its prev_revision), removes r itself if r is a tombstone below N, and
+//! removes the change record if r < N (records and tombstones at N stay, as etcd keeps
+//! them, so a watch from N still sees a delete at N). Each
 //! batch is one engine batch; the thread pauses between batches so writers always get in.
 //!
 //! Invariant: for every key, the newest version at or below the compacted revision (if
-//! not a tombstone) and every newer version survive. The thread never touches a version
+//! not a tombstone below it) and every newer version survive. The thread never touches a version
 //! above the compacted revision, and every step is idempotent, so a crash mid-way is
 //! resumed by simply running again.
 
@@ -90,7 +91,9 @@ fn compact(inner: &Inner) -> Result<(), StoreError> {
             if change.prev_revision > 0 {
                 batch.remove(keys::kv_key(&change.key, change.prev_revision));
             }
-            if change.tombstone {
+            // A delete at the compacted revision itself stays until a later compaction,
+            // as etcd keeps it: a watch from that revision still reports it.
+            if change.tombstone && rev < target {
                 // A txn may delete and then re-create a key at one revision: the stored
                 // version at (key, rev) is then the put, which must survive.
                 let at = keys::kv_key(&change.key, rev);

@@ -182,7 +182,7 @@ impl Watcher {
             if !self.range.contains(&change.key) {
                 continue;
             }
-            if let Some(event) = history_event(&tree, &change, rev)? {
+            if let Some(event) = history_event(&tree, &change, rev, rev <= compacted)? {
                 if rev != last_rev_with_events {
                     revisions_with_events += 1;
                     last_rev_with_events = rev;
@@ -202,19 +202,33 @@ impl Watcher {
     }
 }
 
-/// Rebuilds the event of one change record; None for a tombstone compaction removed.
+/// Whether a later change of the same txn overwrote `change`'s key: a put keeps its
+/// own record then (`shadowed`); a delete is followed by a put, which is what is
+/// stored (`stored`, the record at (key, rev)).
+fn overwritten_in_its_revision(change: &ChangeRecord, stored: &[u8]) -> bool {
+    change.shadowed.is_some()
+        || (change.tombstone && KvRecord::decode(stored, false).is_some_and(|r| !r.tombstone))
+}
+
+/// Rebuilds the event of one change record; None when compaction removed the version.
+/// `at_compacted`: `rev` is the compacted revision.
 fn history_event(
     tree: &super::engine::Tree,
     change: &ChangeRecord,
     rev: Revision,
+    at_compacted: bool,
 ) -> Result<Option<Event>, StoreError> {
     // The change record says what happened. The stored version at (key, rev) is the
-    // last write of that revision. When compaction removed it (a tombstone at the
-    // compacted revision), etcd keeps no version of the key at that revision: no event,
-    // not even for a put its txn made before deleting the key.
+    // last write of that revision; compaction keeps it at the compacted revision, even
+    // a tombstone (as etcd 3.5.13 and later do). Without it there is no event.
     let Some(raw) = tree.get(keys::kv_key(&change.key, rev))? else {
         return Ok(None);
     };
+    // At the compacted revision etcd keeps only a key's last write of the revision: an
+    // earlier change of the same key in that txn has no event there.
+    if at_compacted && overwritten_in_its_revision(change, &raw) {
+        return Ok(None);
+    }
     // A put that a later change of its txn overwrote carries its own record.
     let record = match &change.shadowed {
         Some(record) => record.clone(),
