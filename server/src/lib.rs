@@ -10,6 +10,7 @@
 //! - `auth/`: users' passwords at the edge (hashed before a change is proposed)
 //! - `ops/`: backups (and S3), auto-compaction, lease expiry, metrics and health
 //! - `cli/`: the subcommands that reach a running member or work on a data dir
+//! - `etcd_db/`: etcd's data file (bbolt) read into a raftkv snapshot image
 //! - `net/`: TLS and the client connections' coalesced writes
 //! - `config/`: the command line, `--config FILE`, the backup settings
 //! - `server.rs`: listeners, start-up order, shutdown
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod disk;
 pub mod errors;
+pub mod etcd_db;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;

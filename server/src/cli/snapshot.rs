@@ -4,7 +4,9 @@
 //!
 //! The file is what Maintenance.Snapshot streams: raftkv's snapshot image (its own
 //! CRC32C inside), zero padding to 512 bytes, and a SHA-256 of everything before it.
-//! Restore verifies both and refuses a corrupt file before touching the data dir.
+//! Restore verifies both and refuses a corrupt file before touching the data dir. It
+//! also takes etcd's snapshot files (`etcd_db/`): the same keys, revisions, leases,
+//! users and roles in a new raftkv cluster.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -96,6 +98,24 @@ impl<R: Read> Read for Reading<R> {
     }
 }
 
+/// An etcd snapshot (or an etcd member's db file) as a raftkv image.
+fn etcd_image(file: &Path) -> Result<Vec<u8>, SnapshotCliError> {
+    let (image, imported) =
+        crate::etcd_db::to_image(file).map_err(|e| SnapshotCliError::Corrupt {
+            path: file.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    tracing::info!(
+        revision = imported.revision,
+        compact_revision = imported.compact_revision,
+        history_entries = imported.entries,
+        leases = imported.leases,
+        users = imported.users,
+        "read an etcd snapshot"
+    );
+    Ok(image)
+}
+
 fn verified_image(file: &Path) -> Result<Vec<u8>, SnapshotCliError> {
     let corrupt = |reason: &str| SnapshotCliError::Corrupt {
         path: file.display().to_string(),
@@ -164,7 +184,11 @@ pub fn restore(file: &Path, data_dir: &Path) -> Result<(), SnapshotCliError> {
     {
         return Err(SnapshotCliError::NotEmpty(data_dir.display().to_string()));
     }
-    let image = verified_image(file)?;
+    let image = if crate::etcd_db::is_etcd_file(file) {
+        etcd_image(file)?
+    } else {
+        verified_image(file)?
+    };
     raftkv_storage::durable::create_dir_all(data_dir)?;
     let store = MvccStore::open(&data_dir.join("mvcc"), MvccOptions::default())
         .map_err(|e| SnapshotCliError::Restore(e.to_string()))?;

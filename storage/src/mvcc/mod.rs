@@ -27,6 +27,7 @@ pub mod compaction;
 mod compactor;
 pub mod engine;
 pub mod hash;
+pub mod import;
 pub mod keys;
 pub mod kvstore;
 mod kvstore_txn;

@@ -104,6 +104,59 @@ impl<W: Write> Checksummed<W> {
     }
 }
 
+/// Writes one snapshot image: the magic, the header and auth frames, pairs, then the
+/// checksum trailer. Export and import (`import.rs`) both write through it.
+pub(super) struct ImageWriter<W> {
+    out: Checksummed<W>,
+    pairs: u64,
+}
+
+impl<W: Write> ImageWriter<W> {
+    pub(super) fn start(out: W, point: &SnapshotPoint) -> Result<ImageWriter<W>, SnapshotError> {
+        let mut out = Checksummed {
+            inner: out,
+            crc: 0,
+            written: 0,
+        };
+        out.put(MAGIC)?;
+        let header =
+            postcard::to_allocvec(point).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
+        out.frame(TAG_HEADER, &[&header])?;
+        if let Some(auth) = &point.auth {
+            let bytes =
+                postcard::to_allocvec(auth).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
+            out.frame(TAG_AUTH, &[&bytes])?;
+        }
+        Ok(ImageWriter { out, pairs: 0 })
+    }
+
+    /// A stored pair ('k' or 'r' keys only).
+    pub(super) fn pair(&mut self, key: &[u8], value: &[u8]) -> Result<(), SnapshotError> {
+        debug_assert!(matches!(key.first(), Some(&keys::KV) | Some(&keys::CHANGE)));
+        self.out
+            .frame(TAG_PAIR, &[&(key.len() as u32).to_le_bytes(), key, value])?;
+        self.pairs += 1;
+        Ok(())
+    }
+
+    pub(super) fn pairs(&self) -> u64 {
+        self.pairs
+    }
+
+    pub(super) fn finish(mut self) -> Result<ExportSummary, SnapshotError> {
+        let crc = self.out.crc;
+        self.out.put(&[TAG_TRAILER])?;
+        self.out.put(&4u32.to_le_bytes())?;
+        self.out.put(&crc.to_le_bytes())?;
+        self.out.inner.flush()?;
+        Ok(ExportSummary {
+            size_bytes: self.out.written,
+            pairs: self.pairs,
+            checksum: crc,
+        })
+    }
+}
+
 impl MvccStore {
     /// Captures what a snapshot at this moment holds. Call it between applies.
     pub fn snapshot_point(&self) -> Result<SnapshotPoint, StoreError> {
@@ -169,21 +222,7 @@ impl ExportPin<'_> {
         cancel: &AtomicBool,
     ) -> Result<ExportSummary, SnapshotError> {
         let tree = self.store.tree();
-        let mut w = Checksummed {
-            inner: out,
-            crc: 0,
-            written: 0,
-        };
-        w.put(MAGIC)?;
-        let header =
-            postcard::to_allocvec(point).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
-        w.frame(TAG_HEADER, &[&header])?;
-        if let Some(auth) = &point.auth {
-            let bytes =
-                postcard::to_allocvec(auth).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
-            w.frame(TAG_AUTH, &[&bytes])?;
-        }
-        let mut pairs = 0u64;
+        let mut image = ImageWriter::start(out, point)?;
         for prefix in [keys::KV, keys::CHANGE] {
             for item in tree.scan_prefix([prefix]) {
                 let (k, v) = item?;
@@ -197,24 +236,15 @@ impl ExportPin<'_> {
                 if rev > point.revision {
                     continue;
                 }
-                w.frame(TAG_PAIR, &[&(k.len() as u32).to_le_bytes(), &k, &v])?;
-                pairs += 1;
-                if pairs.is_multiple_of(EXPORT_CANCEL_CHECK_PAIRS) && cancel.load(Ordering::Relaxed)
+                image.pair(&k, &v)?;
+                if image.pairs().is_multiple_of(EXPORT_CANCEL_CHECK_PAIRS)
+                    && cancel.load(Ordering::Relaxed)
                 {
                     return Err(SnapshotError::Cancelled);
                 }
             }
         }
-        let crc = w.crc;
-        w.put(&[TAG_TRAILER])?;
-        w.put(&4u32.to_le_bytes())?;
-        w.put(&crc.to_le_bytes())?;
-        w.inner.flush()?;
-        Ok(ExportSummary {
-            size_bytes: w.written,
-            pairs,
-            checksum: crc,
-        })
+        image.finish()
     }
 }
 
