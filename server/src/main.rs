@@ -84,6 +84,20 @@ fn run(
             }
             .map(|()| println!("Snapshot restored into {}", data_dir.display()))
         }
+        Command::Snapshot(SnapshotCommand::ToEtcd { file, out }) => {
+            cli::snapshot::to_etcd(&file, &out)
+                .map(|e| {
+                    println!(
+                        "etcd snapshot written at {} ({} bytes, revision {}, {} history entries); \
+                     restore it with etcdutl snapshot restore",
+                        out.display(),
+                        e.bytes,
+                        e.revision,
+                        e.history_entries
+                    )
+                })
+                .map_err(|e| e.to_string())
+        }
         Command::Status { write_out, client } => printed(
             runtime
                 .block_on(cli::status::run(

@@ -901,18 +901,18 @@ impl Etcd {
             client_port,
             child,
         };
+        // /health rather than `etcdctl endpoint health`: it answers without credentials
+        // when a restored data dir has authentication on.
         let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
         loop {
-            let out = etcdctl(
-                &etcdctl34(),
-                &[etcd.endpoint()],
-                &["endpoint", "health"],
-                None,
-            );
-            if out.status.success() {
+            if healthy(etcd.client_port) {
                 return etcd;
             }
-            assert!(Instant::now() < deadline, "etcd did not start");
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not start:\n{}",
+                std::fs::read_to_string(etcd.dir.path().join("etcd.log")).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -959,6 +959,22 @@ pub mod normalize {
             }
         }
     }
+}
+
+/// Whether 127.0.0.1:`port` answers /health with `"health":"true"` (false while it
+/// does not listen yet).
+fn healthy(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let request =
+        format!("GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    let mut answer = String::new();
+    stream.write_all(request.as_bytes()).is_ok()
+        && stream.read_to_string(&mut answer).is_ok()
+        && answer.contains("\"health\":\"true\"")
 }
 
 /// A plain HTTP/1.1 GET to 127.0.0.1:`port`: (status code, body). For /metrics and

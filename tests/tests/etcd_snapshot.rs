@@ -1,10 +1,13 @@
-//! From etcd to raftkv through a snapshot file, with no etcd running: a real etcd
-//! (3.5.30) takes Kubernetes-like writes (puts, deletes, multi-key transactions,
-//! leases, a compaction, users and roles with authentication on), `etcdctl snapshot
-//! save` writes its file, `raftkv snapshot restore` turns it into a data dir, and the
-//! raftkv member started on it answers as etcd does: every revision from the compacted
-//! one on, the history a watch replays, the leases, the users (who log in with the
-//! passwords they had) and the roles. A damaged file is refused and restores nothing.
+//! Between etcd and raftkv through snapshot files, both ways, with no etcd running for
+//! the conversion. A real etcd (3.5.30) takes Kubernetes-like writes (puts, deletes,
+//! multi-key transactions, leases, a compaction, users and roles with authentication
+//! on), `etcdctl snapshot save` writes its file, `raftkv snapshot restore` turns it into
+//! a data dir, and the raftkv member started on it answers as etcd does: every revision
+//! from the compacted one on, the history a watch replays, the leases, the users (who
+//! log in with the passwords they had) and the roles. A damaged file is refused and
+//! restores nothing. Back: the same writes on raftkv, `etcdctl snapshot save` from it
+//! (etcd's format), `etcdutl snapshot status` and `restore`, and the etcd started on
+//! that answers as the raftkv member does; `raftkv snapshot to-etcd` converts too.
 
 use std::path::Path;
 
@@ -245,5 +248,83 @@ fn an_etcd_snapshot_restores_into_raftkv_with_the_same_history() {
     member.start(&["--cluster-init".to_string()]);
     let got = rt.block_on(everything(&member.endpoint(), compacted));
     assert!(want.len() > 100, "{want:#?}");
+    assert_eq!(got, want);
+}
+
+#[test]
+fn raftkv_goes_back_to_etcd_through_a_snapshot_file() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut member = Member::new(root.path(), "source");
+    member.start(&["--cluster-init".to_string()]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let compacted = rt.block_on(write_history(&member.endpoint()));
+    let want = rt.block_on(everything(&member.endpoint(), compacted));
+
+    let saved = root.path().join("raftkv.snap");
+    let bin = etcd_newest_dir();
+    let save = std::process::Command::new(bin.join("etcdctl"))
+        .args([
+            "--endpoints",
+            &member.endpoint(),
+            "--user",
+            &format!("root:{ROOT_PASSWORD}"),
+            "snapshot",
+            "save",
+        ])
+        .arg(&saved)
+        .output()
+        .expect("etcdctl runs");
+    assert!(save.status.success(), "{save:?}");
+    // What etcdctl saved from raftkv is etcd's format: etcdutl reads it as it is.
+    let etcdutl = |args: &[&str]| {
+        let out = std::process::Command::new(bin.join("etcdutl"))
+            .args(args)
+            .output()
+            .expect("etcdutl runs");
+        assert!(out.status.success(), "etcdutl {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let revision = want[0]
+        .strip_prefix("revision ")
+        .and_then(|r| r.parse::<i64>().ok());
+    let status = json(&etcdutl(&[
+        "snapshot",
+        "status",
+        &saved.display().to_string(),
+        "-w",
+        "json",
+    ]));
+    assert_eq!(status["revision"].as_i64(), revision);
+    // raftkv snapshot to-etcd converts any snapshot raftkv restores (a scheduled backup
+    // in raftkv's own format, or this one) into the same.
+    let etcd_file = root.path().join("etcd.db");
+    let out = raftkv_cli(&[
+        "snapshot",
+        "to-etcd",
+        &saved.display().to_string(),
+        &etcd_file.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let status = json(&etcdutl(&[
+        "snapshot",
+        "status",
+        &etcd_file.display().to_string(),
+        "-w",
+        "json",
+    ]));
+    assert_eq!(status["revision"].as_i64(), revision);
+    let data_dir = root.path().join("etcd-data");
+    etcdutl(&[
+        "snapshot",
+        "restore",
+        &etcd_file.display().to_string(),
+        "--data-dir",
+        &data_dir.display().to_string(),
+    ]);
+    let etcd = Etcd::start_with_args(
+        &bin.join("etcd"),
+        &["--data-dir".to_string(), data_dir.display().to_string()],
+    );
+    let got = rt.block_on(everything(&etcd.endpoint(), compacted));
     assert_eq!(got, want);
 }

@@ -226,16 +226,14 @@ impl Maintenance for MaintenanceService {
             rand::random::<u64>()
         ));
         let export_path = path.clone();
+        // etcd's format (a bbolt database), so that etcdutl reads what etcdctl saves and
+        // the file is a way back to etcd; raftkv's restore reads it as well.
         let size_bytes = tokio::task::spawn_blocking(move || -> Result<u64, String> {
-            let point = store.snapshot_point().map_err(|e| e.to_string())?;
-            let file = std::fs::File::create(&export_path).map_err(|e| e.to_string())?;
-            let mut out = std::io::BufWriter::new(file);
-            let summary = store
-                .export_snapshot(&point, &mut out)
-                .map_err(|e| e.to_string())?;
-            use std::io::Write;
-            out.flush().map_err(|e| e.to_string())?;
-            Ok(summary.size_bytes)
+            let pin = store.pin_for_export();
+            let point = pin.point().map_err(|e| e.to_string())?;
+            crate::etcd_db::export::write_etcd_db(&pin, &point, &export_path)
+                .map(|(db_bytes, _)| db_bytes)
+                .map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| ApiError::Internal(e.to_string()).status())?

@@ -2,11 +2,12 @@
 //! member over the etcd API, and an offline restore into a new data dir that then starts
 //! a new cluster (new member and cluster ids) holding the same key space.
 //!
-//! The file is what Maintenance.Snapshot streams: raftkv's snapshot image (its own
-//! CRC32C inside), zero padding to 512 bytes, and a SHA-256 of everything before it.
-//! Restore verifies both and refuses a corrupt file before touching the data dir. It
-//! also takes etcd's snapshot files (`etcd_db/`): the same keys, revisions, leases,
-//! users and roles in a new raftkv cluster.
+//! `save` writes what Maintenance.Snapshot streams: etcd's snapshot format (a bbolt
+//! database and a SHA-256 of it, `etcd_db/export.rs`). Restore takes that, any etcd's
+//! snapshot file, and raftkv's own image (scheduled backups: the image, its own CRC32C
+//! inside, zero padding to 512 bytes, a SHA-256 of everything before it); it verifies
+//! the file and refuses a corrupt one before touching the data dir. `to_etcd` writes
+//! any of them as etcd's format, the way back to etcd.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -180,6 +181,42 @@ pub async fn restore_from_s3(
 }
 
 pub fn restore(file: &Path, data_dir: &Path) -> Result<(), SnapshotCliError> {
+    let store = restore_store(file, data_dir)?;
+    tracing::info!(
+        revision = store.revision(),
+        data_dir = %data_dir.display(),
+        "snapshot restored; start raftkv on this data dir to run it as a new cluster"
+    );
+    Ok(())
+}
+
+/// `raftkv snapshot to-etcd FILE OUT`: FILE (raftkv's snapshot or etcd's) written as
+/// etcd's snapshot file OUT, for `etcdutl snapshot restore`: the way back to etcd. The
+/// key space is restored into a scratch dir beside OUT first, then written out.
+pub fn to_etcd(
+    file: &Path,
+    out: &Path,
+) -> Result<crate::etcd_db::export::Exported, SnapshotCliError> {
+    if out.exists() {
+        return Err(SnapshotCliError::Restore(format!(
+            "{} exists; give a new file",
+            out.display()
+        )));
+    }
+    let scratch = out.with_extension("scratch");
+    if scratch.exists() {
+        std::fs::remove_dir_all(&scratch)?;
+    }
+    let result = restore_store(file, &scratch).and_then(|store| {
+        crate::etcd_db::export::write_etcd_file(&store, out)
+            .map_err(|e| SnapshotCliError::Restore(e.to_string()))
+    });
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+/// Installs `file` into a new store in `data_dir` (which must not hold a member).
+fn restore_store(file: &Path, data_dir: &Path) -> Result<MvccStore, SnapshotCliError> {
     if data_dir.join(crate::member::identity::FILE_NAME).exists() || data_dir.join("mvcc").exists()
     {
         return Err(SnapshotCliError::NotEmpty(data_dir.display().to_string()));
@@ -207,10 +244,6 @@ pub fn restore(file: &Path, data_dir: &Path) -> Result<(), SnapshotCliError> {
     store
         .forget_raft_state()
         .map_err(|e| SnapshotCliError::Restore(e.to_string()))?;
-    tracing::info!(
-        revision = point.revision,
-        data_dir = %data_dir.display(),
-        "snapshot restored; start raftkv on this data dir to run it as a new cluster"
-    );
-    Ok(())
+    debug_assert_eq!(store.revision(), point.revision);
+    Ok(store)
 }

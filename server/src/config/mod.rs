@@ -174,6 +174,10 @@ pub enum SnapshotCommand {
         #[command(flatten)]
         s3: S3Args,
     },
+    /// Write FILE (a raftkv or an etcd snapshot) as etcd's snapshot file OUT, which
+    /// `etcdutl snapshot restore` turns into an etcd data dir with the same keys,
+    /// revisions, leases, users and roles: the way back to etcd.
+    ToEtcd { file: PathBuf, out: PathBuf },
 }
 
 impl ClientArgs {

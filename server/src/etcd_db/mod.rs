@@ -8,8 +8,11 @@
 //!
 //! Only reads the file (`bbolt.rs`). A value that does not decode is an error, never a
 //! guess; the trailing SHA-256 `etcdctl snapshot save` appends is checked when present.
+//! The other way, `export.rs` writes a key space as such a file (`bbolt_writer.rs`).
 
 pub mod bbolt;
+pub mod bbolt_writer;
+pub mod export;
 
 use std::path::Path;
 
@@ -43,6 +46,8 @@ pub enum EtcdFileError {
     Bad(String),
     #[error("building the snapshot: {0}")]
     Image(#[from] raftkv_storage::mvcc::snapshot::SnapshotError),
+    #[error("reading the key space: {0}")]
+    Store(#[from] raftkv_storage::StoreError),
 }
 
 fn bad(what: impl Into<String>) -> EtcdFileError {
@@ -212,13 +217,13 @@ fn compacted(db: &Db) -> Result<i64, EtcdFileError> {
 
 /// etcd's leasepb.Lease.
 #[derive(Clone, PartialEq, prost::Message)]
-struct LeasePb {
+pub(super) struct LeasePb {
     #[prost(int64, tag = "1")]
-    id: i64,
+    pub(super) id: i64,
     #[prost(int64, tag = "2")]
-    ttl: i64,
+    pub(super) ttl: i64,
     #[prost(int64, tag = "3")]
-    remaining_ttl: i64,
+    pub(super) remaining_ttl: i64,
 }
 
 fn leases(db: &Db) -> Result<Vec<Lease>, EtcdFileError> {

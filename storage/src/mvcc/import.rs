@@ -1,13 +1,14 @@
-//! A snapshot image built from another store's history — etcd's, read from its data
-//! file by the server — so that `install_snapshot` takes it as it takes an exported
-//! one: the same keys with the same revisions, versions, leases and compacted revision.
+//! etcd's layout of the key space's history, both ways: a snapshot image built from
+//! etcd's history (read from its data file by the server), which `install_snapshot`
+//! takes as it takes an exported one, and a store's history walked in etcd's order (for
+//! the server to write etcd's data file).
 //!
 //! etcd keeps one entry per (revision, sub-revision); raftkv keeps one version per
 //! (key, revision) and one change record per (revision, sub-revision) (`keys.rs`). This
-//! module owns that mapping; it never touches a live store. Entries must come in
-//! (revision, sub-revision) order, as etcd's key bucket holds them. History below the
-//! compacted revision that raftkv would not keep is written anyway: the compactor,
-//! which resumes at the member's first start, removes it.
+//! module owns that mapping. Building never touches a live store: entries must come in
+//! (revision, sub-revision) order, as etcd's key bucket holds them, and history below
+//! the compacted revision that raftkv would not keep is written anyway (the compactor,
+//! which resumes at the member's first start, removes it). Walking only reads.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -15,7 +16,8 @@ use std::io::Write;
 use bytes::Bytes;
 
 use super::keys::{self, ChangeRecord, KvRecord};
-use super::snapshot::{ExportSummary, ImageWriter, SnapshotError, SnapshotPoint};
+use super::snapshot::{ExportPin, ExportSummary, ImageWriter, SnapshotError, SnapshotPoint};
+use crate::error::StoreError;
 
 /// The most changes one revision may hold (etcd's --max-txn-ops is 128 by default; a
 /// file with more in one revision is not one etcd wrote).
@@ -132,5 +134,105 @@ impl<W: Write> ImageBuilder<W> {
             self.newest.insert(change.key, change.revision);
         }
         Ok(())
+    }
+}
+
+impl ExportPin<'_> {
+    /// Every version a snapshot at `point` holds, in etcd's key bucket order (revision,
+    /// then sub-revision), as etcd would hold them after the same writes and compaction:
+    /// each key's newest version below the compacted revision unless it is a delete (no
+    /// change record of it is left; sub-revisions numbered in key order), then one entry
+    /// per change record from the compacted revision to the point's, where at the
+    /// compacted revision only each key's last write of it counts, as etcd keeps. Holds
+    /// whether or not compaction has caught up. `point` must be taken under this pin.
+    pub fn walk_etcd_history(
+        &self,
+        point: &SnapshotPoint,
+        f: &mut dyn FnMut(HistoryEntry) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let compacted = point.compact_revision;
+        let tree = self.store.tree();
+        let mut below: Vec<(i64, Bytes)> = Vec::new();
+        let mut last_prefix: Option<Vec<u8>> = None;
+        for item in tree.scan_prefix([keys::KV]) {
+            let (k, v) = item?;
+            let (prefix, rev) = keys::split_kv_key(&k)
+                .ok_or_else(|| StoreError::Corrupt(format!("bad stored key {k:?}")))?;
+            // Versions come newest first: the first one at or below the compacted
+            // revision is the one etcd keeps there.
+            if rev > compacted || last_prefix.as_deref() == Some(prefix) {
+                continue;
+            }
+            last_prefix = Some(prefix.to_vec());
+            let tombstone = KvRecord::decode(&v, false).is_none_or(|r| r.tombstone);
+            if rev < compacted && !tombstone {
+                let key = keys::decode_prefix(prefix)
+                    .ok_or_else(|| StoreError::Corrupt(format!("bad stored key {k:?}")))?;
+                below.push((rev, key));
+            }
+        }
+        below.sort();
+        let mut sub = 0i64;
+        for (i, (rev, key)) in below.iter().enumerate() {
+            sub = if i > 0 && below[i - 1].0 == *rev {
+                sub + 1
+            } else {
+                0
+            };
+            f(entry(*rev, sub, key.clone(), stored(&tree, key, *rev)?))?;
+        }
+        let from = keys::change_key(compacted.max(0), 0);
+        let to = keys::change_key(point.revision, u32::MAX);
+        for item in tree.range(from..=to) {
+            let (k, v) = item?;
+            let (rev, sub) = keys::split_change_key(&k)
+                .ok_or_else(|| StoreError::Corrupt(format!("bad change key {k:?}")))?;
+            let change = ChangeRecord::decode(&v)
+                .ok_or_else(|| StoreError::Corrupt(format!("bad change at {k:?}")))?;
+            // A delete at the compacted revision that an older compactor removed: etcd
+            // 3.5.1 kept none either.
+            if rev <= compacted && tree.get(keys::kv_key(&change.key, rev))?.is_none() {
+                continue;
+            }
+            let record = stored(&tree, &change.key, rev)?;
+            let overwritten = change.shadowed.is_some() || (change.tombstone && !record.tombstone);
+            if rev <= compacted && overwritten {
+                continue;
+            }
+            let record = match (&change.shadowed, change.tombstone) {
+                (Some(put), _) => put.clone(),
+                (None, true) => KvRecord {
+                    tombstone: true,
+                    create_revision: 0,
+                    version: 0,
+                    lease: 0,
+                    value: Bytes::new(),
+                },
+                (None, false) => record,
+            };
+            f(entry(rev, i64::from(sub), change.key, record))?;
+        }
+        Ok(())
+    }
+}
+
+fn stored(tree: &super::engine::Tree, key: &Bytes, rev: i64) -> Result<KvRecord, StoreError> {
+    let raw = tree
+        .get(keys::kv_key(key, rev))?
+        .ok_or_else(|| StoreError::Corrupt(format!("version {rev} of {key:?} vanished")))?;
+    KvRecord::decode(&raw, true)
+        .ok_or_else(|| StoreError::Corrupt(format!("bad record of {key:?}")))
+}
+
+fn entry(revision: i64, sub: i64, key: Bytes, record: KvRecord) -> HistoryEntry {
+    HistoryEntry {
+        revision,
+        sub,
+        key,
+        tombstone: record.tombstone,
+        create_revision: record.create_revision,
+        version: record.version,
+        lease: record.lease,
+        value: record.value,
     }
 }

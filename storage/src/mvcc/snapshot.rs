@@ -200,7 +200,7 @@ impl MvccStore {
 
 /// Compaction held off for an export (`MvccStore::pin_for_export`).
 pub struct ExportPin<'a> {
-    store: &'a MvccStore,
+    pub(super) store: &'a MvccStore,
     _no_compaction: std::sync::MutexGuard<'a, ()>,
 }
 
