@@ -59,20 +59,11 @@ pub fn call(port: u16, method: &str, path: &str, body: &str, token: Option<&str>
     let mut stream = send(port, method, path, body, token);
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).expect("response");
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or(raw.len());
-    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
-    let mut body = raw.get(split + 4..).unwrap_or_default().to_vec();
+    let (status, head, mut body) = crate::split_response(&raw);
+    let head = head.to_ascii_lowercase();
     if head.contains("transfer-encoding: chunked") {
         body = dechunk(&body);
     }
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
     Answer { status, head, body }
 }
 

@@ -1024,6 +1024,11 @@ pub fn http_request_to(ip: &str, port: u16, method: &str, path: &str) -> (u16, S
     .expect("request");
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).expect("response");
+    split_response(&raw)
+}
+
+/// A whole HTTP/1.1 response: status, head, raw body.
+pub fn split_response(raw: &[u8]) -> (u16, String, Vec<u8>) {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

@@ -648,18 +648,22 @@ fn report(result: Result<(), String>, logs: String) {
 
 #[test]
 fn random_kv_and_lease_operations_match_etcd() {
-    let etcd = Etcd::start();
+    against_one_member(Etcd::start(), 3_000, Line::Old);
+}
+
+/// A seeded run of `default_ops` against `etcd` and a one-member raftkv cluster.
+fn against_one_member(etcd: Etcd, default_ops: usize, line: Line) {
     let root = tempfile::tempdir().expect("temp dir");
     let mut member = Member::new(root.path(), "diff");
     member.start(&["--cluster-init".to_string()]);
-    let (seed, ops) = diff_seed_and_ops("differential", 3_000);
+    let (seed, ops) = diff_seed_and_ops("differential", default_ops);
     let result = run_seed(
         seed,
         ops,
         etcd.client_url(),
         member.client_url(),
         true,
-        Line::Old,
+        line,
     );
     report(result, member.log());
 }
@@ -685,18 +689,5 @@ fn random_operations_through_a_three_member_cluster_match_etcd() {
 /// The same against Debian's etcd-server (3.4), the reference the issue names.
 #[test]
 fn random_operations_match_debians_etcd_3_4() {
-    let etcd = Etcd::start_debian();
-    let root = tempfile::tempdir().expect("temp dir");
-    let mut member = Member::new(root.path(), "diff34");
-    member.start(&["--cluster-init".to_string()]);
-    let (seed, ops) = diff_seed_and_ops("differential", 1_500);
-    let result = run_seed(
-        seed,
-        ops,
-        etcd.client_url(),
-        member.client_url(),
-        true,
-        Line::Old,
-    );
-    report(result, member.log());
+    against_one_member(Etcd::start_debian(), 1_500, Line::Old);
 }

@@ -20,14 +20,14 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-const MAGIC: u32 = 0xED0C_DAED;
-const VERSION: u32 = 2;
-const PAGE_HEADER_BYTES: usize = 16;
-const ELEMENT_BYTES: usize = 16;
+pub(super) const MAGIC: u32 = 0xED0C_DAED;
+pub(super) const VERSION: u32 = 2;
+pub(super) const PAGE_HEADER_BYTES: usize = 16;
+pub(super) const ELEMENT_BYTES: usize = 16;
 const BUCKET_HEADER_BYTES: usize = 16;
-const BRANCH_PAGE: u16 = 0x01;
-const LEAF_PAGE: u16 = 0x02;
-const BUCKET_LEAF: u32 = 0x01;
+pub(super) const BRANCH_PAGE: u16 = 0x01;
+pub(super) const LEAF_PAGE: u16 = 0x02;
+pub(super) const BUCKET_LEAF: u32 = 0x01;
 /// bbolt's page sizes are the OS page size: 4 KiB to 64 KiB in practice.
 const PAGE_SIZE_RANGE: std::ops::RangeInclusive<u32> = 512..=1 << 20;
 /// Deeper than any B+tree of a file that fits on a disk: a cycle in a damaged file.

@@ -9,15 +9,13 @@ use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 
+use super::bbolt::{
+    BRANCH_PAGE, BUCKET_LEAF, ELEMENT_BYTES, LEAF_PAGE, MAGIC, PAGE_HEADER_BYTES, VERSION,
+};
+
+/// The page size written: the OS page of the machines raftkv runs on.
 const PAGE_SIZE: usize = 4096;
-const PAGE_HEADER_BYTES: usize = 16;
-const ELEMENT_BYTES: usize = 16;
-const BRANCH_PAGE: u16 = 0x01;
-const LEAF_PAGE: u16 = 0x02;
 const META_PAGE: u16 = 0x04;
-const BUCKET_LEAF: u32 = 0x01;
-const MAGIC: u32 = 0xED0C_DAED;
-const VERSION: u32 = 2;
 /// bbolt's "no free list was written" page id.
 const NO_FREELIST: u64 = u64::MAX;
 /// A page holds at most this many elements (its count is a u16).

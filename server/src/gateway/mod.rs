@@ -84,12 +84,13 @@ fn with_cors(mut response: Response) -> Response {
     response
 }
 
-/// A unary route calling `$client`'s `$method` on the in-process services.
-macro_rules! unary_route {
-    ($grpc:expr, $client:ident, $method:ident) => {{
+/// A route calling `$client`'s `$method` on the in-process services through `$call`
+/// (`unary`, `stream::server` or `stream::bidi`), the body extracted as `$body`.
+macro_rules! route {
+    ($grpc:expr, $client:ident, $method:ident, $call:path, $body:ty) => {{
         let grpc = $grpc.clone();
-        endpoint(move |headers: HeaderMap, body: Bytes| async move {
-            unary(headers, body, |request| async move {
+        endpoint(move |headers: HeaderMap, body: $body| async move {
+            $call(headers, body, |request| async move {
                 $client::new(grpc)
                     .max_decoding_message_size(usize::MAX)
                     .$method(request)
@@ -98,38 +99,27 @@ macro_rules! unary_route {
             .await
         })
     }};
+}
+
+/// A unary route.
+macro_rules! unary_route {
+    ($grpc:expr, $client:ident, $method:ident) => {
+        route!($grpc, $client, $method, unary, Bytes)
+    };
 }
 
 /// A server-streaming route (one request, lines back).
 macro_rules! server_stream_route {
-    ($grpc:expr, $client:ident, $method:ident) => {{
-        let grpc = $grpc.clone();
-        endpoint(move |headers: HeaderMap, body: Bytes| async move {
-            stream::server(headers, &body, |request| async move {
-                $client::new(grpc)
-                    .max_decoding_message_size(usize::MAX)
-                    .$method(request)
-                    .await
-            })
-            .await
-        })
-    }};
+    ($grpc:expr, $client:ident, $method:ident) => {
+        route!($grpc, $client, $method, stream::server, Bytes)
+    };
 }
 
 /// A client-and-server streaming route (messages in the body, lines back).
 macro_rules! bidi_route {
-    ($grpc:expr, $client:ident, $method:ident) => {{
-        let grpc = $grpc.clone();
-        endpoint(move |headers: HeaderMap, body: Body| async move {
-            stream::bidi(headers, body, |request| async move {
-                $client::new(grpc)
-                    .max_decoding_message_size(usize::MAX)
-                    .$method(request)
-                    .await
-            })
-            .await
-        })
-    }};
+    ($grpc:expr, $client:ident, $method:ident) => {
+        route!($grpc, $client, $method, stream::bidi, Body)
+    };
 }
 
 /// The gateway's routes over `grpc`, the client URL's gRPC services.

@@ -7,7 +7,7 @@
 
 use std::future::Future;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use futures::StreamExt;
@@ -102,14 +102,14 @@ where
 }
 
 /// A server streaming call (Snapshot, Observe): one JSON request, lines back.
-pub async fn server<Req, Resp, F, Fut>(headers: HeaderMap, body: &[u8], call: F) -> Response
+pub async fn server<Req, Resp, F, Fut>(headers: HeaderMap, body: Bytes, call: F) -> Response
 where
     Req: DeserializeOwned + Default,
     Resp: Serialize + Send + 'static,
     F: FnOnce(tonic::Request<Req>) -> Fut,
     Fut: Future<Output = Result<tonic::Response<tonic::Streaming<Resp>>, Status>>,
 {
-    let message = match json::first_message::<Req>(body) {
+    let message = match json::first_message::<Req>(&body) {
         Ok(m) => m,
         Err(status) => return json::error(&status),
     };
