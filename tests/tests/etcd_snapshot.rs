@@ -7,7 +7,8 @@
 //! log in with the passwords they had) and the roles. A damaged file is refused and
 //! restores nothing. Back: the same writes on raftkv, `etcdctl snapshot save` from it
 //! (etcd's format), `etcdutl snapshot status` and `restore`, and the etcd started on
-//! that answers as the raftkv member does; `raftkv snapshot to-etcd` converts too.
+//! that answers as the raftkv member does, and so does a raftkv restored from that
+//! etcd's snapshot; `raftkv snapshot to-etcd` converts too.
 
 use std::path::Path;
 
@@ -327,4 +328,25 @@ fn raftkv_goes_back_to_etcd_through_a_snapshot_file() {
     );
     let got = rt.block_on(everything(&etcd.endpoint(), compacted));
     assert_eq!(got, want);
+
+    // And back again: that etcd's own snapshot restores into raftkv as it all began.
+    let again = root.path().join("again.db");
+    let save = std::process::Command::new(bin.join("etcdctl"))
+        .args([
+            "--endpoints",
+            &etcd.endpoint(),
+            "--user",
+            &format!("root:{ROOT_PASSWORD}"),
+        ])
+        .args(["snapshot", "save"])
+        .arg(&again)
+        .output()
+        .expect("etcdctl runs");
+    assert!(save.status.success(), "{save:?}");
+    drop(etcd);
+    let mut back = Member::new(root.path(), "back");
+    let out = restore(&again, &back.data_dir);
+    assert!(out.status.success(), "{out:?}");
+    back.start(&["--cluster-init".to_string()]);
+    assert_eq!(rt.block_on(everything(&back.endpoint(), compacted)), want);
 }

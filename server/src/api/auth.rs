@@ -72,8 +72,9 @@ impl AuthService {
         req: &Request<T>,
         allowed: impl Fn(&AuthState, &Caller) -> bool,
     ) -> Result<Arc<AuthState>, Status> {
-        let caller = self.caller(req).await?;
+        // After the barrier: an auth change acknowledged before this call applies to it.
         self.node.read_barrier().await?;
+        let caller = self.caller(req).await?;
         let auth = self.node.store.auth();
         if let Some(c) = &caller {
             if let Err(e) = auth.check_admin(c) {

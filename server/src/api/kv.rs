@@ -37,8 +37,11 @@ impl Kv for KvService {
     ) -> Result<Response<pb::RangeResponse>, Status> {
         check_leader_metadata(&self.node, &req)?;
         let needs_leader = wants_leader(&req);
-        let caller = credentials::caller(&self.node, &req).await?;
-        let req = req.into_inner();
+        // Who asks is decided after the read barrier, as etcd decides it: an auth
+        // change acknowledged before this read (applied here only once the barrier
+        // passes) applies to it.
+        let (metadata, extensions, req) = req.into_parts();
+        let asking = Request::from_parts(metadata, extensions, ());
         let serializable = req.serializable;
         let req_range = convert::range_from_pb(req);
         validate::range(&req_range).map_err(ApiError::from)?;
@@ -62,6 +65,7 @@ impl Kv for KvService {
             } else if !serializable {
                 self.node.read_barrier().await?;
             }
+            let caller = credentials::caller(&self.node, &asking).await?;
             let check = ReadCheck::range(&self.node, caller, &req_range.key, &req_range.range_end)?;
             let r = self.node.store.range(&req_range).map_err(ApiError::from)?;
             check.still_valid(&self.node)?;
