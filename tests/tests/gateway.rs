@@ -267,6 +267,27 @@ fn streams(s: &SideBySide) {
     let new = watches.each_mut().map(|w| events(w, 1));
     assert_eq!(new[0], new[1], "watch event");
 
+    // One body with a create (own watch id), a progress request and a cancel: the
+    // same three answers.
+    let body = format!(
+        r#"{{"create_request":{{"key":"{}","watch_id":7}}}}{{"progress_request":{{}}}}{{"cancel_request":{{"watch_id":7}}}}"#,
+        b64("a")
+    );
+    let three = |port| {
+        let mut lines = Lines::open(port, "/v3/watch", &body, None);
+        let mut answers: Vec<String> = (0..3)
+            .map(|_| normalize(lines.next().expect("an answer")).to_string())
+            .collect();
+        answers.sort();
+        answers
+    };
+    let ours = three(s.ours);
+    assert_eq!(ours, three(s.theirs), "watch progress and cancel");
+    assert!(
+        ours.iter().any(|a| a.contains(r#""canceled":true"#)),
+        "{ours:?}"
+    );
+
     // Keep-alives: one answer per request, then the stream ends with the body.
     s.same("/v3/lease/grant", json!({"ID": 2000, "TTL": 30}));
     let keep_alive = |port| {
