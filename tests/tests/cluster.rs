@@ -1848,8 +1848,8 @@ fn a_token_from_one_member_works_on_every_member_until_the_password_changes() {
     });
 }
 
-/// A read through a follower right after the leader acknowledged switching
-/// authentication on is refused without credentials, and one right after it was
+/// A read or a write through a follower right after the leader acknowledged switching
+/// authentication on is refused without credentials, and a read right after it was
 /// switched off needs none: the follower decides who asks once its read barrier has
 /// passed, as etcd does, not before it has applied the acknowledged change. The
 /// follower's disk is slow (50 ms per sync), so it applies each change well after the
@@ -1877,8 +1877,17 @@ fn a_read_right_after_an_auth_change_through_a_follower_sees_the_change() {
         r#"{"user":"root","role":"root"}"#,
         None,
     );
+    let write = format!(r#"{{"key":"{}","value":"{}"}}"#, b64("k"), b64("v"));
+    let put = || post(follower, "/v3/kv/put", &write, None).json();
     for round in 0..5 {
         change("/v3/auth/enable", "{}", None);
+        // A write sent before the follower applied the change is checked where it
+        // applies, after it; a read, once the barrier has passed.
+        assert_eq!(
+            put()["message"],
+            "etcdserver: user name is empty",
+            "round {round}"
+        );
         assert_eq!(
             ask()["message"],
             "etcdserver: user name is empty",

@@ -116,14 +116,14 @@ fn refused(e: AuthError) -> ApiError {
     ApiError::Mvcc(MvccError::Auth(e))
 }
 
-/// `command` as it goes into the log: on behalf of the caller when auth is on.
+/// `command` as it goes into the log, on behalf of its caller: with authentication off
+/// here, on behalf of nobody, so that a write applied after an AuthEnable ahead of it
+/// in the log is refused there as etcd refuses it ("user name is empty"); while
+/// authentication stays off the check at apply lets it through.
 pub fn on_behalf(caller: Option<Caller>, command: Command) -> Command {
-    match caller {
-        Some(caller) => Command::As {
-            caller,
-            command: Box::new(command),
-        },
-        None => command,
+    Command::As {
+        caller: caller.unwrap_or_else(nobody),
+        command: Box::new(command),
     }
 }
 
