@@ -166,6 +166,33 @@ impl Db {
         self.walk_page(root, 0, &mut visit)
     }
 
+    /// The greatest key of the top-level bucket `name` (bbolt keeps keys sorted): the
+    /// rightmost path down, a page per level. None for a missing or empty bucket.
+    pub fn last_key(&self, name: &[u8]) -> Result<Option<Vec<u8>>, BboltError> {
+        let Some(header) = self.bucket_header(name)? else {
+            return Ok(None);
+        };
+        let mut id = u64_at(&header, 0).ok_or_else(|| damaged("bucket header"))?;
+        if id == 0 {
+            let inline = header
+                .get(BUCKET_HEADER_BYTES..)
+                .ok_or_else(|| damaged("inline bucket"))?;
+            return last_leaf_key(inline);
+        }
+        for _ in 0..=MAX_DEPTH {
+            let page = self.page(id)?;
+            match u16_at(&page, 8).ok_or_else(|| damaged("page header"))? {
+                LEAF_PAGE => return last_leaf_key(&page),
+                BRANCH_PAGE => {
+                    let children = branch_children(&page)?;
+                    id = *children.last().ok_or_else(|| damaged("an empty branch"))?;
+                }
+                other => return Err(damaged(format!("page {id} has flags {other:#x} in a tree"))),
+            }
+        }
+        Err(damaged("the tree is deeper than any real one (a cycle?)"))
+    }
+
     /// Whether the file has a top-level bucket `name`.
     pub fn has_bucket(&self, name: &[u8]) -> Result<bool, BboltError> {
         Ok(self.bucket_header(name)?.is_some())
@@ -208,6 +235,16 @@ fn branch_children(page: &[u8]) -> Result<Vec<u64>, BboltError> {
                 .ok_or_else(|| damaged("branch element"))
         })
         .collect()
+}
+
+fn last_leaf_key(page: &[u8]) -> Result<Option<Vec<u8>>, BboltError> {
+    let mut last = None;
+    walk_leaf(page, &mut |k, _, is_bucket| {
+        if !is_bucket {
+            last = Some(k.to_vec());
+        }
+    })?;
+    Ok(last)
 }
 
 /// The entries of a leaf page (`page` starts at its header).

@@ -312,6 +312,12 @@ mod tests {
             got
         };
         assert_eq!(read(b"many"), many);
+        assert_eq!(
+            db.last_key(b"many").unwrap(),
+            many.last().map(|(k, _)| k.clone())
+        );
+        assert_eq!(db.last_key(b"big").unwrap(), Some(b"big".to_vec()));
+        assert_eq!(db.last_key(b"empty").unwrap(), None);
         assert_eq!(read(b"big"), big);
         assert!(read(b"empty").is_empty() && db.has_bucket(b"empty").unwrap());
         assert!(!db.has_bucket(b"bad").unwrap());

@@ -81,10 +81,10 @@ pub fn to_image(path: &Path) -> Result<(Vec<u8>, Imported), EtcdFileError> {
             "a bbolt file without etcd's key and meta buckets".into(),
         ));
     }
-    let mut last_revision = 0i64;
-    db.for_each(b"key", &mut |k, _| {
-        last_revision = last_revision.max(revision_of(k).map_or(0, |(rev, _, _)| rev));
-    })?;
+    // Entries are named by revision, big-endian: the last one holds the newest.
+    let last_revision = db
+        .last_key(b"key")?
+        .map_or(0, |k| revision_of(&k).map_or(0, |(rev, _, _)| rev));
     let compact_revision = compacted(&db)?;
     let leases = leases(&db)?;
     let auth = auth(&db)?;

@@ -164,7 +164,9 @@ impl ExportPin<'_> {
                 continue;
             }
             last_prefix = Some(prefix.to_vec());
-            let tombstone = KvRecord::decode(&v, false).is_none_or(|r| r.tombstone);
+            let tombstone = KvRecord::decode(&v, false)
+                .ok_or_else(|| StoreError::Corrupt(format!("bad record at {k:?}")))?
+                .tombstone;
             if rev < compacted && !tombstone {
                 let key = keys::decode_prefix(prefix)
                     .ok_or_else(|| StoreError::Corrupt(format!("bad stored key {k:?}")))?;
@@ -179,7 +181,9 @@ impl ExportPin<'_> {
             } else {
                 0
             };
-            f(entry(*rev, sub, key.clone(), stored(&tree, key, *rev)?))?;
+            let record = stored(&tree, key, *rev)?
+                .ok_or_else(|| StoreError::Corrupt(format!("version {rev} of {key:?} vanished")))?;
+            f(entry(*rev, sub, key.clone(), record))?;
         }
         let from = keys::change_key(compacted.max(0), 0);
         let to = keys::change_key(point.revision, u32::MAX);
@@ -189,12 +193,18 @@ impl ExportPin<'_> {
                 .ok_or_else(|| StoreError::Corrupt(format!("bad change key {k:?}")))?;
             let change = ChangeRecord::decode(&v)
                 .ok_or_else(|| StoreError::Corrupt(format!("bad change at {k:?}")))?;
-            // A delete at the compacted revision that an older compactor removed: etcd
-            // 3.5.1 kept none either.
-            if rev <= compacted && tree.get(keys::kv_key(&change.key, rev))?.is_none() {
-                continue;
-            }
-            let record = stored(&tree, &change.key, rev)?;
+            let record = match stored(&tree, &change.key, rev)? {
+                Some(record) => record,
+                // A delete at the compacted revision that an older compactor removed:
+                // etcd 3.5.1 kept none either.
+                None if rev <= compacted => continue,
+                None => {
+                    return Err(StoreError::Corrupt(format!(
+                        "version {rev} of {:?} vanished",
+                        change.key
+                    )))
+                }
+            };
             let overwritten = change.shadowed.is_some() || (change.tombstone && !record.tombstone);
             if rev <= compacted && overwritten {
                 continue;
@@ -216,11 +226,17 @@ impl ExportPin<'_> {
     }
 }
 
-fn stored(tree: &super::engine::Tree, key: &Bytes, rev: i64) -> Result<KvRecord, StoreError> {
-    let raw = tree
-        .get(keys::kv_key(key, rev))?
-        .ok_or_else(|| StoreError::Corrupt(format!("version {rev} of {key:?} vanished")))?;
+/// The stored version of `key` at `rev`, if there is one.
+fn stored(
+    tree: &super::engine::Tree,
+    key: &Bytes,
+    rev: i64,
+) -> Result<Option<KvRecord>, StoreError> {
+    let Some(raw) = tree.get(keys::kv_key(key, rev))? else {
+        return Ok(None);
+    };
     KvRecord::decode(&raw, true)
+        .map(Some)
         .ok_or_else(|| StoreError::Corrupt(format!("bad record of {key:?}")))
 }
 
